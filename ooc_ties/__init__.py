@@ -1,0 +1,57 @@
+"""ooc-ties: exact out-of-core TIES-Merging of safetensors checkpoints on CPU cores.
+
+>>> from ooc_ties import merge, PRESETS
+>>> merge("base/", ["ft1/", "ft2/"], "merged/", PRESETS["paper"].with_(density=0.2))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from ooc_ties.config import (
+    PRESETS,
+    MergeOptions,
+    Resources,
+    Scope,
+    TrimRule,
+    ZeroSign,
+)
+from ooc_ties.errors import (
+    CheckpointFormatError,
+    CheckpointNotFoundError,
+    DiskSpaceError,
+    IncompatibleCheckpointsError,
+    NonFiniteValueError,
+    OocTiesError,
+    OptionError,
+    OutputPathError,
+    UnsupportedDtypeError,
+)
+from ooc_ties.merge import MergeResult, merge, plan_merge
+from ooc_ties.plan import MergePlan
+from ooc_ties.thresholds import GroupThreshold, Thresholds
+
+__all__ = [
+    "PRESETS",
+    "CheckpointFormatError",
+    "CheckpointNotFoundError",
+    "DiskSpaceError",
+    "GroupThreshold",
+    "IncompatibleCheckpointsError",
+    "MergeOptions",
+    "MergePlan",
+    "MergeResult",
+    "NonFiniteValueError",
+    "OocTiesError",
+    "OptionError",
+    "OutputPathError",
+    "Resources",
+    "Scope",
+    "Thresholds",
+    "TrimRule",
+    "UnsupportedDtypeError",
+    "ZeroSign",
+    "__version__",
+    "merge",
+    "plan_merge",
+]

@@ -1,0 +1,239 @@
+"""Merge settings: frozen value objects, the two presets, and the parsers that validate user input.
+
+:class:`MergeOptions` holds everything that decides the output bytes; :class:`Resources` holds what only
+decides how fast and in how much memory they are made (never the bytes themselves). The CLI builds both
+from its flags through the ``parse_*`` functions here, and so does the library API.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import os
+import re
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from ooc_ties.dtypes import DType, parse_output_dtype
+from ooc_ties.errors import OptionError
+
+__all__ = [
+    "PRESETS",
+    "MergeOptions",
+    "Resources",
+    "Scope",
+    "TrimRule",
+    "ZeroSign",
+    "parse_density",
+    "parse_lambda",
+    "parse_preset",
+    "parse_size",
+    "parse_threads",
+    "parse_weights",
+]
+
+
+class Scope(enum.Enum):
+    """Over what the top-k magnitudes are counted."""
+
+    GLOBAL = "global"
+    """One threshold per fine-tuned model over all its float parameters (the paper)."""
+    TENSOR = "tensor"
+    """One threshold per tensor per fine-tuned model (mergekit)."""
+
+
+class TrimRule(enum.Enum):
+    """Which magnitudes survive the trim, given ``n`` values and density ``k``."""
+
+    THRESHOLD = "threshold"
+    """Keep every ``|tau| >= t``, ``t`` the ``(n - floor(n*k))``-th smallest ``|tau|`` (paper code)."""
+    TOPK = "topk"
+    """Keep exactly the ``floor(n*k)`` largest; among equal magnitudes the lowest flat index first."""
+
+
+class ZeroSign(enum.Enum):
+    """The elected sign where the sum of trimmed values is exactly zero."""
+
+    MAJORITY = "majority"
+    """The sign of the count of positive minus negative elected signs over the scope (paper)."""
+    POSITIVE = "positive"
+    """Always positive (mergekit)."""
+
+
+def _parse_enum(kind: type[enum.Enum], value: Any, option: str) -> Any:
+    if isinstance(value, kind):
+        return value
+    try:
+        return kind(value)
+    except ValueError:
+        allowed = ", ".join(f'"{m.value}"' for m in kind)
+        raise OptionError(f'{option} "{value}" is invalid (expected one of: {allowed})') from None
+
+
+def parse_density(value: float) -> float:
+    """Density ``k`` of the trim: a finite number in ``(0, 1]``."""
+    try:
+        density = float(value)
+    except (TypeError, ValueError):
+        raise OptionError(f"density must be a number in (0, 1]; got {value!r}") from None
+    if not (0.0 < density <= 1.0):
+        raise OptionError(f"density must be in (0, 1]; got {value!r}")
+    return density
+
+
+def parse_lambda(value: float) -> float:
+    """Scaling ``lambda`` of the merged task vector: finite as a float32."""
+    try:
+        lam = float(value)
+    except (TypeError, ValueError):
+        raise OptionError(f"lambda must be a number; got {value!r}") from None
+    with np.errstate(over="ignore"):
+        if not math.isfinite(float(np.float32(lam))):
+            raise OptionError(f"lambda must be finite as a float32; got {value!r}")
+    return lam
+
+
+def parse_weights(values: Any) -> tuple[float, ...] | None:
+    """Per-model weights: finite numbers, or ``None`` for all ones."""
+    if values is None:
+        return None
+    weights = []
+    for value in values:
+        try:
+            w = float(value)
+        except (TypeError, ValueError):
+            raise OptionError(f"weights must be numbers; got {value!r}") from None
+        with np.errstate(over="ignore"):
+            if not math.isfinite(float(np.float32(w))):
+                raise OptionError(f"weights must be finite as float32; got {value!r}")
+        weights.append(w)
+    if not weights:
+        raise OptionError("weights must not be empty (omit them for all ones)")
+    return tuple(weights)
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*([kmgt]?)(i?)b?\s*$", re.IGNORECASE)
+
+
+def parse_size(value: str | int, option: str = "size") -> int:
+    """A byte count: an integer, or a number with a unit (``2GiB``, ``256MiB``, ``5GB``, ``500M``)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    else:
+        match = _SIZE.match(str(value))
+        if not match:
+            raise OptionError(f'{option} "{value}" is not a size (expected e.g. "2GiB", "512MiB", "5GB")')
+        number, unit, binary = match.groups()
+        base = 1024 if (binary or not unit) else 1000
+        size = int(float(number) * base ** "_kmgt".index(unit.lower() or "_"))
+    if size <= 0:
+        raise OptionError(f'{option} must be positive; got "{value}"')
+    return size
+
+
+def parse_threads(value: int | None) -> int:
+    """Worker threads: a positive integer; ``None`` for every CPU this process may run on."""
+    if value is None:
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # pragma: no cover - not Linux
+            return max(1, os.cpu_count() or 1)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise OptionError(f"threads must be a positive integer; got {value!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class MergeOptions:
+    """Everything that decides the merged bytes. Presets: :data:`PRESETS`."""
+
+    density: float = 0.2
+    """Fraction ``k`` of task-vector magnitudes kept by the trim, in ``(0, 1]``; 1 keeps all."""
+    lam: float = 1.0
+    """``lambda``: the merged task vector is scaled by it (as a float32) before adding to the base."""
+    scope: Scope = Scope.GLOBAL
+    """Whether the top-k is counted over the whole model or per tensor."""
+    trim: TrimRule = TrimRule.THRESHOLD
+    """How ties at the threshold are treated."""
+    zero_sign: ZeroSign = ZeroSign.MAJORITY
+    """The elected sign where the vote is exactly zero."""
+    weights: tuple[float, ...] | None = None
+    """Per fine-tuned model weights (as float32), or ``None`` for all ones."""
+    out_dtype: DType | None = None
+    """Dtype of merged tensors; ``None`` keeps each tensor's base dtype."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "density", parse_density(self.density))
+        object.__setattr__(self, "lam", parse_lambda(self.lam))
+        object.__setattr__(self, "scope", _parse_enum(Scope, self.scope, "scope"))
+        object.__setattr__(self, "trim", _parse_enum(TrimRule, self.trim, "trim rule"))
+        object.__setattr__(self, "zero_sign", _parse_enum(ZeroSign, self.zero_sign, "zero sign"))
+        object.__setattr__(self, "weights", parse_weights(self.weights))
+        object.__setattr__(self, "out_dtype", parse_output_dtype(self.out_dtype))
+
+    def with_(self, **changes: Any) -> MergeOptions:
+        """A copy with some fields changed (``None`` values are ignored), validated again."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def model_weights(self, n_models: int) -> np.ndarray:
+        """The float32 weights for ``n_models`` fine-tuned models."""
+        if self.weights is None:
+            return np.ones(n_models, np.float32)
+        if len(self.weights) != n_models:
+            raise OptionError(f"{len(self.weights)} weights given for {n_models} fine-tuned models")
+        return np.array(self.weights, np.float32)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready description (the recipe stored with the output)."""
+        return {
+            "method": "ties",
+            "density": self.density,
+            "lambda": self.lam,
+            "scope": self.scope.value,
+            "trim": self.trim.value,
+            "zero_sign": self.zero_sign.value,
+            "weights": list(self.weights) if self.weights is not None else None,
+            "dtype": self.out_dtype.code if self.out_dtype else None,
+        }
+
+
+PRESETS: dict[str, MergeOptions] = {
+    "paper": MergeOptions(scope=Scope.GLOBAL, trim=TrimRule.THRESHOLD, zero_sign=ZeroSign.MAJORITY),
+    "mergekit": MergeOptions(scope=Scope.TENSOR, trim=TrimRule.TOPK, zero_sign=ZeroSign.POSITIVE),
+}
+"""``paper``: the TIES reference code. ``mergekit``: mergekit's ``ties`` method (docs/numerics.md)."""
+
+
+def parse_preset(name: str) -> MergeOptions:
+    """The options of a preset by name."""
+    if name not in PRESETS:
+        allowed = ", ".join(f'"{p}"' for p in PRESETS)
+        raise OptionError(f'preset "{name}" is invalid (expected one of: {allowed})')
+    return PRESETS[name]
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    """How a merge runs; none of it changes the output bytes."""
+
+    memory_budget: int = 2 * 1024**3
+    """Bytes of working memory the engine may allocate (blocks, histograms); see docs/memory.md."""
+    threads: int = field(default_factory=lambda: parse_threads(None))
+    """Worker threads for both passes."""
+    shard_size: int = 5 * 1000**3
+    """Largest output shard in bytes (a tensor larger than this gets a shard of its own)."""
+    max_block_elements: int | None = None
+    """Cap on the block size in elements, below what the budget allows (tests and tuning)."""
+
+    def __post_init__(self) -> None:
+        if self.max_block_elements is not None and (
+            isinstance(self.max_block_elements, bool)
+            or not isinstance(self.max_block_elements, int)
+            or self.max_block_elements < 1
+        ):
+            raise OptionError(f"max block elements must be a positive integer; got {self.max_block_elements!r}")
+        object.__setattr__(self, "memory_budget", parse_size(self.memory_budget, "memory budget"))
+        object.__setattr__(self, "threads", parse_threads(self.threads))
+        object.__setattr__(self, "shard_size", parse_size(self.shard_size, "shard size"))

@@ -1,0 +1,75 @@
+"""The merge inputs (a base and fine-tuned checkpoints), served block by block in kernel encoding."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ooc_ties.dtypes import F16, DType
+from ooc_ties.io.checkpoint import Checkpoint
+from ooc_ties.kernels.convert import decode, decode_oracle
+
+__all__ = ["MergeInputs", "kernel_array"]
+
+
+def kernel_array(view: np.ndarray, dtype: DType) -> np.ndarray:
+    """A storage view re-typed for the kernels: F16 travels as int16 bits (see ``kernels.convert``)."""
+    return view.view(np.int16) if dtype == F16 else view
+
+
+@dataclass(frozen=True, slots=True)
+class MergeInputs:
+    """A base checkpoint and the fine-tuned checkpoints, in the order given."""
+
+    base: Checkpoint
+    """The model the fine-tunes started from."""
+    fts: tuple[Checkpoint, ...]
+    """The fine-tuned models; their order fixes the order of every float32 sum."""
+
+    @property
+    def all(self) -> tuple[Checkpoint, ...]:
+        return (self.base, *self.fts)
+
+    def block(self, name: str, start: int, stop: int) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+        """Elements ``[start, stop)`` of tensor ``name``: the base and a tuple of fine-tuned blocks.
+
+        Zero-copy views, except when the fine-tuned models store this tensor in different dtypes: the
+        kernels take one dtype for all of them, so each is then decoded into a float32 copy.
+        """
+        base = kernel_array(self.base.read(name, start, stop), self.base.info(name).dtype)
+        fts = tuple(kernel_array(ft.read(name, start, stop), ft.info(name).dtype) for ft in self.fts)
+        if len({a.dtype for a in fts}) > 1:
+            decoded = []
+            for a in fts:
+                out = np.empty(a.size, np.float32)
+                decode(a, out)
+                decoded.append(out)
+            fts = tuple(decoded)
+        return base, fts
+
+    def release(self, name: str, start: int, stop: int) -> None:
+        """Drop the block's pages from this process (they stay in the page cache)."""
+        for checkpoint in self.all:
+            checkpoint.release(name, start, stop)
+
+    def value(self, which: int, name: str, index: int) -> float:
+        """One element as float32 (``which`` 0 is the base, 1.. the fine-tunes), for error messages."""
+        checkpoint = self.all[which]
+        raw = kernel_array(checkpoint.read(name, index, index + 1), checkpoint.info(name).dtype)
+        return float(decode_oracle(raw)[0])
+
+    def describe_nonfinite(self, name: str, index: int, model: int | None) -> str:
+        """Why element ``index`` of ``name`` gave a non-finite value: which input holds NaN/inf."""
+        candidates: Sequence[int] = range(len(self.all)) if model is None else (0, model + 1)
+        for which in candidates:
+            value = self.value(which, name, index)
+            if not np.isfinite(value):
+                return f"{self.all[which].where(name)} holds {value} at element {index}"
+        if model is not None:
+            return (
+                f"{self.fts[model].where(name)}: the task vector overflows float32 at element {index} "
+                f"(fine-tuned {self.value(model + 1, name, index)!r} minus base {self.value(0, name, index)!r})"
+            )
+        return f"tensor {name!r}: the merged value at element {index} is not finite (lower --lambda or --weights)"

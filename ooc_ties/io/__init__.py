@@ -1,0 +1,1 @@
+"""Reading checkpoints (memory-mapped safetensors) and writing merged ones (streaming safetensors)."""

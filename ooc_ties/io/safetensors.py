@@ -1,0 +1,212 @@
+"""A validating, memory-mapped reader for one safetensors file.
+
+The format (https://huggingface.co/docs/safetensors): an 8-byte little-endian header length ``N``, ``N``
+bytes of JSON mapping tensor names to ``{"dtype", "shape", "data_offsets": [begin, end]}`` (offsets
+relative to the byte buffer after the header) plus an optional ``"__metadata__"`` string map, then the
+buffer.
+
+The ``safetensors`` package cannot hand out bfloat16 tensors as NumPy arrays, so this module parses the
+header itself and views tensors straight out of a read-only ``mmap``: no copy, no torch. Every check the
+merge relies on happens here, once, at open: a file that opens is safe to read anywhere its header says.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import mmap
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import numpy as np
+
+from ooc_ties.dtypes import DType, parse_dtype
+from ooc_ties.errors import CheckpointFormatError, CheckpointNotFoundError
+
+__all__ = ["MAX_HEADER_BYTES", "SafetensorsFile", "TensorInfo"]
+
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+"""The largest header accepted (the ``safetensors`` package has the same limit)."""
+
+_PAGE = mmap.PAGESIZE
+
+
+@dataclass(frozen=True, slots=True)
+class TensorInfo:
+    """Where one tensor lives in a safetensors file."""
+
+    name: str
+    """The tensor's name in the header."""
+    dtype: DType
+    """Its dtype."""
+    shape: tuple[int, ...]
+    """Its shape (``()`` for a scalar)."""
+    path: Path
+    """The file that holds it."""
+    offset: int
+    """Absolute byte offset of its first byte in the file."""
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * self.dtype.itemsize
+
+
+def _fail(path: Path, message: str) -> CheckpointFormatError:
+    return CheckpointFormatError(f"{path}: {message}")
+
+
+def _parse_shape(path: Path, name: str, value: object) -> tuple[int, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise _fail(path, f"tensor {name!r}: shape {value!r} is not a list of integers")
+    if any(v < 0 for v in value):
+        raise _fail(path, f"tensor {name!r}: shape {value!r} has a negative dimension")
+    return tuple(value)
+
+
+def _parse_offsets(path: Path, name: str, value: object) -> tuple[int, int]:
+    ok = (
+        isinstance(value, list)
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+    )
+    if not ok:
+        raise _fail(path, f"tensor {name!r}: data_offsets {value!r} is not a pair of non-negative integers")
+    begin, end = value  # type: ignore[misc]
+    if end < begin:
+        raise _fail(path, f"tensor {name!r}: data_offsets {value!r} end before they begin")
+    return begin, end
+
+
+class SafetensorsFile:
+    """One safetensors file, validated and memory-mapped read-only.
+
+    ``tensors`` maps names to :class:`TensorInfo`; :meth:`read` returns zero-copy flat views whose
+    memory belongs to the map and stays valid until :meth:`close`.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise CheckpointNotFoundError(f"{self.path}: no such file") from None
+        except IsADirectoryError:
+            raise CheckpointFormatError(f"{self.path}: is a folder, not a safetensors file") from None
+        except OSError as exc:
+            raise CheckpointNotFoundError(f"{self.path}: cannot open ({exc.strerror})") from None
+        try:
+            self.size = os.fstat(fd).st_size
+            if self.size < 8:
+                raise _fail(self.path, f"truncated: {self.size} bytes, too short for a safetensors header")
+            self._map = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+        finally:
+            os.close(fd)
+        try:
+            self.metadata, self.tensors, self.data_start = self._parse_header()
+        except BaseException:
+            self._map.close()
+            raise
+        if hasattr(mmap, "MADV_SEQUENTIAL"):
+            self._map.madvise(mmap.MADV_SEQUENTIAL)
+
+    def _parse_header(self) -> tuple[dict[str, str], dict[str, TensorInfo], int]:
+        path = self.path
+        header_len = int.from_bytes(self._map[:8], "little")
+        if header_len > self.size - 8:
+            raise _fail(path, f"header length {header_len} runs past the end of the file ({self.size} bytes)")
+        if header_len > MAX_HEADER_BYTES:
+            raise _fail(path, f"header length {header_len} exceeds the {MAX_HEADER_BYTES}-byte limit")
+        raw = self._map[8 : 8 + header_len]
+        try:
+            header = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise _fail(path, f"header is not valid JSON ({exc})") from None
+        if not isinstance(header, dict):
+            raise _fail(path, f"header is a JSON {type(header).__name__}, expected an object")
+        data_start = 8 + header_len
+        buffer_len = self.size - data_start
+
+        metadata_raw = header.pop("__metadata__", None) or {}
+        if not isinstance(metadata_raw, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in metadata_raw.items()
+        ):
+            raise _fail(path, "__metadata__ is not a map of strings to strings")
+
+        tensors: dict[str, TensorInfo] = {}
+        spans: list[tuple[int, int, str]] = []
+        for name, entry in header.items():
+            if not isinstance(entry, dict):
+                raise _fail(path, f"tensor {name!r}: header entry is not an object")
+            missing = {"dtype", "shape", "data_offsets"} - entry.keys()
+            if missing:
+                raise _fail(path, f"tensor {name!r}: header entry lacks {', '.join(sorted(missing))}")
+            dtype = parse_dtype(entry["dtype"], f"{path}: tensor {name!r}")
+            shape = _parse_shape(path, name, entry["shape"])
+            begin, end = _parse_offsets(path, name, entry["data_offsets"])
+            expected = math.prod(shape) * dtype.itemsize
+            if end - begin != expected:
+                raise _fail(
+                    path,
+                    f"tensor {name!r}: data_offsets {[begin, end]} span {end - begin} bytes, "
+                    f"but {dtype} {list(shape)} needs {expected}",
+                )
+            if end > buffer_len:
+                raise _fail(
+                    path,
+                    f"truncated: tensor {name!r} needs data up to byte {data_start + end}, "
+                    f"but the file has {self.size} bytes",
+                )
+            tensors[name] = TensorInfo(name, dtype, shape, path, data_start + begin)
+            if end > begin:
+                spans.append((begin, end, name))
+        spans.sort()
+        for (_, prev_end, prev_name), (begin, _, name) in zip(spans, spans[1:]):
+            if begin < prev_end:
+                raise _fail(path, f"tensors {prev_name!r} and {name!r} overlap in the data buffer")
+        return dict(metadata_raw), tensors, data_start
+
+    def read(self, info: TensorInfo, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Flat elements ``[start, stop)`` of a tensor, as a read-only zero-copy view in storage dtype."""
+        stop = info.numel if stop is None else stop
+        item = info.dtype.itemsize
+        return np.frombuffer(self._map, dtype=info.dtype.storage, count=stop - start, offset=info.offset + start * item)
+
+    def release(self, info: TensorInfo, start: int, stop: int) -> None:
+        """Tell the kernel the pages of elements ``[start, stop)`` are not needed again soon.
+
+        The pages stay in the page cache; they only leave this process's resident set, so a long merge
+        does not look (to ``ps`` or a cgroup) as if it held every byte it has read.
+        """
+        if not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        item = info.dtype.itemsize
+        first = info.offset + start * item
+        last = info.offset + stop * item
+        begin = first // _PAGE * _PAGE  # whole pages; a page shared with a neighbour is re-read on demand
+        end = -(-last // _PAGE) * _PAGE
+        if end > begin:
+            self._map.madvise(mmap.MADV_DONTNEED, begin, end - begin)
+
+    def close(self) -> None:
+        """Unmap the file; a view still alive keeps the map until it is garbage-collected."""
+        try:
+            self._map.close()
+        except BufferError:
+            pass
+
+    def __enter__(self) -> SafetensorsFile:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"SafetensorsFile({str(self.path)!r}, {len(self.tensors)} tensors)"

@@ -1,0 +1,134 @@
+"""Pass-1 kernels: histograms of task-vector magnitudes over float32 bit patterns.
+
+For finite non-negative float32 values the uint32 bit pattern is monotonic in the value, so ranking
+magnitudes is ranking bit patterns. An exact order statistic of ``|tau|`` is found in two reads without
+sorting: a histogram of the high 16 bits (the sign bit is always 0, so 32768 bins) names the bin that
+holds the wanted rank; a histogram of the low 16 bits of the values inside that bin names the exact
+pattern. Counts are integers, so adding per-block histograms in any order gives the same result.
+
+Each kernel takes the base block and a tuple of fine-tuned blocks (storage arrays, see ``convert``),
+computes ``tau = float32(ft) - float32(base)`` and adds into an explicit output.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ooc_ties.kernels.convert import decode_oracle, load_f32
+from ooc_ties.kernels.jit import f32_as_u32, kernel
+
+__all__ = [
+    "HIGH_BINS",
+    "LOW_BINS",
+    "count_equal",
+    "count_equal_oracle",
+    "high_histogram",
+    "high_histogram_oracle",
+    "low_histogram",
+    "low_histogram_oracle",
+    "magnitude_bits_oracle",
+]
+
+HIGH_BINS = 1 << 15
+"""Bins of the first histogram: the high 16 bits of ``|tau|``'s pattern, whose top bit is always 0."""
+LOW_BINS = 1 << 16
+"""Bins of the second histogram: the low 16 bits."""
+
+_ABS = np.uint32(0x7FFFFFFF)
+_INF = np.uint32(0x7F800000)
+
+
+@kernel
+def high_histogram(base: Any, fts: Any, hist: np.ndarray, bad: np.ndarray) -> None:
+    """``hist[t, bits(|tau_t|) >> 16] += 1`` over the block, for every model ``t``.
+
+    A non-finite ``tau`` (NaN or infinity in an input, or a float32 overflow) is not counted; the
+    first block index where it occurs is stored in ``bad[t]`` if ``bad[t]`` is still negative.
+    """
+    n = base.size
+    for t in range(len(fts)):
+        ft = fts[t]
+        for i in range(n):
+            u = f32_as_u32(load_f32(ft, i) - load_f32(base, i)) & _ABS
+            if u >= _INF:
+                if bad[t] < 0:
+                    bad[t] = i
+            else:
+                hist[t, u >> np.uint32(16)] += 1
+
+
+@kernel
+def low_histogram(base: Any, fts: Any, high: np.ndarray, hist: np.ndarray) -> None:
+    """``hist[t, bits & 0xFFFF] += 1`` for the values whose high bits equal ``high[t]``.
+
+    Models with ``high[t] < 0`` are skipped (their threshold needs no refinement).
+    """
+    n = base.size
+    for t in range(len(fts)):
+        if high[t] < 0:
+            continue
+        want = np.uint32(high[t])
+        ft = fts[t]
+        for i in range(n):
+            u = f32_as_u32(load_f32(ft, i) - load_f32(base, i)) & _ABS
+            if (u >> np.uint32(16)) == want:
+                hist[t, u & np.uint32(0xFFFF)] += 1
+
+
+@kernel
+def count_equal(base: Any, fts: Any, pattern: np.ndarray, counts: np.ndarray) -> None:
+    """``counts[t] += #{i : bits(|tau_t[i]|) == pattern[t]}``; models with ``pattern[t] < 0`` skipped."""
+    n = base.size
+    for t in range(len(fts)):
+        if pattern[t] < 0:
+            continue
+        want = np.uint32(pattern[t])
+        ft = fts[t]
+        c = 0
+        for i in range(n):
+            if (f32_as_u32(load_f32(ft, i) - load_f32(base, i)) & _ABS) == want:
+                c += 1
+        counts[t] += c
+
+
+def magnitude_bits_oracle(base: np.ndarray, ft: np.ndarray) -> np.ndarray:
+    """The uint32 bit patterns of ``|float32(ft) - float32(base)|``, in NumPy."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        tau = decode_oracle(ft) - decode_oracle(base)
+    return tau.view(np.uint32) & np.uint32(0x7FFFFFFF)
+
+
+def high_histogram_oracle(base: np.ndarray, fts: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """NumPy oracle of :func:`high_histogram`: (histograms, first bad index or -1) for a fresh block."""
+    hist = np.zeros((len(fts), HIGH_BINS), np.int64)
+    bad = np.full(len(fts), -1, np.int64)
+    for t, ft in enumerate(fts):
+        u = magnitude_bits_oracle(base, ft)
+        finite = u < 0x7F800000
+        if not finite.all():
+            bad[t] = int(np.argmin(finite))
+        hist[t] = np.bincount(u[finite] >> 16, minlength=HIGH_BINS)
+    return hist, bad
+
+
+def low_histogram_oracle(base: np.ndarray, fts: tuple[np.ndarray, ...], high: np.ndarray) -> np.ndarray:
+    """NumPy oracle of :func:`low_histogram` for a fresh block."""
+    hist = np.zeros((len(fts), LOW_BINS), np.int64)
+    for t, ft in enumerate(fts):
+        if high[t] >= 0:
+            u = magnitude_bits_oracle(base, ft)
+            hist[t] = np.bincount(u[(u >> 16) == high[t]] & 0xFFFF, minlength=LOW_BINS)
+    return hist
+
+
+def count_equal_oracle(base: np.ndarray, fts: tuple[np.ndarray, ...], pattern: np.ndarray) -> np.ndarray:
+    """NumPy oracle of :func:`count_equal` for a fresh block."""
+    return np.array(
+        [
+            int(np.count_nonzero(magnitude_bits_oracle(base, ft) == p)) if p >= 0 else 0
+            for ft, p in zip(fts, pattern)
+        ],
+        np.int64,
+    )

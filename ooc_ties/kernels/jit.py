@@ -1,0 +1,65 @@
+"""Numba policy for every kernel, in one place.
+
+* ``nogil=True``: the engine runs kernels on blocks from a thread pool, so they must release the GIL.
+* ``cache=True``: compiled code is kept beside the module (or in numba's user cache) between runs.
+* ``fastmath`` stays off: no reassociation and no fused multiply-add. The merge is specified as a
+  sequence of float32 operations in a fixed order (see docs/numerics.md) and must be reproduced bit for
+  bit, whatever the block size or thread count.
+* ``error_model="numpy"``: a float division by zero gives inf/nan instead of raising, so the division
+  in the disjoint mean needs no hidden zero check (the divisor is never zero there anyway).
+
+Two bit-cast intrinsics live here too: Numba has no scalar ``view``, and the kernels need the float32
+bit pattern of a value (bf16 decoding and encoding, histogram bins over bit patterns).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import numba
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
+
+__all__ = ["f32_as_u32", "kernel", "u32_as_f32"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def kernel(fn: F) -> F:
+    """Compile ``fn`` as an ooc-ties kernel (see the module docstring for the policy)."""
+    return numba.njit(nogil=True, cache=True, fastmath=False, error_model="numpy")(fn)  # type: ignore[no-any-return]
+
+
+def inline(fn: F) -> F:
+    """Compile a helper that kernels inline (same policy; inlined at the Numba IR level)."""
+    return numba.njit(nogil=True, cache=True, fastmath=False, error_model="numpy", inline="always")(fn)  # type: ignore[no-any-return]
+
+
+@intrinsic
+def u32_as_f32(typingctx: Any, bits: Any) -> Any:
+    """Reinterpret a uint32 as the float32 with the same bit pattern."""
+    if not isinstance(bits, types.Integer):
+        return None
+    sig = types.float32(bits)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        value = context.cast(builder, args[0], signature.args[0], types.uint32)
+        return builder.bitcast(value, ir.FloatType())
+
+    return sig, codegen
+
+
+@intrinsic
+def f32_as_u32(typingctx: Any, value: Any) -> Any:
+    """Reinterpret a float32 as the uint32 with the same bit pattern."""
+    if not isinstance(value, types.Float):
+        return None
+    sig = types.uint32(value)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        as_f32 = context.cast(builder, args[0], signature.args[0], types.float32)
+        return builder.bitcast(as_f32, ir.IntType(32))
+
+    return sig, codegen

@@ -1,0 +1,239 @@
+"""The merge plan: from headers only, what will be merged or copied, in which blocks, at what cost.
+
+Planning validates that the checkpoints line up (same tensors, shapes, compatible dtypes), picks the
+block size from the memory budget, lays the output out in shards, and estimates bytes, memory and disk.
+It reads no tensor data, so ``--dry-run`` is instant and a mismatch fails before any work starts.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ooc_ties.config import MergeOptions, Resources, TrimRule, ZeroSign
+from ooc_ties.dtypes import F32, F64, DType
+from ooc_ties.errors import IncompatibleCheckpointsError, OptionError
+from ooc_ties.grid import ChunkGrid
+from ooc_ties.io.checkpoint import Checkpoint
+from ooc_ties.io.writer import ShardLayout, layout_shards
+from ooc_ties.kernels.histogram import HIGH_BINS, LOW_BINS
+
+__all__ = ["MAX_BLOCK_ELEMENTS", "MergePlan", "TensorKind", "TensorPlan", "make_plan"]
+
+MAX_BLOCK_ELEMENTS = 1 << 22
+"""Largest block (4 Mi elements): larger blocks gain nothing and coarsen progress and load balance."""
+MIN_BLOCK_ELEMENTS = 1 << 12
+"""Smallest block the budget may force (below it, per-block overhead dominates)."""
+
+
+class TensorKind(enum.Enum):
+    MERGE = "merge"
+    """A float tensor, merged with TIES."""
+    COPY = "copy"
+    """A non-float tensor (an integer buffer, a mask), copied from the base; all inputs must agree."""
+
+
+@dataclass(frozen=True, slots=True)
+class TensorPlan:
+    """What happens to one tensor."""
+
+    name: str
+    """Tensor name."""
+    shape: tuple[int, ...]
+    """Its shape (the same in every input)."""
+    kind: TensorKind
+    """Merged or copied."""
+    in_dtypes: tuple[DType, ...]
+    """Dtype in the base, then in each fine-tuned model."""
+    out_dtype: DType
+    """Dtype written."""
+    grid: ChunkGrid
+    """The blocks it is processed in."""
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def in_nbytes(self) -> int:
+        """Bytes of this tensor over all inputs."""
+        return self.numel * sum(d.itemsize for d in self.in_dtypes)
+
+    @property
+    def out_nbytes(self) -> int:
+        return self.numel * self.out_dtype.itemsize
+
+
+@dataclass(frozen=True, slots=True)
+class MergePlan:
+    """Everything decided before reading any tensor data."""
+
+    options: MergeOptions
+    """The merge semantics."""
+    resources: Resources
+    """Budget, threads, shard size."""
+    n_models: int
+    """Number of fine-tuned models."""
+    tensors: tuple[TensorPlan, ...]
+    """Every tensor, in name order."""
+    shards: tuple[ShardLayout, ...]
+    """The output files."""
+    block_elements: int
+    """Largest block, in elements."""
+    work_bytes_per_element: int
+    """Working memory one block element needs in pass 2 (output buffer and decode scratch)."""
+
+    @property
+    def merged(self) -> tuple[TensorPlan, ...]:
+        return tuple(t for t in self.tensors if t.kind is TensorKind.MERGE)
+
+    @property
+    def merged_parameters(self) -> int:
+        return sum(t.numel for t in self.merged)
+
+    @property
+    def merge_input_bytes(self) -> int:
+        """Bytes one read of the merged tensors of every input moves."""
+        return sum(t.in_nbytes for t in self.merged)
+
+    @property
+    def output_bytes(self) -> int:
+        return sum(t.out_nbytes for t in self.tensors)
+
+    @property
+    def threshold_passes(self) -> int:
+        """Reads of the inputs before pass 2: two histograms, plus tie counts, plus the sign vote."""
+        if self.options.density >= 1.0:
+            passes = 0
+        else:
+            passes = 2 + (1 if self.options.trim is TrimRule.TOPK else 0)
+        return passes + (1 if self.options.zero_sign is ZeroSign.MAJORITY else 0)
+
+    @property
+    def peak_memory_estimate(self) -> int:
+        """Upper bound of the engine's own allocations (the runtime itself comes on top)."""
+        return _fixed_bytes(self.n_models, self.resources.threads, self.total_blocks) + (
+            self.resources.threads * self.block_elements * self.work_bytes_per_element
+        )
+
+    @property
+    def total_blocks(self) -> int:
+        return sum(t.grid.nblocks for t in self.tensors)
+
+    def describe(self) -> str:
+        """A human-readable summary (``--dry-run``)."""
+        o = self.options
+        merged = self.merged
+        copied = [t for t in self.tensors if t.kind is TensorKind.COPY]
+        lines = [
+            f"merge: TIES, {self.n_models} fine-tuned models, density {o.density}, lambda {o.lam}, "
+            f"scope {o.scope.value}, trim {o.trim.value}, zero sign {o.zero_sign.value}",
+            f"tensors: {len(merged)} merged ({self.merged_parameters:,} parameters), {len(copied)} copied",
+            f"blocks: {self.total_blocks:,} of up to {self.block_elements:,} elements, "
+            f"{self.resources.threads} threads",
+            f"reads: {self.threshold_passes} threshold passes + 1 merge pass over "
+            f"{_human(self.merge_input_bytes)} = {_human((self.threshold_passes + 1) * self.merge_input_bytes)}",
+            f"writes: {_human(self.output_bytes)} in {len(self.shards)} file(s)",
+            f"peak memory (engine): {_human(self.peak_memory_estimate)} "
+            f"of a {_human(self.resources.memory_budget)} budget",
+            f"disk needed: {_human(self.output_bytes)} (plus headers and config files)",
+        ]
+        return "\n".join(lines)
+
+
+def _human(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.1f} {unit}" if unit != "B" else f"{n} B"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def _fixed_bytes(n_models: int, threads: int, total_blocks: int) -> int:
+    """Histograms per worker (both levels) and per-block tie counts."""
+    histograms = threads * n_models * (HIGH_BINS + LOW_BINS) * 8 + n_models * (HIGH_BINS + LOW_BINS) * 8
+    return histograms + total_blocks * n_models * 8
+
+
+def _check_inputs(base: Checkpoint, fts: Sequence[Checkpoint]) -> None:
+    names = set(base.names)
+    for ft in fts:
+        missing = sorted(names - set(ft.names))
+        if missing:
+            raise IncompatibleCheckpointsError(
+                f"{ft.path}: tensor {missing[0]!r} is missing (it is in the base, {base.where(missing[0])})"
+            )
+        extra = sorted(set(ft.names) - names)
+        if extra:
+            raise IncompatibleCheckpointsError(
+                f"{ft.where(extra[0])} is not in the base model {base.path}"
+            )
+        for name in base.names:
+            b, f = base.info(name), ft.info(name)
+            if b.shape != f.shape:
+                raise IncompatibleCheckpointsError(
+                    f"{ft.where(name)} has shape {list(f.shape)}, but the base has {list(b.shape)} ({b.path})"
+                )
+            if b.dtype.is_float != f.dtype.is_float or (not b.dtype.is_float and b.dtype != f.dtype):
+                raise IncompatibleCheckpointsError(
+                    f"{ft.where(name)} has dtype {f.dtype}, but the base has {b.dtype} ({b.path})"
+                )
+
+
+def make_plan(
+    base: Checkpoint, fts: Sequence[Checkpoint], options: MergeOptions, resources: Resources
+) -> MergePlan:
+    """Validate that the checkpoints line up and plan the merge."""
+    if not fts:
+        raise OptionError("no fine-tuned model given: TIES needs at least one")
+    options.model_weights(len(fts))  # checks the number of weights
+    _check_inputs(base, fts)
+    n = len(fts)
+
+    out_bytes = 4 if options.out_dtype is None else options.out_dtype.itemsize
+    mixed = any(
+        len({ft.info(name).dtype for ft in fts}) > 1 for name in base.names if base.info(name).dtype.is_float
+    )
+    # Pass 2 holds one output block per worker, and decodes each input to float32 when the fine-tuned
+    # models of a tensor come in different dtypes (the kernels need one dtype for all of them).
+    per_element = out_bytes + (4 * (n + 1) if mixed else 0)
+    fixed = _fixed_bytes(n, resources.threads, 0)
+    room = resources.memory_budget - fixed
+    block = min(MAX_BLOCK_ELEMENTS, room // max(1, resources.threads * per_element))
+    if resources.max_block_elements is not None and block >= 1:
+        block = min(block, resources.max_block_elements)
+    elif block < MIN_BLOCK_ELEMENTS:
+        need = fixed + resources.threads * MIN_BLOCK_ELEMENTS * per_element
+        raise OptionError(
+            f"memory budget {_human(resources.memory_budget)} is too small for {n} models on "
+            f"{resources.threads} threads (need at least {_human(need)})"
+        )
+
+    tensors = []
+    for name in base.names:
+        b = base.info(name)
+        in_dtypes = (b.dtype, *(ft.info(name).dtype for ft in fts))
+        if b.dtype.is_float:
+            kind = TensorKind.MERGE
+            out_dtype = options.out_dtype or (F32 if b.dtype == F64 else b.dtype)
+        else:
+            kind, out_dtype = TensorKind.COPY, b.dtype
+        tensors.append(TensorPlan(name, b.shape, kind, in_dtypes, out_dtype, ChunkGrid.for_block_size(b.shape, block)))
+    plan = MergePlan(
+        options=options,
+        resources=resources,
+        n_models=n,
+        tensors=tuple(tensors),
+        shards=layout_shards([(t.name, t.out_nbytes) for t in tensors], resources.shard_size),
+        block_elements=block,
+        work_bytes_per_element=per_element,
+    )
+    if plan.peak_memory_estimate > resources.memory_budget:
+        raise OptionError(
+            f"memory budget {_human(resources.memory_budget)} is too small: the per-block bookkeeping of "
+            f"{plan.total_blocks:,} blocks needs {_human(plan.peak_memory_estimate)}"
+        )
+    return plan

@@ -1,0 +1,299 @@
+"""Pass 1: exact trim thresholds, tie quotas and the majority sign, without sorting anything.
+
+For each *group* (the whole model in global scope, one tensor in tensor scope) and each fine-tuned model,
+the wanted order statistic of ``|tau|`` is found by a two-level radix select over float32 bit patterns:
+
+1. a histogram of the high 16 bits over every block names the bin holding the wanted rank;
+2. a histogram of the low 16 bits of the values in that bin names the exact bit pattern.
+
+Both are integer histograms added across blocks, so the threshold is exactly the value a full sort
+would give, found in two streaming reads and a few hundred KiB per worker. Then, only where needed:
+
+3. the ``topk`` rule keeps exactly ``m`` values, so when some values equal to the threshold must be
+   dropped, the number of such values in every block is counted, and a running sum tells each block
+   how many of its own to keep (lowest flat index first);
+4. the ``majority`` zero-sign rule needs the sign of (#positive - #negative) elected signs over the
+   group, counted with the final trim.
+"""
+
+from __future__ import annotations
+
+import logging
+import types
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ooc_ties.config import Scope, TrimRule, ZeroSign
+from ooc_ties.errors import NonFiniteValueError
+from ooc_ties.inputs import MergeInputs
+from ooc_ties.kernels.histogram import HIGH_BINS, LOW_BINS, count_equal, high_histogram, low_histogram
+from ooc_ties.kernels.ties import elect_count
+from ooc_ties.plan import MergePlan, TensorPlan
+from ooc_ties.progress import Progress, ProgressFactory
+from ooc_ties.schedule import run_blocks
+
+__all__ = ["GLOBAL", "BlockRef", "GroupThreshold", "Thresholds", "compute_thresholds", "plan_blocks"]
+
+GLOBAL = ""
+"""The group key of the whole model (global scope)."""
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class GroupThreshold:
+    """The trim of one fine-tuned model over one group."""
+
+    size: int
+    """Values in the group."""
+    pattern: int
+    """Float32 bit pattern of the threshold ``t``: values with ``|tau| > t`` are kept."""
+    keep_equal: int
+    """How many values with ``|tau| == t`` are kept, lowest flat index first; ``-1``: all of them."""
+    kept: int
+    """Values kept in all."""
+
+    @property
+    def value(self) -> float:
+        return float(np.uint32(self.pattern).view(np.float32))
+
+    @classmethod
+    def keep_all(cls, size: int) -> GroupThreshold:
+        return cls(size, 0, -1, size)
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    """The result of pass 1 that does not depend on block sizes."""
+
+    scope: Scope
+    """Global (one group) or per tensor (one group per tensor)."""
+    groups: Mapping[str, tuple[GroupThreshold, ...]]
+    """Per group key (:data:`GLOBAL` or a tensor name), one threshold per fine-tuned model."""
+    majority: Mapping[str, int]
+    """Per group key, the majority sign (+1, 0 or -1); empty unless the zero-sign rule is majority."""
+
+    def key(self, tensor: str) -> str:
+        return GLOBAL if self.scope is Scope.GLOBAL else tensor
+
+    def for_tensor(self, tensor: str) -> tuple[GroupThreshold, ...]:
+        return self.groups[self.key(tensor)]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "scope": self.scope.value,
+            "groups": {
+                k: [
+                    {"size": g.size, "threshold": g.value, "pattern": g.pattern, "keep_equal": g.keep_equal,
+                     "kept": g.kept}
+                    for g in v
+                ]
+                for k, v in self.groups.items()
+            },
+            "majority": dict(self.majority),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class BlockRef:
+    """One block of one merged tensor, with its position among all blocks of the merge."""
+
+    tensor: TensorPlan
+    """The tensor."""
+    start: int
+    """First element."""
+    stop: int
+    """One past the last element."""
+    ordinal: int
+    """Index of this block in the merge's block order (tensor name order, then C order)."""
+
+    @property
+    def in_nbytes(self) -> int:
+        return (self.stop - self.start) * sum(d.itemsize for d in self.tensor.in_dtypes)
+
+
+def plan_blocks(tensors: Sequence[TensorPlan]) -> list[BlockRef]:
+    """Every block of ``tensors`` in merge order, numbered."""
+    refs: list[BlockRef] = []
+    for tensor in tensors:
+        for start, stop in tensor.grid.blocks():
+            refs.append(BlockRef(tensor, start, stop, len(refs)))
+    return refs
+
+
+def _select(hist: np.ndarray, rank: int) -> tuple[int, int]:
+    """The bin holding the ``rank``-th smallest value (1-based), and how many values lie below it."""
+    cumulative = np.cumsum(hist)
+    index = int(np.searchsorted(cumulative, rank))
+    return index, int(cumulative[index] - hist[index])
+
+
+def _wanted_rank(size: int, density: float, trim: TrimRule) -> tuple[int, int] | None:
+    """``(rank, m)``: the ascending rank of the threshold and the count kept; ``None`` to keep all."""
+    m = int(size * density)  # in double precision, as the reference code does
+    if trim is TrimRule.TOPK:
+        m = max(1, m)  # mergekit keeps at least one value
+        return None if m >= size else (size - m + 1, m)
+    return None if m >= size else (size - m, m)
+
+
+class _Pass1:
+    def __init__(self, plan: MergePlan, inputs: MergeInputs, bar: Progress | None) -> None:
+        self.plan = plan
+        self.inputs = inputs
+        self.bar = bar
+        self.passes_run = 0
+        self.n = plan.n_models
+        self.threads = plan.resources.threads
+        self.weights = plan.options.model_weights(self.n)
+
+    def _run(
+        self, label: str, blocks: Sequence[BlockRef], task: Callable[[BlockRef, Any], None],
+        new_state: Callable[[], Any],
+    ) -> list[Any]:
+        logger.debug("pass 1: %s over %d blocks", label, len(blocks))
+        self.passes_run += 1
+        return run_blocks(
+            blocks, task, new_state, threads=self.threads, cost=lambda b: b.in_nbytes, progress=self.bar
+        )
+
+    def high(self, label: str, blocks: Sequence[BlockRef]) -> np.ndarray:
+        def task(ref: BlockRef, state: tuple[np.ndarray, np.ndarray]) -> None:
+            hist, bad = state
+            base, fts = self.inputs.block(ref.tensor.name, ref.start, ref.stop)
+            high_histogram(base, fts, hist, bad)
+            self.inputs.release(ref.tensor.name, ref.start, ref.stop)
+            for t in range(self.n):
+                if bad[t] >= 0:
+                    index = ref.start + int(bad[t])
+                    raise NonFiniteValueError(self.inputs.describe_nonfinite(ref.tensor.name, index, t))
+
+        states = self._run(
+            label, blocks, task, lambda: (np.zeros((self.n, HIGH_BINS), np.int64), np.full(self.n, -1, np.int64))
+        )
+        return sum((s[0] for s in states), np.zeros((self.n, HIGH_BINS), np.int64))
+
+    def low(self, label: str, blocks: Sequence[BlockRef], high_bins: np.ndarray) -> np.ndarray:
+        def task(ref: BlockRef, hist: np.ndarray) -> None:
+            base, fts = self.inputs.block(ref.tensor.name, ref.start, ref.stop)
+            low_histogram(base, fts, high_bins, hist)
+            self.inputs.release(ref.tensor.name, ref.start, ref.stop)
+
+        states = self._run(label, blocks, task, lambda: np.zeros((self.n, LOW_BINS), np.int64))
+        return sum(states, np.zeros((self.n, LOW_BINS), np.int64))
+
+    def equal_counts(self, label: str, blocks: Sequence[BlockRef], patterns: np.ndarray, out: np.ndarray) -> None:
+        def task(ref: BlockRef, _: None) -> None:
+            base, fts = self.inputs.block(ref.tensor.name, ref.start, ref.stop)
+            count_equal(base, fts, patterns, out[ref.ordinal])
+            self.inputs.release(ref.tensor.name, ref.start, ref.stop)
+
+        self._run(label, blocks, task, lambda: None)
+
+    def vote(self, label: str, blocks: Sequence[BlockRef], thr: np.ndarray, quotas: np.ndarray) -> int:
+        def task(ref: BlockRef, counts: np.ndarray) -> None:
+            base, fts = self.inputs.block(ref.tensor.name, ref.start, ref.stop)
+            elect_count(base, fts, thr, quotas[ref.ordinal], self.weights, counts)
+            self.inputs.release(ref.tensor.name, ref.start, ref.stop)
+
+        states = self._run(label, blocks, task, lambda: np.zeros(2, np.int64))
+        total = sum(states, np.zeros(2, np.int64))
+        return int(np.sign(total[0] - total[1]))
+
+    def group(
+        self, key: str, blocks: Sequence[BlockRef], quotas: np.ndarray, label: str
+    ) -> tuple[tuple[GroupThreshold, ...], int | None]:
+        """Thresholds of one group, its block quotas (written into ``quotas``), and its majority sign."""
+        options = self.plan.options
+        size = sum(b.stop - b.start for b in blocks)
+        wanted = _wanted_rank(size, options.density, options.trim) if size else None
+        if wanted is None:
+            result = tuple(GroupThreshold.keep_all(size) for _ in range(self.n))
+        else:
+            rank, m = wanted
+            high = self.high(f"{label}thresholds 1/2", blocks)
+            picks = [_select(high[t], rank) for t in range(self.n)]
+            low = self.low(f"{label}thresholds 2/2", blocks, np.array([p[0] for p in picks], np.int64))
+            groups = []
+            for t, (high_bin, below_high) in enumerate(picks):
+                low_bin, below_low = _select(low[t], rank - below_high)
+                equal = int(low[t, low_bin])
+                less = below_high + below_low
+                pattern = (high_bin << 16) | low_bin
+                if options.trim is TrimRule.THRESHOLD:
+                    groups.append(GroupThreshold(size, pattern, -1, size - less))
+                else:
+                    keep_equal = m - (size - less - equal)
+                    groups.append(GroupThreshold(size, pattern, -1 if keep_equal == equal else keep_equal, m))
+            result = tuple(groups)
+        self._quotas(blocks, result, quotas, label)
+        majority = None
+        if options.zero_sign is ZeroSign.MAJORITY:
+            thr = np.array([g.value for g in result], np.float32)
+            majority = self.vote(f"{label}majority sign", blocks, thr, quotas)
+        return result, majority
+
+    def _quotas(
+        self, blocks: Sequence[BlockRef], groups: tuple[GroupThreshold, ...], quotas: np.ndarray, label: str
+    ) -> None:
+        ordinals = [b.ordinal for b in blocks]
+        quotas[ordinals] = -1
+        split = [t for t, g in enumerate(groups) if g.keep_equal >= 0]
+        if not split:
+            return
+        patterns = np.array([g.pattern if g.keep_equal >= 0 else -1 for g in groups], np.int64)
+        counts = np.zeros_like(quotas)
+        self.equal_counts(f"{label}tie counts", blocks, patterns, counts)
+        for t in split:
+            per_block = counts[ordinals, t]
+            before = np.cumsum(per_block) - per_block
+            quotas[ordinals, t] = np.clip(groups[t].keep_equal - before, 0, per_block)
+
+
+def compute_thresholds(
+    plan: MergePlan, inputs: MergeInputs, progress: ProgressFactory | None = None
+) -> tuple[Thresholds, np.ndarray]:
+    """Pass 1: the thresholds, and the per-block tie quotas ``(blocks, models)`` pass 2 needs.
+
+    Progress is one bar over every read pass 1 may make; passes a group turns out not to need (tie
+    counts where no tie is split) are counted as done when the group ends.
+    """
+    blocks = plan_blocks(plan.merged)
+    quotas = np.full((len(blocks), plan.n_models), -1, np.int64)
+    passes = plan.threshold_passes
+    bar = progress("pass 1/2: thresholds", passes * plan.merge_input_bytes) if progress and passes else None
+    try:
+        result = _compute(plan, inputs, blocks, quotas, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    return result, quotas
+
+
+def _compute(
+    plan: MergePlan, inputs: MergeInputs, blocks: list[BlockRef], quotas: np.ndarray, bar: Progress | None
+) -> Thresholds:
+    runner = _Pass1(plan, inputs, bar)
+    groups: dict[str, tuple[GroupThreshold, ...]] = {}
+    majority: dict[str, int] = {}
+    if plan.options.scope is Scope.GLOBAL:
+        keyed = {GLOBAL: blocks}
+    else:
+        keyed = {}
+        for ref in blocks:
+            keyed.setdefault(ref.tensor.name, []).append(ref)
+        for t in plan.merged:  # zero-size tensors have no blocks but still get a (trivial) group
+            keyed.setdefault(t.name, [])
+    for key, group_blocks in keyed.items():
+        runner.passes_run = 0
+        thresholds, sign = runner.group(key, group_blocks, quotas, "" if key == GLOBAL else f"{key}: ")
+        groups[key] = thresholds
+        if sign is not None:
+            majority[key] = sign
+        if bar is not None:
+            skipped = plan.threshold_passes - runner.passes_run
+            bar.advance(skipped * sum(b.in_nbytes for b in group_blocks))
+    return Thresholds(plan.options.scope, types.MappingProxyType(groups), types.MappingProxyType(majority))
