@@ -27,7 +27,7 @@ class ProgressFactory(Protocol):
 
 
 class TqdmProgress:
-    """A tqdm bar in bytes (binary units), written to stderr."""
+    """A tqdm bar in bytes (SI units), written to stderr."""
 
     def __init__(self, description: str, total: int) -> None:
         from tqdm import tqdm
@@ -37,7 +37,7 @@ class TqdmProgress:
             desc=description,
             unit="B",
             unit_scale=True,
-            unit_divisor=1024,
+            unit_divisor=1000,
             dynamic_ncols=True,
             file=sys.stderr,
             leave=True,

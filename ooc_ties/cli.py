@@ -1,0 +1,205 @@
+"""The ``ooc-ties`` command: a thin adapter from flags to library calls.
+
+It parses arguments, configures logging and progress bars, calls :func:`ooc_ties.merge` (or the demo or
+generator), and turns an :class:`~ooc_ties.errors.OocTiesError` into a one-line message and exit code 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import click
+
+from ooc_ties import __version__
+from ooc_ties.config import PRESETS, Resources, Scope, TrimRule, ZeroSign, parse_preset
+from ooc_ties.errors import OocTiesError
+from ooc_ties.merge import MergeResult, merge, plan_merge
+from ooc_ties.progress import tqdm_progress
+
+__all__ = ["cli", "main"]
+
+logger = logging.getLogger(__name__)
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("ooc_ties")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def _choices(kind: type[Scope] | type[TrimRule] | type[ZeroSign]) -> click.Choice:
+    return click.Choice([m.value for m in kind])
+
+
+def _rate(result: MergeResult) -> str:
+    gbps = result.bytes_read / max(result.seconds, 1e-9) / 1e9
+    return f"{result.seconds:.1f} s, {gbps:.2f} GB/s of input read"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ooc-ties")
+def cli() -> None:
+    """Exact out-of-core TIES-Merging of safetensors checkpoints on CPU cores."""
+
+
+@cli.command("merge")
+@click.argument("finetuned", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--base", "-b", required=True, type=click.Path(path_type=Path), help="Base model: .safetensors file or HF folder.")
+@click.option("--output", "-o", required=True, type=click.Path(path_type=Path), help="Output folder (must not exist).")
+@click.option("--preset", type=click.Choice(sorted(PRESETS)), default="paper", show_default=True,
+              help="paper: the TIES reference code; mergekit: mergekit's ties.")
+@click.option("--density", type=float, help="Fraction of task-vector magnitudes kept, in (0, 1]. [default: 0.2]")
+@click.option("--lambda", "lam", type=float, help="Scale of the merged task vector. [default: 1.0]")
+@click.option("--scope", type=_choices(Scope), help="Top-k over the whole model or per tensor. [preset]")
+@click.option("--trim", type=_choices(TrimRule), help="threshold: keep all ties (paper); topk: exactly k. [preset]")
+@click.option("--zero-sign", type=_choices(ZeroSign), help="Sign where the vote is exactly 0. [preset]")
+@click.option("--weights", help="Per-model weights, space- or comma-separated, one per fine-tuned model.")
+@click.option("--dtype", type=click.Choice(["bf16", "f16", "f32"]), help="Output dtype of merged tensors. [base's]")
+@click.option("--memory-budget", default="2GiB", show_default=True, help="Working memory for blocks and histograms.")
+@click.option("--threads", type=int, help="Worker threads. [all CPUs]")
+@click.option("--shard-size", default="5GB", show_default=True, help="Largest output shard.")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists (only after the merge succeeds).")
+@click.option("--dry-run", is_flag=True, help="Print the plan and estimates; read no tensor data, write nothing.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars or summary; errors only.")
+@click.option("--verbose", "-v", count=True, help="More logging (-vv for debug).")
+def merge_command(
+    finetuned: Sequence[Path], base: Path, output: Path, preset: str, density: float | None, lam: float | None,
+    scope: str | None, trim: str | None, zero_sign: str | None, weights: str | None, dtype: str | None,
+    memory_budget: str, threads: int | None, shard_size: str, overwrite: bool, dry_run: bool, quiet: bool,
+    verbose: int,
+) -> None:
+    """TIES-merge FINETUNED models onto --base and write a model folder at --output."""
+    _setup_logging(verbose, quiet)
+    options = parse_preset(preset).with_(
+        density=density, lam=lam, scope=scope, trim=trim, zero_sign=zero_sign, out_dtype=dtype,
+        weights=_split_numbers(weights) if weights is not None else None,
+    )
+    resources = Resources(memory_budget=memory_budget, threads=threads, shard_size=shard_size)  # type: ignore[arg-type]
+    if dry_run:
+        plan = plan_merge(base, list(finetuned), options, resources)
+        click.echo(plan.describe())
+        return
+    result = merge(base, list(finetuned), output, options, resources, overwrite=overwrite,
+                   progress=None if quiet else tqdm_progress)
+    if not quiet:
+        click.echo(
+            f"merged {len(result.plan.merged)} tensors ({result.plan.merged_parameters:,} parameters) of "
+            f"{result.plan.n_models} models into {result.output} in {_rate(result)}", err=True,
+        )
+
+
+def _split_numbers(text: str) -> list[str]:
+    return [part for part in text.replace(",", " ").split() if part]
+
+
+@cli.command("generate")
+@click.argument("shape", type=click.Choice(["tiny", "demo", "1b", "3b", "70b-slice"]))
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--models", "-n", default=3, show_default=True, help="Number of fine-tuned models.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the generator.")
+@click.option("--shard-size", default="2GB", show_default=True, help="Largest shard of each model.")
+def generate_command(shape: str, folder: Path, models: int, seed: int, shard_size: str) -> None:
+    """Write synthetic bf16 Llama-shaped checkpoints: FOLDER/base and FOLDER/ft1..ftN."""
+    from ooc_ties.config import parse_size
+    from ooc_ties.synthetic import generate
+
+    _setup_logging(0, False)
+    started = time.perf_counter()
+    base, fts = generate(shape, folder, n_finetuned=models, seed=seed, shard_size=parse_size(shard_size, "shard size"))
+    click.echo(f"wrote {base} and {len(fts)} fine-tuned models in {time.perf_counter() - started:.1f} s", err=True)
+
+
+@cli.command("demo")
+@click.option("--workdir", type=click.Path(path_type=Path), help="Keep the models and output here (default: a temp dir).")
+@click.option("--threads", type=int, help="Worker threads. [all CPUs]")
+def demo_command(workdir: Path | None, threads: int | None) -> None:
+    """Generate a small Llama-shaped base and 3 fine-tunes, merge them, and check against the reference."""
+    _setup_logging(0, False)
+    if workdir is None:
+        with tempfile.TemporaryDirectory(prefix="ooc-ties-demo-") as tmp:
+            _demo(Path(tmp), threads)
+    else:
+        _demo(workdir, threads)
+
+
+def _demo(root: Path, threads: int | None) -> None:
+    import numpy as np
+
+    from ooc_ties.io.checkpoint import Checkpoint
+    from ooc_ties.reference import reference_merge
+    from ooc_ties.synthetic import SHAPES, generate
+
+    click.echo(f"generating a base and 3 fine-tuned models ({SHAPES['demo'].parameters:,} parameters each, bf16) in {root}")
+    base, fts = generate("demo", root / "models", n_finetuned=3)
+    options = PRESETS["paper"]
+    result = merge(base, fts, root / "merged", options, Resources(threads=threads), progress=tqdm_progress)
+    g = result.thresholds.groups[""]
+    click.echo(f"merged into {result.output} in {_rate(result)}")
+    for t, threshold in enumerate(g):
+        click.echo(f"  ft{t + 1}: |tau| >= {threshold.value:.3e} kept {threshold.kept:,} of {threshold.size:,} values")
+    click.echo(f"  majority sign: {result.thresholds.majority['']:+d}")
+    click.echo("checking against the in-RAM NumPy reference ...")
+    expected = reference_merge(base, fts, options)
+    with Checkpoint(result.output) as merged:
+        differing = [n for n in merged.names if merged.read(n).tobytes() != expected[n].tobytes()]
+    if differing:
+        raise click.ClickException(f"{len(differing)} tensors differ from the reference, e.g. {differing[0]}")
+    click.echo(f"OK: all {len(expected)} tensors are byte-identical to the reference ({np.__name__} in RAM)")
+
+
+def _join_weights(argv: list[str]) -> list[str]:
+    """Let ``--weights 1 0.5 0.5`` work: gather the numbers after ``--weights`` into one value."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        out.append(argv[i])
+        if argv[i] == "--weights":
+            values = []
+            while i + 1 < len(argv) and _is_number(argv[i + 1]) and not Path(argv[i + 1]).exists():
+                values.append(argv[i + 1])
+                i += 1
+            if values:
+                out.append(",".join(values))
+        i += 1
+    return out
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point: run the CLI; errors become one line on stderr and a non-zero exit."""
+    args = _join_weights(list(sys.argv[1:] if argv is None else argv))
+    try:
+        cli.main(args=args, prog_name="ooc-ties", standalone_mode=False)
+    except OocTiesError as exc:
+        click.echo(f"ooc-ties: error: {exc}", err=True)
+        sys.exit(1)
+    except click.exceptions.Abort:
+        click.echo("ooc-ties: interrupted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo("ooc-ties: interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()
