@@ -24,7 +24,7 @@ import numpy as np
 from numba import types
 from numba.extending import overload
 
-from ooc_ties.kernels.jit import f32_as_u32, inline, kernel, u32_as_f32
+from ooc_ties.kernels.jit import f32_as_u32, helper, kernel, u32_as_f32
 
 __all__ = [
     "bf16_bits_from_f32",
@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 
-@inline
+@helper
 def f32_from_f16_bits(h16: np.int16) -> np.float32:
     """Decode one IEEE half (given as its int16 bit pattern) to float32, exactly."""
     h = np.uint32(np.uint16(h16))
@@ -56,7 +56,7 @@ def f32_from_f16_bits(h16: np.int16) -> np.float32:
     return u32_as_f32(sign | ((exp + np.uint32(112)) << np.uint32(23)) | (man << np.uint32(13)))
 
 
-@inline
+@helper
 def bf16_bits_from_f32(x: np.float32) -> np.uint16:
     """Round float32 to bfloat16, nearest-even; NaN becomes the quiet NaN 0x7FC0 (as torch does)."""
     u = f32_as_u32(x)
@@ -66,7 +66,7 @@ def bf16_bits_from_f32(x: np.float32) -> np.uint16:
     return np.uint16((u + rounding) >> np.uint32(16))
 
 
-@inline
+@helper
 def f16_bits_from_f32(x: np.float32) -> np.int16:
     """Round float32 to IEEE half, nearest-even, with subnormals; returns the int16 bit pattern."""
     u = f32_as_u32(x)
@@ -104,7 +104,7 @@ def store_f32(out: Any, i: Any, value: Any) -> Any:
     raise NotImplementedError("store_f32 is only callable from compiled kernels")
 
 
-@overload(load_f32, inline="always")
+@overload(load_f32, jit_options={"fastmath": False, "error_model": "numpy"})
 def _load_f32(arr: Any, i: Any) -> Any:
     dtype = arr.dtype
     if dtype == types.uint16:
@@ -134,7 +134,7 @@ def _load_f32(arr: Any, i: Any) -> Any:
     return None
 
 
-@overload(store_f32, inline="always")
+@overload(store_f32, jit_options={"fastmath": False, "error_model": "numpy"})
 def _store_f32(out: Any, i: Any, value: Any) -> Any:
     dtype = out.dtype
     if dtype == types.uint16:
@@ -201,7 +201,7 @@ def stored_finite(out: Any, i: Any) -> Any:
     raise NotImplementedError("stored_finite is only callable from compiled kernels")
 
 
-@overload(stored_finite, inline="always")
+@overload(stored_finite, jit_options={"fastmath": False, "error_model": "numpy"})
 def _stored_finite(out: Any, i: Any) -> Any:
     dtype = out.dtype
     if dtype == types.uint16:

@@ -22,7 +22,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-__all__ = ["f32_as_u32", "kernel", "u32_as_f32"]
+__all__ = ["f32_as_u32", "helper", "kernel", "u32_as_f32"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -32,9 +32,9 @@ def kernel(fn: F) -> F:
     return numba.njit(nogil=True, cache=True, fastmath=False, error_model="numpy")(fn)  # type: ignore[no-any-return]
 
 
-def inline(fn: F) -> F:
-    """Compile a helper that kernels inline (same policy; inlined at the Numba IR level)."""
-    return numba.njit(nogil=True, cache=True, fastmath=False, error_model="numpy", inline="always")(fn)  # type: ignore[no-any-return]
+def helper(fn: F) -> F:
+    """Compile a helper called from kernels (same policy; LLVM inlines it into the caller)."""
+    return numba.njit(nogil=True, cache=True, fastmath=False, error_model="numpy")(fn)  # type: ignore[no-any-return]
 
 
 @intrinsic

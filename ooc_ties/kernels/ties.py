@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ooc_ties.kernels.convert import decode_oracle, encode_oracle, load_f32, store_f32, stored_finite
-from ooc_ties.kernels.jit import inline, kernel
+from ooc_ties.kernels.jit import helper, kernel
 
 __all__ = ["elect_count", "elect_count_oracle", "merge", "merge_oracle", "trim_oracle"]
 
@@ -29,7 +29,7 @@ _ZERO = np.float32(0.0)
 _ONE = np.float32(1.0)
 
 
-@inline
+@helper
 def _trimmed_votes(
     base: Any, fts: Any, i: int, thr: np.ndarray, quota: np.ndarray, seen: np.ndarray,
     weights: np.ndarray, v: np.ndarray,

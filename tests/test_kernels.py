@@ -1,0 +1,240 @@
+"""Every kernel against its NumPy oracle, on random data rich in the hard cases.
+
+The comparison table ``CASES`` drives the tests: each row runs a kernel and its oracle on the same
+generated block and demands bit-identical results. bf16 data with a few distinct magnitudes makes exact
+ties and exact zero sums common; hypothesis varies sizes, model counts, dtypes, thresholds and quotas.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ooc_ties.kernels import convert, histogram, ties
+
+# --------------------------------------------------------------------------------------------------
+# conversions
+
+
+def test_decode_every_16_bit_pattern() -> None:
+    patterns = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    for arr in (patterns, patterns.view(np.int16)):
+        out = np.empty(arr.size, np.float32)
+        convert.decode(arr, out)
+        expected = convert.decode_oracle(arr)
+        same = (out.view(np.uint32) == expected.view(np.uint32)) | (np.isnan(out) & np.isnan(expected))
+        assert same.all(), arr.dtype
+
+
+def _hard_floats(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Random bit patterns, normal values over many scales, and the rounding edge cases of bf16/f16."""
+    bits = rng.integers(0, 1 << 32, size=n, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    scaled = (rng.standard_normal(n) * 10.0 ** rng.integers(-9, 6, n)).astype(np.float32)
+    edges = np.array(
+        [0.0, 65504, 65519.996, 65520, 65536, 2**-24, 2**-25, 2**-25 * 1.0000001, 1.5 * 2**-24, 2.5 * 2**-24,
+         2**-14, 2**-14 * (1 - 2**-11), 3.4e38, np.inf],
+        np.float32,
+    )
+    ties_bf16 = np.array([0x3F808000, 0x3F818000, 0x7F7FFFFF, 0x7F7F8000, 0x00008000], np.uint32).view(np.float32)
+    values = np.concatenate([bits, scaled, edges, ties_bf16])
+    values = np.concatenate([values, -values])
+    return values[~np.isnan(values)]
+
+
+@pytest.mark.parametrize("storage", [np.uint16, np.int16, np.float32], ids=["bf16", "f16", "f32"])
+def test_encode_matches_oracle(storage: type) -> None:
+    values = _hard_floats(np.random.default_rng(0), 400_000)
+    out = np.empty(values.size, storage)
+    convert.encode(values, out)
+    np.testing.assert_array_equal(out, convert.encode_oracle(values, np.dtype(storage)))
+
+
+def test_bf16_encoding_is_round_half_even_like_torch() -> None:
+    # 1 + 2**-8 is halfway between bf16 neighbours 1 and 1 + 2**-7: stays at the even one (0x3F80);
+    # 1 + 3 * 2**-8 is halfway between 0x3F81 and 0x3F82: goes to the even 0x3F82.
+    values = np.array([0x3F808000, 0x3F818000, 0x7F7FFFFF], np.uint32).view(np.float32)
+    out = np.empty(3, np.uint16)
+    convert.encode(values, out)
+    assert out.tolist() == [0x3F80, 0x3F82, 0x7F80]
+
+
+def test_f16_encoding_agrees_with_numpy_on_a_dense_sweep() -> None:
+    # Every 97th float32 pattern between 2**-26 and 2**17: all subnormal and overflow boundaries.
+    lo, hi = np.float32(2**-26).view(np.uint32), np.float32(2**17).view(np.uint32)
+    values = np.arange(lo, hi, 97, dtype=np.uint32).view(np.float32)
+    values = np.concatenate([values, -values])
+    out = np.empty(values.size, np.int16)
+    convert.encode(values, out)
+    with np.errstate(over="ignore"):
+        expected = values.astype(np.float16).view(np.int16)
+    np.testing.assert_array_equal(out, expected)
+
+
+# --------------------------------------------------------------------------------------------------
+# blocks rich in ties
+
+
+STORAGE = {"bf16": np.uint16, "f16": np.int16, "f32": np.float32, "f64": np.float64}
+
+
+def _storage(values: np.ndarray, kind: str) -> np.ndarray:
+    if kind == "f64":
+        return values.astype(np.float64)
+    return convert.encode_oracle(values.astype(np.float32), np.dtype(STORAGE[kind]))
+
+
+def _block(seed: int, n: int, n_models: int, kind: str, levels: int) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    """A base and fine-tuned blocks whose task values come from a few levels: many exact ties."""
+    rng = np.random.default_rng(seed)
+    base = (rng.standard_normal(n) * 0.02).astype(np.float32)
+    base_s = _storage(base, kind)
+    base_f = convert.decode_oracle(base_s)
+    step = np.float32(2.0**-10)
+    fts = []
+    for _ in range(n_models):
+        delta = rng.integers(-levels, levels + 1, n).astype(np.float32) * step
+        fts.append(_storage(base_f + delta, kind))
+    return base_s, tuple(fts)
+
+
+def _thresholds_from_data(base: np.ndarray, fts: tuple[np.ndarray, ...], rng: np.random.Generator) -> np.ndarray:
+    """Thresholds equal to actual magnitudes in the data (so ties at the threshold occur)."""
+    out = []
+    for ft in fts:
+        mags = np.abs(convert.decode_oracle(ft) - convert.decode_oracle(base))
+        out.append(mags[rng.integers(0, mags.size)] if mags.size else 0.0)
+    return np.array(out, np.float32)
+
+
+blocks = st.builds(
+    lambda seed, n, m, kind, levels: (seed, _block(seed, n, m, kind, levels)),
+    seed=st.integers(0, 2**31),
+    n=st.integers(0, 3000),
+    m=st.integers(1, 5),
+    kind=st.sampled_from(sorted(STORAGE)),
+    levels=st.integers(0, 6),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(blocks)
+def test_high_histogram_matches_oracle(case: tuple[int, tuple[np.ndarray, tuple[np.ndarray, ...]]]) -> None:
+    _, (base, fts) = case
+    hist = np.zeros((len(fts), histogram.HIGH_BINS), np.int64)
+    bad = np.full(len(fts), -1, np.int64)
+    histogram.high_histogram(base, fts, hist, bad)
+    expected_hist, expected_bad = histogram.high_histogram_oracle(base, fts)
+    np.testing.assert_array_equal(hist, expected_hist)
+    np.testing.assert_array_equal(bad, expected_bad)
+
+
+@settings(max_examples=60, deadline=None)
+@given(blocks)
+def test_low_histogram_and_count_equal_match_oracles(case: tuple[int, tuple[np.ndarray, tuple[np.ndarray, ...]]]) -> None:
+    seed, (base, fts) = case
+    rng = np.random.default_rng(seed)
+    patterns = _thresholds_from_data(base, fts, rng).view(np.uint32).astype(np.int64)
+    patterns[rng.random(len(fts)) < 0.2] = -1  # some models skipped
+    high = np.where(patterns >= 0, patterns >> 16, -1)
+    low = np.zeros((len(fts), histogram.LOW_BINS), np.int64)
+    histogram.low_histogram(base, fts, high, low)
+    np.testing.assert_array_equal(low, histogram.low_histogram_oracle(base, fts, high))
+    counts = np.zeros(len(fts), np.int64)
+    histogram.count_equal(base, fts, patterns, counts)
+    np.testing.assert_array_equal(counts, histogram.count_equal_oracle(base, fts, patterns))
+
+
+def test_high_histogram_reports_first_non_finite() -> None:
+    base = np.zeros(10, np.float32)
+    ft = np.zeros(10, np.float32)
+    ft[[3, 7]] = [np.nan, np.inf]
+    hist = np.zeros((2, histogram.HIGH_BINS), np.int64)
+    bad = np.full(2, -1, np.int64)
+    histogram.high_histogram(base, (base.copy(), ft), hist, bad)
+    assert bad.tolist() == [-1, 3]
+    assert hist[1].sum() == 8
+
+
+merge_params = st.fixed_dictionaries(
+    {
+        "quota_kind": st.sampled_from(["all", "some", "none"]),
+        "weights": st.sampled_from(["ones", "random", "with_zero", "negative"]),
+        "lam": st.sampled_from([1.0, 0.5, 1.7, -0.3]),
+        "zero_positive": st.booleans(),
+        "out": st.sampled_from(["bf16", "f16", "f32"]),
+    }
+)
+
+
+def _merge_args(seed: int, fts: tuple[np.ndarray, ...], base: np.ndarray, params: dict) -> tuple:
+    rng = np.random.default_rng(seed + 1)
+    n_models = len(fts)
+    thr = _thresholds_from_data(base, fts, rng)
+    quota = {
+        "all": np.full(n_models, -1),
+        "some": rng.integers(0, 50, n_models),
+        "none": np.zeros(n_models, np.int64),
+    }[params["quota_kind"]].astype(np.int64)
+    weights = {
+        "ones": np.ones(n_models),
+        "random": rng.uniform(0.1, 2.0, n_models),
+        "with_zero": np.where(np.arange(n_models) == 0, 0.0, 1.0),
+        "negative": rng.uniform(-1.0, 1.0, n_models),
+    }[params["weights"]].astype(np.float32)
+    return thr, quota, weights, np.float32(params["lam"]), params["zero_positive"]
+
+
+@settings(max_examples=80, deadline=None)
+@given(blocks, merge_params)
+def test_merge_matches_oracle(case: tuple[int, tuple[np.ndarray, tuple[np.ndarray, ...]]], params: dict) -> None:
+    seed, (base, fts) = case
+    thr, quota, weights, lam, zero_positive = _merge_args(seed, fts, base, params)
+    storage = np.dtype({"bf16": np.uint16, "f16": np.int16, "f32": np.float32}[params["out"]])
+    out = np.empty(base.size, storage)
+    bad = ties.merge(base, fts, thr, quota, weights, lam, zero_positive, out)
+    expected = ties.merge_oracle(base, fts, thr, quota, weights, lam, zero_positive, storage)
+    np.testing.assert_array_equal(out.view(np.uint8), expected.view(np.uint8))
+    assert bad == -1  # inputs are small: nothing overflows
+
+
+@settings(max_examples=60, deadline=None)
+@given(blocks, merge_params)
+def test_elect_count_matches_oracle(case: tuple[int, tuple[np.ndarray, tuple[np.ndarray, ...]]], params: dict) -> None:
+    seed, (base, fts) = case
+    thr, quota, weights, _, _ = _merge_args(seed, fts, base, params)
+    counts = np.zeros(2, np.int64)
+    ties.elect_count(base, fts, thr, quota, weights, counts)
+    np.testing.assert_array_equal(counts, ties.elect_count_oracle(base, fts, thr, quota, weights))
+
+
+def test_exact_zero_sums_follow_the_zero_sign_rule() -> None:
+    # Two models with opposite task values: the vote is exactly 0 everywhere.
+    base = np.zeros(4, np.float32)
+    fts = (np.array([1, -2, 0, 3], np.float32), np.array([-1, 2, 0, -3], np.float32))
+    args = (np.zeros(2, np.float32), np.full(2, -1, np.int64), np.ones(2, np.float32), np.float32(1))
+    positive = np.empty(4, np.float32)
+    negative = np.empty(4, np.float32)
+    ties.merge(base, fts, *args, True, positive)
+    ties.merge(base, fts, *args, False, negative)
+    assert positive.tolist() == [1, 2, 0, 3]
+    assert negative.tolist() == [-1, -2, 0, -3]
+
+
+def test_quota_keeps_the_first_ties_in_block_order() -> None:
+    base = np.zeros(6, np.float32)
+    ft = np.array([1, -1, 1, 2, 1, -1], np.float32)
+    out = np.empty(6, np.float32)
+    ties.merge(base, (ft,), np.array([1.0], np.float32), np.array([2]), np.ones(1, np.float32), np.float32(1), True, out)
+    # |tau| > 1 always kept; of the four values equal to 1, the first two (indices 0 and 1).
+    # The kept -1 disagrees with the positive vote at index 1, so only positives survive there.
+    assert out.tolist() == [1, -1, 0, 2, 0, 0]
+
+
+def test_merge_reports_overflow_in_the_output_dtype() -> None:
+    base = np.full(3, 60000.0, np.float32)
+    ft = np.array([60000.0, 70000.0, 60001.0], np.float32)
+    out = np.empty(3, np.int16)  # float16: 70000 does not fit
+    bad = ties.merge(base, (ft,), np.zeros(1, np.float32), np.full(1, -1), np.ones(1, np.float32), np.float32(1), True, out)
+    assert bad == 1

@@ -1,0 +1,174 @@
+"""End-to-end merges of tiny generated checkpoints, byte-compared with the in-RAM reference."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import safetensors
+
+from ooc_ties import PRESETS, MergeOptions, Resources, merge
+from ooc_ties.cli import main
+from ooc_ties.io.checkpoint import Checkpoint
+from ooc_ties.reference import reference_merge
+from conftest import tree_digest
+
+Models = tuple[Path, list[Path]]
+
+
+def read_all(folder: Path) -> dict[str, bytes]:
+    with Checkpoint(folder) as c:
+        return {n: c.read(n).tobytes() for n in c.names}
+
+
+def expected_bytes(base: Path, fts: list[Path], options: MergeOptions) -> dict[str, bytes]:
+    return {n: a.tobytes() for n, a in reference_merge(base, fts, options).items()}
+
+
+OPTION_CASES = {
+    "paper": PRESETS["paper"],
+    "mergekit": PRESETS["mergekit"],
+    "paper-tensor-scope": PRESETS["paper"].with_(scope="tensor"),
+    "mergekit-global-weights": PRESETS["mergekit"].with_(scope="global", weights=(1.0, 0.7, 0.4), lam=0.8),
+    "topk-majority-f16": PRESETS["paper"].with_(trim="topk", density=0.35, out_dtype="f16"),
+    "threshold-positive-f32": PRESETS["paper"].with_(zero_sign="positive", density=0.05, out_dtype="f32"),
+    "density-1": PRESETS["paper"].with_(density=1.0),
+    "mergekit-tiny-density": PRESETS["mergekit"].with_(density=0.001),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OPTION_CASES))
+def test_merge_matches_reference(tiny_models: Models, tmp_path: Path, name: str) -> None:
+    base, fts = tiny_models
+    options = OPTION_CASES[name]
+    result = merge(base, fts, tmp_path / "out", options, Resources(threads=2, max_block_elements=2000))
+    assert read_all(result.output) == expected_bytes(base, fts, options)
+
+
+@pytest.mark.parametrize("preset", ["paper", "mergekit"])
+def test_output_bytes_do_not_depend_on_blocks_or_threads(tiny_models: Models, tmp_path: Path, preset: str) -> None:
+    base, fts = tiny_models
+    outputs = set()
+    for i, (block, threads) in enumerate([(None, 1), (4096, 2), (1000, 2), (333, 1), (97, 2)]):
+        out = tmp_path / f"out{i}"
+        merge(base, fts, out, PRESETS[preset], Resources(threads=threads, max_block_elements=block))
+        outputs.add((out / "model.safetensors").read_bytes())
+    assert len(outputs) == 1
+
+
+def test_two_models_commute(tiny_models: Models, tmp_path: Path) -> None:
+    # With two models every float32 sum has two terms, and a + b == b + a exactly.
+    base, fts = tiny_models
+    a = merge(base, fts[:2], tmp_path / "ab", PRESETS["paper"], Resources(threads=1))
+    b = merge(base, fts[1::-1], tmp_path / "ba", PRESETS["paper"], Resources(threads=2))
+    assert read_all(a.output) == read_all(b.output)
+
+
+def test_density_one_with_agreeing_signs_is_the_plain_mean(tmp_path: Path) -> None:
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(3)
+    base = rng.standard_normal((40, 30)).astype(np.float32)
+    deltas = [np.abs(rng.standard_normal((40, 30))).astype(np.float32) for _ in range(3)]
+    paths = []
+    for i, tensor in enumerate([base] + [base + d for d in deltas]):
+        paths.append(tmp_path / f"m{i}.safetensors")
+        save_file({"w": tensor}, paths[-1])
+    result = merge(paths[0], paths[1:], tmp_path / "out", PRESETS["paper"].with_(density=1.0))
+    with Checkpoint(result.output) as c:
+        merged = np.array(c.read("w")).reshape(40, 30)
+    taus = [(base + d) - base for d in deltas]
+    expected = base + np.float32(1.0) * (((taus[0] + taus[1]) + taus[2]) / np.float32(3))
+    np.testing.assert_array_equal(merged, expected)
+
+
+def test_sharded_inputs_and_outputs(sharded_models: Models, tmp_path: Path) -> None:
+    base, fts = sharded_models
+    assert (base / "model.safetensors.index.json").exists()
+    result = merge(base, fts, tmp_path / "out", PRESETS["paper"], Resources(shard_size=70_000, threads=2))
+    index = json.loads((result.output / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 2 and shards[0].startswith("model-00001-of-")
+    assert index["metadata"]["total_size"] == sum(
+        len(b) for b in read_all(result.output).values()
+    )
+    assert read_all(result.output) == expected_bytes(base, fts, PRESETS["paper"])
+
+
+def test_output_folder_is_a_loadable_hf_model(tiny_models: Models, tmp_path: Path) -> None:
+    base, fts = tiny_models
+    result = merge(base, fts, tmp_path / "out", PRESETS["paper"])
+    names = sorted(p.name for p in result.output.iterdir())
+    assert names == ["config.json", "generation_config.json", "model.safetensors", "ooc_ties_recipe.json"]
+    raw = (result.output / "model.safetensors").read_bytes()
+    # The safetensors package validates the header and layout (contiguous, in bounds) when it parses.
+    tensors = dict(safetensors.deserialize(raw))
+    with Checkpoint(base) as b:
+        assert sorted(tensors) == sorted(b.names)
+        for name, info in tensors.items():
+            assert info["dtype"].upper() in ("BF16", "BFLOAT16") and tuple(info["shape"]) == b.info(name).shape
+    with safetensors.safe_open(result.output / "model.safetensors", "numpy") as f:
+        metadata = f.metadata()
+    assert metadata["format"] == "pt"
+    assert json.loads(metadata["ooc_ties"])["density"] == 0.2
+    recipe = json.loads((result.output / "ooc_ties_recipe.json").read_text())
+    assert recipe["options"]["scope"] == "global" and len(recipe["thresholds"]["groups"][""]) == 3
+    assert (result.output / "config.json").read_bytes() == (base / "config.json").read_bytes()
+
+
+def test_output_dtype_updates_config(tiny_models: Models, tmp_path: Path) -> None:
+    base, fts = tiny_models
+    result = merge(base, fts, tmp_path / "out", PRESETS["paper"].with_(out_dtype="f32"))
+    assert json.loads((result.output / "config.json").read_text())["torch_dtype"] == "float32"
+
+
+def test_inputs_are_untouched_and_nothing_is_left_beside_the_output(tiny_models: Models, tmp_path: Path) -> None:
+    base, fts = tiny_models
+    before = [tree_digest(p) for p in (base, *fts)]
+    merge(base, fts, tmp_path / "out", PRESETS["mergekit"])
+    assert [tree_digest(p) for p in (base, *fts)] == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_cli_merge_matches_library(tiny_models: Models, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base, fts = tiny_models
+    main(["merge", "--base", str(base), *map(str, fts), "-o", str(tmp_path / "cli"), "--preset", "mergekit",
+          "--density", "0.3", "--weights", "1", "0.5", "0.25", "--lambda", "0.9", "--threads", "2", "-q"])
+    options = PRESETS["mergekit"].with_(density=0.3, weights=(1, 0.5, 0.25), lam=0.9)
+    assert read_all(tmp_path / "cli") == expected_bytes(base, fts, options)
+    assert capsys.readouterr().err == ""
+
+
+def test_cli_dry_run_writes_nothing(tiny_models: Models, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base, fts = tiny_models
+    main(["merge", "--base", str(base), *map(str, fts), "-o", str(tmp_path / "out"), "--dry-run"])
+    out = capsys.readouterr().out
+    assert "tensors: 21 merged" in out and "peak memory" in out and "disk needed" in out
+    assert not (tmp_path / "out").exists()
+
+
+def test_overwrite_replaces_an_existing_output(tiny_models: Models, tmp_path: Path) -> None:
+    base, fts = tiny_models
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "stale.txt").write_text("old")
+    merge(base, fts, out, PRESETS["paper"], overwrite=True)
+    assert not (out / "stale.txt").exists() and (out / "model.safetensors").exists()
+
+
+def test_mixed_input_dtypes_are_decoded(tmp_path: Path) -> None:
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(5)
+    base = (rng.standard_normal(500) * 0.1).astype(np.float32)
+    ft1 = (base + rng.standard_normal(500).astype(np.float32) * 0.01).astype(np.float16)
+    ft2 = (base + rng.standard_normal(500).astype(np.float32) * 0.01).astype(np.float64)
+    paths = [tmp_path / f"{n}.safetensors" for n in ("b", "f1", "f2")]
+    for path, tensor in zip(paths, (base, ft1, ft2)):
+        save_file({"w": tensor, "ids": np.arange(7, dtype=np.int64)}, path)
+    result = merge(paths[0], paths[1:], tmp_path / "out", PRESETS["paper"].with_(density=0.5), Resources(max_block_elements=64))
+    assert read_all(result.output) == expected_bytes(paths[0], paths[1:], PRESETS["paper"].with_(density=0.5))
+    with Checkpoint(result.output) as c:
+        assert c.read("ids").tolist() == list(range(7))
