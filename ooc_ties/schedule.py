@@ -11,7 +11,7 @@ a process pool) computes the same thing.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from typing import Generic, TypeVar
 
@@ -68,15 +68,14 @@ def run_blocks(
 
     window = 4 * threads  # tasks in flight: enough to keep every thread busy, few to cancel on error
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ooc-ties") as pool:
-        pending: dict[Future[None], Item] = {}
-        iterator: Iterable[Item] = iter(items)
+        pending: dict[Future[None], int] = {}
         try:
-            for item in iterator:
-                pending[pool.submit(run, item)] = item
-                if len(pending) >= window:
-                    _drain(pending, progress, cost, return_when=FIRST_EXCEPTION, at_least_one=True)
+            for position, item in enumerate(items):
+                pending[pool.submit(run, item)] = position
+                while len(pending) >= window:
+                    _drain(pending, items, progress, cost)
             while pending:
-                _drain(pending, progress, cost, return_when=FIRST_EXCEPTION, at_least_one=True)
+                _drain(pending, items, progress, cost)
         except BaseException:
             for future in pending:
                 future.cancel()
@@ -85,16 +84,16 @@ def run_blocks(
 
 
 def _drain(
-    pending: dict[Future[None], Item],
-    progress: Progress | None,
-    cost: Callable[[Item], int],
-    *,
-    return_when: str,
-    at_least_one: bool,
+    pending: dict[Future[None], int], items: Sequence[Item], progress: Progress | None, cost: Callable[[Item], int]
 ) -> None:
-    done, _ = wait(list(pending), return_when=return_when)
+    """Wait for some tasks; on failure wait for all in flight and raise the earliest item's error."""
+    done, _ = wait(list(pending), return_when=FIRST_EXCEPTION)
+    if any(f.exception() is not None for f in done):
+        wait(list(pending))
+        failed = sorted((pending[f], f) for f in pending if not f.cancelled() and f.exception() is not None)
+        pending.clear()
+        raise failed[0][1].exception()  # type: ignore[misc]
     for future in done:
-        item = pending.pop(future)
-        future.result()  # re-raises the task's exception
+        position = pending.pop(future)
         if progress is not None:
-            progress.advance(cost(item))
+            progress.advance(cost(items[position]))

@@ -161,8 +161,8 @@ class _Pass1:
         )
 
     def high(self, label: str, blocks: Sequence[BlockRef]) -> np.ndarray:
-        def task(ref: BlockRef, state: tuple[np.ndarray, np.ndarray]) -> None:
-            hist, bad = state
+        def task(ref: BlockRef, hist: np.ndarray) -> None:
+            bad = np.full(self.n, -1, np.int64)  # per block: a worker goes on after another block fails
             base, fts = self.inputs.block(ref.tensor.name, ref.start, ref.stop)
             high_histogram(base, fts, hist, bad)
             self.inputs.release(ref.tensor.name, ref.start, ref.stop)
@@ -171,10 +171,8 @@ class _Pass1:
                     index = ref.start + int(bad[t])
                     raise NonFiniteValueError(self.inputs.describe_nonfinite(ref.tensor.name, index, t))
 
-        states = self._run(
-            label, blocks, task, lambda: (np.zeros((self.n, HIGH_BINS), np.int64), np.full(self.n, -1, np.int64))
-        )
-        return sum((s[0] for s in states), np.zeros((self.n, HIGH_BINS), np.int64))
+        states = self._run(label, blocks, task, lambda: np.zeros((self.n, HIGH_BINS), np.int64))
+        return sum(states, np.zeros((self.n, HIGH_BINS), np.int64))
 
     def low(self, label: str, blocks: Sequence[BlockRef], high_bins: np.ndarray) -> np.ndarray:
         def task(ref: BlockRef, hist: np.ndarray) -> None:

@@ -90,7 +90,7 @@ class Checkpoint:
                 listed = {n for n, s in weight_map.items() if s == shard}
                 self._add(SafetensorsFile(shard_path), listed)
             return
-        found = sorted(folder.glob("*.safetensors"))
+        found = sorted(p for p in folder.glob("*.safetensors") if p.is_file())
         if not found:
             others = [name for name in _OTHER_FORMATS if (folder / name).exists()]
             hint = f" (found {', '.join(others)}; convert it to safetensors first)" if others else ""

@@ -18,6 +18,7 @@ import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from stat import S_ISREG
 from types import TracebackType
 
 import numpy as np
@@ -101,10 +102,16 @@ class SafetensorsFile:
         except OSError as exc:
             raise CheckpointNotFoundError(f"{self.path}: cannot open ({exc.strerror})") from None
         try:
-            self.size = os.fstat(fd).st_size
+            stat = os.fstat(fd)
+            if not S_ISREG(stat.st_mode):
+                raise _fail(self.path, "is not a regular file")
+            self.size = stat.st_size
             if self.size < 8:
                 raise _fail(self.path, f"truncated: {self.size} bytes, too short for a safetensors header")
-            self._map = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+            try:
+                self._map = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+            except OSError as exc:
+                raise _fail(self.path, f"cannot be memory-mapped ({exc.strerror})") from None
         finally:
             os.close(fd)
         try:
