@@ -26,7 +26,7 @@ from ooc_ties.dtypes import DType
 from ooc_ties.errors import DiskSpaceError, IncompatibleCheckpointsError, NonFiniteValueError, OutputPathError
 from ooc_ties.inputs import MergeInputs, kernel_array
 from ooc_ties.io.checkpoint import Checkpoint
-from ooc_ties.io.writer import OutputFolder, ShardWriter, TensorSpec
+from ooc_ties.io.writer import OutputFolder, ShardWriter, TensorSpec, check_destination
 from ooc_ties.kernels.ties import merge as merge_kernel
 from ooc_ties.plan import MergePlan, TensorKind, TensorPlan, make_plan
 from ooc_ties.progress import ProgressFactory
@@ -112,6 +112,7 @@ def merge(
     with contextlib.ExitStack() as stack:
         inputs = _open_all(stack, base, finetuned)
         _check_output_path(output_path, [c.path for c in inputs.all])
+        check_destination(output_path.absolute(), overwrite=overwrite)
         plan = make_plan(inputs.base, inputs.fts, options, resources)
         _check_disk(output_path, plan)
         logger.info("plan:\n%s", plan.describe())

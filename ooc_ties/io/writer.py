@@ -28,7 +28,15 @@ import numpy as np
 from ooc_ties.dtypes import DType
 from ooc_ties.errors import DiskSpaceError, OutputPathError
 
-__all__ = ["INDEX_NAME", "OutputFolder", "ShardLayout", "ShardWriter", "TensorSpec", "layout_shards"]
+__all__ = [
+    "INDEX_NAME",
+    "OutputFolder",
+    "ShardLayout",
+    "ShardWriter",
+    "TensorSpec",
+    "check_destination",
+    "layout_shards",
+]
 
 INDEX_NAME = "model.safetensors.index.json"
 """The index file of a sharded Hugging Face checkpoint."""
@@ -159,16 +167,22 @@ def _reserve(fd: int, size: int, path: Path) -> None:
             raise
 
 
+def check_destination(destination: Path, *, overwrite: bool) -> None:
+    """Refuse a destination that is a file, or a non-empty folder unless ``overwrite``."""
+    if not destination.exists():
+        return
+    if not destination.is_dir():
+        raise OutputPathError(f"{destination}: exists and is not a folder")
+    if not overwrite and any(destination.iterdir()):
+        raise OutputPathError(f"{destination}: already exists (choose another path or --overwrite)")
+
+
 class OutputFolder:
     """A model folder built under a temporary name and published by one rename."""
 
     def __init__(self, destination: str | os.PathLike[str], *, overwrite: bool = False) -> None:
         self.destination = Path(destination).absolute()
-        if self.destination.exists() and not overwrite:
-            if not (self.destination.is_dir() and not any(self.destination.iterdir())):
-                raise OutputPathError(f"{self.destination}: already exists (choose another path or --overwrite)")
-        if self.destination.exists() and not self.destination.is_dir():
-            raise OutputPathError(f"{self.destination}: exists and is not a folder")
+        check_destination(self.destination, overwrite=overwrite)
         self._created: list[Path] = []
         parent = self.destination.parent
         missing = []
