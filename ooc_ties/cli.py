@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from ooc_ties import __version__
-from ooc_ties.config import PRESETS, Resources, Scope, TrimRule, ZeroSign, parse_preset
+from ooc_ties.config import PRESETS, Resources, Scope, TrimRule, ZeroSign, parse_preset, parse_size, parse_threads
 from ooc_ties.errors import OocTiesError
 from ooc_ties.merge import MergeResult, merge, plan_merge
 from ooc_ties.progress import tqdm_progress
@@ -27,7 +27,9 @@ logger = logging.getLogger(__name__)
 
 
 def _setup_logging(verbose: int, quiet: bool) -> None:
-    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
+    level = (
+        logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
+    )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger("ooc_ties")
@@ -35,7 +37,7 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     root.setLevel(level)
 
 
-def _choices(kind: type[Scope] | type[TrimRule] | type[ZeroSign]) -> click.Choice:
+def _choices(kind: type[Scope] | type[TrimRule] | type[ZeroSign]) -> click.Choice[str]:
     return click.Choice([m.value for m in kind])
 
 
@@ -52,10 +54,17 @@ def cli() -> None:
 
 @cli.command("merge")
 @click.argument("finetuned", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--base", "-b", required=True, type=click.Path(path_type=Path), help="Base model: .safetensors file or HF folder.")
+@click.option(
+    "--base", "-b", required=True, type=click.Path(path_type=Path), help="Base model: .safetensors file or HF folder."
+)
 @click.option("--output", "-o", required=True, type=click.Path(path_type=Path), help="Output folder (must not exist).")
-@click.option("--preset", type=click.Choice(sorted(PRESETS)), default="paper", show_default=True,
-              help="paper: the TIES reference code; mergekit: mergekit's ties.")
+@click.option(
+    "--preset",
+    type=click.Choice(sorted(PRESETS)),
+    default="paper",
+    show_default=True,
+    help="paper: the TIES reference code; mergekit: mergekit's ties.",
+)
 @click.option("--density", type=float, help="Fraction of task-vector magnitudes kept, in (0, 1]. [default: 0.2]")
 @click.option("--lambda", "lam", type=float, help="Scale of the merged task vector. [default: 1.0]")
 @click.option("--scope", type=_choices(Scope), help="Top-k over the whole model or per tensor. [preset]")
@@ -71,28 +80,59 @@ def cli() -> None:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or summary; errors only.")
 @click.option("--verbose", "-v", count=True, help="More logging (-vv for debug).")
 def merge_command(
-    finetuned: Sequence[Path], base: Path, output: Path, preset: str, density: float | None, lam: float | None,
-    scope: str | None, trim: str | None, zero_sign: str | None, weights: str | None, dtype: str | None,
-    memory_budget: str, threads: int | None, shard_size: str, overwrite: bool, dry_run: bool, quiet: bool,
+    finetuned: Sequence[Path],
+    base: Path,
+    output: Path,
+    preset: str,
+    density: float | None,
+    lam: float | None,
+    scope: str | None,
+    trim: str | None,
+    zero_sign: str | None,
+    weights: str | None,
+    dtype: str | None,
+    memory_budget: str,
+    threads: int | None,
+    shard_size: str,
+    overwrite: bool,
+    dry_run: bool,
+    quiet: bool,
     verbose: int,
 ) -> None:
     """TIES-merge FINETUNED models onto --base and write a model folder at --output."""
     _setup_logging(verbose, quiet)
     options = parse_preset(preset).with_(
-        density=density, lam=lam, scope=scope, trim=trim, zero_sign=zero_sign, out_dtype=dtype,
+        density=density,
+        lam=lam,
+        scope=scope,
+        trim=trim,
+        zero_sign=zero_sign,
+        out_dtype=dtype,
         weights=_split_numbers(weights) if weights is not None else None,
     )
-    resources = Resources(memory_budget=memory_budget, threads=threads, shard_size=shard_size)  # type: ignore[arg-type]
+    resources = Resources(
+        memory_budget=parse_size(memory_budget, "memory budget"),
+        threads=parse_threads(threads),
+        shard_size=parse_size(shard_size, "shard size"),
+    )
     if dry_run:
         plan = plan_merge(base, list(finetuned), options, resources)
         click.echo(plan.describe())
         return
-    result = merge(base, list(finetuned), output, options, resources, overwrite=overwrite,
-                   progress=None if quiet else tqdm_progress)
+    result = merge(
+        base,
+        list(finetuned),
+        output,
+        options,
+        resources,
+        overwrite=overwrite,
+        progress=None if quiet else tqdm_progress,
+    )
     if not quiet:
         click.echo(
             f"merged {len(result.plan.merged)} tensors ({result.plan.merged_parameters:,} parameters) of "
-            f"{result.plan.n_models} models into {result.output} in {_rate(result)}", err=True,
+            f"{result.plan.n_models} models into {result.output} in {_rate(result)}",
+            err=True,
         )
 
 
@@ -108,7 +148,6 @@ def _split_numbers(text: str) -> list[str]:
 @click.option("--shard-size", default="2GB", show_default=True, help="Largest shard of each model.")
 def generate_command(shape: str, folder: Path, models: int, seed: int, shard_size: str) -> None:
     """Write synthetic bf16 Llama-shaped checkpoints: FOLDER/base and FOLDER/ft1..ftN."""
-    from ooc_ties.config import parse_size
     from ooc_ties.synthetic import generate
 
     _setup_logging(0, False)
@@ -118,7 +157,9 @@ def generate_command(shape: str, folder: Path, models: int, seed: int, shard_siz
 
 
 @cli.command("demo")
-@click.option("--workdir", type=click.Path(path_type=Path), help="Keep the models and output here (default: a temp dir).")
+@click.option(
+    "--workdir", type=click.Path(path_type=Path), help="Keep the models and output here (default: a temp dir)."
+)
 @click.option("--threads", type=int, help="Worker threads. [all CPUs]")
 def demo_command(workdir: Path | None, threads: int | None) -> None:
     """Generate a small Llama-shaped base and 3 fine-tunes, merge them, and check against the reference."""
@@ -137,10 +178,13 @@ def _demo(root: Path, threads: int | None) -> None:
     from ooc_ties.reference import reference_merge
     from ooc_ties.synthetic import SHAPES, generate
 
-    click.echo(f"generating a base and 3 fine-tuned models ({SHAPES['demo'].parameters:,} parameters each, bf16) in {root}")
+    click.echo(
+        f"generating a base and 3 fine-tuned models ({SHAPES['demo'].parameters:,} parameters each, bf16) in {root}"
+    )
     base, fts = generate("demo", root / "models", n_finetuned=3)
     options = PRESETS["paper"]
-    result = merge(base, fts, root / "merged", options, Resources(threads=threads), progress=tqdm_progress)
+    resources = Resources(threads=parse_threads(threads))
+    result = merge(base, fts, root / "merged", options, resources, progress=tqdm_progress)
     g = result.thresholds.groups[""]
     click.echo(f"merged into {result.output} in {_rate(result)}")
     for t, threshold in enumerate(g):

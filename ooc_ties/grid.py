@@ -65,7 +65,7 @@ class ChunkGrid:
     def nblocks(self) -> int:
         if self.numel == 0:
             return 0
-        return math.prod(-(-s // c) for s, c in zip(self.shape, self.chunks))
+        return math.prod(-(-s // c) for s, c in zip(self.shape, self.chunks, strict=True))
 
     def blocks(self) -> Iterator[tuple[int, int]]:
         """Flat ``[start, stop)`` element ranges of the chunks, in C order (zero-size arrays: none)."""

@@ -24,7 +24,7 @@ from ooc_ties import __version__
 from ooc_ties.config import PRESETS, MergeOptions, Resources, ZeroSign
 from ooc_ties.dtypes import DType
 from ooc_ties.errors import DiskSpaceError, IncompatibleCheckpointsError, NonFiniteValueError, OutputPathError
-from ooc_ties.inputs import MergeInputs, kernel_array
+from ooc_ties.inputs import MergeInputs
 from ooc_ties.io.checkpoint import Checkpoint
 from ooc_ties.io.writer import OutputFolder, ShardWriter, TensorSpec, check_destination
 from ooc_ties.kernels.ties import merge as merge_kernel
@@ -71,7 +71,9 @@ def _check_output_path(output: Path, inputs: Sequence[Path]) -> None:
             raise OutputPathError(f"{output}: the output must not contain an input ({source})")
 
 
-def _open_all(stack: contextlib.ExitStack, base: str | os.PathLike[str], fts: Sequence[str | os.PathLike[str]]) -> MergeInputs:
+def _open_all(
+    stack: contextlib.ExitStack, base: str | os.PathLike[str], fts: Sequence[str | os.PathLike[str]]
+) -> MergeInputs:
     opened_base = stack.enter_context(Checkpoint(base))
     opened = tuple(stack.enter_context(Checkpoint(p)) for p in fts)
     return MergeInputs(opened_base, opened)
@@ -181,12 +183,21 @@ def _open_shards(folder: OutputFolder, plan: MergePlan, inputs: MergeInputs) -> 
 
 def _out_storage(dtype: DType) -> np.dtype:
     """The kernel encoding of an output dtype (uint16 = bf16, int16 = f16, float32)."""
-    return {"BF16": np.dtype(np.uint16), "F16": np.dtype(np.int16), "F32": np.dtype(np.float32)}[dtype.code]
+    encodings: dict[str, np.dtype] = {
+        "BF16": np.dtype(np.uint16),
+        "F16": np.dtype(np.int16),
+        "F32": np.dtype(np.float32),
+    }
+    return encodings[dtype.code]
 
 
 class _Pass2:
     def __init__(
-        self, plan: MergePlan, inputs: MergeInputs, thresholds: Thresholds, quotas: np.ndarray,
+        self,
+        plan: MergePlan,
+        inputs: MergeInputs,
+        thresholds: Thresholds,
+        quotas: np.ndarray,
         writers: dict[str, ShardWriter],
     ) -> None:
         self.inputs = inputs
@@ -235,13 +246,19 @@ class _Pass2:
 
 
 def _pass2(
-    plan: MergePlan, inputs: MergeInputs, thresholds: Thresholds, quotas: np.ndarray,
-    writers: dict[str, ShardWriter], progress: ProgressFactory | None,
+    plan: MergePlan,
+    inputs: MergeInputs,
+    thresholds: Thresholds,
+    quotas: np.ndarray,
+    writers: dict[str, ShardWriter],
+    progress: ProgressFactory | None,
 ) -> None:
     runner = _Pass2(plan, inputs, thresholds, quotas, writers)
     blocks = plan_blocks(plan.merged)
     copies = [(t, start, stop) for t in plan.tensors if t.kind is TensorKind.COPY for start, stop in t.grid.blocks()]
-    total = sum(b.in_nbytes for b in blocks) + sum((stop - start) * t.in_dtypes[0].itemsize for t, start, stop in copies)
+    total = sum(b.in_nbytes for b in blocks) + sum(
+        (stop - start) * t.in_dtypes[0].itemsize for t, start, stop in copies
+    )
     bar = progress("pass 2/2: merge", total) if progress else None
     try:
         for tensor, start, stop in copies:
@@ -249,8 +266,12 @@ def _pass2(
             if bar is not None:
                 bar.advance((stop - start) * tensor.in_dtypes[0].itemsize)
         run_blocks(
-            blocks, runner.merge_block, runner.new_state,
-            threads=plan.resources.threads, cost=lambda b: b.in_nbytes, progress=bar,
+            blocks,
+            runner.merge_block,
+            runner.new_state,
+            threads=plan.resources.threads,
+            cost=lambda b: b.in_nbytes,
+            progress=bar,
         )
     finally:
         if bar is not None:

@@ -168,9 +168,7 @@ def _check_inputs(base: Checkpoint, fts: Sequence[Checkpoint]) -> None:
             )
         extra = sorted(set(ft.names) - names)
         if extra:
-            raise IncompatibleCheckpointsError(
-                f"{ft.where(extra[0])} is not in the base model {base.path}"
-            )
+            raise IncompatibleCheckpointsError(f"{ft.where(extra[0])} is not in the base model {base.path}")
         for name in base.names:
             b, f = base.info(name), ft.info(name)
             if b.shape != f.shape:
@@ -183,9 +181,7 @@ def _check_inputs(base: Checkpoint, fts: Sequence[Checkpoint]) -> None:
                 )
 
 
-def make_plan(
-    base: Checkpoint, fts: Sequence[Checkpoint], options: MergeOptions, resources: Resources
-) -> MergePlan:
+def make_plan(base: Checkpoint, fts: Sequence[Checkpoint], options: MergeOptions, resources: Resources) -> MergePlan:
     """Validate that the checkpoints line up and plan the merge."""
     if not fts:
         raise OptionError("no fine-tuned model given: TIES needs at least one")
@@ -194,9 +190,7 @@ def make_plan(
     n = len(fts)
 
     out_bytes = 4 if options.out_dtype is None else options.out_dtype.itemsize
-    mixed = any(
-        len({ft.info(name).dtype for ft in fts}) > 1 for name in base.names if base.info(name).dtype.is_float
-    )
+    mixed = any(len({ft.info(name).dtype for ft in fts}) > 1 for name in base.names if base.info(name).dtype.is_float)
     # Pass 2 holds one output block per worker, and decodes each input to float32 when the fine-tuned
     # models of a tensor come in different dtypes (the kernels need one dtype for all of them).
     per_element = out_bytes + (4 * (n + 1) if mixed else 0)

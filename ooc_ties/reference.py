@@ -57,9 +57,7 @@ def _trim_masks(tau: np.ndarray, density: float, trim: TrimRule) -> np.ndarray:
     return masks
 
 
-def ties_vectors(
-    tau: np.ndarray, base: np.ndarray, options: MergeOptions, weights: np.ndarray
-) -> np.ndarray:
+def ties_vectors(tau: np.ndarray, base: np.ndarray, options: MergeOptions, weights: np.ndarray) -> np.ndarray:
     """TIES on flat vectors: ``tau`` (models x values) and ``base`` (values); float32 result."""
     trimmed = tau * _trim_masks(tau, options.density, options.trim).astype(np.float32)
     v = weights[:, None] * trimmed
@@ -78,7 +76,8 @@ def ties_vectors(
         num = num + row * agree
         den = den + weights[t] * agree
     den[den == 0] = 1
-    return base + np.float32(options.lam) * (num / den)
+    result: np.ndarray = base + np.float32(options.lam) * (num / den)
+    return result
 
 
 def reference_merge(

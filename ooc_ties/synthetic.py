@@ -147,7 +147,11 @@ def _blocks(name: str, shape: tuple[int, ...], seed: int, n_finetuned: int) -> I
 
 
 def generate_model(
-    shape: LlamaShape, folder: str | os.PathLike[str], *, n_finetuned: int = 3, seed: int = 0,
+    shape: LlamaShape,
+    folder: str | os.PathLike[str],
+    *,
+    n_finetuned: int = 3,
+    seed: int = 0,
     shard_size: int = 2 * 1000**3,
 ) -> tuple[Path, list[Path]]:
     """Write ``base/`` and ``ft1/``..``ftN/`` model folders under ``folder``; return their paths."""
@@ -167,7 +171,7 @@ def generate_model(
             writers.append(shard_of)
         for name, tensor_shape in shape.tensors():
             for start, blocks in _blocks(name, tensor_shape, seed, n_finetuned):
-                for shard_of, values in zip(writers, blocks):
+                for shard_of, values in zip(writers, blocks, strict=True):
                     shard_of[name].write(name, start, values)
         for i, out in enumerate(folders):
             out.write_index(layouts)
@@ -183,7 +187,11 @@ def generate_model(
 
 
 def generate(
-    preset: str, folder: str | os.PathLike[str], *, n_finetuned: int = 3, seed: int = 0,
+    preset: str,
+    folder: str | os.PathLike[str],
+    *,
+    n_finetuned: int = 3,
+    seed: int = 0,
     shard_size: int = 2 * 1000**3,
 ) -> tuple[Path, list[Path]]:
     """:func:`generate_model` for a named shape in :data:`SHAPES`."""

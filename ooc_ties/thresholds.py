@@ -87,8 +87,13 @@ class Thresholds:
             "scope": self.scope.value,
             "groups": {
                 k: [
-                    {"size": g.size, "threshold": g.value, "pattern": g.pattern, "keep_equal": g.keep_equal,
-                     "kept": g.kept}
+                    {
+                        "size": g.size,
+                        "threshold": g.value,
+                        "pattern": g.pattern,
+                        "keep_equal": g.keep_equal,
+                        "kept": g.kept,
+                    }
                     for g in v
                 ]
                 for k, v in self.groups.items()
@@ -151,14 +156,15 @@ class _Pass1:
         self.weights = plan.options.model_weights(self.n)
 
     def _run(
-        self, label: str, blocks: Sequence[BlockRef], task: Callable[[BlockRef, Any], None],
+        self,
+        label: str,
+        blocks: Sequence[BlockRef],
+        task: Callable[[BlockRef, Any], None],
         new_state: Callable[[], Any],
     ) -> list[Any]:
         logger.debug("pass 1: %s over %d blocks", label, len(blocks))
         self.passes_run += 1
-        return run_blocks(
-            blocks, task, new_state, threads=self.threads, cost=lambda b: b.in_nbytes, progress=self.bar
-        )
+        return run_blocks(blocks, task, new_state, threads=self.threads, cost=lambda b: b.in_nbytes, progress=self.bar)
 
     def high(self, label: str, blocks: Sequence[BlockRef]) -> np.ndarray:
         def task(ref: BlockRef, hist: np.ndarray) -> None:

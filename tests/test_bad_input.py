@@ -110,10 +110,14 @@ class Env:
         self, *extra: str, base: Path | None = None, fts: Sequence[Path] | None = None, out: Path | None = None
     ) -> list[str]:
         return [
-            "merge", *(str(f) for f in (self.fts if fts is None else fts)),
-            "--base", str(self.base if base is None else base),
-            "-o", str(self.out if out is None else out),
-            "-q", *extra,
+            "merge",
+            *(str(f) for f in (self.fts if fts is None else fts)),
+            "--base",
+            str(self.base if base is None else base),
+            "-o",
+            str(self.out if out is None else out),
+            "-q",
+            *extra,
         ]
 
 
@@ -146,8 +150,13 @@ def digests(folders: Sequence[Path]) -> dict[Path, str]:
 
 
 def expect_failure(
-    env: Env, argv: list[str], capsys: pytest.CaptureFixture[str], *needles: str, out: Path | None = None,
-    out_absent: bool = True, code: int = 1,
+    env: Env,
+    argv: list[str],
+    capsys: pytest.CaptureFixture[str],
+    *needles: str,
+    out: Path | None = None,
+    out_absent: bool = True,
+    code: int = 1,
 ) -> str:
     """Run ``main(argv)``; check the exit code, the one-line message, OUT and the inputs; return stderr."""
     out = env.out if out is None else out
@@ -407,7 +416,8 @@ def test_nonfinite_named_with_threads(env: Env, capsys: pytest.CaptureFixture[st
 
 
 @pytest.mark.parametrize(
-    "extra", [["--density", "1", "--zero-sign", "positive"], ["--density", "1"], ["--preset", "mergekit"]],
+    "extra",
+    [["--density", "1", "--zero-sign", "positive"], ["--density", "1"], ["--preset", "mergekit"]],
     ids=["no-pass1", "vote-only", "mergekit"],
 )
 def test_nan_in_finetuned_other_passes(env: Env, capsys: pytest.CaptureFixture[str], extra: list[str]) -> None:
@@ -420,9 +430,7 @@ def test_nan_in_finetuned_other_passes(env: Env, capsys: pytest.CaptureFixture[s
 def test_inf_in_base_density_one(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
     path = env.base / ST
     set_bf16(path, TENSOR, 7, BF16_POS_INF)
-    expect_failure(
-        env, env.argv("--density", "1", "--zero-sign", "positive"), capsys, str(path), repr(TENSOR), "inf"
-    )
+    expect_failure(env, env.argv("--density", "1", "--zero-sign", "positive"), capsys, str(path), repr(TENSOR), "inf")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -466,7 +474,9 @@ def test_pass2_failure_multithreaded_sharded_output(env: Env, capsys: pytest.Cap
     expect_failure(
         env,
         env.argv("--density", "1", "--zero-sign", "positive", "--threads", "4", "--shard-size", "20000"),
-        capsys, str(path), "'model.norm.weight'",
+        capsys,
+        str(path),
+        "'model.norm.weight'",
     )
 
 
@@ -670,7 +680,8 @@ def test_index_points_to_unknown_shard(sharded_env: Env, capsys: pytest.CaptureF
 
 
 @pytest.mark.parametrize(
-    "text", ["{not json", "", "\xff\xfe", '["weight_map"]', '{"weight_map": []}', '{"weight_map": {"a": 1}}'],
+    "text",
+    ["{not json", "", "\xff\xfe", '["weight_map"]', '{"weight_map": []}', '{"weight_map": {"a": 1}}'],
     ids=["broken", "empty", "not-utf8", "list", "map-is-list", "non-string-shard"],
 )
 def test_index_not_json_or_malformed(sharded_env: Env, capsys: pytest.CaptureFixture[str], text: str) -> None:
@@ -730,7 +741,10 @@ def test_just_too_little_disk(env: Env, capsys: pytest.CaptureFixture[str], monk
 
 def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "ooc_ties.cli", *argv], capture_output=True, text=True, timeout=120,
+        [sys.executable, "-m", "ooc_ties.cli", *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={**os.environ, "PYTHONWARNINGS": "default"},
     )
 

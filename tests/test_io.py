@@ -118,14 +118,20 @@ def test_grid_rejects_non_contiguous_chunks() -> None:
 def test_layout_shards_packs_in_order() -> None:
     layout = layout_shards([("a", 40), ("b", 40), ("c", 100), ("d", 10)], 90)
     assert [s.tensors for s in layout] == [("a", "b"), ("c",), ("d",)]
-    assert [s.file_name for s in layout][0] == "model-00001-of-00003.safetensors"
+    assert layout[0].file_name == "model-00001-of-00003.safetensors"
     assert layout_shards([("a", 1)], 90)[0].file_name == "model.safetensors"
 
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("2GiB", 2 * 1024**3), ("256MiB", 256 * 1024**2), ("5GB", 5 * 10**9), ("500M", 500 * 10**6), (123, 123),
-     ("1.5GiB", int(1.5 * 1024**3))],
+    [
+        ("2GiB", 2 * 1024**3),
+        ("256MiB", 256 * 1024**2),
+        ("5GB", 5 * 10**9),
+        ("500M", 500 * 10**6),
+        (123, 123),
+        ("1.5GiB", int(1.5 * 1024**3)),
+    ],
 )
 def test_parse_size(text: str | int, expected: int) -> None:
     assert parse_size(text) == expected
@@ -133,7 +139,7 @@ def test_parse_size(text: str | int, expected: int) -> None:
 
 @pytest.mark.parametrize("bad", ["", "lots", "-1GB", "0", "1XB"])
 def test_parse_size_rejects_garbage(bad: str) -> None:
-    with pytest.raises(OptionError, match="size|positive"):
+    with pytest.raises(OptionError, match=r"size|positive"):
         parse_size(bad)
 
 

@@ -33,8 +33,22 @@ def _hard_floats(rng: np.random.Generator, n: int) -> np.ndarray:
     bits = rng.integers(0, 1 << 32, size=n, dtype=np.uint64).astype(np.uint32).view(np.float32)
     scaled = (rng.standard_normal(n) * 10.0 ** rng.integers(-9, 6, n)).astype(np.float32)
     edges = np.array(
-        [0.0, 65504, 65519.996, 65520, 65536, 2**-24, 2**-25, 2**-25 * 1.0000001, 1.5 * 2**-24, 2.5 * 2**-24,
-         2**-14, 2**-14 * (1 - 2**-11), 3.4e38, np.inf],
+        [
+            0.0,
+            65504,
+            65519.996,
+            65520,
+            65536,
+            2**-24,
+            2**-25,
+            2**-25 * 1.0000001,
+            1.5 * 2**-24,
+            2.5 * 2**-24,
+            2**-14,
+            2**-14 * (1 - 2**-11),
+            3.4e38,
+            np.inf,
+        ],
         np.float32,
     )
     ties_bf16 = np.array([0x3F808000, 0x3F818000, 0x7F7FFFFF, 0x7F7F8000, 0x00008000], np.uint32).view(np.float32)
@@ -132,7 +146,9 @@ def test_high_histogram_matches_oracle(case: tuple[int, tuple[np.ndarray, tuple[
 
 @settings(max_examples=60, deadline=None)
 @given(blocks)
-def test_low_histogram_and_count_equal_match_oracles(case: tuple[int, tuple[np.ndarray, tuple[np.ndarray, ...]]]) -> None:
+def test_low_histogram_and_count_equal_match_oracles(
+    case: tuple[int, tuple[np.ndarray, tuple[np.ndarray, ...]]],
+) -> None:
     seed, (base, fts) = case
     rng = np.random.default_rng(seed)
     patterns = _thresholds_from_data(base, fts, rng).view(np.uint32).astype(np.int64)
@@ -226,7 +242,9 @@ def test_quota_keeps_the_first_ties_in_block_order() -> None:
     base = np.zeros(6, np.float32)
     ft = np.array([1, -1, 1, 2, 1, -1], np.float32)
     out = np.empty(6, np.float32)
-    ties.merge(base, (ft,), np.array([1.0], np.float32), np.array([2]), np.ones(1, np.float32), np.float32(1), True, out)
+    ties.merge(
+        base, (ft,), np.array([1.0], np.float32), np.array([2]), np.ones(1, np.float32), np.float32(1), True, out
+    )
     # |tau| > 1 always kept; of the four values equal to 1, the first two (indices 0 and 1).
     # The kept -1 disagrees with the positive vote at index 1, so only positives survive there.
     assert out.tolist() == [1, -1, 0, 2, 0, 0]
@@ -236,5 +254,7 @@ def test_merge_reports_overflow_in_the_output_dtype() -> None:
     base = np.full(3, 60000.0, np.float32)
     ft = np.array([60000.0, 70000.0, 60001.0], np.float32)
     out = np.empty(3, np.int16)  # float16: 70000 does not fit
-    bad = ties.merge(base, (ft,), np.zeros(1, np.float32), np.full(1, -1), np.ones(1, np.float32), np.float32(1), True, out)
+    bad = ties.merge(
+        base, (ft,), np.zeros(1, np.float32), np.full(1, -1), np.ones(1, np.float32), np.float32(1), True, out
+    )
     assert bad == 1

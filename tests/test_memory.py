@@ -25,7 +25,9 @@ RUNTIME_ALLOWANCE = 300 * 1024**2
 def _write_models(root: Path, numel: int, n_finetuned: int) -> list[Path]:
     rng = np.random.default_rng(0)
     folders = [OutputFolder(root / name) for name in ["base"] + [f"ft{i}" for i in range(n_finetuned)]]
-    writers = [f.shard("model.safetensors", [TensorSpec("model.embed_tokens.weight", BF16, (numel,))], {}) for f in folders]
+    writers = [
+        f.shard("model.safetensors", [TensorSpec("model.embed_tokens.weight", BF16, (numel,))], {}) for f in folders
+    ]
     step = 1 << 22
     for start in range(0, numel, step):
         n = min(step, numel - start)
@@ -70,8 +72,22 @@ def test_a_2_pow_28_tensor_merges_in_256_mib(tmp_path_factory: pytest.TempPathFa
     root = tmp_path_factory.mktemp(f"big-{preset}")
     base, *fts = _write_models(root, 1 << 28, 3)
     budget = 256 * 1024**2
-    command = [sys.executable, "-m", "ooc_ties.cli", "merge", "--base", str(base), *map(str, fts),
-               "-o", str(root / "out"), "--memory-budget", "256MiB", "--preset", preset, "-q"]
+    command = [
+        sys.executable,
+        "-m",
+        "ooc_ties.cli",
+        "merge",
+        "--base",
+        str(base),
+        *map(str, fts),
+        "-o",
+        str(root / "out"),
+        "--memory-budget",
+        "256MiB",
+        "--preset",
+        preset,
+        "-q",
+    ]
     _, peak = _peak_rss_anon(command)
     assert peak < budget + RUNTIME_ALLOWANCE, f"peak RssAnon {peak / 2**20:.0f} MiB"
     assert (root / "out" / "model.safetensors").stat().st_size > (1 << 29)

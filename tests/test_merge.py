@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import safetensors
+from conftest import tree_digest
 
 from ooc_ties import PRESETS, MergeOptions, Resources, merge
 from ooc_ties.cli import main
 from ooc_ties.io.checkpoint import Checkpoint
 from ooc_ties.reference import reference_merge
-from conftest import tree_digest
 
 Models = tuple[Path, list[Path]]
 
@@ -91,9 +91,7 @@ def test_sharded_inputs_and_outputs(sharded_models: Models, tmp_path: Path) -> N
     index = json.loads((result.output / "model.safetensors.index.json").read_text())
     shards = sorted(set(index["weight_map"].values()))
     assert len(shards) > 2 and shards[0].startswith("model-00001-of-")
-    assert index["metadata"]["total_size"] == sum(
-        len(b) for b in read_all(result.output).values()
-    )
+    assert index["metadata"]["total_size"] == sum(len(b) for b in read_all(result.output).values())
     assert read_all(result.output) == expected_bytes(base, fts, PRESETS["paper"])
 
 
@@ -134,8 +132,29 @@ def test_inputs_are_untouched_and_nothing_is_left_beside_the_output(tiny_models:
 
 def test_cli_merge_matches_library(tiny_models: Models, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     base, fts = tiny_models
-    main(["merge", "--base", str(base), *map(str, fts), "-o", str(tmp_path / "cli"), "--preset", "mergekit",
-          "--density", "0.3", "--weights", "1", "0.5", "0.25", "--lambda", "0.9", "--threads", "2", "-q"])
+    main(
+        [
+            "merge",
+            "--base",
+            str(base),
+            *map(str, fts),
+            "-o",
+            str(tmp_path / "cli"),
+            "--preset",
+            "mergekit",
+            "--density",
+            "0.3",
+            "--weights",
+            "1",
+            "0.5",
+            "0.25",
+            "--lambda",
+            "0.9",
+            "--threads",
+            "2",
+            "-q",
+        ]
+    )
     options = PRESETS["mergekit"].with_(density=0.3, weights=(1, 0.5, 0.25), lam=0.9)
     assert read_all(tmp_path / "cli") == expected_bytes(base, fts, options)
     assert capsys.readouterr().err == ""
@@ -166,9 +185,11 @@ def test_mixed_input_dtypes_are_decoded(tmp_path: Path) -> None:
     ft1 = (base + rng.standard_normal(500).astype(np.float32) * 0.01).astype(np.float16)
     ft2 = (base + rng.standard_normal(500).astype(np.float32) * 0.01).astype(np.float64)
     paths = [tmp_path / f"{n}.safetensors" for n in ("b", "f1", "f2")]
-    for path, tensor in zip(paths, (base, ft1, ft2)):
+    for path, tensor in zip(paths, (base, ft1, ft2), strict=True):
         save_file({"w": tensor, "ids": np.arange(7, dtype=np.int64)}, path)
-    result = merge(paths[0], paths[1:], tmp_path / "out", PRESETS["paper"].with_(density=0.5), Resources(max_block_elements=64))
+    result = merge(
+        paths[0], paths[1:], tmp_path / "out", PRESETS["paper"].with_(density=0.5), Resources(max_block_elements=64)
+    )
     assert read_all(result.output) == expected_bytes(paths[0], paths[1:], PRESETS["paper"].with_(density=0.5))
     with Checkpoint(result.output) as c:
         assert c.read("ids").tolist() == list(range(7))

@@ -19,7 +19,7 @@ from ooc_ties.io.checkpoint import Checkpoint
 torch = pytest.importorskip("torch")
 
 
-def _flat(checkpoint: Checkpoint) -> tuple[list[str], list[int], "torch.Tensor"]:
+def _flat(checkpoint: Checkpoint) -> tuple[list[str], list[int], torch.Tensor]:
     names = list(checkpoint.names)
     parts = []
     for name in names:
@@ -28,7 +28,7 @@ def _flat(checkpoint: Checkpoint) -> tuple[list[str], list[int], "torch.Tensor"]
     return names, [p.numel() for p in parts], torch.cat(parts)
 
 
-def paper_ties(finetuned: "torch.Tensor", base: "torch.Tensor", density: float, lam: float) -> "torch.Tensor":
+def paper_ties(finetuned: torch.Tensor, base: torch.Tensor, density: float, lam: float) -> torch.Tensor:
     """TIES as the reference code computes it: (models x params) float32 -> merged float32 vector."""
     task = finetuned - base
     d = task.shape[1]
@@ -54,7 +54,9 @@ def test_paper_preset_equals_the_reference_algorithm_in_torch(
 
     base_path, ft_paths = generate_model(TINY, tmp_path / "m", n_finetuned=models, seed=11)
     options = PRESETS["paper"].with_(density=density, lam=lam)
-    f32 = merge(base_path, ft_paths, tmp_path / "f32", options.with_(out_dtype="f32"), Resources(max_block_elements=3000))
+    f32 = merge(
+        base_path, ft_paths, tmp_path / "f32", options.with_(out_dtype="f32"), Resources(max_block_elements=3000)
+    )
     bf16 = merge(base_path, ft_paths, tmp_path / "bf16", options, Resources(max_block_elements=5000))
 
     with Checkpoint(base_path) as b:
@@ -69,7 +71,7 @@ def test_paper_preset_equals_the_reference_algorithm_in_torch(
 
     offset = 0
     with Checkpoint(f32.output) as got32, Checkpoint(bf16.output) as got16:
-        for name, size in zip(names, sizes):
+        for name, size in zip(names, sizes, strict=True):
             want32 = expected_f32[offset : offset + size]
             np.testing.assert_array_equal(np.asarray(got32.read(name)).view(np.uint32), want32.view(np.uint32), name)
             np.testing.assert_array_equal(np.asarray(got16.read(name)), expected_bf16[offset : offset + size], name)

@@ -12,6 +12,7 @@ merge relies on happens here, once, at open: a file that opens is safe to read a
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import mmap
@@ -78,7 +79,7 @@ def _parse_offsets(path: Path, name: str, value: object) -> tuple[int, int]:
     )
     if not ok:
         raise _fail(path, f"tensor {name!r}: data_offsets {value!r} is not a pair of non-negative integers")
-    begin, end = value  # type: ignore[misc]
+    begin, end = int(value[0]), int(value[1])  # type: ignore[index]
     if end < begin:
         raise _fail(path, f"tensor {name!r}: data_offsets {value!r} end before they begin")
     return begin, end
@@ -173,7 +174,7 @@ class SafetensorsFile:
             if end > begin:
                 spans.append((begin, end, name))
         spans.sort()
-        for (_, prev_end, prev_name), (begin, _, name) in zip(spans, spans[1:]):
+        for (_, prev_end, prev_name), (begin, _, name) in itertools.pairwise(spans):
             if begin < prev_end:
                 raise _fail(path, f"tensors {prev_name!r} and {name!r} overlap in the data buffer")
         return dict(metadata_raw), tensors, data_start

@@ -91,9 +91,7 @@ def layout_shards(sizes: Sequence[tuple[str, int]], shard_size: int) -> tuple[Sh
         return (ShardLayout("model.safetensors", tuple(n for n, _ in sizes), sum(b for _, b in sizes)),)
     count = len(groups)
     return tuple(
-        ShardLayout(
-            f"model-{i + 1:05d}-of-{count:05d}.safetensors", tuple(n for n, _ in g), sum(b for _, b in g)
-        )
+        ShardLayout(f"model-{i + 1:05d}-of-{count:05d}.safetensors", tuple(n for n, _ in g), sum(b for _, b in g))
         for i, g in enumerate(groups)
     )
 

@@ -97,7 +97,8 @@ def magnitude_bits_oracle(base: np.ndarray, ft: np.ndarray) -> np.ndarray:
     """The uint32 bit patterns of ``|float32(ft) - float32(base)|``, in NumPy."""
     with np.errstate(over="ignore", invalid="ignore"):
         tau = decode_oracle(ft) - decode_oracle(base)
-    return tau.view(np.uint32) & np.uint32(0x7FFFFFFF)
+    bits: np.ndarray = tau.view(np.uint32) & np.uint32(0x7FFFFFFF)
+    return bits
 
 
 def high_histogram_oracle(base: np.ndarray, fts: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -128,7 +129,7 @@ def count_equal_oracle(base: np.ndarray, fts: tuple[np.ndarray, ...], pattern: n
     return np.array(
         [
             int(np.count_nonzero(magnitude_bits_oracle(base, ft) == p)) if p >= 0 else 0
-            for ft, p in zip(fts, pattern)
+            for ft, p in zip(fts, pattern, strict=True)
         ],
         np.int64,
     )

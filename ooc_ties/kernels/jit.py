@@ -15,9 +15,10 @@ bit pattern of a value (bf16 decoding and encoding, histogram bins over bit patt
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import numba
+import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
@@ -29,16 +30,16 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def kernel(fn: F) -> F:
     """Compile ``fn`` as an ooc-ties kernel (see the module docstring for the policy)."""
-    return numba.njit(nogil=True, cache=True, fastmath=False, error_model="numpy")(fn)  # type: ignore[no-any-return]
+    return cast(F, numba.njit(nogil=True, cache=True, fastmath=False, error_model="numpy")(fn))
 
 
 def helper(fn: F) -> F:
     """Compile a helper called from kernels (same policy; LLVM inlines it into the caller)."""
-    return numba.njit(nogil=True, cache=True, fastmath=False, error_model="numpy")(fn)  # type: ignore[no-any-return]
+    return cast(F, numba.njit(nogil=True, cache=True, fastmath=False, error_model="numpy")(fn))
 
 
 @intrinsic
-def u32_as_f32(typingctx: Any, bits: Any) -> Any:
+def _u32_as_f32(typingctx: Any, bits: Any) -> Any:
     """Reinterpret a uint32 as the float32 with the same bit pattern."""
     if not isinstance(bits, types.Integer):
         return None
@@ -52,7 +53,7 @@ def u32_as_f32(typingctx: Any, bits: Any) -> Any:
 
 
 @intrinsic
-def f32_as_u32(typingctx: Any, value: Any) -> Any:
+def _f32_as_u32(typingctx: Any, value: Any) -> Any:
     """Reinterpret a float32 as the uint32 with the same bit pattern."""
     if not isinstance(value, types.Float):
         return None
@@ -63,3 +64,8 @@ def f32_as_u32(typingctx: Any, value: Any) -> Any:
         return builder.bitcast(as_f32, ir.IntType(32))
 
     return sig, codegen
+
+
+# Typed aliases: as Python objects the intrinsics take (typingctx, x); inside kernels, just x.
+u32_as_f32 = cast(Callable[[Any], np.float32], _u32_as_f32)
+f32_as_u32 = cast(Callable[[Any], np.uint32], _f32_as_u32)

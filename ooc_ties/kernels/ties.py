@@ -31,8 +31,14 @@ _ONE = np.float32(1.0)
 
 @helper
 def _trimmed_votes(
-    base: Any, fts: Any, i: int, thr: np.ndarray, quota: np.ndarray, seen: np.ndarray,
-    weights: np.ndarray, v: np.ndarray,
+    base: Any,
+    fts: Any,
+    i: int,
+    thr: np.ndarray,
+    quota: np.ndarray,
+    seen: np.ndarray,
+    weights: np.ndarray,
+    v: np.ndarray,
 ) -> Any:
     """Fill ``v`` with the weighted trimmed task values of element ``i``; return ``(b, S)``."""
     b = load_f32(base, i)
@@ -72,8 +78,14 @@ def elect_count(
 
 @kernel
 def merge(
-    base: Any, fts: Any, thr: np.ndarray, quota: np.ndarray, weights: np.ndarray,
-    lam: np.float32, zero_positive: bool, out: Any,
+    base: Any,
+    fts: Any,
+    thr: np.ndarray,
+    quota: np.ndarray,
+    weights: np.ndarray,
+    lam: np.float32,
+    zero_positive: bool,
+    out: Any,
 ) -> int:
     """Merge one block into ``out``; return the first index whose stored result is not finite, or -1."""
     n_models = len(fts)
@@ -114,7 +126,8 @@ def trim_oracle(tau: np.ndarray, thr: np.float32, quota: int) -> np.ndarray:
         keep |= equal
     else:
         keep |= equal & (np.cumsum(equal) <= quota)
-    return tau * keep.astype(np.float32)
+    trimmed: np.ndarray = tau * keep.astype(np.float32)
+    return trimmed
 
 
 def _votes_oracle(
@@ -142,8 +155,14 @@ def elect_count_oracle(
 
 
 def merge_oracle(
-    base: np.ndarray, fts: tuple[np.ndarray, ...], thr: np.ndarray, quota: np.ndarray, weights: np.ndarray,
-    lam: np.float32, zero_positive: bool, out_dtype: np.dtype,
+    base: np.ndarray,
+    fts: tuple[np.ndarray, ...],
+    thr: np.ndarray,
+    quota: np.ndarray,
+    weights: np.ndarray,
+    lam: np.float32,
+    zero_positive: bool,
+    out_dtype: np.dtype,
 ) -> np.ndarray:
     """NumPy oracle of :func:`merge`: the encoded output block."""
     b, v, s = _votes_oracle(base, fts, thr, quota, weights)
