@@ -23,37 +23,78 @@ import numpy as np
 from ooc_ties.kernels.convert import decode_oracle, encode_oracle, load_f32, store_f32, stored_finite
 from ooc_ties.kernels.jit import helper, kernel
 
-__all__ = ["elect_count", "elect_count_oracle", "merge", "merge_oracle", "trim_oracle"]
+__all__ = ["TILE", "elect_count", "elect_count_oracle", "merge", "merge_oracle", "trim_oracle"]
 
 _ZERO = np.float32(0.0)
 _ONE = np.float32(1.0)
 
+TILE = 2048
+"""Elements per tile: the kernels sweep a tile once per model, with every scratch row in L1/L2 cache.
+
+A tile is a unit of work inside a kernel call, not of the arithmetic: each element still sees exactly
+the operations of the module docstring, in the same order, so results do not depend on it."""
+
 
 @helper
-def _trimmed_votes(
+def _trim_tile(
+    ft: Any, b: np.ndarray, start: int, m: int, thr: np.float32, quota: int, seen: int, out: np.ndarray
+) -> int:
+    """``out[:m]`` = trimmed task values of one model for elements ``start..start+m``; returns ``seen``.
+
+    ``seen`` counts the values equal to ``thr`` met so far in the block (only used when ``quota >= 0``).
+    """
+    if quota < 0:  # every tie kept: a branch-free loop the compiler vectorises
+        for j in range(m):
+            tau = load_f32(ft, start + j) - b[j]
+            out[j] = tau if abs(tau) >= thr else tau * _ZERO
+        return seen
+    ties = 0
+    for j in range(m):
+        ties += abs(load_f32(ft, start + j) - b[j]) == thr
+    if seen + ties <= quota:  # every tie of this tile is within the quota
+        for j in range(m):
+            tau = load_f32(ft, start + j) - b[j]
+            out[j] = tau if abs(tau) >= thr else tau * _ZERO
+    elif seen >= quota:  # the quota is used up: no tie kept
+        for j in range(m):
+            tau = load_f32(ft, start + j) - b[j]
+            out[j] = tau if abs(tau) > thr else tau * _ZERO
+    else:  # the one tile where the quota runs out: keep ties in order until it does
+        kept = seen
+        for j in range(m):
+            tau = load_f32(ft, start + j) - b[j]
+            a = abs(tau)
+            keep = a > thr
+            if a == thr:
+                keep = kept < quota
+                kept += 1
+            out[j] = tau if keep else tau * _ZERO
+    return seen + ties
+
+
+@helper
+def _vote_tile(
     base: Any,
     fts: Any,
-    i: int,
+    start: int,
+    m: int,
     thr: np.ndarray,
     quota: np.ndarray,
-    seen: np.ndarray,
     weights: np.ndarray,
+    seen: np.ndarray,
+    b: np.ndarray,
+    s: np.ndarray,
     v: np.ndarray,
-) -> Any:
-    """Fill ``v`` with the weighted trimmed task values of element ``i``; return ``(b, S)``."""
-    b = load_f32(base, i)
-    s = _ZERO
+) -> None:
+    """Decode the base tile into ``b`` and sum the weighted trimmed values into ``s`` (step 4)."""
+    for j in range(m):
+        b[j] = load_f32(base, start + j)
+        s[j] = _ZERO
     for t in range(len(fts)):
-        tau = load_f32(fts[t], i) - b
-        a = abs(tau)
-        keep = a > thr[t]
-        if a == thr[t]:
-            keep = quota[t] < 0 or seen[t] < quota[t]
-            seen[t] += 1
-        trimmed = tau if keep else tau * _ZERO
-        v[t] = weights[t] * trimmed
-        s = s + v[t]
-    return b, s
+        seen[t] = _trim_tile(fts[t], b, start, m, thr[t], quota[t], seen[t], v)
+        w = weights[t]
+        for j in range(m):
+            s[j] = s[j] + w * v[j]
 
 
 @kernel
@@ -61,17 +102,19 @@ def elect_count(
     base: Any, fts: Any, thr: np.ndarray, quota: np.ndarray, weights: np.ndarray, counts: np.ndarray
 ) -> None:
     """``counts[0] += #{S > 0}``, ``counts[1] += #{S < 0}`` over the block (for the majority sign)."""
-    n_models = len(fts)
-    seen = np.zeros(n_models, np.int64)
-    v = np.empty(n_models, np.float32)
+    n = base.size
+    seen = np.zeros(len(fts), np.int64)
+    b = np.empty(TILE, np.float32)
+    s = np.empty(TILE, np.float32)
+    v = np.empty(TILE, np.float32)
     pos = 0
     neg = 0
-    for i in range(base.size):
-        _, s = _trimmed_votes(base, fts, i, thr, quota, seen, weights, v)
-        if s > _ZERO:
-            pos += 1
-        elif s < _ZERO:
-            neg += 1
+    for start in range(0, n, TILE):
+        m = min(TILE, n - start)
+        _vote_tile(base, fts, start, m, thr, quota, weights, seen, b, s, v)
+        for j in range(m):
+            pos += s[j] > _ZERO
+            neg += s[j] < _ZERO
     counts[0] += pos
     counts[1] += neg
 
@@ -87,29 +130,47 @@ def merge(
     zero_positive: bool,
     out: Any,
 ) -> int:
-    """Merge one block into ``out``; return the first index whose stored result is not finite, or -1."""
+    """Merge one block into ``out``; return the first index whose stored result is not finite, or -1.
+
+    Per tile: sweep 1 sums the votes; sweep 2 recomputes each model's trimmed values (cheaper than
+    keeping them) and adds the agreeing ones into ``num`` and ``den``; a last loop writes the results.
+    """
+    n = base.size
     n_models = len(fts)
-    seen = np.zeros(n_models, np.int64)
-    v = np.empty(n_models, np.float32)
+    seen_vote = np.zeros(n_models, np.int64)
+    seen_mean = np.zeros(n_models, np.int64)
+    b = np.empty(TILE, np.float32)
+    s = np.empty(TILE, np.float32)
+    v = np.empty(TILE, np.float32)
+    num = np.empty(TILE, np.float32)
+    den = np.empty(TILE, np.float32)
     first_bad = -1
-    for i in range(base.size):
-        b, s = _trimmed_votes(base, fts, i, thr, quota, seen, weights, v)
-        positive = s > _ZERO or (s == _ZERO and zero_positive)
-        num = _ZERO
-        den = _ZERO
+    for start in range(0, n, TILE):
+        m = min(TILE, n - start)
+        _vote_tile(base, fts, start, m, thr, quota, weights, seen_vote, b, s, v)
+        for j in range(m):
+            # +1 or -1: the elected sign; v * sign > 0 is "v agrees" (multiplying by +-1 is exact)
+            s[j] = _ONE if (s[j] > _ZERO or (s[j] == _ZERO and zero_positive)) else -_ONE
+            num[j] = _ZERO
+            den[j] = _ZERO
         for t in range(n_models):
-            agree = v[t] > _ZERO if positive else v[t] < _ZERO
-            if agree:
-                num = num + v[t]
-                den = den + weights[t]
-            else:
-                num = num + v[t] * _ZERO
-                den = den + weights[t] * _ZERO
-        if den == _ZERO:
-            den = _ONE
-        store_f32(out, i, b + lam * (num / den))
-        if first_bad < 0 and not stored_finite(out, i):
-            first_bad = i
+            seen_mean[t] = _trim_tile(fts[t], b, start, m, thr[t], quota[t], seen_mean[t], v)
+            w = weights[t]
+            for j in range(m):
+                vj = w * v[j]
+                agree = vj * s[j] > _ZERO
+                num[j] = num[j] + (vj if agree else vj * _ZERO)
+                den[j] = den[j] + (w if agree else w * _ZERO)
+        bad = 0
+        for j in range(m):
+            d = den[j] if den[j] != _ZERO else _ONE
+            store_f32(out, start + j, b[j] + lam * (num[j] / d))
+            bad += not stored_finite(out, start + j)
+        if bad and first_bad < 0:
+            for j in range(m):
+                if not stored_finite(out, start + j):
+                    first_bad = start + j
+                    break
     return first_bad
 
 
