@@ -66,11 +66,11 @@ def high_histogram(base: Any, fts: Any, hist: np.ndarray, bad: np.ndarray) -> No
             lanes[1, u1 >> _SHIFT] += 1
             lanes[2, u2 >> _SHIFT] += 1
             lanes[3, u3 >> _SHIFT] += 1
-            nonfinite += (u0 >= _INF) + (u1 >= _INF) + (u2 >= _INF) + (u3 >= _INF)
+            nonfinite += int(u0 >= _INF) + int(u1 >= _INF) + int(u2 >= _INF) + int(u3 >= _INF)
         for i in range(n4, n):
             u = f32_as_u32(load_f32(ft, i) - load_f32(base, i)) & _ABS
             lanes[0, u >> _SHIFT] += 1
-            nonfinite += u >= _INF
+            nonfinite += int(u >= _INF)
         if nonfinite:  # rare: take the non-finite values back out and find the first
             for i in range(n):
                 u = f32_as_u32(load_f32(ft, i) - load_f32(base, i)) & _ABS
