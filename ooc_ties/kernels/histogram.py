@@ -39,6 +39,8 @@ LOW_BINS = 1 << 16
 _ABS = np.uint32(0x7FFFFFFF)
 _INF = np.uint32(0x7F800000)
 _SHIFT = np.uint32(16)
+_LOW = np.uint32(0xFFFF)
+_DISCARD = np.uint32(LOW_BINS)
 
 
 @kernel
@@ -89,15 +91,31 @@ def low_histogram(base: Any, fts: Any, high: np.ndarray, hist: np.ndarray) -> No
     Models with ``high[t] < 0`` are skipped (their threshold needs no refinement).
     """
     n = base.size
+    # Branch-free: a value outside the wanted bin is counted in an extra discard bin. With bf16 inputs
+    # most values of the wanted bin share one pattern (low bits 0), so four lanes again break the chain
+    # of increments on one counter.
+    lanes = np.zeros((4, LOW_BINS + 1), np.int32)
+    n4 = n - n % 4
     for t in range(len(fts)):
         if high[t] < 0:
             continue
         want = np.uint32(high[t])
         ft = fts[t]
-        for i in range(n):
+        lanes[:] = 0
+        for i in range(0, n4, 4):
+            u0 = f32_as_u32(load_f32(ft, i) - load_f32(base, i)) & _ABS
+            u1 = f32_as_u32(load_f32(ft, i + 1) - load_f32(base, i + 1)) & _ABS
+            u2 = f32_as_u32(load_f32(ft, i + 2) - load_f32(base, i + 2)) & _ABS
+            u3 = f32_as_u32(load_f32(ft, i + 3) - load_f32(base, i + 3)) & _ABS
+            lanes[0, (u0 & _LOW) if (u0 >> _SHIFT) == want else _DISCARD] += 1
+            lanes[1, (u1 & _LOW) if (u1 >> _SHIFT) == want else _DISCARD] += 1
+            lanes[2, (u2 & _LOW) if (u2 >> _SHIFT) == want else _DISCARD] += 1
+            lanes[3, (u3 & _LOW) if (u3 >> _SHIFT) == want else _DISCARD] += 1
+        for i in range(n4, n):
             u = f32_as_u32(load_f32(ft, i) - load_f32(base, i)) & _ABS
-            if (u >> np.uint32(16)) == want:
-                hist[t, u & np.uint32(0xFFFF)] += 1
+            lanes[0, (u & _LOW) if (u >> _SHIFT) == want else _DISCARD] += 1
+        for k in range(LOW_BINS):
+            hist[t, k] += lanes[0, k] + lanes[1, k] + lanes[2, k] + lanes[3, k]
 
 
 @kernel
