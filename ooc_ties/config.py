@@ -83,35 +83,31 @@ def parse_density(value: float) -> float:
     return density
 
 
+def _finite_f32(value: Any, what: str) -> float:
+    """``value`` as a float that stays finite when rounded to float32 (the kernels' precision)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise OptionError(f"{what} must be a number; got {value!r}") from None
+    with np.errstate(over="ignore"):
+        if not math.isfinite(float(np.float32(number))):
+            raise OptionError(f"{what} must be finite as a float32; got {value!r}")
+    return number
+
+
 def parse_lambda(value: float) -> float:
     """Scaling ``lambda`` of the merged task vector: finite as a float32."""
-    try:
-        lam = float(value)
-    except (TypeError, ValueError):
-        raise OptionError(f"lambda must be a number; got {value!r}") from None
-    with np.errstate(over="ignore"):
-        if not math.isfinite(float(np.float32(lam))):
-            raise OptionError(f"lambda must be finite as a float32; got {value!r}")
-    return lam
+    return _finite_f32(value, "lambda")
 
 
 def parse_weights(values: Any) -> tuple[float, ...] | None:
     """Per-model weights: finite numbers, or ``None`` for all ones."""
     if values is None:
         return None
-    weights = []
-    for value in values:
-        try:
-            w = float(value)
-        except (TypeError, ValueError):
-            raise OptionError(f"weights must be numbers; got {value!r}") from None
-        with np.errstate(over="ignore"):
-            if not math.isfinite(float(np.float32(w))):
-                raise OptionError(f"weights must be finite as float32; got {value!r}")
-        weights.append(w)
+    weights = tuple(_finite_f32(value, "weights") for value in values)
     if not weights:
         raise OptionError("weights must not be empty (omit them for all ones)")
-    return tuple(weights)
+    return weights
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*([kmgt]?)(i?)b?\s*$", re.IGNORECASE)
