@@ -160,3 +160,23 @@ def test_options_reject_unknown_choices_and_bad_values() -> None:
         Resources(threads=0)
     with pytest.raises(OptionError, match="2 weights given for 3"):
         MergeOptions(weights=(1.0, 2.0)).model_weights(3)
+
+
+@pytest.mark.parametrize(("shape", "block"), [((7, 5), 10), ((3, 4, 5), 7), ((10,), 3), ((6, 4), 24), ((2, 3, 4), 1)])
+def test_grid_blocks_are_the_chunks_zarr_makes(shape: tuple[int, ...], block: int) -> None:
+    import itertools
+
+    import zarr
+
+    grid = ChunkGrid.for_block_size(shape, block)
+    values = np.arange(math.prod(shape), dtype=np.int64)
+    array = zarr.create_array(store=zarr.storage.MemoryStore(), shape=shape, chunks=grid.chunks, dtype="int64")
+    array[...] = values.reshape(shape)
+    chunk_counts = [-(-s // c) for s, c in zip(shape, grid.chunks, strict=True)]
+    zarr_chunks = [
+        np.asarray(array.blocks[index]).reshape(-1) for index in itertools.product(*map(range, chunk_counts))
+    ]
+    ours = [values[start:stop] for start, stop in grid.blocks()]
+    assert len(ours) == len(zarr_chunks)
+    for mine, theirs in zip(ours, zarr_chunks, strict=True):
+        np.testing.assert_array_equal(mine, theirs)
