@@ -31,7 +31,7 @@ from ooc_ties.kernels.ties import merge as merge_kernel
 from ooc_ties.plan import MergePlan, TensorKind, TensorPlan, make_plan
 from ooc_ties.progress import ProgressFactory
 from ooc_ties.schedule import run_blocks
-from ooc_ties.thresholds import BlockRef, Thresholds, compute_thresholds, plan_blocks
+from ooc_ties.thresholds import GLOBAL, BlockRef, Thresholds, compute_thresholds, plan_blocks
 
 __all__ = ["RECIPE_NAME", "MergeResult", "merge", "plan_merge"]
 
@@ -119,20 +119,18 @@ def merge(
         _check_disk(output_path, plan)
         logger.info("plan:\n%s", plan.describe())
         _check_copies(plan, inputs)
-        thresholds, quotas = compute_thresholds(plan, inputs, progress)
-        for key, groups in thresholds.groups.items():
-            if key == "":
-                for t, g in enumerate(groups):
-                    logger.info("model %d: threshold %g keeps %d of %d values", t + 1, g.value, g.kept, g.size)
+        pass1 = compute_thresholds(plan, inputs, progress)
+        thresholds = pass1.thresholds
+        for t, g in enumerate(thresholds.groups.get(GLOBAL, ())):
+            logger.info("model %d: threshold %g keeps %d of %d values", t + 1, g.value, g.kept, g.size)
         with OutputFolder(output_path, overwrite=overwrite) as folder:
-            writers = _open_shards(folder, plan, inputs)
-            _pass2(plan, inputs, thresholds, quotas, writers, progress)
+            writers = _open_shards(folder, plan)
+            _pass2(plan, inputs, thresholds, pass1.quotas, writers, progress)
             _write_side_files(folder, plan, inputs, thresholds)
             published = folder.commit()
     seconds = time.perf_counter() - started
-    read = (plan.threshold_passes + 1) * plan.merge_input_bytes + sum(
-        t.in_nbytes for t in plan.tensors if t.kind is TensorKind.COPY
-    )
+    copied = sum(t.in_nbytes for t in plan.tensors if t.kind is TensorKind.COPY)
+    read = pass1.bytes_read + plan.merge_input_bytes + 2 * copied  # copies: checked, then written
     return MergeResult(published, plan, thresholds, seconds, read, plan.output_bytes)
 
 
@@ -169,7 +167,7 @@ def _recipe_metadata(plan: MergePlan) -> dict[str, str]:
     return {"format": "pt", "ooc_ties": json.dumps({"version": __version__, **plan.options.to_json()})}
 
 
-def _open_shards(folder: OutputFolder, plan: MergePlan, inputs: MergeInputs) -> dict[str, ShardWriter]:
+def _open_shards(folder: OutputFolder, plan: MergePlan) -> dict[str, ShardWriter]:
     by_name = {t.name: t for t in plan.tensors}
     writers: dict[str, ShardWriter] = {}
     metadata = _recipe_metadata(plan)

@@ -35,7 +35,15 @@ from ooc_ties.plan import MergePlan, TensorPlan
 from ooc_ties.progress import Progress, ProgressFactory
 from ooc_ties.schedule import run_blocks
 
-__all__ = ["GLOBAL", "BlockRef", "GroupThreshold", "Thresholds", "compute_thresholds", "plan_blocks"]
+__all__ = [
+    "GLOBAL",
+    "BlockRef",
+    "GroupThreshold",
+    "Pass1Result",
+    "Thresholds",
+    "compute_thresholds",
+    "plan_blocks",
+]
 
 GLOBAL = ""
 """The group key of the whole model (global scope)."""
@@ -151,6 +159,7 @@ class _Pass1:
         self.inputs = inputs
         self.bar = bar
         self.passes_run = 0
+        self.bytes_read = 0
         self.n = plan.n_models
         self.threads = plan.resources.threads
         self.weights = plan.options.model_weights(self.n)
@@ -164,6 +173,7 @@ class _Pass1:
     ) -> list[Any]:
         logger.debug("pass 1: %s over %d blocks", label, len(blocks))
         self.passes_run += 1
+        self.bytes_read += sum(b.in_nbytes for b in blocks)
         return run_blocks(blocks, task, new_state, threads=self.threads, cost=lambda b: b.in_nbytes, progress=self.bar)
 
     def high(self, label: str, blocks: Sequence[BlockRef]) -> np.ndarray:
@@ -257,10 +267,20 @@ class _Pass1:
             quotas[ordinals, t] = np.clip(groups[t].keep_equal - before, 0, per_block)
 
 
-def compute_thresholds(
-    plan: MergePlan, inputs: MergeInputs, progress: ProgressFactory | None = None
-) -> tuple[Thresholds, np.ndarray]:
-    """Pass 1: the thresholds, and the per-block tie quotas ``(blocks, models)`` pass 2 needs.
+@dataclass(frozen=True, slots=True)
+class Pass1Result:
+    """What pass 1 hands to pass 2."""
+
+    thresholds: Thresholds
+    """Thresholds and majority signs (independent of the block grid)."""
+    quotas: np.ndarray
+    """``(blocks, models)`` ties to keep per block (``-1``: all), in :func:`plan_blocks` order."""
+    bytes_read: int
+    """Input bytes pass 1 read."""
+
+
+def compute_thresholds(plan: MergePlan, inputs: MergeInputs, progress: ProgressFactory | None = None) -> Pass1Result:
+    """Pass 1: the thresholds, and the per-block tie quotas pass 2 needs.
 
     Progress is one bar over every read pass 1 may make; passes a group turns out not to need (tie
     counts where no tie is split) are counted as done when the group ends.
@@ -269,18 +289,17 @@ def compute_thresholds(
     quotas = np.full((len(blocks), plan.n_models), -1, np.int64)
     passes = plan.threshold_passes
     bar = progress("pass 1/2: thresholds", passes * plan.merge_input_bytes) if progress and passes else None
+    runner = _Pass1(plan, inputs, bar)
     try:
-        result = _compute(plan, inputs, blocks, quotas, bar)
+        thresholds = _compute(plan, runner, blocks, quotas)
     finally:
         if bar is not None:
             bar.close()
-    return result, quotas
+    return Pass1Result(thresholds, quotas, runner.bytes_read)
 
 
-def _compute(
-    plan: MergePlan, inputs: MergeInputs, blocks: list[BlockRef], quotas: np.ndarray, bar: Progress | None
-) -> Thresholds:
-    runner = _Pass1(plan, inputs, bar)
+def _compute(plan: MergePlan, runner: _Pass1, blocks: list[BlockRef], quotas: np.ndarray) -> Thresholds:
+    bar = runner.bar
     groups: dict[str, tuple[GroupThreshold, ...]] = {}
     majority: dict[str, int] = {}
     if plan.options.scope is Scope.GLOBAL:
