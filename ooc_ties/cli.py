@@ -76,6 +76,7 @@ def cli() -> None:
 @click.option("--threads", type=int, help="Worker threads. [all CPUs]")
 @click.option("--shard-size", default="5GB", show_default=True, help="Largest output shard.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists (only after the merge succeeds).")
+@click.option("--fsync", "durable", is_flag=True, help="Wait until the output is on disk before publishing it.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and estimates; read no tensor data, write nothing.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or summary; errors only.")
 @click.option("--verbose", "-v", count=True, help="More logging (-vv for debug).")
@@ -95,6 +96,7 @@ def merge_command(
     threads: int | None,
     shard_size: str,
     overwrite: bool,
+    durable: bool,
     dry_run: bool,
     quiet: bool,
     verbose: int,
@@ -114,6 +116,7 @@ def merge_command(
         memory_budget=parse_size(memory_budget, "memory budget"),
         threads=parse_threads(threads),
         shard_size=parse_size(shard_size, "shard size"),
+        durable=durable,
     )
     if dry_run:
         plan = plan_merge(base, list(finetuned), options, resources)

@@ -222,6 +222,8 @@ class Resources:
     """Largest output shard in bytes (a tensor larger than this gets a shard of its own)."""
     max_block_elements: int | None = None
     """Cap on the block size in elements, below what the budget allows (tests and tuning)."""
+    durable: bool = False
+    """Wait until the output is on disk (``fsync``) before publishing it (see docs/memory.md)."""
 
     def __post_init__(self) -> None:
         if self.max_block_elements is not None and (

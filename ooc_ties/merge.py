@@ -123,7 +123,7 @@ def merge(
         thresholds = pass1.thresholds
         for t, g in enumerate(thresholds.groups.get(GLOBAL, ())):
             logger.info("model %d: threshold %g keeps %d of %d values", t + 1, g.value, g.kept, g.size)
-        with OutputFolder(output_path, overwrite=overwrite) as folder:
+        with OutputFolder(output_path, overwrite=overwrite, durable=resources.durable) as folder:
             writers = _open_shards(folder, plan)
             _pass2(plan, inputs, thresholds, pass1.quotas, writers, progress)
             _write_side_files(folder, plan, inputs, thresholds)

@@ -152,6 +152,7 @@ def test_cli_merge_matches_library(tiny_models: Models, tmp_path: Path, capsys: 
             "0.9",
             "--threads",
             "2",
+            "--fsync",
             "-q",
         ]
     )

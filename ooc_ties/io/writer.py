@@ -143,9 +143,11 @@ class ShardWriter:
         """Write ``values`` (storage dtype, contiguous) as elements ``start...`` of tensor ``name``."""
         self._write_at(np.ascontiguousarray(values), self.offsets[name] + start * self.specs[name].dtype.itemsize)
 
-    def close(self) -> None:
+    def close(self, *, durable: bool = False) -> None:
+        """Close the file; with ``durable``, first wait until its data is on disk (``fsync``)."""
         if self._fd >= 0:
-            os.fsync(self._fd)
+            if durable:
+                os.fsync(self._fd)
             os.close(self._fd)
             self._fd = -1
 
@@ -178,8 +180,9 @@ def check_destination(destination: Path, *, overwrite: bool) -> None:
 class OutputFolder:
     """A model folder built under a temporary name and published by one rename."""
 
-    def __init__(self, destination: str | os.PathLike[str], *, overwrite: bool = False) -> None:
+    def __init__(self, destination: str | os.PathLike[str], *, overwrite: bool = False, durable: bool = False) -> None:
         self.destination = Path(destination).absolute()
+        self.durable = durable
         check_destination(self.destination, overwrite=overwrite)
         self._created: list[Path] = []
         parent = self.destination.parent
@@ -216,10 +219,17 @@ class OutputFolder:
         shutil.copyfile(source, self.staging / source.name)
 
     def commit(self) -> Path:
-        """Close every shard and move the folder into place."""
+        """Close every shard and move the folder into place.
+
+        The rename makes the folder appear complete to every process at once. With ``durable``, every
+        file is first flushed to disk, so that not even a power failure can leave a published folder
+        with missing data; without it (the default, like ``cp`` or mergekit) the data may still be in
+        the page cache, written back by the kernel, when the call returns.
+        """
         for shard in self._shards:
-            shard.close()
-        _fsync_dir(self.staging)
+            shard.close(durable=self.durable)
+        if self.durable:
+            _fsync_dir(self.staging)
         if self.destination.exists():
             trash = self.destination.parent / f".{self.destination.name}.ooc-ties-old-{uuid.uuid4().hex[:8]}"
             self.destination.rename(trash)
@@ -227,7 +237,8 @@ class OutputFolder:
             shutil.rmtree(trash)
         else:
             self.staging.rename(self.destination)
-        _fsync_dir(self.destination.parent)
+        if self.durable:
+            _fsync_dir(self.destination.parent)
         self._done = True
         return self.destination
 
