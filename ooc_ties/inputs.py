@@ -60,8 +60,12 @@ class MergeInputs:
         raw = kernel_array(checkpoint.read(name, index, index + 1), checkpoint.info(name).dtype)
         return float(decode_oracle(raw)[0])
 
-    def describe_nonfinite(self, name: str, index: int, model: int | None) -> str:
-        """Why element ``index`` of ``name`` gave a non-finite value: which input holds NaN/inf."""
+    def describe_nonfinite(self, name: str, index: int, model: int | None, out_dtype: DType | None = None) -> str:
+        """Why element ``index`` of ``name`` gave a non-finite value: which input holds NaN/inf.
+
+        ``model`` is the fine-tuned model whose task vector was not finite (pass 1), or ``None`` for a
+        merged value that is not finite in ``out_dtype`` (pass 2).
+        """
         candidates: Sequence[int] = range(len(self.all)) if model is None else (0, model + 1)
         for which in candidates:
             value = self.value(which, name, index)
@@ -72,4 +76,7 @@ class MergeInputs:
                 f"{self.fts[model].where(name)}: the task vector overflows float32 at element {index} "
                 f"(fine-tuned {self.value(model + 1, name, index)!r} minus base {self.value(0, name, index)!r})"
             )
-        return f"tensor {name!r}: the merged value at element {index} is not finite (lower --lambda or --weights)"
+        return (
+            f"tensor {name!r}: the merged value at element {index} is not finite in {out_dtype} "
+            "(lower --lambda or --weights, or choose a wider --dtype)"
+        )

@@ -229,13 +229,10 @@ class _Pass2:
             base, fts, self.thr[key], self.quotas[ref.ordinal], self.weights, self.lam, self.zero_positive[key], out
         )
         if bad >= 0:
-            raise NonFiniteValueError(self._explain(ref, ref.start + bad))
+            message = self.inputs.describe_nonfinite(name, ref.start + bad, None, ref.tensor.out_dtype)
+            raise NonFiniteValueError(message)
         self.writers[name].write(name, ref.start, out)
         self.inputs.release(name, ref.start, ref.stop)
-
-    def _explain(self, ref: BlockRef, index: int) -> str:
-        message = self.inputs.describe_nonfinite(ref.tensor.name, index, None)
-        return message.replace("not finite", f"not finite in {ref.tensor.out_dtype}")
 
     def copy_block(self, tensor: TensorPlan, start: int, stop: int) -> None:
         values = self.inputs.base.read(tensor.name, start, stop)
