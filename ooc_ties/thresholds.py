@@ -199,13 +199,18 @@ class _Pass1:
         states = self._run(label, blocks, task, lambda: np.zeros((self.n, LOW_BINS), np.int64))
         return sum(states, np.zeros((self.n, LOW_BINS), np.int64))
 
-    def equal_counts(self, label: str, blocks: Sequence[BlockRef], patterns: np.ndarray, out: np.ndarray) -> None:
+    def equal_counts(self, label: str, blocks: Sequence[BlockRef], patterns: np.ndarray) -> np.ndarray:
+        """``(len(blocks), models)``: values equal to each model's pattern, per block of the group."""
+        rows = {ref.ordinal: row for row, ref in enumerate(blocks)}
+        out = np.zeros((len(blocks), self.n), np.int64)
+
         def task(ref: BlockRef, _: None) -> None:
             base, fts = self.inputs.block(ref.tensor.name, ref.start, ref.stop)
-            count_equal(base, fts, patterns, out[ref.ordinal])
+            count_equal(base, fts, patterns, out[rows[ref.ordinal]])
             self.inputs.release(ref.tensor.name, ref.start, ref.stop)
 
         self._run(label, blocks, task, lambda: None)
+        return out
 
     def vote(self, label: str, blocks: Sequence[BlockRef], thr: np.ndarray, quotas: np.ndarray) -> int:
         def task(ref: BlockRef, counts: np.ndarray) -> None:
@@ -259,10 +264,9 @@ class _Pass1:
         if not split:
             return
         patterns = np.array([g.pattern if g.keep_equal >= 0 else -1 for g in groups], np.int64)
-        counts = np.zeros_like(quotas)
-        self.equal_counts(f"{label}tie counts", blocks, patterns, counts)
+        counts = self.equal_counts(f"{label}tie counts", blocks, patterns)
         for t in split:
-            per_block = counts[ordinals, t]
+            per_block = counts[:, t]
             before = np.cumsum(per_block) - per_block
             quotas[ordinals, t] = np.clip(groups[t].keep_equal - before, 0, per_block)
 
