@@ -29,7 +29,7 @@ from ooc_ties.errors import (
 )
 from ooc_ties.merge import MergeResult, merge, plan_merge
 from ooc_ties.plan import MergePlan
-from ooc_ties.thresholds import GroupThreshold, Thresholds
+from ooc_ties.thresholds import GroupThreshold, ThresholdBasis, Thresholds
 
 __all__ = [
     "PRESETS",
@@ -47,6 +47,7 @@ __all__ = [
     "OutputPathError",
     "Resources",
     "Scope",
+    "ThresholdBasis",
     "Thresholds",
     "TrimRule",
     "UnsupportedDtypeError",

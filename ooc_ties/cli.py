@@ -20,6 +20,7 @@ from ooc_ties.config import PRESETS, Resources, Scope, TrimRule, ZeroSign, parse
 from ooc_ties.errors import OocTiesError
 from ooc_ties.merge import MergeResult, merge, plan_merge
 from ooc_ties.progress import tqdm_progress
+from ooc_ties.thresholds import Thresholds
 
 __all__ = ["cli", "main"]
 
@@ -77,6 +78,18 @@ def cli() -> None:
 @click.option("--shard-size", default="5GB", show_default=True, help="Largest output shard.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists (only after the merge succeeds).")
 @click.option("--fsync", "durable", is_flag=True, help="Wait until the output is on disk before publishing it.")
+@click.option(
+    "--thresholds",
+    "thresholds_in",
+    type=click.Path(path_type=Path),
+    help="Reuse thresholds saved by --save-thresholds (same inputs and trim options): skips pass 1.",
+)
+@click.option(
+    "--save-thresholds",
+    "thresholds_out",
+    type=click.Path(path_type=Path),
+    help="Save the pass-1 thresholds to this JSON file.",
+)
 @click.option("--dry-run", is_flag=True, help="Print the plan and estimates; read no tensor data, write nothing.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or summary; errors only.")
 @click.option("--verbose", "-v", count=True, help="More logging (-vv for debug).")
@@ -97,6 +110,8 @@ def merge_command(
     shard_size: str,
     overwrite: bool,
     durable: bool,
+    thresholds_in: Path | None,
+    thresholds_out: Path | None,
     dry_run: bool,
     quiet: bool,
     verbose: int,
@@ -122,6 +137,7 @@ def merge_command(
         plan = plan_merge(base, list(finetuned), options, resources)
         click.echo(plan.describe())
         return
+    given = Thresholds.load(thresholds_in) if thresholds_in is not None else None
     result = merge(
         base,
         list(finetuned),
@@ -130,7 +146,10 @@ def merge_command(
         resources,
         overwrite=overwrite,
         progress=None if quiet else tqdm_progress,
+        thresholds=given,
     )
+    if thresholds_out is not None:
+        result.thresholds.save(thresholds_out)
     if not quiet:
         click.echo(
             f"merged {len(result.plan.merged)} tensors ({result.plan.merged_parameters:,} parameters) of "

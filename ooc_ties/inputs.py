@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -48,6 +49,19 @@ class MergeInputs:
                 decoded.append(out)
             fts = tuple(decoded)
         return base, fts
+
+    def fingerprint(self) -> str:
+        """A digest of every input file's name, size and modification time, in model order.
+
+        It tells whether pass-1 results belong to these inputs without reading them; moving a model
+        folder keeps it, rewriting or touching a file changes it.
+        """
+        entries = []
+        for which, checkpoint in enumerate(self.all):
+            for path in checkpoint.paths():
+                stat = path.stat()
+                entries.append(f"{which}:{path.name}:{stat.st_size}:{stat.st_mtime_ns}")
+        return hashlib.sha256("\n".join(entries).encode()).hexdigest()[:32]
 
     def release(self, name: str, start: int, stop: int) -> None:
         """Drop the block's pages from this process (they stay in the page cache)."""

@@ -100,6 +100,7 @@ def merge(
     *,
     overwrite: bool = False,
     progress: ProgressFactory | None = None,
+    thresholds: Thresholds | None = None,
 ) -> MergeResult:
     """TIES-merge ``finetuned`` checkpoints onto ``base`` and write a model folder at ``output``.
 
@@ -107,6 +108,11 @@ def merge(
     (single file or sharded with ``model.safetensors.index.json``). ``output`` receives
     ``model.safetensors`` or shards with an index, the base folder's config and tokenizer files, and
     ``ooc_ties_recipe.json``; it is written under a temporary name and renamed into place when complete.
+
+    ``thresholds`` from an earlier merge of the same inputs (``MergeResult.thresholds``, or
+    :meth:`Thresholds.load`) skip pass 1's reads; they are refused unless they were computed under the
+    same density, scope, trim rule, zero-sign rule and weights, for the same tensors. ``lambda`` and the
+    output dtype may differ.
     """
     started = time.perf_counter()
     resources = resources or Resources()
@@ -119,7 +125,7 @@ def merge(
         _check_disk(output_path, plan)
         logger.info("plan:\n%s", plan.describe())
         _check_copies(plan, inputs)
-        pass1 = compute_thresholds(plan, inputs, progress)
+        pass1 = compute_thresholds(plan, inputs, progress, thresholds)
         thresholds = pass1.thresholds
         for t, g in enumerate(thresholds.groups.get(GLOBAL, ())):
             logger.info("model %d: threshold %g keeps %d of %d values", t + 1, g.value, g.kept, g.size)

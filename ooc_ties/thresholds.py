@@ -18,16 +18,19 @@ would give, found in two streaming reads and a few hundred KiB per worker. Then,
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ooc_ties.config import Scope, TrimRule, ZeroSign
-from ooc_ties.errors import NonFiniteValueError
+from ooc_ties.config import MergeOptions, Scope, TrimRule, ZeroSign
+from ooc_ties.errors import NonFiniteValueError, OptionError
 from ooc_ties.inputs import MergeInputs
 from ooc_ties.kernels.histogram import HIGH_BINS, LOW_BINS, count_equal, high_histogram, low_histogram
 from ooc_ties.kernels.ties import elect_count
@@ -49,6 +52,8 @@ GLOBAL = ""
 """The group key of the whole model (global scope)."""
 
 logger = logging.getLogger(__name__)
+
+_FORMAT = "ooc-ties-thresholds/1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,15 +79,55 @@ class GroupThreshold:
 
 
 @dataclass(frozen=True, slots=True)
-class Thresholds:
-    """The result of pass 1 that does not depend on block sizes."""
+class ThresholdBasis:
+    """The options pass 1 depends on: thresholds are valid for another merge only with the same basis."""
 
     scope: Scope
     """Global (one group) or per tensor (one group per tensor)."""
+    density: float
+    """Density of the trim."""
+    trim: TrimRule
+    """The tie rule at the threshold."""
+    zero_sign: ZeroSign
+    """The zero-sign rule (the majority vote depends on it)."""
+    weights: tuple[float, ...]
+    """Per-model weights as float32 values (the majority vote is weighted)."""
+
+    @classmethod
+    def of(cls, options: MergeOptions, n_models: int) -> ThresholdBasis:
+        weights = tuple(float(w) for w in options.model_weights(n_models))
+        return cls(options.scope, options.density, options.trim, options.zero_sign, weights)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "scope": self.scope.value,
+            "density": self.density,
+            "trim": self.trim.value,
+            "zero_sign": self.zero_sign.value,
+            "weights": list(self.weights),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    """The result of pass 1 that does not depend on block sizes: save it, load it, merge with it again.
+
+    The merged output does not depend on ``lambda`` or the output dtype through pass 1, so thresholds
+    computed once serve any number of merges that differ only in those (see :func:`ooc_ties.merge`).
+    """
+
+    basis: ThresholdBasis
+    """The options they were computed under."""
     groups: Mapping[str, tuple[GroupThreshold, ...]]
     """Per group key (:data:`GLOBAL` or a tensor name), one threshold per fine-tuned model."""
     majority: Mapping[str, int]
     """Per group key, the majority sign (+1, 0 or -1); empty unless the zero-sign rule is majority."""
+    inputs: str = ""
+    """Fingerprint of the input files (names, sizes, modification times): see :meth:`MergeInputs.fingerprint`."""
+
+    @property
+    def scope(self) -> Scope:
+        return self.basis.scope
 
     def key(self, tensor: str) -> str:
         return GLOBAL if self.scope is Scope.GLOBAL else tensor
@@ -92,7 +137,9 @@ class Thresholds:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "scope": self.scope.value,
+            "format": _FORMAT,
+            "basis": self.basis.to_json(),
+            "inputs": self.inputs,
             "groups": {
                 k: [
                     {
@@ -108,6 +155,84 @@ class Thresholds:
             },
             "majority": dict(self.majority),
         }
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "thresholds") -> Thresholds:
+        """Rebuild from :meth:`to_json` output; ``where`` names the source in error messages."""
+        try:
+            if data["format"] != _FORMAT:
+                raise OptionError(f"{where}: format {data['format']!r} is not {_FORMAT!r}")
+            b = data["basis"]
+            basis = ThresholdBasis(
+                Scope(b["scope"]),
+                float(b["density"]),
+                TrimRule(b["trim"]),
+                ZeroSign(b["zero_sign"]),
+                tuple(float(w) for w in b["weights"]),
+            )
+            groups = {
+                str(key): tuple(
+                    GroupThreshold(int(g["size"]), int(g["pattern"]), int(g["keep_equal"]), int(g["kept"]))
+                    for g in entries
+                )
+                for key, entries in data["groups"].items()
+            }
+            majority = {str(k): int(v) for k, v in data["majority"].items()}
+            fingerprint = str(data["inputs"])
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise OptionError(f"{where}: not a thresholds file ({type(exc).__name__}: {exc})") from None
+        return cls(basis, types.MappingProxyType(groups), types.MappingProxyType(majority), fingerprint)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write as JSON."""
+        Path(path).write_text(json.dumps(self.to_json(), indent=1) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Thresholds:
+        """Read a file written by :meth:`save`."""
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise OptionError(f"{path}: cannot read thresholds ({exc.strerror})") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise OptionError(f"{path}: thresholds file is not valid JSON ({exc})") from None
+        return cls.from_json(data, str(path))
+
+    def check_fits(self, plan: MergePlan, inputs: MergeInputs) -> None:
+        """Refuse thresholds computed under other options, or for other inputs, than this merge's."""
+        if len(self.basis.weights) != plan.n_models:
+            raise OptionError(
+                f"thresholds were computed for {len(self.basis.weights)} fine-tuned models; "
+                f"this merge has {plan.n_models}"
+            )
+        wanted = ThresholdBasis.of(plan.options, plan.n_models)
+        if self.basis != wanted:
+            theirs, ours = self.basis.to_json(), wanted.to_json()
+            diff = ", ".join(f"{k} {theirs[k]!r} (merge has {ours[k]!r})" for k in ours if theirs[k] != ours[k])
+            raise OptionError(f"thresholds were computed with other options: {diff}")
+        if self.inputs != inputs.fingerprint():
+            raise OptionError(
+                "thresholds were computed for other input files (names, sizes or modification times differ)"
+            )
+        sizes = _group_sizes(plan)
+        if set(sizes) != set(self.groups):
+            missing = sorted(set(sizes) ^ set(self.groups))[0]
+            raise OptionError(f"thresholds do not cover the same tensors as this merge (e.g. {missing!r})")
+        for key, size in sizes.items():
+            given = self.groups[key]
+            if len(given) != plan.n_models or any(g.size != size for g in given):
+                label = "the model" if key == GLOBAL else f"tensor {key!r}"
+                raise OptionError(f"thresholds for {label} were computed for other sizes or model counts")
+            if self.basis.zero_sign is ZeroSign.MAJORITY and key not in self.majority:
+                raise OptionError(f"thresholds lack the majority sign of group {key!r}")
+
+
+def _group_sizes(plan: MergePlan) -> dict[str, int]:
+    if plan.options.scope is Scope.GLOBAL:
+        return {GLOBAL: plan.merged_parameters}
+    return {t.name: t.numel for t in plan.merged}
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,13 +348,18 @@ class _Pass1:
         return int(np.sign(total[0] - total[1]))
 
     def group(
-        self, key: str, blocks: Sequence[BlockRef], quotas: np.ndarray, label: str
+        self, key: str, blocks: Sequence[BlockRef], quotas: np.ndarray, label: str, given: Thresholds | None
     ) -> tuple[tuple[GroupThreshold, ...], int | None]:
-        """Thresholds of one group, its block quotas (written into ``quotas``), and its majority sign."""
+        """Thresholds of one group, its block quotas (written into ``quotas``), and its majority sign.
+
+        With ``given`` thresholds only the block quotas are computed (they depend on the block grid).
+        """
         options = self.plan.options
         size = sum(b.stop - b.start for b in blocks)
         wanted = _wanted_rank(size, options.density, options.trim) if size else None
-        if wanted is None:
+        if given is not None:
+            result = given.groups[key]
+        elif wanted is None:
             result = tuple(GroupThreshold.keep_all(size) for _ in range(self.n))
         else:
             rank, m = wanted
@@ -250,7 +380,9 @@ class _Pass1:
             result = tuple(groups)
         self._quotas(blocks, result, quotas, label)
         majority = None
-        if options.zero_sign is ZeroSign.MAJORITY:
+        if options.zero_sign is ZeroSign.MAJORITY and given is not None:
+            majority = given.majority[key]
+        elif options.zero_sign is ZeroSign.MAJORITY:
             thr = np.array([g.value for g in result], np.float32)
             majority = self.vote(f"{label}majority sign", blocks, thr, quotas)
         return result, majority
@@ -283,26 +415,41 @@ class Pass1Result:
     """Input bytes pass 1 read."""
 
 
-def compute_thresholds(plan: MergePlan, inputs: MergeInputs, progress: ProgressFactory | None = None) -> Pass1Result:
+def compute_thresholds(
+    plan: MergePlan, inputs: MergeInputs, progress: ProgressFactory | None = None, given: Thresholds | None = None
+) -> Pass1Result:
     """Pass 1: the thresholds, and the per-block tie quotas pass 2 needs.
+
+    With ``given`` thresholds (checked against the plan) nothing is recomputed but the tie quotas.
 
     Progress is one bar over every read pass 1 may make; passes a group turns out not to need (tie
     counts where no tie is split) are counted as done when the group ends.
     """
+    if given is not None:
+        given.check_fits(plan, inputs)
     blocks = plan_blocks(plan.merged)
     quotas = np.full((len(blocks), plan.n_models), -1, np.int64)
-    passes = plan.threshold_passes
+    passes = _passes(plan, given)
     bar = progress("pass 1/2: thresholds", passes * plan.merge_input_bytes) if progress and passes else None
     runner = _Pass1(plan, inputs, bar)
     try:
-        thresholds = _compute(plan, runner, blocks, quotas)
+        thresholds = _compute(plan, runner, blocks, quotas, given)
     finally:
         if bar is not None:
             bar.close()
     return Pass1Result(thresholds, quotas, runner.bytes_read)
 
 
-def _compute(plan: MergePlan, runner: _Pass1, blocks: list[BlockRef], quotas: np.ndarray) -> Thresholds:
+def _passes(plan: MergePlan, given: Thresholds | None) -> int:
+    """Reads pass 1 may make: all of the plan's, or with given thresholds only the tie counts."""
+    if given is None:
+        return plan.threshold_passes
+    return 1 if plan.options.trim is TrimRule.TOPK and plan.options.density < 1.0 else 0
+
+
+def _compute(
+    plan: MergePlan, runner: _Pass1, blocks: list[BlockRef], quotas: np.ndarray, given: Thresholds | None
+) -> Thresholds:
     bar = runner.bar
     groups: dict[str, tuple[GroupThreshold, ...]] = {}
     majority: dict[str, int] = {}
@@ -316,11 +463,14 @@ def _compute(plan: MergePlan, runner: _Pass1, blocks: list[BlockRef], quotas: np
             keyed.setdefault(t.name, [])
     for key, group_blocks in keyed.items():
         runner.passes_run = 0
-        thresholds, sign = runner.group(key, group_blocks, quotas, "" if key == GLOBAL else f"{key}: ")
+        thresholds, sign = runner.group(key, group_blocks, quotas, "" if key == GLOBAL else f"{key}: ", given)
         groups[key] = thresholds
         if sign is not None:
             majority[key] = sign
         if bar is not None:
-            skipped = plan.threshold_passes - runner.passes_run
+            skipped = _passes(plan, given) - runner.passes_run
             bar.advance(skipped * sum(b.in_nbytes for b in group_blocks))
-    return Thresholds(plan.options.scope, types.MappingProxyType(groups), types.MappingProxyType(majority))
+    basis = ThresholdBasis.of(plan.options, plan.n_models)
+    return Thresholds(
+        basis, types.MappingProxyType(groups), types.MappingProxyType(majority), runner.inputs.fingerprint()
+    )

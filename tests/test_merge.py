@@ -10,7 +10,7 @@ import pytest
 import safetensors
 from conftest import tree_digest
 
-from ooc_ties import PRESETS, MergeOptions, Resources, merge
+from ooc_ties import PRESETS, MergeOptions, OptionError, Resources, Thresholds, merge
 from ooc_ties.cli import main
 from ooc_ties.io.checkpoint import Checkpoint
 from ooc_ties.reference import reference_merge
@@ -194,3 +194,45 @@ def test_mixed_input_dtypes_are_decoded(tmp_path: Path) -> None:
     assert read_all(result.output) == expected_bytes(paths[0], paths[1:], PRESETS["paper"].with_(density=0.5))
     with Checkpoint(result.output) as c:
         assert c.read("ids").tolist() == list(range(7))
+
+
+@pytest.mark.parametrize("preset", ["paper", "mergekit"])
+def test_reused_thresholds_give_the_same_bytes(tiny_models: Models, tmp_path: Path, preset: str) -> None:
+    base, fts = tiny_models
+    first = merge(base, fts, tmp_path / "first", PRESETS[preset], Resources(max_block_elements=5000))
+    other = PRESETS[preset].with_(lam=0.7, out_dtype="f32")
+    reused = merge(
+        base, fts, tmp_path / "reused", other, Resources(max_block_elements=333), thresholds=first.thresholds
+    )
+    assert reused.bytes_read < first.bytes_read
+    assert read_all(reused.output) == expected_bytes(base, fts, other)
+
+
+def test_thresholds_round_trip_through_the_cli(tiny_models: Models, tmp_path: Path) -> None:
+    base, fts = tiny_models
+    saved = tmp_path / "thr.json"
+    common = ["merge", "--base", str(base), *map(str, fts), "--preset", "mergekit", "-q"]
+    main([*common, "-o", str(tmp_path / "a"), "--save-thresholds", str(saved)])
+    main([*common, "-o", str(tmp_path / "b"), "--thresholds", str(saved)])
+    assert read_all(tmp_path / "a") == read_all(tmp_path / "b")
+    assert Thresholds.load(saved) == merge(base, fts, tmp_path / "c", PRESETS["mergekit"]).thresholds
+
+
+def test_thresholds_from_other_options_or_models_are_refused(
+    tiny_models: Models, sharded_models: Models, tmp_path: Path
+) -> None:
+    base, fts = tiny_models
+    thresholds = merge(base, fts, tmp_path / "first", PRESETS["paper"]).thresholds
+    with pytest.raises(OptionError, match=r"density 0\.2 \(merge has 0\.3\)"):
+        merge(base, fts, tmp_path / "x", PRESETS["paper"].with_(density=0.3), thresholds=thresholds)
+    with pytest.raises(OptionError, match="weights"):
+        merge(base, fts, tmp_path / "y", PRESETS["paper"].with_(weights=(1, 1, 2)), thresholds=thresholds)
+    with pytest.raises(OptionError, match="computed for 3 fine-tuned models; this merge has 2"):
+        merge(base, fts[:2], tmp_path / "z", PRESETS["paper"], thresholds=thresholds)
+    other_base, other_fts = sharded_models  # same shapes and count, other files
+    with pytest.raises(OptionError, match="other input files"):
+        merge(other_base, other_fts, tmp_path / "w", PRESETS["paper"], thresholds=thresholds)
+    (tmp_path / "bad.json").write_text('{"format": "something else"}')
+    with pytest.raises(OptionError, match=r"bad\.json"):
+        Thresholds.load(tmp_path / "bad.json")
+    assert not any(p.name in ("w", "x", "y", "z") for p in tmp_path.iterdir())
