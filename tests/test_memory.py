@@ -5,6 +5,8 @@ Slow (it writes ~2.5 GB under the temp dir): run with ``pytest -m slow``.
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -66,28 +68,41 @@ def _peak_rss_anon(command: list[str]) -> tuple[int, int]:
     return process.returncode, peak
 
 
+@pytest.fixture(scope="module")
+def big_models(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """A base and three fine-tunes of one 2**28-element bf16 tensor (512 MiB each)."""
+    return _write_models(tmp_path_factory.mktemp("big"), 1 << 28, 3)
+
+
+def _merge_command(models: list[Path], out: Path, *extra: str) -> list[str]:
+    base, *fts = models
+    return [sys.executable, "-m", "ooc_ties.cli", "merge", "--base", str(base), *map(str, fts), "-o", str(out), *extra]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", ["paper", "mergekit"])
-def test_a_2_pow_28_tensor_merges_in_256_mib(tmp_path_factory: pytest.TempPathFactory, preset: str) -> None:
-    root = tmp_path_factory.mktemp(f"big-{preset}")
-    base, *fts = _write_models(root, 1 << 28, 3)
+def test_a_2_pow_28_tensor_merges_in_256_mib(big_models: list[Path], tmp_path: Path, preset: str) -> None:
     budget = 256 * 1024**2
-    command = [
-        sys.executable,
-        "-m",
-        "ooc_ties.cli",
-        "merge",
-        "--base",
-        str(base),
-        *map(str, fts),
-        "-o",
-        str(root / "out"),
-        "--memory-budget",
-        "256MiB",
-        "--preset",
-        preset,
-        "-q",
-    ]
+    command = _merge_command(big_models, tmp_path / "out", "--memory-budget", "256MiB", "--preset", preset, "-q")
     _, peak = _peak_rss_anon(command)
     assert peak < budget + RUNTIME_ALLOWANCE, f"peak RssAnon {peak / 2**20:.0f} MiB"
-    assert (root / "out" / "model.safetensors").stat().st_size > (1 << 29)
+    assert (tmp_path / "out" / "model.safetensors").stat().st_size > (1 << 29)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("phase", ["pass 1/2", "pass 2/2"])
+def test_interrupt_leaves_nothing_behind(big_models: list[Path], tmp_path: Path, phase: str) -> None:
+    """Ctrl-C in pass 1 or pass 2: exit 130 at once, one line, no output and no staging folder."""
+    process = subprocess.Popen(_merge_command(big_models, tmp_path / "out"), stderr=subprocess.PIPE)
+    assert process.stderr is not None
+    seen = b""
+    while phase.encode() not in seen:  # the progress bars name the pass as soon as it starts
+        chunk = os.read(process.stderr.fileno(), 4096)
+        assert chunk, f"the merge ended before {phase}: {seen.decode(errors='replace')}"
+        seen += chunk
+    process.send_signal(signal.SIGINT)
+    rest = process.communicate(timeout=60)[1]
+    lines = (seen + rest).decode().replace("\r", "\n").strip().splitlines()
+    assert process.returncode == 130
+    assert lines[-1] == "ooc-ties: interrupted"
+    assert list(tmp_path.iterdir()) == []
