@@ -8,11 +8,13 @@ results and the options, so blocks run in any order on any number of threads wit
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import shutil
 import time
+import types
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +33,7 @@ from ooc_ties.kernels.ties import merge as merge_kernel
 from ooc_ties.plan import MergePlan, TensorKind, TensorPlan, make_plan
 from ooc_ties.progress import ProgressFactory
 from ooc_ties.schedule import run_blocks
-from ooc_ties.thresholds import GLOBAL, BlockRef, Thresholds, compute_thresholds, plan_blocks
+from ooc_ties.thresholds import GLOBAL, BlockRef, Pass1Result, Thresholds, compute_thresholds, plan_blocks
 
 __all__ = ["RECIPE_NAME", "MergeResult", "merge", "plan_merge"]
 
@@ -126,18 +128,17 @@ def merge(
         logger.info("plan:\n%s", plan.describe())
         _check_copies(plan, inputs)
         pass1 = compute_thresholds(plan, inputs, progress, thresholds)
-        thresholds = pass1.thresholds
-        for t, g in enumerate(thresholds.groups.get(GLOBAL, ())):
+        for t, g in enumerate(pass1.thresholds.groups.get(GLOBAL, ())):
             logger.info("model %d: threshold %g keeps %d of %d values", t + 1, g.value, g.kept, g.size)
         with OutputFolder(output_path, overwrite=overwrite, durable=resources.durable) as folder:
             writers = _open_shards(folder, plan)
-            _pass2(plan, inputs, thresholds, pass1.quotas, writers, progress)
-            _write_side_files(folder, plan, inputs, thresholds)
+            final = _pass2(plan, inputs, pass1, writers, progress)
+            _write_side_files(folder, plan, inputs, final)
             published = folder.commit()
     seconds = time.perf_counter() - started
     copied = sum(t.in_nbytes for t in plan.tensors if t.kind is TensorKind.COPY)
     read = pass1.bytes_read + plan.merge_input_bytes + 2 * copied  # copies: checked, then written
-    return MergeResult(published, plan, thresholds, seconds, read, plan.output_bytes)
+    return MergeResult(published, plan, final, seconds, read, plan.output_bytes)
 
 
 def _check_disk(output: Path, plan: MergePlan) -> None:
@@ -219,6 +220,7 @@ class _Pass2:
             for key in thresholds.groups
         }
         self.key = thresholds.key
+        self.votes = np.zeros((len(quotas), 3), np.int64)  # per block: #S>0, #S<0, open elements
 
     def new_state(self) -> dict[np.dtype, np.ndarray]:
         return {}
@@ -231,8 +233,18 @@ class _Pass2:
         out = buffers[storage][: ref.stop - ref.start]
         base, fts = self.inputs.block(name, ref.start, ref.stop)
         key = self.key(name)
+        votes = self.votes[ref.ordinal]
+        votes[:] = 0
         bad = merge_kernel(
-            base, fts, self.thr[key], self.quotas[ref.ordinal], self.weights, self.lam, self.zero_positive[key], out
+            base,
+            fts,
+            self.thr[key],
+            self.quotas[ref.ordinal],
+            self.weights,
+            self.lam,
+            self.zero_positive[key],
+            out,
+            votes,
         )
         if bad >= 0:
             message = self.inputs.describe_nonfinite(name, ref.start + bad, None, ref.tensor.out_dtype)
@@ -249,12 +261,12 @@ class _Pass2:
 def _pass2(
     plan: MergePlan,
     inputs: MergeInputs,
-    thresholds: Thresholds,
-    quotas: np.ndarray,
+    pass1: Pass1Result,
     writers: dict[str, ShardWriter],
     progress: ProgressFactory | None,
-) -> None:
-    runner = _Pass2(plan, inputs, thresholds, quotas, writers)
+) -> Thresholds:
+    """Merge and write every block; return the thresholds with every majority sign exact."""
+    runner = _Pass2(plan, inputs, pass1.thresholds, pass1.quotas, writers)
     blocks = plan_blocks(plan.merged)
     copies = [(t, start, stop) for t in plan.tensors if t.kind is TensorKind.COPY for start, stop in t.grid.blocks()]
     total = sum(b.in_nbytes for b in blocks) + sum(
@@ -277,6 +289,50 @@ def _pass2(
     finally:
         if bar is not None:
             bar.close()
+    return _settle_majority(plan, runner, pass1, blocks, progress)
+
+
+def _settle_majority(
+    plan: MergePlan, runner: _Pass2, pass1: Pass1Result, blocks: list[BlockRef], progress: ProgressFactory | None
+) -> Thresholds:
+    """Replace guessed majority signs by the exact ones counted in pass 2, redoing blocks if needed.
+
+    Only *open* elements (an exact zero vote between non-zero values) depend on the majority sign, so
+    when a guess was wrong only the blocks holding open elements are merged again, with the exact sign.
+    """
+    thresholds = pass1.thresholds
+    if not pass1.guessed:
+        return thresholds
+    exact = dict(thresholds.majority)
+    redo: list[BlockRef] = []
+    by_key: dict[str, list[BlockRef]] = {}
+    for ref in blocks:
+        by_key.setdefault(thresholds.key(ref.tensor.name), []).append(ref)
+    for key in sorted(pass1.guessed):
+        members = by_key.get(key, [])
+        votes = runner.votes[[b.ordinal for b in members]].sum(axis=0) if members else np.zeros(3, np.int64)
+        exact[key] = int(np.sign(votes[0] - votes[1]))
+        if (exact[key] > 0) != runner.zero_positive[key]:
+            logger.info(
+                "majority sign of %s: guessed %+d, exact %+d", key or "the model", thresholds.majority[key], exact[key]
+            )
+            runner.zero_positive[key] = exact[key] > 0
+            redo += [b for b in members if runner.votes[b.ordinal, 2] > 0]
+    if redo:
+        bar = progress("pass 2/2: redo (majority sign)", sum(b.in_nbytes for b in redo)) if progress else None
+        try:
+            run_blocks(
+                redo,
+                runner.merge_block,
+                runner.new_state,
+                threads=plan.resources.threads,
+                cost=lambda b: b.in_nbytes,
+                progress=bar,
+            )
+        finally:
+            if bar is not None:
+                bar.close()
+    return dataclasses.replace(thresholds, majority=types.MappingProxyType(exact))
 
 
 def _recipe(plan: MergePlan, inputs: MergeInputs, thresholds: Thresholds) -> dict[str, Any]:

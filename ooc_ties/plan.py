@@ -103,13 +103,11 @@ class MergePlan:
         return sum(t.out_nbytes for t in self.tensors)
 
     @property
-    def threshold_passes(self) -> int:
-        """Reads of the inputs before pass 2: two histograms, plus tie counts, plus the sign vote."""
-        if self.options.density >= 1.0:
-            passes = 0
-        else:
-            passes = 2 + (1 if self.options.trim is TrimRule.TOPK else 0)
-        return passes + (1 if self.options.zero_sign is ZeroSign.MAJORITY else 0)
+    def threshold_passes(self) -> float:
+        """Reads of the inputs before pass 2, in whole reads: two histograms, tie counts (``topk``, at
+        most), and for the ``majority`` rule a vote over every 8th block."""
+        passes = 0.0 if self.options.density >= 1.0 else 2.0 + (self.options.trim is TrimRule.TOPK)
+        return passes + (0.125 if self.options.zero_sign is ZeroSign.MAJORITY else 0.0)
 
     @property
     def peak_memory_estimate(self) -> int:
@@ -133,8 +131,8 @@ class MergePlan:
             f"tensors: {len(merged)} merged ({self.merged_parameters:,} parameters), {len(copied)} copied",
             f"blocks: {self.total_blocks:,} of up to {self.block_elements:,} elements, "
             f"{self.resources.threads} threads",
-            f"reads: {self.threshold_passes} threshold passes + 1 merge pass over "
-            f"{_human(self.merge_input_bytes)} = {_human((self.threshold_passes + 1) * self.merge_input_bytes)}",
+            f"reads: {self.threshold_passes:g} threshold passes + 1 merge pass over "
+            f"{_human(self.merge_input_bytes)} = {_human(int((self.threshold_passes + 1) * self.merge_input_bytes))}",
             f"writes: {_human(self.output_bytes)} in {len(self.shards)} file(s)",
             f"peak memory (engine): {_human(self.peak_memory_estimate)} "
             f"of a {_human(self.resources.memory_budget)} budget",

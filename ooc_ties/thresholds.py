@@ -13,7 +13,9 @@ would give, found in two streaming reads and a few hundred KiB per worker. Then,
    dropped, the number of such values in every block is counted, and a running sum tells each block
    how many of its own to keep (lowest flat index first);
 4. the ``majority`` zero-sign rule needs the sign of (#positive - #negative) elected signs over the
-   group, counted with the final trim.
+   group, counted with the final trim. Pass 1 only *guesses* it from a fixed sample of blocks (every
+   :data:`VOTE_SAMPLE_STRIDE`-th); pass 2 counts the votes of every block anyway, settles the exact
+   sign, and merges again the few blocks whose result depended on a wrong guess (see ``merge.py``).
 """
 
 from __future__ import annotations
@@ -40,18 +42,23 @@ from ooc_ties.schedule import run_blocks
 
 __all__ = [
     "GLOBAL",
+    "VOTE_SAMPLE_STRIDE",
     "BlockRef",
     "GroupThreshold",
     "Pass1Result",
     "Thresholds",
     "compute_thresholds",
     "plan_blocks",
+    "vote_sample",
 ]
 
 GLOBAL = ""
 """The group key of the whole model (global scope)."""
 
 logger = logging.getLogger(__name__)
+
+VOTE_SAMPLE_STRIDE = 8
+"""Pass 1 guesses the majority sign from every 8th block of a group (the first block at least)."""
 
 _FORMAT = "ooc-ties-thresholds/1"
 
@@ -283,7 +290,6 @@ class _Pass1:
         self.plan = plan
         self.inputs = inputs
         self.bar = bar
-        self.passes_run = 0
         self.bytes_read = 0
         self.n = plan.n_models
         self.threads = plan.resources.threads
@@ -297,7 +303,6 @@ class _Pass1:
         new_state: Callable[[], Any],
     ) -> list[Any]:
         logger.debug("pass 1: %s over %d blocks", label, len(blocks))
-        self.passes_run += 1
         self.bytes_read += sum(b.in_nbytes for b in blocks)
         return run_blocks(blocks, task, new_state, threads=self.threads, cost=lambda b: b.in_nbytes, progress=self.bar)
 
@@ -384,7 +389,7 @@ class _Pass1:
             majority = given.majority[key]
         elif options.zero_sign is ZeroSign.MAJORITY:
             thr = np.array([g.value for g in result], np.float32)
-            majority = self.vote(f"{label}majority sign", blocks, thr, quotas)
+            majority = self.vote(f"{label}majority sign (sample)", vote_sample(blocks), thr, quotas)
         return result, majority
 
     def _quotas(
@@ -413,6 +418,13 @@ class Pass1Result:
     """``(blocks, models)`` ties to keep per block (``-1``: all), in :func:`plan_blocks` order."""
     bytes_read: int
     """Input bytes pass 1 read."""
+    guessed: frozenset[str]
+    """Group keys whose majority sign in ``thresholds`` is a guess from a sample, for pass 2 to settle."""
+
+
+def vote_sample(blocks: Sequence[BlockRef]) -> list[BlockRef]:
+    """The blocks of a group pass 1 votes on to guess its majority sign."""
+    return list(blocks[::VOTE_SAMPLE_STRIDE])
 
 
 def compute_thresholds(
@@ -422,54 +434,64 @@ def compute_thresholds(
 
     With ``given`` thresholds (checked against the plan) nothing is recomputed but the tie quotas.
 
-    Progress is one bar over every read pass 1 may make; passes a group turns out not to need (tie
+    Progress is one bar over every read pass 1 may make; reads a group turns out not to need (tie
     counts where no tie is split) are counted as done when the group ends.
     """
     if given is not None:
         given.check_fits(plan, inputs)
     blocks = plan_blocks(plan.merged)
     quotas = np.full((len(blocks), plan.n_models), -1, np.int64)
-    passes = _passes(plan, given)
-    bar = progress("pass 1/2: thresholds", passes * plan.merge_input_bytes) if progress and passes else None
+    keyed = _groups(plan, blocks)
+    total = sum(_expected_bytes(plan, b, given) for b in keyed.values())
+    bar = progress("pass 1/2: thresholds", total) if progress and total else None
     runner = _Pass1(plan, inputs, bar)
     try:
-        thresholds = _compute(plan, runner, blocks, quotas, given)
+        thresholds = _compute(plan, runner, keyed, quotas, given)
     finally:
         if bar is not None:
             bar.close()
-    return Pass1Result(thresholds, quotas, runner.bytes_read)
+    guessed = frozenset(thresholds.majority) if given is None else frozenset()
+    return Pass1Result(thresholds, quotas, runner.bytes_read, guessed)
 
 
-def _passes(plan: MergePlan, given: Thresholds | None) -> int:
-    """Reads pass 1 may make: all of the plan's, or with given thresholds only the tie counts."""
-    if given is None:
-        return plan.threshold_passes
-    return 1 if plan.options.trim is TrimRule.TOPK and plan.options.density < 1.0 else 0
+def _expected_bytes(plan: MergePlan, blocks: Sequence[BlockRef], given: Thresholds | None) -> int:
+    """The most pass 1 may read for one group: histograms, tie counts, the vote sample."""
+    options = plan.options
+    full = sum(b.in_nbytes for b in blocks)
+    passes = 0 if given is not None or options.density >= 1.0 else 2
+    passes += 1 if options.trim is TrimRule.TOPK and options.density < 1.0 else 0
+    vote = options.zero_sign is ZeroSign.MAJORITY and given is None
+    return passes * full + (sum(b.in_nbytes for b in vote_sample(blocks)) if vote else 0)
+
+
+def _groups(plan: MergePlan, blocks: list[BlockRef]) -> dict[str, list[BlockRef]]:
+    """The blocks of each group, by group key."""
+    if plan.options.scope is Scope.GLOBAL:
+        return {GLOBAL: blocks}
+    keyed: dict[str, list[BlockRef]] = {t.name: [] for t in plan.merged}  # zero-size tensors too
+    for ref in blocks:
+        keyed[ref.tensor.name].append(ref)
+    return keyed
 
 
 def _compute(
-    plan: MergePlan, runner: _Pass1, blocks: list[BlockRef], quotas: np.ndarray, given: Thresholds | None
+    plan: MergePlan,
+    runner: _Pass1,
+    keyed: dict[str, list[BlockRef]],
+    quotas: np.ndarray,
+    given: Thresholds | None,
 ) -> Thresholds:
     bar = runner.bar
     groups: dict[str, tuple[GroupThreshold, ...]] = {}
     majority: dict[str, int] = {}
-    if plan.options.scope is Scope.GLOBAL:
-        keyed = {GLOBAL: blocks}
-    else:
-        keyed = {}
-        for ref in blocks:
-            keyed.setdefault(ref.tensor.name, []).append(ref)
-        for t in plan.merged:  # zero-size tensors have no blocks but still get a (trivial) group
-            keyed.setdefault(t.name, [])
     for key, group_blocks in keyed.items():
-        runner.passes_run = 0
+        before = runner.bytes_read
         thresholds, sign = runner.group(key, group_blocks, quotas, "" if key == GLOBAL else f"{key}: ", given)
         groups[key] = thresholds
         if sign is not None:
             majority[key] = sign
         if bar is not None:
-            skipped = _passes(plan, given) - runner.passes_run
-            bar.advance(skipped * sum(b.in_nbytes for b in group_blocks))
+            bar.advance(_expected_bytes(plan, group_blocks, given) - (runner.bytes_read - before))
     basis = ThresholdBasis.of(plan.options, plan.n_models)
     return Thresholds(
         basis, types.MappingProxyType(groups), types.MappingProxyType(majority), runner.inputs.fingerprint()

@@ -209,9 +209,11 @@ def test_merge_matches_oracle(case: tuple[int, tuple[np.ndarray, tuple[np.ndarra
     thr, quota, weights, lam, zero_positive = _merge_args(seed, fts, base, params)
     storage = np.dtype({"bf16": np.uint16, "f16": np.int16, "f32": np.float32}[params["out"]])
     out = np.empty(base.size, storage)
-    bad = ties.merge(base, fts, thr, quota, weights, lam, zero_positive, out)
-    expected = ties.merge_oracle(base, fts, thr, quota, weights, lam, zero_positive, storage)
+    votes = np.zeros(3, np.int64)
+    bad = ties.merge(base, fts, thr, quota, weights, lam, zero_positive, out, votes)
+    expected, expected_votes = ties.merge_oracle(base, fts, thr, quota, weights, lam, zero_positive, storage)
     np.testing.assert_array_equal(out.view(np.uint8), expected.view(np.uint8))
+    np.testing.assert_array_equal(votes, expected_votes)
     assert bad == -1  # inputs are small: nothing overflows
 
 
@@ -232,29 +234,30 @@ def test_exact_zero_sums_follow_the_zero_sign_rule() -> None:
     args = (np.zeros(2, np.float32), np.full(2, -1, np.int64), np.ones(2, np.float32), np.float32(1))
     positive = np.empty(4, np.float32)
     negative = np.empty(4, np.float32)
-    ties.merge(base, fts, *args, True, positive)
-    ties.merge(base, fts, *args, False, negative)
+    votes = np.zeros(3, np.int64)
+    ties.merge(base, fts, *args, True, positive, votes)
+    ties.merge(base, fts, *args, False, negative, votes)
     assert positive.tolist() == [1, 2, 0, 3]
     assert negative.tolist() == [-1, -2, 0, -3]
+    assert votes.tolist() == [0, 0, 6]  # three open elements (index 2 has no non-zero value), twice
 
 
 def test_quota_keeps_the_first_ties_in_block_order() -> None:
     base = np.zeros(6, np.float32)
     ft = np.array([1, -1, 1, 2, 1, -1], np.float32)
     out = np.empty(6, np.float32)
-    ties.merge(
-        base, (ft,), np.array([1.0], np.float32), np.array([2]), np.ones(1, np.float32), np.float32(1), True, out
-    )
-    # |tau| > 1 always kept; of the four values equal to 1, the first two (indices 0 and 1).
-    # The kept -1 disagrees with the positive vote at index 1, so only positives survive there.
+    votes = np.zeros(3, np.int64)
+    thr, quota, weights = np.array([1.0], np.float32), np.array([2]), np.ones(1, np.float32)
+    ties.merge(base, (ft,), thr, quota, weights, np.float32(1), True, out, votes)
+    # |tau| > 1 is always kept; of the four values equal to 1 only the first two (indices 0 and 1).
     assert out.tolist() == [1, -1, 0, 2, 0, 0]
+    assert votes.tolist() == [2, 1, 0]
 
 
 def test_merge_reports_overflow_in_the_output_dtype() -> None:
     base = np.full(3, 60000.0, np.float32)
     ft = np.array([60000.0, 70000.0, 60001.0], np.float32)
     out = np.empty(3, np.int16)  # float16: 70000 does not fit
-    bad = ties.merge(
-        base, (ft,), np.zeros(1, np.float32), np.full(1, -1), np.ones(1, np.float32), np.float32(1), True, out
-    )
+    args = (np.zeros(1, np.float32), np.full(1, -1), np.ones(1, np.float32), np.float32(1), True)
+    bad = ties.merge(base, (ft,), *args, out, np.zeros(3, np.int64))
     assert bad == 1

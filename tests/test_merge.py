@@ -236,3 +236,30 @@ def test_thresholds_from_other_options_or_models_are_refused(
     with pytest.raises(OptionError, match=r"bad\.json"):
         Thresholds.load(tmp_path / "bad.json")
     assert not any(p.name in ("w", "x", "y", "z") for p in tmp_path.iterdir())
+
+
+def test_a_wrong_majority_guess_is_corrected(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Pass 1 guesses the majority sign from every 8th block; pass 2 must settle it exactly."""
+    from safetensors.numpy import save_file
+
+    from ooc_ties.thresholds import VOTE_SAMPLE_STRIDE
+
+    block = 64
+    n_blocks = 4 * VOTE_SAMPLE_STRIDE
+    sampled = (np.arange(n_blocks * block) // block) % VOTE_SAMPLE_STRIDE == 0
+    sign = np.where(sampled, 1.0, -1.0).astype(np.float32)  # the sample votes +, the whole model votes -
+    tau1 = sign.copy()
+    tau2 = sign.copy()
+    tau2[::4] = -tau2[::4]  # exact zero votes between non-zero values: these follow the majority sign
+    base = np.zeros(n_blocks * block, np.float32)
+    paths = [tmp_path / f"m{i}.safetensors" for i in range(3)]
+    for path, tensor in zip(paths, (base, base + tau1, base + tau2), strict=True):
+        save_file({"w": tensor}, path)
+    options = PRESETS["paper"].with_(density=1.0)
+    with caplog.at_level("INFO", logger="ooc_ties.merge"):
+        result = merge(paths[0], paths[1:], tmp_path / "out", options, Resources(max_block_elements=block, threads=2))
+    assert "guessed +1, exact -1" in caplog.text  # the redo path ran
+    assert result.thresholds.majority[""] == -1
+    assert read_all(result.output) == expected_bytes(paths[0], paths[1:], options)
+    with Checkpoint(result.output) as c:
+        assert (np.asarray(c.read("w"))[::4] == -1).all()  # the open elements took the exact sign

@@ -129,8 +129,14 @@ def merge(
     lam: np.float32,
     zero_positive: bool,
     out: Any,
+    votes: np.ndarray,
 ) -> int:
     """Merge one block into ``out``; return the first index whose stored result is not finite, or -1.
+
+    ``votes`` receives ``#{S > 0}``, ``#{S < 0}`` and the number of *open* elements: ``S == 0`` with
+    some non-zero ``v_t`` (values of both signs that cancel exactly), the only elements whose result
+    depends on ``zero_positive``. So a block merged under a guessed majority sign can be checked, and
+    merged again only if the guess was wrong and it has open elements.
 
     Per tile: sweep 1 sums the votes; sweep 2 recomputes each model's trimmed values (cheaper than
     keeping them) and adds the agreeing ones into ``num`` and ``den``; a last loop writes the results.
@@ -144,11 +150,20 @@ def merge(
     v = np.empty(TILE, np.float32)
     num = np.empty(TILE, np.float32)
     den = np.empty(TILE, np.float32)
+    tied = np.empty(TILE, np.bool_)
+    nonzero = np.empty(TILE, np.bool_)
     first_bad = -1
+    pos = 0
+    neg = 0
+    open_ = 0
     for start in range(0, n, TILE):
         m = min(TILE, n - start)
         _vote_tile(base, fts, start, m, thr, quota, weights, seen_vote, b, s, v)
         for j in range(m):
+            pos += s[j] > _ZERO
+            neg += s[j] < _ZERO
+            tied[j] = s[j] == _ZERO
+            nonzero[j] = False
             # +1 or -1: the elected sign; v * sign > 0 is "v agrees" (multiplying by +-1 is exact)
             s[j] = _ONE if (s[j] > _ZERO or (s[j] == _ZERO and zero_positive)) else -_ONE
             num[j] = _ZERO
@@ -161,8 +176,10 @@ def merge(
                 agree = vj * s[j] > _ZERO
                 num[j] = num[j] + (vj if agree else vj * _ZERO)
                 den[j] = den[j] + (w if agree else w * _ZERO)
+                nonzero[j] = nonzero[j] | (vj != _ZERO)
         bad = 0
         for j in range(m):
+            open_ += tied[j] & nonzero[j]
             d = den[j] if den[j] != _ZERO else _ONE
             store_f32(out, start + j, b[j] + lam * (num[j] / d))
             bad += not stored_finite(out, start + j)
@@ -171,6 +188,9 @@ def merge(
                 if not stored_finite(out, start + j):
                     first_bad = start + j
                     break
+    votes[0] += pos
+    votes[1] += neg
+    votes[2] += open_
     return first_bad
 
 
@@ -224,9 +244,11 @@ def merge_oracle(
     lam: np.float32,
     zero_positive: bool,
     out_dtype: np.dtype,
-) -> np.ndarray:
-    """NumPy oracle of :func:`merge`: the encoded output block."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """NumPy oracle of :func:`merge`: the encoded output block and the vote counts."""
     b, v, s = _votes_oracle(base, fts, thr, quota, weights)
+    open_ = (s == 0) & (v != 0).any(axis=0)
+    votes = np.array([np.count_nonzero(s > 0), np.count_nonzero(s < 0), np.count_nonzero(open_)], np.int64)
     positive = (s > 0) | ((s == 0) & zero_positive)
     num = np.zeros(b.shape, np.float32)
     den = np.zeros(b.shape, np.float32)
@@ -237,4 +259,4 @@ def merge_oracle(
     den[den == 0] = 1
     with np.errstate(over="ignore"):
         result = b + np.float32(lam) * (num / den)
-    return encode_oracle(result, out_dtype)
+    return encode_oracle(result, out_dtype), votes
