@@ -31,7 +31,7 @@ from ooc_ties.io.checkpoint import Checkpoint
 from ooc_ties.io.writer import OutputFolder, ShardWriter, TensorSpec, check_destination
 from ooc_ties.kernels.ties import merge as merge_kernel
 from ooc_ties.plan import MergePlan, TensorKind, TensorPlan, make_plan
-from ooc_ties.progress import ProgressFactory
+from ooc_ties.progress import Progress, ProgressFactory, progress_bar
 from ooc_ties.schedule import run_blocks
 from ooc_ties.thresholds import GLOBAL, BlockRef, Pass1Result, Thresholds, compute_thresholds, plan_blocks
 
@@ -209,6 +209,7 @@ class _Pass2:
         self.quotas = quotas
         self.writers = writers
         self.block_elements = plan.block_elements
+        self.threads = plan.resources.threads
         options = plan.options
         self.weights = options.model_weights(plan.n_models)
         self.lam = np.float32(options.lam)
@@ -224,6 +225,12 @@ class _Pass2:
 
     def new_state(self) -> dict[np.dtype, np.ndarray]:
         return {}
+
+    def run(self, blocks: Sequence[BlockRef], bar: Progress | None) -> None:
+        """Merge and write ``blocks`` on the plan's threads."""
+        run_blocks(
+            blocks, self.merge_block, self.new_state, threads=self.threads, cost=lambda b: b.in_nbytes, progress=bar
+        )
 
     def merge_block(self, ref: BlockRef, buffers: dict[np.dtype, np.ndarray]) -> None:
         name = ref.tensor.name
@@ -272,28 +279,17 @@ def _pass2(
     total = sum(b.in_nbytes for b in blocks) + sum(
         (stop - start) * t.in_dtypes[0].itemsize for t, start, stop in copies
     )
-    bar = progress("pass 2/2: merge", total) if progress else None
-    try:
+    with progress_bar(progress, "pass 2/2: merge", total) as bar:
         for tensor, start, stop in copies:
             runner.copy_block(tensor, start, stop)
             if bar is not None:
                 bar.advance((stop - start) * tensor.in_dtypes[0].itemsize)
-        run_blocks(
-            blocks,
-            runner.merge_block,
-            runner.new_state,
-            threads=plan.resources.threads,
-            cost=lambda b: b.in_nbytes,
-            progress=bar,
-        )
-    finally:
-        if bar is not None:
-            bar.close()
-    return _settle_majority(plan, runner, pass1, blocks, progress)
+        runner.run(blocks, bar)
+    return _settle_majority(runner, pass1, blocks, progress)
 
 
 def _settle_majority(
-    plan: MergePlan, runner: _Pass2, pass1: Pass1Result, blocks: list[BlockRef], progress: ProgressFactory | None
+    runner: _Pass2, pass1: Pass1Result, blocks: list[BlockRef], progress: ProgressFactory | None
 ) -> Thresholds:
     """Replace guessed majority signs by the exact ones counted in pass 2, redoing blocks if needed.
 
@@ -318,20 +314,8 @@ def _settle_majority(
             )
             runner.zero_positive[key] = exact[key] > 0
             redo += [b for b in members if runner.votes[b.ordinal, 2] > 0]
-    if redo:
-        bar = progress("pass 2/2: redo (majority sign)", sum(b.in_nbytes for b in redo)) if progress else None
-        try:
-            run_blocks(
-                redo,
-                runner.merge_block,
-                runner.new_state,
-                threads=plan.resources.threads,
-                cost=lambda b: b.in_nbytes,
-                progress=bar,
-            )
-        finally:
-            if bar is not None:
-                bar.close()
+    with progress_bar(progress, "pass 2/2: redo (majority sign)", sum(b.in_nbytes for b in redo)) as bar:
+        runner.run(redo, bar)
     return dataclasses.replace(thresholds, majority=types.MappingProxyType(exact))
 
 

@@ -6,10 +6,12 @@ passes :class:`TqdmProgress`, a tqdm bar in bytes with rate and ETA, one bar per
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from typing import Protocol
 
-__all__ = ["Progress", "ProgressFactory", "TqdmProgress", "tqdm_progress"]
+__all__ = ["Progress", "ProgressFactory", "TqdmProgress", "progress_bar", "tqdm_progress"]
 
 
 class Progress(Protocol):
@@ -53,3 +55,14 @@ class TqdmProgress:
 def tqdm_progress(description: str, total: int) -> Progress:
     """A :class:`ProgressFactory` of tqdm bars."""
     return TqdmProgress(description, total)
+
+
+@contextlib.contextmanager
+def progress_bar(factory: ProgressFactory | None, description: str, total: int) -> Iterator[Progress | None]:
+    """One pass's :class:`Progress` from ``factory`` (``None`` without a factory), closed at the end."""
+    bar = factory(description, total) if factory is not None and total > 0 else None
+    try:
+        yield bar
+    finally:
+        if bar is not None:
+            bar.close()

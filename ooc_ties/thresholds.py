@@ -37,7 +37,7 @@ from ooc_ties.inputs import MergeInputs
 from ooc_ties.kernels.histogram import HIGH_BINS, LOW_BINS, count_equal, high_histogram, low_histogram
 from ooc_ties.kernels.ties import elect_count
 from ooc_ties.plan import MergePlan, TensorPlan
-from ooc_ties.progress import Progress, ProgressFactory
+from ooc_ties.progress import Progress, ProgressFactory, progress_bar
 from ooc_ties.schedule import run_blocks
 
 __all__ = [
@@ -443,13 +443,9 @@ def compute_thresholds(
     quotas = np.full((len(blocks), plan.n_models), -1, np.int64)
     keyed = _groups(plan, blocks)
     total = sum(_expected_bytes(plan, b, given) for b in keyed.values())
-    bar = progress("pass 1/2: thresholds", total) if progress and total else None
-    runner = _Pass1(plan, inputs, bar)
-    try:
+    with progress_bar(progress, "pass 1/2: thresholds", total) as bar:
+        runner = _Pass1(plan, inputs, bar)
         thresholds = _compute(plan, runner, keyed, quotas, given)
-    finally:
-        if bar is not None:
-            bar.close()
     guessed = frozenset(thresholds.majority) if given is None else frozenset()
     return Pass1Result(thresholds, quotas, runner.bytes_read, guessed)
 
