@@ -104,10 +104,11 @@ class MergePlan:
 
     @property
     def threshold_passes(self) -> float:
-        """Reads of the inputs before pass 2, in whole reads: two histograms, tie counts (``topk``, at
-        most), and for the ``majority`` rule a vote over every 8th block."""
+        """The most reads of the inputs before pass 2, in whole reads: two histograms, tie counts
+        (``topk``), and for the ``majority`` rule a vote over every 8th block, then over all of them
+        unless the sample was decisive."""
         passes = 0.0 if self.options.density >= 1.0 else 2.0 + (self.options.trim is TrimRule.TOPK)
-        return passes + (0.125 if self.options.zero_sign is ZeroSign.MAJORITY else 0.0)
+        return passes + (1.125 if self.options.zero_sign is ZeroSign.MAJORITY else 0.0)
 
     @property
     def peak_memory_estimate(self) -> int:
@@ -131,7 +132,7 @@ class MergePlan:
             f"tensors: {len(merged)} merged ({self.merged_parameters:,} parameters), {len(copied)} copied",
             f"blocks: {self.total_blocks:,} of up to {self.block_elements:,} elements, "
             f"{self.resources.threads} threads",
-            f"reads: {self.threshold_passes:g} threshold passes + 1 merge pass over "
+            f"reads: up to {self.threshold_passes:g} threshold passes + 1 merge pass over "
             f"{_human(self.merge_input_bytes)} = {_human(int((self.threshold_passes + 1) * self.merge_input_bytes))}",
             f"writes: {_human(self.output_bytes)} in {len(self.shards)} file(s)",
             f"peak memory (engine): {_human(self.peak_memory_estimate)} "

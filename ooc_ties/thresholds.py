@@ -13,15 +13,17 @@ would give, found in two streaming reads and a few hundred KiB per worker. Then,
    dropped, the number of such values in every block is counted, and a running sum tells each block
    how many of its own to keep (lowest flat index first);
 4. the ``majority`` zero-sign rule needs the sign of (#positive - #negative) elected signs over the
-   group, counted with the final trim. Pass 1 only *guesses* it from a fixed sample of blocks (every
-   :data:`VOTE_SAMPLE_STRIDE`-th); pass 2 counts the votes of every block anyway, settles the exact
-   sign, and merges again the few blocks whose result depended on a wrong guess (see ``merge.py``).
+   group, counted with the final trim. Pass 1 first votes on a fixed sample of blocks (every
+   :data:`VOTE_SAMPLE_STRIDE`-th); when the sample is decisive it only *guesses* the sign from it, and
+   pass 2, which counts the votes of every block anyway, settles the exact sign and merges again the
+   blocks whose result depended on a wrong guess (see ``merge.py``). Otherwise every block votes.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import types
 from collections.abc import Callable, Mapping, Sequence
@@ -59,6 +61,9 @@ logger = logging.getLogger(__name__)
 
 VOTE_SAMPLE_STRIDE = 8
 """Pass 1 guesses the majority sign from every 8th block of a group (the first block at least)."""
+DECISIVE_MARGIN = 10.0
+"""A sample decides the majority sign only if ``|pos - neg| >= 10 * sqrt(pos + neg)``: far beyond a
+coin's chance, so a wrong guess (which costs merging the affected blocks again) stays rare."""
 
 _FORMAT = "ooc-ties-thresholds/1"
 
@@ -342,7 +347,9 @@ class _Pass1:
         self._run(label, blocks, task, lambda: None)
         return out
 
-    def vote(self, label: str, blocks: Sequence[BlockRef], thr: np.ndarray, quotas: np.ndarray) -> int:
+    def vote(self, label: str, blocks: Sequence[BlockRef], thr: np.ndarray, quotas: np.ndarray) -> tuple[int, int]:
+        """``(#S > 0, #S < 0)`` over ``blocks``."""
+
         def task(ref: BlockRef, counts: np.ndarray) -> None:
             base, fts = self.inputs.block(ref.tensor.name, ref.start, ref.stop)
             elect_count(base, fts, thr, quotas[ref.ordinal], self.weights, counts)
@@ -350,12 +357,31 @@ class _Pass1:
 
         states = self._run(label, blocks, task, lambda: np.zeros(2, np.int64))
         total = sum(states, np.zeros(2, np.int64))
-        return int(np.sign(total[0] - total[1]))
+        return int(total[0]), int(total[1])
+
+    def majority(
+        self, blocks: Sequence[BlockRef], result: tuple[GroupThreshold, ...], quotas: np.ndarray, label: str
+    ) -> tuple[int, bool]:
+        """The group's majority sign, and whether it is only a guess from a sample of its blocks.
+
+        The sample's verdict is taken only when it is decisive: ``|pos - neg|`` at least
+        :data:`DECISIVE_MARGIN` standard deviations of a fair coin. Otherwise every block votes.
+        """
+        thr = np.array([g.value for g in result], np.float32)
+        sample = vote_sample(blocks)
+        pos, neg = self.vote(f"{label}majority sign (sample)", sample, thr, quotas)
+        if len(sample) == len(blocks):
+            return int(np.sign(pos - neg)), False
+        if abs(pos - neg) >= DECISIVE_MARGIN * math.sqrt(max(pos + neg, 1)):
+            return int(np.sign(pos - neg)), True
+        pos, neg = self.vote(f"{label}majority sign", blocks, thr, quotas)
+        return int(np.sign(pos - neg)), False
 
     def group(
         self, key: str, blocks: Sequence[BlockRef], quotas: np.ndarray, label: str, given: Thresholds | None
-    ) -> tuple[tuple[GroupThreshold, ...], int | None]:
-        """Thresholds of one group, its block quotas (written into ``quotas``), and its majority sign.
+    ) -> tuple[tuple[GroupThreshold, ...], int | None, bool]:
+        """Thresholds of one group, its block quotas (written into ``quotas``), its majority sign, and
+        whether that sign is a guess (see :meth:`majority`).
 
         With ``given`` thresholds only the block quotas are computed (they depend on the block grid).
         """
@@ -384,13 +410,11 @@ class _Pass1:
                     groups.append(GroupThreshold(size, pattern, -1 if keep_equal == equal else keep_equal, m))
             result = tuple(groups)
         self._quotas(blocks, result, quotas, label)
-        majority = None
-        if options.zero_sign is ZeroSign.MAJORITY and given is not None:
-            majority = given.majority[key]
-        elif options.zero_sign is ZeroSign.MAJORITY:
-            thr = np.array([g.value for g in result], np.float32)
-            majority = self.vote(f"{label}majority sign (sample)", vote_sample(blocks), thr, quotas)
-        return result, majority
+        if options.zero_sign is not ZeroSign.MAJORITY:
+            return result, None, False
+        if given is not None:
+            return result, given.majority[key], False
+        return (result, *self.majority(blocks, result, quotas, label))
 
     def _quotas(
         self, blocks: Sequence[BlockRef], groups: tuple[GroupThreshold, ...], quotas: np.ndarray, label: str
@@ -445,19 +469,18 @@ def compute_thresholds(
     total = sum(_expected_bytes(plan, b, given) for b in keyed.values())
     with progress_bar(progress, "pass 1/2: thresholds", total) as bar:
         runner = _Pass1(plan, inputs, bar)
-        thresholds = _compute(plan, runner, keyed, quotas, given)
-    guessed = frozenset(thresholds.majority) if given is None else frozenset()
+        thresholds, guessed = _compute(plan, runner, keyed, quotas, given)
     return Pass1Result(thresholds, quotas, runner.bytes_read, guessed)
 
 
 def _expected_bytes(plan: MergePlan, blocks: Sequence[BlockRef], given: Thresholds | None) -> int:
-    """The most pass 1 may read for one group: histograms, tie counts, the vote sample."""
+    """The most pass 1 may read for one group: histograms, tie counts, the vote sample and full vote."""
     options = plan.options
     full = sum(b.in_nbytes for b in blocks)
     passes = 0 if given is not None or options.density >= 1.0 else 2
     passes += 1 if options.trim is TrimRule.TOPK and options.density < 1.0 else 0
     vote = options.zero_sign is ZeroSign.MAJORITY and given is None
-    return passes * full + (sum(b.in_nbytes for b in vote_sample(blocks)) if vote else 0)
+    return passes * full + (full + sum(b.in_nbytes for b in vote_sample(blocks)) if vote else 0)
 
 
 def _groups(plan: MergePlan, blocks: list[BlockRef]) -> dict[str, list[BlockRef]]:
@@ -476,19 +499,24 @@ def _compute(
     keyed: dict[str, list[BlockRef]],
     quotas: np.ndarray,
     given: Thresholds | None,
-) -> Thresholds:
+) -> tuple[Thresholds, frozenset[str]]:
     bar = runner.bar
     groups: dict[str, tuple[GroupThreshold, ...]] = {}
     majority: dict[str, int] = {}
+    guessed: set[str] = set()
     for key, group_blocks in keyed.items():
         before = runner.bytes_read
-        thresholds, sign = runner.group(key, group_blocks, quotas, "" if key == GLOBAL else f"{key}: ", given)
-        groups[key] = thresholds
+        label = "" if key == GLOBAL else f"{key}: "
+        group, sign, guess = runner.group(key, group_blocks, quotas, label, given)
+        groups[key] = group
         if sign is not None:
             majority[key] = sign
+        if guess:
+            guessed.add(key)
         if bar is not None:
             bar.advance(_expected_bytes(plan, group_blocks, given) - (runner.bytes_read - before))
     basis = ThresholdBasis.of(plan.options, plan.n_models)
-    return Thresholds(
+    thresholds = Thresholds(
         basis, types.MappingProxyType(groups), types.MappingProxyType(majority), runner.inputs.fingerprint()
     )
+    return thresholds, frozenset(guessed)

@@ -245,7 +245,7 @@ def test_a_wrong_majority_guess_is_corrected(tmp_path: Path, caplog: pytest.LogC
     from ooc_ties.thresholds import VOTE_SAMPLE_STRIDE
 
     block = 64
-    n_blocks = 4 * VOTE_SAMPLE_STRIDE
+    n_blocks = 8 * VOTE_SAMPLE_STRIDE  # a sample of 8 blocks: decisive, and wrong
     sampled = (np.arange(n_blocks * block) // block) % VOTE_SAMPLE_STRIDE == 0
     sign = np.where(sampled, 1.0, -1.0).astype(np.float32)  # the sample votes +, the whole model votes -
     tau1 = sign.copy()
