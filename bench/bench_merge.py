@@ -158,6 +158,31 @@ class RunResult:
     major_faults: int = 0
     voluntary_switches: int = 0
     involuntary_switches: int = 0
+    status: str = "ok"  # ok | failed | timeout | oom-killed | killed
+    note: str = ""
+
+
+def _oom_first() -> None:
+    """In the child, before exec: be the OOM killer's first choice (raising the score needs no privilege)."""
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("1000")
+    except OSError:
+        pass
+
+
+def _oom_kills() -> int | None:
+    """The cgroup's ``oom_kill`` counter (cgroup v2), if readable."""
+    for path in ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory.events.local"):
+        try:
+            with open(path) as f:
+                for line in f:
+                    key, _, value = line.partition(" ")
+                    if key == "oom_kill":
+                        return int(value)
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def measure(
@@ -167,33 +192,81 @@ def measure(
     rnd: int,
     *,
     stderr_lines: list | None = None,
+    stderr_path: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float | None = None,
+    oom_first: bool = False,
 ) -> RunResult:
     """Run ``cmd``; measure wall, rusage of the child and sampled memory peaks.
 
     With ``stderr_lines`` the child's stderr is read line by line (split on \\n and \\r, for tqdm)
-    and each line stored with its arrival time relative to the start.
+    and each line stored with its arrival time relative to the start; with ``stderr_path`` it goes to
+    that file. With ``timeout`` the child runs in its own session and its whole process group is
+    killed (SIGKILL) after that many seconds; the result then has ``status`` ``timeout``. A child
+    killed by SIGKILL otherwise is reported as ``oom-killed`` when the cgroup's ``oom_kill`` counter
+    went up during the run, else ``killed``. ``oom_first`` sets the child's ``oom_score_adj`` to 1000, so
+    that if the machine runs out of memory the OOM killer takes the child, not an unrelated process.
     """
     load = os.getloadavg()[0]
+    oom_before = _oom_kills()
+    err_file = open(stderr_path, "wb") if stderr_path is not None else None
     started = time.perf_counter()
     proc = subprocess.Popen(
         cmd,
         stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE if stderr_lines is not None else None,
+        stdout=subprocess.DEVNULL if err_file is None else err_file,
+        stderr=subprocess.PIPE if stderr_lines is not None else err_file,
+        env=env,
+        start_new_session=timeout is not None,
+        preexec_fn=_oom_first if oom_first else None,
     )
     poller = MemoryPoller(proc.pid)
     poller.start()
+    timed_out = threading.Event()
+    timer = None
+    if timeout is not None:
+
+        def _kill() -> None:
+            timed_out.set()
+            try:
+                os.killpg(proc.pid, 9)
+            except OSError:
+                pass
+
+        timer = threading.Timer(timeout, _kill)
+        timer.daemon = True
+        timer.start()
     reader = None
     if stderr_lines is not None:
         reader = threading.Thread(target=_read_lines, args=(proc.stderr, started, stderr_lines), daemon=True)
         reader.start()
     _, status, rusage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - started
+    if timer is not None:
+        timer.cancel()
     poller.stop()
     proc.returncode = os.waitstatus_to_exitcode(status)  # wait4 reaped it; keep Popen consistent
     if reader is not None:
         reader.join()
         proc.stderr.close()
+    if err_file is not None:
+        err_file.close()
+    if timeout is not None:  # grandchildren left in the group (if any): end them
+        try:
+            os.killpg(proc.pid, 9)
+        except OSError:
+            pass
+    run_status, note = "ok", ""
+    if timed_out.is_set():
+        run_status, note = "timeout", f"killed after the {timeout:.0f} s timeout"
+    elif proc.returncode == -9:
+        oom_after = _oom_kills()
+        if oom_before is not None and oom_after is not None and oom_after > oom_before:
+            run_status, note = "oom-killed", f"SIGKILL; cgroup oom_kill {oom_before} -> {oom_after}"
+        else:
+            run_status, note = "killed", "SIGKILL (not by the benchmark; the OOM killer is the usual suspect)"
+    elif proc.returncode != 0:
+        run_status, note = "failed", f"exit code {proc.returncode}"
     cpu = rusage.ru_utime + rusage.ru_stime
     return RunResult(
         variant=variant,
@@ -214,6 +287,8 @@ def measure(
         major_faults=rusage.ru_majflt,
         voluntary_switches=rusage.ru_nvcsw,
         involuntary_switches=rusage.ru_nivcsw,
+        status=run_status,
+        note=note,
     )
 
 
@@ -237,12 +312,19 @@ def _read_lines(stream: Any, started: float, out: list) -> None:
 
 @dataclass
 class Variant:
+    """One measured command: an ooc-ties merge, mergekit's ``mergekit-yaml``, or the in-RAM reference."""
+
     preset: str
     threads: int | None
     budget: str | None
+    kind: str = "ooc"  # ooc | mergekit-yaml | reference
 
     @property
     def name(self) -> str:
+        if self.kind == "mergekit-yaml":
+            return "mergekit-yaml"
+        if self.kind == "reference":
+            return f"reference/{self.preset}"
         t = f"{self.threads}t" if self.threads else "all-cpus"
         return f"{self.preset}/{t}" + (f"/{self.budget}" if self.budget else "")
 
@@ -255,19 +337,113 @@ class Variant:
         return out
 
 
-def parse_variant(text: str) -> tuple[str, int | None]:
-    preset, _, threads = text.partition(":")
+def parse_variant(text: str) -> tuple[str, str, int | None]:
+    """-> (kind, preset, threads). ``mergekit`` alone is mergekit itself (``mergekit-yaml``);
+    ``mergekit:N`` / ``mergekit:all`` are ooc-ties' mergekit preset; ``reference[:PRESET]`` is the
+    in-RAM NumPy reference (default preset paper)."""
+    preset, sep, threads = text.partition(":")
+    if preset in ("mergekit-yaml",) or (preset == "mergekit" and not sep):
+        return "mergekit-yaml", "mergekit", None
+    if preset == "reference":
+        ref_preset = threads or "paper"
+        if ref_preset not in ("paper", "mergekit"):
+            raise argparse.ArgumentTypeError(f"variant {text!r}: reference preset must be paper or mergekit")
+        return "reference", ref_preset, None
     if preset not in ("paper", "mergekit"):
-        raise argparse.ArgumentTypeError(f"variant {text!r}: preset must be paper or mergekit")
+        raise argparse.ArgumentTypeError(
+            f"variant {text!r}: must be paper[:THREADS], mergekit:THREADS, mergekit (mergekit-yaml) or reference"
+        )
     if threads in ("", "all"):
-        return preset, None
+        return "ooc", preset, None
     try:
         n = int(threads)
     except ValueError:
         raise argparse.ArgumentTypeError(f"variant {text!r}: threads must be an integer") from None
     if n < 1:
         raise argparse.ArgumentTypeError(f"variant {text!r}: threads must be positive")
-    return preset, n
+    return "ooc", preset, n
+
+
+MERGEKIT_SETUP = (
+    "python3 -m venv {d} && {d}/bin/pip install /opt/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl"
+    " && {d}/bin/pip install mergekit"
+)
+
+
+def mergekit_yaml_text(dirs: list[Path], density: float) -> str:
+    """mergekit's TIES config equivalent to ``ooc-ties merge --preset mergekit`` (weights 1, f32 math, bf16 out)."""
+    lines = ["merge_method: ties", f"base_model: {json.dumps(str(dirs[0]))}", "models:"]
+    for d in dirs[1:]:
+        lines += [f"  - model: {json.dumps(str(d))}", f"    parameters: {{density: {density}, weight: 1.0}}"]
+    lines += ["dtype: float32", "out_dtype: bfloat16", ""]
+    return "\n".join(lines)
+
+
+# Runs in a child (the benchmark process must not import NumPy): the in-RAM reference, writing nothing.
+REFERENCE_CODE = """
+import sys
+from ooc_ties.config import PRESETS
+from ooc_ties.reference import reference_merge
+out = reference_merge(sys.argv[2], sys.argv[3:], PRESETS[sys.argv[1]])
+print(sum(a.size for a in out.values()))
+"""
+
+# Runs in a child: per-tensor count of differing elements between two safetensors folders.
+COMPARE_CODE = r"""
+import json, sys
+from pathlib import Path
+import numpy as np
+
+def index(folder):
+    out = {}
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        with open(f, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(n))
+        for name, info in header.items():
+            if name != "__metadata__":
+                out[name] = (f, 8 + n, info)
+    return out
+
+SIZES = {"BF16": 2, "F16": 2, "F32": 4, "F64": 8, "I64": 8, "I32": 4, "U8": 1, "I8": 1, "BOOL": 1}
+UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+def load(entry):
+    f, base, info = entry
+    a, b = info["data_offsets"]
+    size = SIZES[info["dtype"]]
+    return np.memmap(f, dtype=UINT[size], mode="r", offset=base + a, shape=((b - a) // size,))
+
+def as_f32(raw, dtype):
+    if dtype == "BF16":
+        return (raw.astype(np.uint32) << 16).view(np.float32)
+    if dtype == "F16":
+        return raw.view(np.float16).astype(np.float32)
+    if dtype == "F32":
+        return raw.view(np.float32)
+    return raw.astype(np.float64)
+
+a, b = index(sys.argv[1]), index(sys.argv[2])
+report = {"only_in_a": sorted(set(a) - set(b)), "only_in_b": sorted(set(b) - set(a)), "tensors": {}}
+for name in sorted(set(a) & set(b)):
+    ia, ib = a[name][2], b[name][2]
+    row = {"dtype_a": ia["dtype"], "dtype_b": ib["dtype"], "shape": ia["shape"]}
+    if ia["dtype"] != ib["dtype"] or ia["shape"] != ib["shape"]:
+        row["comparable"] = False
+    else:
+        ra, rb = load(a[name]), load(b[name])
+        row["numel"] = int(ra.size)
+        diff = np.flatnonzero(ra != rb)
+        row["differing_bits"] = int(diff.size)
+        if diff.size:
+            fa, fb = as_f32(np.asarray(ra[diff]), ia["dtype"]), as_f32(np.asarray(rb[diff]), ib["dtype"])
+            row["differing_values"] = int(np.count_nonzero(fa != fb))  # +0.0 == -0.0
+            row["max_abs_diff"] = float(np.max(np.abs(fa.astype(np.float64) - fb)))
+        else:
+            row["differing_values"] = 0
+    report["tensors"][name] = row
+print(json.dumps(report))
+"""
 
 
 # ---------------------------------------------------------------------------------------- the inputs
@@ -316,6 +492,38 @@ def input_files(models: Path) -> list[Path]:
     return files
 
 
+def count_parameters(models: Path) -> int:
+    """Float parameters of the base model, from its safetensors headers (no tensor data read)."""
+    total = 0
+    for f in sorted((models / "base").glob("*.safetensors")):
+        with open(f, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(n))
+        for name, info in header.items():
+            if name != "__metadata__" and info["dtype"] in ("BF16", "F16", "F32", "F64"):
+                count = 1
+                for dim in info["shape"]:
+                    count *= dim
+                total += count
+    return total
+
+
+def holds_shape(models: Path, shape: str) -> bool | None:
+    """None if ``models`` holds no complete model set, else whether it is of ``shape``."""
+    dirs = model_dirs(models)
+    if not all(d.is_dir() and list(d.glob("*.safetensors")) for d in dirs):
+        return None
+    want = expected_config(shape)
+    have = json.loads((dirs[0] / "config.json").read_text())
+    keys = ("hidden_size", "intermediate_size", "num_hidden_layers", "vocab_size")
+    return want is not None and all(have.get(k) == want[k] for k in keys)
+
+
+def mem_total_bytes() -> int:
+    with open("/proc/meminfo") as f:
+        return int(f.readline().split()[1]) * 1024
+
+
 # ------------------------------------------------------------------------------------------ phases
 
 
@@ -359,9 +567,22 @@ def phase_times(lines: list[tuple[float, str]], wall: float) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------ reporting
 
 
-def summarize(runs: list[RunResult]) -> dict[str, Any]:
+def summarize(all_runs: list[RunResult]) -> dict[str, Any]:
+    """Medians over the runs that succeeded (``status`` ok); the others are counted by status."""
     med = statistics.median
+    runs = [r for r in all_runs if r.status == "ok"]
+    failed = {r.status: sum(1 for x in all_runs if x.status == r.status) for r in all_runs if r.status != "ok"}
+    if not runs:
+        return {
+            "runs": 0,
+            "failed": failed,
+            "wall_s": None,
+            "wall_max_s": max((r.wall_s for r in all_runs), default=None),
+            "rss_anon_peak_max_mib": max((r.rss_anon_peak_kib for r in all_runs), default=0) / 1024,
+            "maxrss_mib": max((r.maxrss_kib for r in all_runs), default=0) / 1024,
+        }
     return {
+        "failed": failed,
         "runs": len(runs),
         "wall_s": med(r.wall_s for r in runs),
         "wall_min_s": min(r.wall_s for r in runs),
@@ -398,6 +619,27 @@ def print_table(summary: dict[str, dict[str, Any]], floor_name: str, budget: int
         cols.append("anon/budget")
     rows = []
     for name, s in summary.items():
+        if not s["runs"]:
+            status = ", ".join(f"{n} {k}" for k, n in s["failed"].items()) or "not run"
+            last = f"{s['wall_max_s']:.0f} s" if s.get("wall_max_s") else "-"
+            row = [
+                name,
+                "0",
+                f"({status})",
+                last,
+                "-",
+                "-",
+                "-",
+                "-",
+                f"{s['maxrss_mib']:.0f}",
+                f"{s['rss_anon_peak_max_mib']:.0f}",
+                "-",
+                "-",
+            ]
+            if budget:
+                row.append("-")
+            rows.append(row)
+            continue
         row = [
             name,
             str(s["runs"]),
@@ -412,6 +654,8 @@ def print_table(summary: dict[str, dict[str, Any]], floor_name: str, budget: int
             f"{s['rss_file_peak_mib']:.0f}",
             "-" if name == floor_name else f"{s['wall_s'] / floor_wall:.2f}",
         ]
+        if s["failed"]:
+            row[1] += "+" + "+".join(f"{n}{k[0]}" for k, n in s["failed"].items())
         if budget:
             row.append("-" if name == floor_name else f"{s['rss_anon_peak_max_mib'] * MiB / budget:.2f}")
         rows.append(row)
@@ -448,6 +692,11 @@ def environment(ooc: str) -> dict[str, Any]:
         "affinity": len(os.sched_getaffinity(0)),
         "ooc_ties": ooc,
     }
+    import importlib.util
+
+    spec = importlib.util.find_spec("ooc_ties")  # the package the children import (PYTHONPATH may override)
+    env["ooc_ties_package"] = str(Path(spec.origin).parent) if spec and spec.origin else None
+    env["pythonpath"] = os.environ.get("PYTHONPATH")
     try:
         with open("/proc/meminfo") as f:
             env["mem_total_kib"] = int(f.readline().split()[1])
@@ -474,7 +723,7 @@ def environment(ooc: str) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ main
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -490,50 +739,134 @@ def main(argv: list[str] | None = None) -> int:
         "--variant",
         action="append",
         type=parse_variant,
-        metavar="PRESET[:THREADS]",
-        help="merge variant, repeatable (default: paper:2 paper:1 mergekit:2); THREADS 'all' or "
-        "omitted = ooc-ties default (all CPUs)",
+        metavar="VARIANT",
+        help="repeatable: PRESET[:THREADS] is ooc-ties (PRESET paper or mergekit; THREADS a number, or 'all' / "
+        "omitted for paper = all CPUs); 'mergekit' alone is mergekit itself (mergekit-yaml); "
+        "'reference[:PRESET]' is the in-RAM NumPy reference (default: paper:2 paper:1 mergekit:2; "
+        "with --scaling: paper:2 paper:1)",
     )
-    p.add_argument("--budget", help="add --memory-budget BUDGET to every merge variant (e.g. 256MiB)")
+    p.add_argument("--budget", help="add --memory-budget BUDGET to every ooc-ties variant (e.g. 256MiB)")
     p.add_argument("--json", type=Path, help="write all runs, medians and ratios to this JSON file")
     p.add_argument("--ooc-ties", default=default_ooc_ties(), help="the ooc-ties executable (default: %(default)s)")
     p.add_argument(
         "--no-phases", action="store_true", help="skip the untimed -vv warm-up run of each variant (phase timings)"
     )
     p.add_argument("--keep-output", action="store_true", help="do not delete the last merge output")
-    args = p.parse_args(argv)
-    if args.repeat < 1:
-        p.error("--repeat must be at least 1")
-    budget_bytes = parse_size(args.budget) if args.budget else None
+    mk = p.add_argument_group("mergekit and the reference")
+    mk.add_argument(
+        "--mergekit-venv",
+        type=Path,
+        default=Path("/tmp/mk/venv"),
+        help="venv with mergekit and a CPU torch; runs VENV/bin/mergekit-yaml (default: %(default)s)",
+    )
+    mk.add_argument(
+        "--mergekit-repeat", type=int, help="timed runs of mergekit-yaml (default: --repeat); e.g. 1 on big shapes"
+    )
+    mk.add_argument(
+        "--mergekit-density",
+        type=float,
+        default=0.2,
+        help="density in the mergekit config (default 0.2, as ooc-ties' presets)",
+    )
+    mk.add_argument(
+        "--timeout",
+        type=float,
+        default=3600.0,
+        help="kill a mergekit-yaml or reference run after this many seconds (default: 3600)",
+    )
+    mk.add_argument(
+        "--compare-output",
+        action="store_true",
+        help="compare mergekit-yaml's output with ooc-ties' mergekit-preset output, tensor by tensor",
+    )
+    sc = p.add_argument_group("scaling")
+    sc.add_argument(
+        "--scaling",
+        action="store_true",
+        help="run the variants over several shapes, one after another (generate, measure, delete)",
+    )
+    sc.add_argument("--shapes", default="tiny,demo,1b", help="shapes for --scaling (default: %(default)s)")
+    sc.add_argument(
+        "--keep-models",
+        choices=SHAPES,
+        help="with --scaling: do not delete the models of this shape afterwards",
+    )
+    return p
 
+
+def check_mergekit(venv: Path) -> Path:
+    exe = venv / "bin" / "mergekit-yaml"
+    if not exe.exists():
+        sys.exit(
+            f"bench: {exe} does not exist. Create the venv (torch from the local wheel first, then mergekit):\n  "
+            + MERGEKIT_SETUP.format(d=shlex.quote(str(venv)))
+        )
+    return exe
+
+
+def run_shape(args: argparse.Namespace, shape: str, models: Path, specs: list[tuple[str, str, int | None]]) -> dict:
+    """Generate (if needed) and benchmark one shape; print the tables; return the report."""
     ooc = args.ooc_ties
     workdir: Path = args.workdir
-    models = workdir / "models"
     out_dir = workdir / "out"
+    keep_mk = workdir / "out-mergekit-yaml"  # kept for --compare-output
+    keep_ooc = workdir / "out-ooc-mergekit"
     workdir.mkdir(parents=True, exist_ok=True)
+    budget_bytes = parse_size(args.budget) if args.budget else None
     bench_started = time.perf_counter()
     digest_before = source_digest()
+    pyexe = Path(ooc).with_name("python")
+    python = str(pyexe) if pyexe.exists() else sys.executable
 
-    generation_s = ensure_models(ooc, args.shape, models)
+    generation_s = ensure_models(ooc, shape, models)
     files = input_files(models)
     input_bytes = sum(f.stat().st_size for f in files)
-    log(f"{len(files)} input files, {input_bytes / 1e9:.3f} GB ({human_bytes(input_bytes)})")
+    parameters = count_parameters(models)
+    log(f"{len(files)} input files, {input_bytes / 1e9:.3f} GB ({human_bytes(input_bytes)}), {parameters:,} parameters")
+    dirs = model_dirs(models)
 
-    specs = args.variant or [("paper", 2), ("paper", 1), ("mergekit", 2)]
-    variants = [Variant(preset, threads, args.budget) for preset, threads in specs]
+    variants = [
+        Variant(preset, threads, args.budget if kind == "ooc" else None, kind) for kind, preset, threads in specs
+    ]
+    skipped: dict[str, str] = {}
+    kept = []
+    for v in variants:
+        if v.kind == "reference":
+            need = parameters * 4 * (2 * N_FINETUNED + 4)  # tau, |tau|, a sorted copy, base, masks, temporaries
+            if parameters > 0.5e9 or need > 0.6 * mem_total_bytes():
+                skipped[v.name] = (
+                    f"{parameters / 1e9:.2f}e9 parameters: the in-RAM reference would need ~{need / 2**30:.1f} GiB "
+                    f"(limit 0.5e9 parameters and 60% of {mem_total_bytes() / 2**30:.1f} GiB)"
+                )
+                log(f"skipping {v.name}: {skipped[v.name]}")
+                continue
+        kept.append(v)
+    variants = kept
     names = [v.name for v in variants]
     if len(set(names)) != len(names):
-        p.error("duplicate variants")
+        sys.exit("bench: duplicate variants")
+    mk_exe = check_mergekit(args.mergekit_venv) if any(v.kind == "mergekit-yaml" for v in variants) else None
+    mk_yaml = workdir / "mergekit-ties.yml"
+    mk_env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    if mk_exe is not None:
+        mk_yaml.write_text(mergekit_yaml_text(dirs, args.mergekit_density))
 
-    def merge_cmd(v: Variant, extra: list[str]) -> list[str]:
-        dirs = model_dirs(models)
-        return [ooc, "merge", "--base", str(dirs[0]), *map(str, dirs[1:]), "-o", str(out_dir), *extra, *v.args()]
+    def command(v: Variant, extra: list[str], dest: Path = out_dir) -> list[str]:
+        if v.kind == "mergekit-yaml":
+            return [str(mk_exe), str(mk_yaml), str(dest), "--no-cuda", "--no-copy-tokenizer", "--quiet"]
+        if v.kind == "reference":
+            return [python, "-c", REFERENCE_CODE, v.preset, *map(str, dirs)]
+        return [ooc, "merge", "--base", str(dirs[0]), *map(str, dirs[1:]), "-o", str(dest), *extra, *v.args()]
 
     def clean_out() -> None:
         if out_dir.exists():
             shutil.rmtree(out_dir)
         for stale in workdir.glob(".out.ooc-ties-*"):  # staging folders of an interrupted merge, if any
             shutil.rmtree(stale, ignore_errors=True)
+
+    for d in (keep_mk, keep_ooc):
+        shutil.rmtree(d, ignore_errors=True)
+    clean_out()
 
     file_args = " ".join(shlex.quote(str(f)) for f in files)
     floor_cmd = ["sh", "-c", f"cat {file_args} > /dev/null; cat {file_args} > /dev/null"]
@@ -544,24 +877,34 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     subprocess.run(["sh", "-c", f"cat {file_args} > /dev/null"], check=True)
     log(f"warm-up read took {time.perf_counter() - t0:.1f} s")
+    if mk_exe is not None:  # loads torch/mergekit once, so the first timed run does not read them from disk
+        t0 = time.perf_counter()
+        r = subprocess.run([str(mk_exe), "--help"], capture_output=True, text=True, env=mk_env)
+        if r.returncode != 0:
+            sys.exit(f"bench: {mk_exe} --help failed:\n{r.stderr[-2000:]}")
+        log(f"mergekit-yaml --help (untimed warm-up) took {time.perf_counter() - t0:.1f} s")
 
     # Engine estimates (dry run: reads headers only).
     estimates: dict[str, str] = {}
     for v in variants:
-        r = subprocess.run(merge_cmd(v, ["--dry-run"]), capture_output=True, text=True)
+        if v.kind != "ooc":
+            continue
+        r = subprocess.run(command(v, ["--dry-run"]), capture_output=True, text=True)
         m = re.search(r"peak memory \(engine\): (.+)", r.stdout)
         estimates[v.name] = m.group(1) if m else (r.stdout + r.stderr).strip()[:200]
         blocks = re.search(r"blocks: (.+)", r.stdout)
         if blocks:
             estimates[v.name] += f"; blocks: {blocks.group(1)}"
 
-    # Phase-timing warm-up runs (untimed in the statistics).
+    # Phase-timing warm-up runs (untimed in the statistics), ooc-ties only.
     phases: dict[str, Any] = {}
     if not args.no_phases:
         for v in variants:
+            if v.kind != "ooc":
+                continue
             clean_out()
             lines: list[tuple[float, str]] = []
-            cmd = merge_cmd(v, ["-vv"])
+            cmd = command(v, ["-vv"])
             log(f"phase run (untimed): {shlex.join(cmd)}")
             res = measure(cmd, input_bytes, v.name, -1, stderr_lines=lines)
             if res.returncode != 0:
@@ -576,66 +919,155 @@ def main(argv: list[str] | None = None) -> int:
             )
             clean_out()
 
+    def repeats(v: Variant) -> int:
+        if v.kind == "mergekit-yaml" and args.mergekit_repeat:
+            return args.mergekit_repeat
+        return args.repeat
+
     # Timed rounds, in alternation.
     runs: list[RunResult] = []
-    for rnd in range(args.repeat):
-        res = measure(floor_cmd, input_bytes, floor_name, rnd)
-        if res.returncode != 0:
-            sys.exit(f"bench: the I/O floor command failed with exit code {res.returncode}")
-        runs.append(res)
-        log(f"round {rnd + 1}/{args.repeat}: {floor_name}: {res.wall_s:.2f} s")
+    given_up: set[str] = set()  # a variant that timed out or was killed is not run again
+    rounds = max([args.repeat, *(repeats(v) for v in variants)])
+    for rnd in range(rounds):
+        if rnd < args.repeat:
+            res = measure(floor_cmd, input_bytes, floor_name, rnd)
+            if res.returncode != 0:
+                sys.exit(f"bench: the I/O floor command failed with exit code {res.returncode}")
+            runs.append(res)
+            log(f"round {rnd + 1}/{rounds}: {floor_name}: {res.wall_s:.2f} s")
         for v in variants:
+            if rnd >= repeats(v) or v.name in given_up:
+                continue
+            last = rnd == repeats(v) - 1
             clean_out()
-            cmd = merge_cmd(v, ["-q"])
+            cmd = command(v, ["-q"])
             if rnd == 0:
                 log(f"  command: {shlex.join(cmd)}")
-            res = measure(cmd, input_bytes, v.name, rnd)
-            if res.returncode != 0:
-                sys.exit(f"bench: {shlex.join(cmd)} failed with exit code {res.returncode}")
-            if not any(out_dir.glob("*.safetensors")):
+            err_path = workdir / "mergekit-stderr.log" if v.kind == "mergekit-yaml" else None
+            res = measure(
+                cmd,
+                input_bytes,
+                v.name,
+                rnd,
+                stderr_path=err_path,
+                env=mk_env if v.kind == "mergekit-yaml" else None,
+                timeout=args.timeout if v.kind != "ooc" else None,
+                oom_first=v.kind != "ooc",
+            )
+            if res.status != "ok":
+                if v.kind == "ooc":
+                    sys.exit(f"bench: {shlex.join(cmd)} failed with exit code {res.returncode}")
+                tail = err_path.read_text(errors="replace")[-3000:] if err_path and err_path.exists() else ""
+                log(
+                    f"round {rnd + 1}: {v.name} {res.status} after {res.wall_s:.1f} s ({res.note}); "
+                    f"peak RssAnon {res.rss_anon_peak_kib / 1024:.0f} MiB, maxrss {res.maxrss_kib / 1024:.0f} MiB"
+                    + (f"\n{tail}" if tail else "")
+                )
+                given_up.add(v.name)
+                runs.append(res)
+                clean_out()
+                continue
+            if v.kind != "reference" and not any(out_dir.glob("*.safetensors")):
                 sys.exit(f"bench: {out_dir} holds no .safetensors after {v.name}")
             runs.append(res)
             log(
-                f"round {rnd + 1}/{args.repeat}: {v.name}: {res.wall_s:.2f} s, cpu {res.cpu_s:.2f} s, "
+                f"round {rnd + 1}/{rounds}: {v.name}: {res.wall_s:.2f} s, cpu {res.cpu_s:.2f} s, "
                 f"maxrss {res.maxrss_kib / 1024:.0f} MiB, RssAnon peak {res.rss_anon_peak_kib / 1024:.0f} MiB, "
                 f"load {res.loadavg_before:.2f}"
             )
-            if not (args.keep_output and rnd == args.repeat - 1 and v is variants[-1]):
+            if args.compare_output and last and v.kind == "mergekit-yaml":
+                out_dir.rename(keep_mk)
+            elif args.compare_output and last and v.kind == "ooc" and v.preset == "mergekit" and not keep_ooc.exists():
+                out_dir.rename(keep_ooc)
+            elif not (args.keep_output and last and v is variants[-1]):
                 clean_out()
+
+    # Output comparison: mergekit-yaml vs ooc-ties --preset mergekit.
+    comparison: dict[str, Any] | None = None
+    if args.compare_output and keep_mk.exists():
+        if not keep_ooc.exists():
+            v = Variant("mergekit", 2, None)
+            log("compare: running ooc-ties --preset mergekit --threads 2 once (untimed) for the comparison")
+            subprocess.run(command(v, ["-q"], keep_ooc), check=True)
+        log(f"compare: {keep_mk} vs {keep_ooc}")
+        r = subprocess.run([python, "-c", COMPARE_CODE, str(keep_mk), str(keep_ooc)], capture_output=True, text=True)
+        if r.returncode != 0:
+            log(f"compare failed:\n{r.stderr[-2000:]}")
+        else:
+            comparison = json.loads(r.stdout)
+        if not args.keep_output:
+            shutil.rmtree(keep_mk, ignore_errors=True)
+            shutil.rmtree(keep_ooc, ignore_errors=True)
+    elif args.compare_output:
+        log("compare: no successful mergekit-yaml run, nothing to compare")
+        shutil.rmtree(keep_ooc, ignore_errors=True)
 
     order = [floor_name, *names]
     summary = {n: summarize([r for r in runs if r.variant == n]) for n in order}
-    ratios: dict[str, Any] = {"wall_vs_io_floor": {}, "wall_vs_io_floor_paired": {}, "speedup_1t_over_2t": {}}
+    ratios: dict[str, Any] = {
+        "wall_vs_io_floor": {},
+        "wall_vs_io_floor_paired": {},
+        "speedup_1t_over_2t": {},
+        "mergekit_yaml_over_ooc_ties": {},
+        "mergekit_yaml_rss_anon_over_ooc_ties": {},
+    }
     floor_by_round = {r.round: r.wall_s for r in runs if r.variant == floor_name}
+    ok = {n for n in names if summary[n]["runs"]}
     for n in names:
+        if n not in ok:
+            continue
         ratios["wall_vs_io_floor"][n] = summary[n]["wall_s"] / summary[floor_name]["wall_s"]
         ratios["wall_vs_io_floor_paired"][n] = statistics.median(
-            r.wall_s / floor_by_round[r.round] for r in runs if r.variant == n
+            r.wall_s / floor_by_round[r.round]
+            for r in runs
+            if r.variant == n and r.status == "ok" and r.round in floor_by_round
         )
     for v1 in variants:
-        if v1.threads != 1:
+        if v1.threads != 1 or v1.kind != "ooc":
             continue
         for v2 in variants:
-            if v2.threads == 2 and v2.preset == v1.preset and v2.budget == v1.budget:
+            if v2.kind == "ooc" and v2.threads == 2 and v2.preset == v1.preset and v2.budget == v1.budget:
                 ratios["speedup_1t_over_2t"][v1.preset] = summary[v1.name]["wall_s"] / summary[v2.name]["wall_s"]
+    if "mergekit-yaml" in ok:
+        mk = summary["mergekit-yaml"]
+        for v in variants:
+            if v.kind == "ooc":
+                ratios["mergekit_yaml_over_ooc_ties"][v.name] = mk["wall_s"] / summary[v.name]["wall_s"]
+                ratios["mergekit_yaml_rss_anon_over_ooc_ties"][v.name] = (
+                    mk["rss_anon_peak_mib"] / summary[v.name]["rss_anon_peak_mib"]
+                )
 
     print()
     print(
-        f"ooc-ties merge benchmark: shape {args.shape}, {N_FINETUNED} fine-tuned + base, "
-        f"{input_bytes / 1e9:.3f} GB of input, {args.repeat} round(s), medians"
+        f"ooc-ties merge benchmark: shape {shape}, {N_FINETUNED} fine-tuned + base, {parameters / 1e9:.3f}e9 "
+        f"parameters, {input_bytes / 1e9:.3f} GB of input, {args.repeat} round(s)"
+        + (f" ({args.mergekit_repeat} for mergekit-yaml)" if args.mergekit_repeat else "")
+        + ", medians"
         + (f", memory budget {args.budget}" if args.budget else "")
     )
     print()
     print_table(summary, floor_name, budget_bytes)
     print()
-    print("ooc-ties wall / I/O-floor wall (ratio of medians; median of per-round ratios):")
+    print("wall / I/O-floor wall (ratio of medians; median of per-round ratios):")
     for n in names:
-        print(f"  {n:28s} {ratios['wall_vs_io_floor'][n]:.2f}   {ratios['wall_vs_io_floor_paired'][n]:.2f}")
-    for preset, s in ratios["speedup_1t_over_2t"].items():
-        print(f"speedup {preset}: 1-thread wall / 2-thread wall = {s:.2f}")
-    print("engine estimate (dry run):")
-    for n, e in estimates.items():
-        print(f"  {n:28s} {e}")
+        if n in ok:
+            print(f"  {n:28s} {ratios['wall_vs_io_floor'][n]:.2f}   {ratios['wall_vs_io_floor_paired'][n]:.2f}")
+    for preset, sp in ratios["speedup_1t_over_2t"].items():
+        print(f"speedup {preset}: 1-thread wall / 2-thread wall = {sp:.2f}")
+    if ratios["mergekit_yaml_over_ooc_ties"]:
+        print("mergekit-yaml / ooc-ties (ratio of medians): wall, peak RssAnon")
+        for n, rt in ratios["mergekit_yaml_over_ooc_ties"].items():
+            print(f"  {n:28s} {rt:.2f}x   {ratios['mergekit_yaml_rss_anon_over_ooc_ties'][n]:.1f}x")
+    for n, why in skipped.items():
+        print(f"skipped {n}: {why}")
+    for n in names:
+        for r in runs:
+            if r.variant == n and r.status != "ok":
+                print(f"{n} round {r.round + 1}: {r.status} after {r.wall_s:.1f} s ({r.note})")
+    if estimates:
+        print("engine estimate (dry run):")
+        for n, e in estimates.items():
+            print(f"  {n:28s} {e}")
     if phases:
         print("phases (one untimed -vv run per variant, seconds):")
         for n, ph in phases.items():
@@ -652,6 +1084,8 @@ def main(argv: list[str] | None = None) -> int:
                     + " pass 1: "
                     + ", ".join(f"{k} {val:.2f}" for k, val in ph["pass1_subpasses_s"].items())
                 )
+    if comparison is not None:
+        print_comparison(comparison)
     if generation_s is not None:
         print(f"generation: {generation_s:.1f} s")
     total = time.perf_counter() - bench_started
@@ -663,37 +1097,163 @@ def main(argv: list[str] | None = None) -> int:
             "runs may mix code versions"
         )
 
-    if args.json:
-        report = {
-            "shape": args.shape,
-            "repeat": args.repeat,
-            "budget": args.budget,
-            "input_bytes": input_bytes,
-            "input_files": [str(f) for f in files],
-            "generation_s": generation_s,
-            "variants": {
-                v.name: {
-                    "preset": v.preset,
-                    "threads": v.threads,
-                    "budget": v.budget,
-                    "command": shlex.join(merge_cmd(v, ["-q"])),
+    return {
+        "shape": shape,
+        "parameters": parameters,
+        "repeat": args.repeat,
+        "mergekit_repeat": args.mergekit_repeat,
+        "budget": args.budget,
+        "input_bytes": input_bytes,
+        "input_files": [str(f) for f in files],
+        "generation_s": generation_s,
+        "variants": {
+            v.name: {
+                "kind": v.kind,
+                "preset": v.preset,
+                "threads": v.threads,
+                "budget": v.budget,
+                "command": shlex.join(command(v, ["-q"]))
+                if v.kind != "reference"
+                else f"{python} -c REFERENCE_CODE {v.preset} {' '.join(map(str, dirs))}",
+            }
+            for v in variants
+        },
+        "skipped": skipped,
+        "mergekit_config": mk_yaml.read_text() if mk_exe is not None else None,
+        "io_floor_command": "cat FILES > /dev/null; cat FILES > /dev/null",
+        "summary": summary,
+        "ratios": ratios,
+        "comparison": comparison,
+        "engine_estimates": estimates,
+        "phases": phases,
+        "runs": [asdict(r) for r in runs],
+        "benchmark_s": total,
+        "source_digest_before": digest_before,
+        "source_digest_after": digest_after,
+    }
+
+
+def print_comparison(c: dict[str, Any]) -> None:
+    tensors = c["tensors"]
+    print("output comparison, mergekit-yaml vs ooc-ties --preset mergekit (bitwise; values: +0.0 == -0.0):")
+    if c["only_in_a"] or c["only_in_b"]:
+        print(f"  only in mergekit-yaml: {c['only_in_a']}; only in ooc-ties: {c['only_in_b']}")
+    bad = [n for n, t in tensors.items() if t.get("comparable") is False]
+    if bad:
+        print(f"  not comparable (dtype or shape): {bad}")
+    groups: dict[str, list[int]] = {}
+    for n, t in tensors.items():
+        if "numel" not in t:
+            continue
+        kind = re.sub(r"\.\d+\.", ".N.", n)
+        g = groups.setdefault(kind, [0, 0, 0, 0, 0])
+        g[0] += 1
+        g[1] += t["numel"]
+        g[2] += t["differing_bits"]
+        g[3] += t["differing_values"]
+        g[4] += 1 if t["differing_bits"] else 0
+    print(
+        f"  {'tensor (N = any layer)':48s} {'tensors':>7s} {'elements':>13s} {'diff bits':>10s} "
+        f"{'diff values':>11s} {'tensors w/ diff':>15s}"
+    )
+    tot = [0, 0, 0, 0, 0]
+    for kind, g in groups.items():
+        print(f"  {kind:48s} {g[0]:7d} {g[1]:13,d} {g[2]:10,d} {g[3]:11,d} {g[4]:15d}")
+        tot = [a + b for a, b in zip(tot, g, strict=True)]
+    print(
+        f"  {'total':48s} {tot[0]:7d} {tot[1]:13,d} {tot[2]:10,d} {tot[3]:11,d} {tot[4]:15d}"
+        + (f"  ({tot[2] / tot[1]:.2e} of elements)" if tot[1] else "")
+    )
+    worst = max((t.get("max_abs_diff", 0.0) for t in tensors.values()), default=0.0)
+    print(f"  largest |difference| of a differing element: {worst:.3g}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
+    args = p.parse_args(argv)
+    if args.repeat < 1 or (args.mergekit_repeat is not None and args.mergekit_repeat < 1):
+        p.error("--repeat and --mergekit-repeat must be at least 1")
+    workdir: Path = args.workdir
+    env_info = environment(args.ooc_ties)
+
+    if not args.scaling:
+        specs = args.variant or [("ooc", "paper", 2), ("ooc", "paper", 1), ("ooc", "mergekit", 2)]
+        report = run_shape(args, args.shape, workdir / "models", specs)
+        report["environment"] = env_info
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(report, indent=2) + "\n")
+            log(f"wrote {args.json}")
+        return 0
+
+    shapes = [x.strip() for x in args.shapes.split(",") if x.strip()]
+    for sh in shapes:
+        if sh not in SHAPES:
+            p.error(f"--shapes: unknown shape {sh!r} (choose from {', '.join(SHAPES)})")
+    specs = args.variant or [("ooc", "paper", 2), ("ooc", "paper", 1)]
+    if any(kind == "mergekit-yaml" for kind, _, _ in specs):
+        check_mergekit(args.mergekit_venv)  # fail before generating anything
+    json_path = args.json or workdir / "scaling.json"
+    started = time.perf_counter()
+    results = []
+    for sh in shapes:
+        models = workdir / "models"
+        if holds_shape(models, sh) is False or (
+            models.exists() and holds_shape(models, sh) is None and any(models.iterdir())
+        ):
+            models = workdir / f"models-{sh}"  # WORKDIR/models holds another shape: leave it alone
+        log(f"=== scaling: shape {sh} (models in {models}) ===")
+        report = run_shape(args, sh, models, specs)
+        results.append(report)
+        if sh != args.keep_models:
+            log(f"deleting {models}")
+            shutil.rmtree(models, ignore_errors=True)
+        out = {
+            "mode": "scaling",
+            "shapes": [
+                {
+                    k: r[k]
+                    for k in (
+                        "shape",
+                        "parameters",
+                        "input_bytes",
+                        "summary",
+                        "ratios",
+                        "skipped",
+                        "comparison",
+                        "generation_s",
+                        "variants",
+                        "benchmark_s",
+                    )
                 }
-                for v in variants
-            },
-            "io_floor_command": "cat FILES > /dev/null; cat FILES > /dev/null",
-            "summary": summary,
-            "ratios": ratios,
-            "engine_estimates": estimates,
-            "phases": phases,
-            "runs": [asdict(r) for r in runs],
-            "environment": environment(ooc),
-            "benchmark_s": total,
-            "source_digest_before": digest_before,
-            "source_digest_after": digest_after,
+                for r in results
+            ],
+            "repeat": args.repeat,
+            "mergekit_repeat": args.mergekit_repeat,
+            "reports": results,
+            "environment": env_info,
+            "benchmark_s": time.perf_counter() - started,
         }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-        log(f"wrote {args.json}")
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(out, indent=2) + "\n")  # after every shape: a partial result survives
+    print()
+    print("scaling summary (medians; GB/s of input; peak RSS / RssAnon in MiB):")
+    names = list(dict.fromkeys(n for r in results for n in r["summary"]))
+    head = ("shape", "parameters", "variant", "wall s", "GB/s", "maxRSS", "RssAnon")
+    print("  {:10s} {:>14s} {:22s} {:>8s} {:>6s} {:>7s} {:>8s}".format(*head))
+    for r in results:
+        for n in names:
+            s = r["summary"].get(n)
+            if s is None:
+                continue
+            if not s["runs"]:
+                print(f"  {r['shape']:10s} {r['parameters']:14,d} {n:22s} {'failed':>8s}")
+                continue
+            print(
+                f"  {r['shape']:10s} {r['parameters']:14,d} {n:22s} {s['wall_s']:8.2f} {s['gbps']:6.2f} "
+                f"{s['maxrss_mib']:7.0f} {s['rss_anon_peak_mib']:8.0f}"
+            )
+    log(f"wrote {json_path}")
     return 0
 
 
