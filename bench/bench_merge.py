@@ -172,8 +172,8 @@ def _oom_first() -> None:
 
 
 def _oom_kills() -> int | None:
-    """The cgroup's ``oom_kill`` counter (cgroup v2), if readable."""
-    for path in ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory.events.local"):
+    """The cgroup's ``oom_kill`` counter (cgroup v2), else the system-wide one in /proc/vmstat, if readable."""
+    for path in ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory.events.local", "/proc/vmstat"):
         try:
             with open(path) as f:
                 for line in f:
