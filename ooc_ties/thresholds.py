@@ -304,34 +304,37 @@ class _Pass1:
         self,
         label: str,
         blocks: Sequence[BlockRef],
-        task: Callable[[BlockRef, Any], None],
+        work: Callable[[BlockRef, np.ndarray, tuple[np.ndarray, ...], Any], None],
         new_state: Callable[[], Any],
     ) -> list[Any]:
+        """Run ``work(ref, base, fts, state)`` on every block's inputs; return the worker states."""
         logger.debug("pass 1: %s over %d blocks", label, len(blocks))
         self.bytes_read += sum(b.in_nbytes for b in blocks)
+
+        def task(ref: BlockRef, state: Any) -> None:
+            base, fts = self.inputs.block(ref.tensor.name, ref.start, ref.stop)
+            work(ref, base, fts, state)
+            self.inputs.release(ref.tensor.name, ref.start, ref.stop)
+
         return run_blocks(blocks, task, new_state, threads=self.threads, cost=lambda b: b.in_nbytes, progress=self.bar)
 
     def high(self, label: str, blocks: Sequence[BlockRef]) -> np.ndarray:
-        def task(ref: BlockRef, hist: np.ndarray) -> None:
+        def work(ref: BlockRef, base: np.ndarray, fts: tuple[np.ndarray, ...], hist: np.ndarray) -> None:
             bad = np.full(self.n, -1, np.int64)  # per block: a worker goes on after another block fails
-            base, fts = self.inputs.block(ref.tensor.name, ref.start, ref.stop)
             high_histogram(base, fts, hist, bad)
-            self.inputs.release(ref.tensor.name, ref.start, ref.stop)
             for t in range(self.n):
                 if bad[t] >= 0:
                     index = ref.start + int(bad[t])
                     raise NonFiniteValueError(self.inputs.describe_nonfinite(ref.tensor.name, index, t))
 
-        states = self._run(label, blocks, task, lambda: np.zeros((self.n, HIGH_BINS), np.int64))
+        states = self._run(label, blocks, work, lambda: np.zeros((self.n, HIGH_BINS), np.int64))
         return sum(states, np.zeros((self.n, HIGH_BINS), np.int64))
 
     def low(self, label: str, blocks: Sequence[BlockRef], high_bins: np.ndarray) -> np.ndarray:
-        def task(ref: BlockRef, hist: np.ndarray) -> None:
-            base, fts = self.inputs.block(ref.tensor.name, ref.start, ref.stop)
+        def work(ref: BlockRef, base: np.ndarray, fts: tuple[np.ndarray, ...], hist: np.ndarray) -> None:
             low_histogram(base, fts, high_bins, hist)
-            self.inputs.release(ref.tensor.name, ref.start, ref.stop)
 
-        states = self._run(label, blocks, task, lambda: np.zeros((self.n, LOW_BINS), np.int64))
+        states = self._run(label, blocks, work, lambda: np.zeros((self.n, LOW_BINS), np.int64))
         return sum(states, np.zeros((self.n, LOW_BINS), np.int64))
 
     def equal_counts(self, label: str, blocks: Sequence[BlockRef], patterns: np.ndarray) -> np.ndarray:
@@ -339,23 +342,19 @@ class _Pass1:
         rows = {ref.ordinal: row for row, ref in enumerate(blocks)}
         out = np.zeros((len(blocks), self.n), np.int64)
 
-        def task(ref: BlockRef, _: None) -> None:
-            base, fts = self.inputs.block(ref.tensor.name, ref.start, ref.stop)
+        def work(ref: BlockRef, base: np.ndarray, fts: tuple[np.ndarray, ...], _: None) -> None:
             count_equal(base, fts, patterns, out[rows[ref.ordinal]])
-            self.inputs.release(ref.tensor.name, ref.start, ref.stop)
 
-        self._run(label, blocks, task, lambda: None)
+        self._run(label, blocks, work, lambda: None)
         return out
 
     def vote(self, label: str, blocks: Sequence[BlockRef], thr: np.ndarray, quotas: np.ndarray) -> tuple[int, int]:
         """``(#S > 0, #S < 0)`` over ``blocks``."""
 
-        def task(ref: BlockRef, counts: np.ndarray) -> None:
-            base, fts = self.inputs.block(ref.tensor.name, ref.start, ref.stop)
+        def work(ref: BlockRef, base: np.ndarray, fts: tuple[np.ndarray, ...], counts: np.ndarray) -> None:
             elect_count(base, fts, thr, quotas[ref.ordinal], self.weights, counts)
-            self.inputs.release(ref.tensor.name, ref.start, ref.stop)
 
-        states = self._run(label, blocks, task, lambda: np.zeros(2, np.int64))
+        states = self._run(label, blocks, work, lambda: np.zeros(2, np.int64))
         total = sum(states, np.zeros(2, np.int64))
         return int(total[0]), int(total[1])
 
@@ -387,7 +386,7 @@ class _Pass1:
         """
         options = self.plan.options
         size = sum(b.stop - b.start for b in blocks)
-        wanted = _wanted_rank(size, options.density, options.trim) if size else None
+        wanted = _wanted_rank(size, options.density, options.trim) if size and given is None else None
         if given is not None:
             result = given.groups[key]
         elif wanted is None:
