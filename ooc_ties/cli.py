@@ -214,7 +214,7 @@ def _demo(root: Path, threads: int | None) -> None:
     click.echo(f"  majority sign: {result.thresholds.majority['']:+d}")
     click.echo("checking against the in-RAM NumPy reference ...")
     expected = reference_merge(base, fts, options)
-    with Checkpoint(result.output) as merged:
+    with Checkpoint(root / "merged") as merged:
         differing = [n for n in merged.names if merged.read(n).tobytes() != expected[n].tobytes()]
     if differing:
         raise click.ClickException(f"{len(differing)} tensors differ from the reference, e.g. {differing[0]}")

@@ -13,7 +13,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-__all__ = ["ChunkGrid"]
+__all__ = ["ChunkGrid", "flat_selection"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,3 +86,35 @@ class ChunkGrid:
             row = o * length * inner
             for begin in range(0, length, step):
                 yield (row + begin * inner, row + min(begin + step, length) * inner)
+
+
+def flat_selection(shape: tuple[int, ...], start: int, stop: int) -> tuple[tuple[int | slice, ...], int] | None:
+    """An N-d selection that covers exactly the flat C-order elements ``[start, stop)``, if one exists.
+
+    Returns ``(selection, count)`` for a range of the form "one index on each leading axis, a run on
+    the next, everything after it" (every chunk of a :class:`ChunkGrid` has that form), else ``None``.
+    A Zarr or NumPy array indexed with the selection and flattened gives exactly those elements.
+    """
+    if not shape:
+        return ((), 1) if (start, stop) == (0, 1) else None
+    if stop <= start:
+        return None
+    for axis in range(len(shape)):
+        inner = math.prod(shape[axis + 1 :])
+        if inner == 0 or start % inner or stop % inner:
+            continue
+        first, last = start // inner, stop // inner - 1  # flat positions over the axes up to ``axis``
+        lead_first = _unravel(first, shape[: axis + 1])
+        lead_last = _unravel(last, shape[: axis + 1])
+        if lead_first[:-1] == lead_last[:-1]:
+            selection: tuple[int | slice, ...] = (*lead_first[:-1], slice(lead_first[-1], lead_last[-1] + 1))
+            return selection, stop - start
+    return None
+
+
+def _unravel(index: int, shape: tuple[int, ...]) -> tuple[int, ...]:
+    out = []
+    for size in reversed(shape):
+        index, rest = divmod(index, size)
+        out.append(rest)
+    return tuple(reversed(out))

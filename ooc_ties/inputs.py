@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ooc_ties.dtypes import F16, DType
-from ooc_ties.io.checkpoint import Checkpoint
 from ooc_ties.kernels.convert import decode, decode_oracle
+from ooc_ties.sources import TensorSource
 
 __all__ = ["MergeInputs", "kernel_array"]
 
@@ -24,13 +24,13 @@ def kernel_array(view: np.ndarray, dtype: DType) -> np.ndarray:
 class MergeInputs:
     """A base checkpoint and the fine-tuned checkpoints, in the order given."""
 
-    base: Checkpoint
+    base: TensorSource
     """The model the fine-tunes started from."""
-    fts: tuple[Checkpoint, ...]
+    fts: tuple[TensorSource, ...]
     """The fine-tuned models; their order fixes the order of every float32 sum."""
 
     @property
-    def all(self) -> tuple[Checkpoint, ...]:
+    def all(self) -> tuple[TensorSource, ...]:
         return (self.base, *self.fts)
 
     def block(self, name: str, start: int, stop: int) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
@@ -50,18 +50,17 @@ class MergeInputs:
             fts = tuple(decoded)
         return base, fts
 
-    def fingerprint(self) -> str:
-        """A digest of every input file's name, size and modification time, in model order.
+    def fingerprint(self) -> str | None:
+        """A digest of every input's fingerprint, in model order; ``None`` if an input has none (in-memory
+        arrays, remote stores), because then nothing cheap tells whether its data changed.
 
-        It tells whether pass-1 results belong to these inputs without reading them; moving a model
-        folder keeps it, rewriting or touching a file changes it.
+        Checkpoints and local Zarr stores are fingerprinted by their files' names, sizes and modification
+        times: moving a model folder keeps it, rewriting or touching a file changes it.
         """
-        entries = []
-        for which, checkpoint in enumerate(self.all):
-            for path in checkpoint.paths():
-                stat = path.stat()
-                entries.append(f"{which}:{path.name}:{stat.st_size}:{stat.st_mtime_ns}")
-        return hashlib.sha256("\n".join(entries).encode()).hexdigest()[:32]
+        parts = [source.fingerprint() for source in self.all]
+        if any(part is None for part in parts):
+            return None
+        return hashlib.sha256("\n".join(f"{i}:{p}" for i, p in enumerate(parts)).encode()).hexdigest()[:32]
 
     def release(self, name: str, start: int, stop: int) -> None:
         """Drop the block's pages from this process (they stay in the page cache)."""

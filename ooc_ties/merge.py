@@ -18,39 +18,61 @@ import types
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
+import zarr
 
 from ooc_ties import __version__
 from ooc_ties.config import PRESETS, MergeOptions, Resources, ZeroSign
 from ooc_ties.dtypes import DType
-from ooc_ties.errors import DiskSpaceError, IncompatibleCheckpointsError, NonFiniteValueError, OutputPathError
+from ooc_ties.errors import (
+    DiskSpaceError,
+    IncompatibleCheckpointsError,
+    NonFiniteValueError,
+    OptionError,
+    OutputPathError,
+)
 from ooc_ties.inputs import MergeInputs
-from ooc_ties.io.checkpoint import Checkpoint
-from ooc_ties.io.writer import OutputFolder, ShardWriter, TensorSpec, check_destination
+from ooc_ties.io.staging import STATE_DIR, StagedDirectory, check_destination
+from ooc_ties.io.writer import RECIPE_NAME, SafetensorsOutput, TensorSpec
+from ooc_ties.io.zarr_format import RECIPE_ATTRIBUTE
+from ooc_ties.io.zarr_output import ChunkedSpec, ZarrOutput
+from ooc_ties.journal import Journal, journal_header, read_header
 from ooc_ties.kernels.ties import merge as merge_kernel
 from ooc_ties.plan import MergePlan, TensorKind, TensorPlan, make_plan
 from ooc_ties.progress import Progress, ProgressFactory, progress_bar
 from ooc_ties.schedule import run_blocks
+from ooc_ties.sources import SourceLike, open_source
 from ooc_ties.thresholds import GLOBAL, BlockRef, Pass1Result, Thresholds, compute_thresholds, plan_blocks
 
-__all__ = ["RECIPE_NAME", "MergeResult", "merge", "plan_merge"]
+__all__ = ["RECIPE_NAME", "MergeResult", "OutputLike", "merge", "plan_merge"]
 
 logger = logging.getLogger(__name__)
 
-RECIPE_NAME = "ooc_ties_recipe.json"
-"""The file in the output folder that records how it was made."""
-
 _DISK_MARGIN = 64 * 1024 * 1024
+
+OutputLike = str | os.PathLike[str] | zarr.Group
+"""Where :func:`merge` writes: a folder path (safetensors), a ``*.zarr`` path, or a ``zarr.Group``."""
+
+
+class _Output(Protocol):
+    """What pass 2 writes into (a safetensors folder or a Zarr group)."""
+
+    @property
+    def location(self) -> str: ...
+    def write(self, name: str, start: int, values: np.ndarray) -> None: ...
+    def sync(self) -> None: ...
+    def finish(self, files: dict[str, bytes], recipe: dict[str, Any] | None = None) -> None: ...
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
 class MergeResult:
     """What a finished merge did."""
 
-    output: Path
-    """The output folder."""
+    output: Path | None
+    """The published folder or ``.zarr`` group; ``None`` when written into a ``zarr.Group`` given as output."""
     plan: MergePlan
     """The plan it followed."""
     thresholds: Thresholds
@@ -58,9 +80,11 @@ class MergeResult:
     seconds: float
     """Wall time of the whole merge."""
     bytes_read: int
-    """Bytes of tensor data read over all passes."""
+    """Bytes of tensor data read over all passes (by this process: a resumed merge reads less)."""
     bytes_written: int
     """Bytes of tensor data written."""
+    resumed_blocks: int = 0
+    """Blocks an interrupted run had already merged (``resume``)."""
 
 
 def _check_output_path(output: Path, inputs: Sequence[Path]) -> None:
@@ -73,17 +97,19 @@ def _check_output_path(output: Path, inputs: Sequence[Path]) -> None:
             raise OutputPathError(f"{output}: the output must not contain an input ({source})")
 
 
-def _open_all(
-    stack: contextlib.ExitStack, base: str | os.PathLike[str], fts: Sequence[str | os.PathLike[str]]
-) -> MergeInputs:
-    opened_base = stack.enter_context(Checkpoint(base))
-    opened = tuple(stack.enter_context(Checkpoint(p)) for p in fts)
-    return MergeInputs(opened_base, opened)
+def _open_all(stack: contextlib.ExitStack, base: SourceLike, fts: Sequence[SourceLike]) -> MergeInputs:
+    def opened(spec: SourceLike, label: str) -> Any:
+        source = open_source(spec, label)
+        if source is not spec:  # opened here, so closed here
+            stack.callback(source.close)
+        return source
+
+    return MergeInputs(opened(base, "<base>"), tuple(opened(p, f"<model {i + 1}>") for i, p in enumerate(fts)))
 
 
 def plan_merge(
-    base: str | os.PathLike[str],
-    finetuned: Sequence[str | os.PathLike[str]],
+    base: SourceLike,
+    finetuned: Sequence[SourceLike],
     options: MergeOptions = PRESETS["paper"],
     resources: Resources | None = None,
 ) -> MergePlan:
@@ -94,22 +120,32 @@ def plan_merge(
 
 
 def merge(
-    base: str | os.PathLike[str],
-    finetuned: Sequence[str | os.PathLike[str]],
-    output: str | os.PathLike[str],
+    base: SourceLike,
+    finetuned: Sequence[SourceLike],
+    output: OutputLike,
     options: MergeOptions = PRESETS["paper"],
     resources: Resources | None = None,
     *,
     overwrite: bool = False,
     progress: ProgressFactory | None = None,
     thresholds: Thresholds | None = None,
+    resume: bool = False,
 ) -> MergeResult:
-    """TIES-merge ``finetuned`` checkpoints onto ``base`` and write a model folder at ``output``.
+    """TIES-merge ``finetuned`` models onto ``base`` and write the result to ``output``.
 
-    ``base`` and each fine-tuned model are a ``.safetensors`` file or a Hugging Face model folder
-    (single file or sharded with ``model.safetensors.index.json``). ``output`` receives
-    ``model.safetensors`` or shards with an index, the base folder's config and tokenizer files, and
-    ``ooc_ties_recipe.json``; it is written under a temporary name and renamed into place when complete.
+    Inputs (see :func:`ooc_ties.sources.open_source`): a ``.safetensors`` file or Hugging Face folder
+    (single or sharded), a Zarr group (path, ``.zip``, fsspec URL or ``zarr.Group``), or a mapping of
+    names to NumPy or Zarr arrays. The same inputs give the same bytes whatever their form.
+
+    ``output``: a folder path receives ``model.safetensors`` or shards with an index, the base's config
+    and tokenizer files, and ``ooc_ties_recipe.json``; a path ending in ``.zarr`` receives a Zarr v3
+    group (see docs/zarr.md). Both are built under a hidden name beside the destination and renamed
+    into place when complete. A ``zarr.Group`` (any store) is written in place.
+
+    ``resume``: continue the merge an interrupted run (killed, or stopped with Ctrl-C) left beside
+    ``output``, if any: pass 1 and the blocks it finished are not redone, and the output is
+    byte-identical to an uninterrupted merge. A merge with other inputs or options is refused.
+    Without ``resume``, such a leftover is refused (``overwrite`` deletes it).
 
     ``thresholds`` from an earlier merge of the same inputs (``MergeResult.thresholds``, or
     :meth:`Thresholds.load`) skip pass 1's reads; they are refused unless they were computed under the
@@ -118,27 +154,104 @@ def merge(
     """
     started = time.perf_counter()
     resources = resources or Resources()
-    output_path = Path(output)
     with contextlib.ExitStack() as stack:
         inputs = _open_all(stack, base, finetuned)
-        _check_output_path(output_path, [c.path for c in inputs.all])
-        check_destination(output_path.absolute(), overwrite=overwrite)
         plan = make_plan(inputs.base, inputs.fts, options, resources)
-        _check_disk(output_path, plan)
+        if isinstance(output, zarr.Group):
+            if resume:
+                raise OptionError("resume needs an output path (a zarr.Group given as output is written in place)")
+            target: StagedDirectory | zarr.Group = output
+            out_format = "zarr"
+        else:
+            path = Path(output)
+            out_format = "zarr" if path.suffix == ".zarr" else "safetensors"
+            _check_output_path(path, [p for source in inputs.all for p in source.local_paths()])
+            header = journal_header(plan, inputs.fingerprint(), out_format)
+            if resume and _finish_published(path, header):
+                return _published_result(path, plan, started)
+            check_destination(path.absolute(), overwrite=overwrite)
+            _check_disk(path, plan)
+            target = StagedDirectory(path, overwrite=overwrite, durable=resources.durable, resume=resume)
+            stack.push(_leave_on_exit(target))
+            if target.resumed:
+                plan = _replan_for(target, plan, inputs, resources)
+                header = journal_header(plan, inputs.fingerprint(), out_format)
         logger.info("plan:\n%s", plan.describe())
         _check_copies(plan, inputs)
-        pass1 = compute_thresholds(plan, inputs, progress, thresholds)
+        sink = _open_output(target, plan, out_format)
+        stack.callback(sink.close)
+        journal = None
+        if isinstance(target, StagedDirectory):
+            opener = Journal.resume if target.resumed else Journal.start
+            journal = opener(target.state, header, durable=resources.durable, sync=sink.sync)
+            stack.callback(journal.close)
+        pass1 = journal.load_pass1() if journal is not None else None
+        if pass1 is not None:
+            logger.info("resume: pass 1 was done")
+        else:
+            pass1 = compute_thresholds(plan, inputs, progress, thresholds)
+            if journal is not None:
+                journal.save_pass1(pass1)
         for t, g in enumerate(pass1.thresholds.groups.get(GLOBAL, ())):
             logger.info("model %d: threshold %g keeps %d of %d values", t + 1, g.value, g.kept, g.size)
-        with OutputFolder(output_path, overwrite=overwrite, durable=resources.durable) as folder:
-            writers = _open_shards(folder, plan)
-            final = _pass2(plan, inputs, pass1, writers, progress)
-            _write_side_files(folder, plan, inputs, final)
-            published = folder.commit()
+        final, resumed_blocks = _pass2(plan, inputs, pass1, sink, progress, journal)
+        sink.finish(_side_files(plan, inputs), _recipe(plan, inputs, final))
+        if journal is not None:
+            journal.complete()
+        published = target.commit() if isinstance(target, StagedDirectory) else None
     seconds = time.perf_counter() - started
     copied = sum(t.in_nbytes for t in plan.tensors if t.kind is TensorKind.COPY)
     read = pass1.bytes_read + plan.merge_input_bytes + 2 * copied  # copies: checked, then written
-    return MergeResult(published, plan, final, seconds, read, plan.output_bytes)
+    return MergeResult(published, plan, final, seconds, read, plan.output_bytes, resumed_blocks)
+
+
+def _leave_on_exit(target: StagedDirectory) -> Any:
+    """An exit callback: an interrupted merge stays for ``resume``; a failed one is removed."""
+
+    def leave(exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
+        if not target.done:
+            if isinstance(exc, KeyboardInterrupt):
+                logger.warning("interrupted: the partial merge stays at %s (run again with --resume)", target.path)
+                target.keep()
+            else:
+                target.abort()
+        return False
+
+    return leave
+
+
+def _finish_published(path: Path, header: dict[str, Any]) -> bool:
+    """Whether ``path`` is the published output of this very merge, killed before it could delete its
+    journal; if so, delete it now."""
+    state = path / STATE_DIR
+    theirs = read_header(state) if state.is_dir() else None
+    if theirs is None or theirs != header:
+        return False
+    shutil.rmtree(state)
+    logger.info("%s: the interrupted merge had already finished", path)
+    return True
+
+
+def _published_result(path: Path, plan: MergePlan, started: float) -> MergeResult:
+    if (path / RECIPE_NAME).is_file():
+        recipe = json.loads((path / RECIPE_NAME).read_text(encoding="utf-8"))
+    else:
+        group = zarr.open_group(path, mode="r")
+        recipe = group.attrs.get(RECIPE_ATTRIBUTE, {})
+    thresholds = Thresholds.from_json(recipe["thresholds"], str(path))
+    return MergeResult(path, plan, thresholds, time.perf_counter() - started, 0, 0, plan.total_blocks)
+
+
+def _replan_for(target: StagedDirectory, plan: MergePlan, inputs: MergeInputs, resources: Resources) -> MergePlan:
+    """The plan of the interrupted merge: same blocks, even if this run's memory budget or threads differ."""
+    theirs = read_header(target.state)
+    if theirs is None:
+        return plan
+    block = theirs.get("block_elements")
+    if isinstance(block, int) and 0 < block < plan.block_elements:
+        smaller = dataclasses.replace(resources, max_block_elements=block)
+        return make_plan(inputs.base, inputs.fts, plan.options, smaller)
+    return plan
 
 
 def _check_disk(output: Path, plan: MergePlan) -> None:
@@ -174,16 +287,14 @@ def _recipe_metadata(plan: MergePlan) -> dict[str, str]:
     return {"format": "pt", "ooc_ties": json.dumps({"version": __version__, **plan.options.to_json()})}
 
 
-def _open_shards(folder: OutputFolder, plan: MergePlan) -> dict[str, ShardWriter]:
-    by_name = {t.name: t for t in plan.tensors}
-    writers: dict[str, ShardWriter] = {}
-    metadata = _recipe_metadata(plan)
-    for shard in plan.shards:
-        specs = [TensorSpec(n, by_name[n].out_dtype, by_name[n].shape) for n in shard.tensors]
-        writer = folder.shard(shard.file_name, specs, metadata)
-        for name in shard.tensors:
-            writers[name] = writer
-    return writers
+def _open_output(target: StagedDirectory | zarr.Group, plan: MergePlan, out_format: str) -> _Output:
+    specs = [TensorSpec(t.name, t.out_dtype, t.shape) for t in plan.tensors]
+    if out_format == "zarr":
+        chunked = [ChunkedSpec(spec, t.grid.chunks) for spec, t in zip(specs, plan.tensors, strict=True)]
+        return ZarrOutput(target, chunked)
+    if not isinstance(target, StagedDirectory):  # pragma: no cover - a zarr.Group always means zarr
+        raise OptionError("a safetensors output needs a folder path")
+    return SafetensorsOutput(target, specs, plan.shards, _recipe_metadata(plan))
 
 
 def _out_storage(dtype: DType) -> np.dtype:
@@ -203,11 +314,13 @@ class _Pass2:
         inputs: MergeInputs,
         thresholds: Thresholds,
         quotas: np.ndarray,
-        writers: dict[str, ShardWriter],
+        sink: _Output,
+        journal: Journal | None,
     ) -> None:
         self.inputs = inputs
         self.quotas = quotas
-        self.writers = writers
+        self.sink = sink
+        self.journal = journal
         self.block_elements = plan.block_elements
         self.threads = plan.resources.threads
         options = plan.options
@@ -222,6 +335,7 @@ class _Pass2:
         }
         self.key = thresholds.key
         self.votes = np.zeros((len(quotas), 3), np.int64)  # per block: #S>0, #S<0, open elements
+        self.redoing = False
 
     def new_state(self) -> dict[np.dtype, np.ndarray]:
         return {}
@@ -256,12 +370,17 @@ class _Pass2:
         if bad >= 0:
             message = self.inputs.describe_nonfinite(name, ref.start + bad, None, ref.tensor.out_dtype)
             raise NonFiniteValueError(message)
-        self.writers[name].write(name, ref.start, out)
+        self.sink.write(name, ref.start, out)
         self.inputs.release(name, ref.start, ref.stop)
+        if self.journal is not None:
+            if self.redoing:
+                self.journal.redone(ref.ordinal)
+            else:
+                self.journal.merged(ref.ordinal, votes)
 
     def copy_block(self, tensor: TensorPlan, start: int, stop: int) -> None:
         values = self.inputs.base.read(tensor.name, start, stop)
-        self.writers[tensor.name].write(tensor.name, start, values)
+        self.sink.write(tensor.name, start, values)
         self.inputs.base.release(tensor.name, start, stop)
 
 
@@ -269,32 +388,47 @@ def _pass2(
     plan: MergePlan,
     inputs: MergeInputs,
     pass1: Pass1Result,
-    writers: dict[str, ShardWriter],
+    sink: _Output,
     progress: ProgressFactory | None,
-) -> Thresholds:
-    """Merge and write every block; return the thresholds with every majority sign exact."""
-    runner = _Pass2(plan, inputs, pass1.thresholds, pass1.quotas, writers)
+    journal: Journal | None,
+) -> tuple[Thresholds, int]:
+    """Merge and write every block not yet done; return the thresholds with every majority sign exact,
+    and how many blocks an interrupted run had done."""
+    runner = _Pass2(plan, inputs, pass1.thresholds, pass1.quotas, sink, journal)
     blocks = plan_blocks(plan.merged)
+    done: dict[int, tuple[int, int, int]] = {}
+    redone: set[int] = set()
+    if journal is not None:
+        done, redone, _ = journal.finished()
+        for ordinal, votes in done.items():
+            if 0 <= ordinal < len(blocks):
+                runner.votes[ordinal] = votes
+        if done:
+            logger.info("resume: %d of %d blocks were done", len(done), len(blocks))
+    todo = [b for b in blocks if b.ordinal not in done]
     copies = [(t, start, stop) for t in plan.tensors if t.kind is TensorKind.COPY for start, stop in t.grid.blocks()]
-    total = sum(b.in_nbytes for b in blocks) + sum(
-        (stop - start) * t.in_dtypes[0].itemsize for t, start, stop in copies
-    )
+    total = sum(b.in_nbytes for b in todo) + sum((stop - start) * t.in_dtypes[0].itemsize for t, start, stop in copies)
     with progress_bar(progress, "pass 2/2: merge", total) as bar:
         for tensor, start, stop in copies:
             runner.copy_block(tensor, start, stop)
             if bar is not None:
                 bar.advance((stop - start) * tensor.in_dtypes[0].itemsize)
-        runner.run(blocks, bar)
-    return _settle_majority(runner, pass1, blocks, progress)
+        runner.run(todo, bar)
+    return _settle_majority(runner, pass1, blocks, progress, redone), len(done)
 
 
 def _settle_majority(
-    runner: _Pass2, pass1: Pass1Result, blocks: list[BlockRef], progress: ProgressFactory | None
+    runner: _Pass2,
+    pass1: Pass1Result,
+    blocks: list[BlockRef],
+    progress: ProgressFactory | None,
+    redone: set[int],
 ) -> Thresholds:
     """Replace guessed majority signs by the exact ones counted in pass 2, redoing blocks if needed.
 
     Only *open* elements (an exact zero vote between non-zero values) depend on the majority sign, so
-    when a guess was wrong only the blocks holding open elements are merged again, with the exact sign.
+    when a guess was wrong only the blocks holding open elements are merged again, with the exact sign
+    (``redone``: those an interrupted run had already merged again).
     """
     thresholds = pass1.thresholds
     if not pass1.guessed:
@@ -313,7 +447,8 @@ def _settle_majority(
                 "majority sign of %s: guessed %+d, exact %+d", key or "the model", thresholds.majority[key], exact[key]
             )
             runner.zero_positive[key] = exact[key] > 0
-            redo += [b for b in members if runner.votes[b.ordinal, 2] > 0]
+            redo += [b for b in members if runner.votes[b.ordinal, 2] > 0 and b.ordinal not in redone]
+    runner.redoing = True
     with progress_bar(progress, "pass 2/2: redo (majority sign)", sum(b.in_nbytes for b in redo)) as bar:
         runner.run(redo, bar)
     return dataclasses.replace(thresholds, majority=types.MappingProxyType(exact))
@@ -323,35 +458,32 @@ def _recipe(plan: MergePlan, inputs: MergeInputs, thresholds: Thresholds) -> dic
     return {
         "tool": "ooc-ties",
         "version": __version__,
-        "base": str(inputs.base.path),
-        "models": [str(ft.path) for ft in inputs.fts],
+        "base": inputs.base.label,
+        "models": [ft.label for ft in inputs.fts],
         "options": plan.options.to_json(),
         "thresholds": thresholds.to_json(),
         "merged_parameters": plan.merged_parameters,
     }
 
 
-def _write_side_files(folder: OutputFolder, plan: MergePlan, inputs: MergeInputs, thresholds: Thresholds) -> None:
-    for source in inputs.base.side_files():
-        if source.name == "config.json" and plan.options.out_dtype is not None:
-            folder.write_text(source.name, _retyped_config(source, plan.options.out_dtype))
-        else:
-            folder.copy_in(source)
-    folder.write_index(plan.shards)
-    folder.write_text(RECIPE_NAME, json.dumps(_recipe(plan, inputs, thresholds), indent=2) + "\n")
+def _side_files(plan: MergePlan, inputs: MergeInputs) -> dict[str, bytes]:
+    """The base's config and tokenizer files, with ``torch_dtype`` set to the output dtype if one was chosen."""
+    files = inputs.base.side_files()
+    if "config.json" in files and plan.options.out_dtype is not None:
+        files["config.json"] = _retyped_config(files["config.json"], plan.options.out_dtype)
+    return files
 
 
-def _retyped_config(source: Path, dtype: DType) -> str:
+def _retyped_config(source: bytes, dtype: DType) -> bytes:
     """config.json with ``torch_dtype`` set to the output dtype (when it parses as a JSON object)."""
-    text = source.read_text(encoding="utf-8")
     try:
-        config = json.loads(text)
-    except json.JSONDecodeError:
-        return text
+        config = json.loads(source)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return source
     if not isinstance(config, dict):
-        return text
+        return source
     names = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
     for key in ("torch_dtype", "dtype"):
         if key in config:
             config[key] = names[dtype.code]
-    return json.dumps(config, indent=2) + "\n"
+    return (json.dumps(config, indent=2) + "\n").encode()

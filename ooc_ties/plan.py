@@ -16,9 +16,9 @@ from ooc_ties.config import MergeOptions, Resources, TrimRule, ZeroSign
 from ooc_ties.dtypes import F32, F64, DType
 from ooc_ties.errors import IncompatibleCheckpointsError, OptionError
 from ooc_ties.grid import ChunkGrid
-from ooc_ties.io.checkpoint import Checkpoint
 from ooc_ties.io.writer import ShardLayout, layout_shards
 from ooc_ties.kernels.histogram import HIGH_BINS, LOW_BINS
+from ooc_ties.sources import TensorSource
 
 __all__ = ["MAX_BLOCK_ELEMENTS", "MergePlan", "TensorKind", "TensorPlan", "make_plan"]
 
@@ -157,30 +157,32 @@ def _fixed_bytes(n_models: int, threads: int, total_blocks: int) -> int:
     return histograms + total_blocks * n_models * 8
 
 
-def _check_inputs(base: Checkpoint, fts: Sequence[Checkpoint]) -> None:
+def _check_inputs(base: TensorSource, fts: Sequence[TensorSource]) -> None:
     names = set(base.names)
     for ft in fts:
         missing = sorted(names - set(ft.names))
         if missing:
             raise IncompatibleCheckpointsError(
-                f"{ft.path}: tensor {missing[0]!r} is missing (it is in the base, {base.where(missing[0])})"
+                f"{ft.label}: tensor {missing[0]!r} is missing (it is in the base, {base.where(missing[0])})"
             )
         extra = sorted(set(ft.names) - names)
         if extra:
-            raise IncompatibleCheckpointsError(f"{ft.where(extra[0])} is not in the base model {base.path}")
+            raise IncompatibleCheckpointsError(f"{ft.where(extra[0])} is not in the base model {base.label}")
         for name in base.names:
             b, f = base.info(name), ft.info(name)
             if b.shape != f.shape:
                 raise IncompatibleCheckpointsError(
-                    f"{ft.where(name)} has shape {list(f.shape)}, but the base has {list(b.shape)} ({b.path})"
+                    f"{ft.where(name)} has shape {list(f.shape)}, but the base has {list(b.shape)} ({base.label})"
                 )
             if b.dtype.is_float != f.dtype.is_float or (not b.dtype.is_float and b.dtype != f.dtype):
                 raise IncompatibleCheckpointsError(
-                    f"{ft.where(name)} has dtype {f.dtype}, but the base has {b.dtype} ({b.path})"
+                    f"{ft.where(name)} has dtype {f.dtype}, but the base has {b.dtype} ({base.label})"
                 )
 
 
-def make_plan(base: Checkpoint, fts: Sequence[Checkpoint], options: MergeOptions, resources: Resources) -> MergePlan:
+def make_plan(
+    base: TensorSource, fts: Sequence[TensorSource], options: MergeOptions, resources: Resources
+) -> MergePlan:
     """Validate that the checkpoints line up and plan the merge."""
     if not fts:
         raise OptionError("no fine-tuned model given: TIES needs at least one")

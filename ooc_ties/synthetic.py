@@ -26,7 +26,8 @@ import numpy as np
 
 from ooc_ties.dtypes import BF16
 from ooc_ties.grid import ChunkGrid
-from ooc_ties.io.writer import OutputFolder, TensorSpec, layout_shards
+from ooc_ties.io.staging import StagedDirectory
+from ooc_ties.io.writer import SafetensorsOutput, TensorSpec, layout_shards
 from ooc_ties.kernels.convert import encode_oracle
 
 __all__ = ["SHAPES", "LlamaShape", "generate", "generate_model"]
@@ -160,28 +161,28 @@ def generate_model(
     names = ["base"] + [f"ft{i + 1}" for i in range(n_finetuned)]
     specs = [TensorSpec(name, BF16, s) for name, s in shape.tensors()]
     layouts = layout_shards([(s.name, s.nbytes) for s in specs], shard_size)
-    folders = [OutputFolder(root / name) for name in names]
+    stagings: list[StagedDirectory] = []
     try:
-        writers = []
-        for out in folders:
-            shard_of = {}
-            for layout in layouts:
-                writer = out.shard(layout.file_name, [s for s in specs if s.name in layout.tensors], {"format": "pt"})
-                shard_of.update({n: writer for n in layout.tensors})
-            writers.append(shard_of)
+        outputs = []
+        for name in names:
+            stagings.append(StagedDirectory(root / name))
+            outputs.append(SafetensorsOutput(stagings[-1], specs, layouts, {"format": "pt"}))
         for name, tensor_shape in shape.tensors():
             for start, blocks in _blocks(name, tensor_shape, seed, n_finetuned):
-                for shard_of, values in zip(writers, blocks, strict=True):
-                    shard_of[name].write(name, start, values)
-        for i, out in enumerate(folders):
-            out.write_index(layouts)
+                for out, values in zip(outputs, blocks, strict=True):
+                    out.write(name, start, values)
+        for i, out in enumerate(outputs):
             config = dict(shape.config(), _name_or_path=names[i])
-            out.write_text("config.json", json.dumps(config, indent=2) + "\n")
-            out.write_text("generation_config.json", json.dumps({"bos_token_id": 1, "eos_token_id": 2}) + "\n")
-        paths = [out.commit() for out in folders]
+            out.finish(
+                {
+                    "config.json": (json.dumps(config, indent=2) + "\n").encode(),
+                    "generation_config.json": (json.dumps({"bos_token_id": 1, "eos_token_id": 2}) + "\n").encode(),
+                }
+            )
+        paths = [staging.commit() for staging in stagings]
     except BaseException:
-        for out in folders:
-            out.abort()
+        for staging in stagings:
+            staging.abort()
         raise
     return paths[0], paths[1:]
 

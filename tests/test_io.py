@@ -88,7 +88,7 @@ def test_checkpoint_reads_a_bare_file_and_lists_names_sorted(tmp_path: Path) -> 
     stnp.save_file(SAMPLE, path)
     with Checkpoint(path) as c:
         assert c.names == ("a", "b", "c", "mask")
-        assert c.side_files() == []
+        assert c.side_files() == {}
         assert c.nbytes == sum(a.nbytes for a in SAMPLE.values())
 
 

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from ooc_ties.dtypes import BF16
-from ooc_ties.io.writer import OutputFolder, TensorSpec
+from ooc_ties.io.staging import StagedDirectory
+from ooc_ties.io.writer import SafetensorsOutput, ShardLayout, TensorSpec
 from ooc_ties.kernels.convert import encode_oracle
 
 RUNTIME_ALLOWANCE = 300 * 1024**2
@@ -26,10 +27,10 @@ RUNTIME_ALLOWANCE = 300 * 1024**2
 
 def _write_models(root: Path, numel: int, n_finetuned: int) -> list[Path]:
     rng = np.random.default_rng(0)
-    folders = [OutputFolder(root / name) for name in ["base"] + [f"ft{i}" for i in range(n_finetuned)]]
-    writers = [
-        f.shard("model.safetensors", [TensorSpec("model.embed_tokens.weight", BF16, (numel,))], {}) for f in folders
-    ]
+    folders = [StagedDirectory(root / name) for name in ["base"] + [f"ft{i}" for i in range(n_finetuned)]]
+    spec = TensorSpec("model.embed_tokens.weight", BF16, (numel,))
+    layout = ShardLayout("model.safetensors", (spec.name,), spec.nbytes)
+    writers = [SafetensorsOutput(f, [spec], [layout], {}) for f in folders]
     step = 1 << 22
     for start in range(0, numel, step):
         n = min(step, numel - start)
@@ -40,6 +41,8 @@ def _write_models(root: Path, numel: int, n_finetuned: int) -> list[Path]:
         for w in writers[1:]:
             delta = rng.standard_normal(n, np.float32) * np.float32(3e-4)
             w.write("model.embed_tokens.weight", start, encode_oracle(base + delta, np.dtype(np.uint16)))
+    for w in writers:
+        w.finish({})
     return [f.commit() for f in folders]
 
 

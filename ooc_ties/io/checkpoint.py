@@ -7,6 +7,7 @@ shard is opened (validated, memory-mapped) up front so that a bad file fails bef
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -153,16 +154,35 @@ class Checkpoint:
         """Bytes of tensor data in the checkpoint."""
         return sum(info.nbytes for _, info in self._where.values())
 
-    def side_files(self) -> list[Path]:
-        """The config and tokenizer files beside the weights (empty for a bare file)."""
+    @property
+    def label(self) -> str:
+        """The path, as error messages name the checkpoint."""
+        return str(self.path)
+
+    def side_files(self) -> dict[str, bytes]:
+        """The config and tokenizer files beside the weights, by name (empty for a bare file)."""
         if self.folder is None:
-            return []
-        return [self.folder / name for name in SIDE_FILES if (self.folder / name).is_file()]
+            return {}
+        return {name: (self.folder / name).read_bytes() for name in SIDE_FILES if (self.folder / name).is_file()}
 
     def paths(self) -> list[Path]:
         """Every file this checkpoint reads."""
         extra = [self.folder / INDEX_NAME] if self.folder and (self.folder / INDEX_NAME).is_file() else []
         return [f.path for f in self.files] + extra
+
+    def local_paths(self) -> list[Path]:
+        """The file or folder given (the output must not lie inside it)."""
+        return [self.path]
+
+    def fingerprint(self) -> str | None:
+        """A digest of every file's name, size and modification time: it tells whether results computed
+        earlier (thresholds, an interrupted merge) belong to this checkpoint, without reading it.
+        Moving the folder keeps it; rewriting or touching a file changes it."""
+        entries = []
+        for path in self.paths():
+            stat = path.stat()
+            entries.append(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}")
+        return hashlib.sha256("\n".join(entries).encode()).hexdigest()[:32]
 
     def close(self) -> None:
         for file in self.files:

@@ -6,40 +6,40 @@ known offsets with ``pwrite``: workers write their blocks as they finish, and no
 whole in memory. Tensors are laid out by decreasing item size, then name (as ``safetensors`` does), so
 every tensor starts aligned to its item size, with no gaps between them.
 
-An :class:`OutputFolder` builds the folder under a hidden temporary name beside the destination and
-renames it into place only when everything is written; on failure the temporary folder is removed, so
-the destination either holds a complete merge or nothing.
+A :class:`SafetensorsOutput` builds the model folder (shards, index, side files, recipe) inside a
+:class:`~ooc_ties.io.staging.StagedDirectory`, which publishes it by one rename, so the destination
+either holds a complete merge or nothing.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import numpy as np
 
 from ooc_ties.dtypes import DType
-from ooc_ties.errors import DiskSpaceError, OutputPathError
+from ooc_ties.errors import DiskSpaceError
+from ooc_ties.io.staging import StagedDirectory
 
 __all__ = [
     "INDEX_NAME",
-    "OutputFolder",
+    "RECIPE_NAME",
+    "SafetensorsOutput",
     "ShardLayout",
     "ShardWriter",
     "TensorSpec",
-    "check_destination",
     "layout_shards",
 ]
 
 INDEX_NAME = "model.safetensors.index.json"
 """The index file of a sharded Hugging Face checkpoint."""
+RECIPE_NAME = "ooc_ties_recipe.json"
+"""The file in a merged folder that records how it was made."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,18 +115,29 @@ def _header(tensors: Sequence[TensorSpec], metadata: dict[str, str]) -> tuple[by
 
 
 class ShardWriter:
-    """One safetensors file written block by block, from any thread."""
+    """One safetensors file written block by block, from any thread.
 
-    def __init__(self, path: Path, tensors: Sequence[TensorSpec], metadata: dict[str, str]) -> None:
+    ``reopen``: continue a file an interrupted merge created (its header and size are checked; a file
+    that does not match, or is missing, is created anew).
+    """
+
+    def __init__(
+        self, path: Path, tensors: Sequence[TensorSpec], metadata: dict[str, str], *, reopen: bool = False
+    ) -> None:
         self.path = path
         self.specs = {s.name: s for s in tensors}
         header, offsets = _header(tensors, metadata)
-        data_start = 8 + len(header)
+        prefix = len(header).to_bytes(8, "little") + header
+        data_start = len(prefix)
         self.offsets = {name: data_start + off for name, off in offsets.items()}
         self.size = data_start + sum(s.nbytes for s in tensors)
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        if reopen and _has_prefix(path, prefix, self.size):
+            self._fd = os.open(path, os.O_WRONLY)
+            return
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if reopen else os.O_EXCL)
+        self._fd = os.open(path, flags, 0o644)
         try:
-            self._write_at(len(header).to_bytes(8, "little") + header, 0)
+            self._write_at(prefix, 0)
             _reserve(self._fd, self.size, path)
         except BaseException:
             os.close(self._fd)
@@ -143,6 +154,11 @@ class ShardWriter:
         """Write ``values`` (storage dtype, contiguous) as elements ``start...`` of tensor ``name``."""
         self._write_at(np.ascontiguousarray(values), self.offsets[name] + start * self.specs[name].dtype.itemsize)
 
+    def sync(self) -> None:
+        """Wait until the data written so far is on disk."""
+        if self._fd >= 0:
+            os.fdatasync(self._fd)
+
     def close(self, *, durable: bool = False) -> None:
         """Close the file; with ``durable``, first wait until its data is on disk (``fsync``)."""
         if self._fd >= 0:
@@ -150,6 +166,14 @@ class ShardWriter:
                 os.fsync(self._fd)
             os.close(self._fd)
             self._fd = -1
+
+
+def _has_prefix(path: Path, prefix: bytes, size: int) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return os.fstat(f.fileno()).st_size == size and f.read(len(prefix)) == prefix
+    except FileNotFoundError:
+        return False
 
 
 def _reserve(fd: int, size: int, path: Path) -> None:
@@ -167,109 +191,61 @@ def _reserve(fd: int, size: int, path: Path) -> None:
             raise
 
 
-def check_destination(destination: Path, *, overwrite: bool) -> None:
-    """Refuse a destination that is a file, or a non-empty folder unless ``overwrite``."""
-    if not destination.exists():
-        return
-    if not destination.is_dir():
-        raise OutputPathError(f"{destination}: exists and is not a folder")
-    if not overwrite and any(destination.iterdir()):
-        raise OutputPathError(f"{destination}: already exists (choose another path or --overwrite)")
+class SafetensorsOutput:
+    """A Hugging Face model folder (safetensors shards, index, side files) built in a staged directory."""
 
-
-class OutputFolder:
-    """A model folder built under a temporary name and published by one rename."""
-
-    def __init__(self, destination: str | os.PathLike[str], *, overwrite: bool = False, durable: bool = False) -> None:
-        self.destination = Path(destination).absolute()
-        self.durable = durable
-        check_destination(self.destination, overwrite=overwrite)
-        self._created: list[Path] = []
-        parent = self.destination.parent
-        missing = []
-        while not parent.exists():
-            missing.append(parent)
-            parent = parent.parent
-        for folder in reversed(missing):
-            folder.mkdir()
-            self._created.append(folder)
-        self.staging = self.destination.parent / f".{self.destination.name}.ooc-ties-partial-{uuid.uuid4().hex[:8]}"
-        self.staging.mkdir()
-        self._shards: list[ShardWriter] = []
-        self._done = False
-
-    def shard(self, file_name: str, tensors: Sequence[TensorSpec], metadata: dict[str, str]) -> ShardWriter:
-        writer = ShardWriter(self.staging / file_name, tensors, metadata)
-        self._shards.append(writer)
-        return writer
-
-    def write_text(self, file_name: str, text: str) -> None:
-        (self.staging / file_name).write_text(text, encoding="utf-8")
-
-    def write_index(self, shards: Sequence[ShardLayout]) -> None:
-        """Write ``model.safetensors.index.json`` when the model has more than one shard."""
-        if len(shards) > 1:
-            index = {
-                "metadata": {"total_size": sum(s.nbytes for s in shards)},
-                "weight_map": {name: s.file_name for s in shards for name in s.tensors},
-            }
-            self.write_text(INDEX_NAME, json.dumps(index, indent=2) + "\n")
-
-    def copy_in(self, source: Path) -> None:
-        shutil.copyfile(source, self.staging / source.name)
-
-    def commit(self) -> Path:
-        """Close every shard and move the folder into place.
-
-        The rename makes the folder appear complete to every process at once. With ``durable``, every
-        file is first flushed to disk, so that not even a power failure can leave a published folder
-        with missing data; without it (the default, like ``cp`` or mergekit) the data may still be in
-        the page cache, written back by the kernel, when the call returns.
-        """
-        for shard in self._shards:
-            shard.close(durable=self.durable)
-        if self.durable:
-            _fsync_dir(self.staging)
-        if self.destination.exists():
-            trash = self.destination.parent / f".{self.destination.name}.ooc-ties-old-{uuid.uuid4().hex[:8]}"
-            self.destination.rename(trash)
-            self.staging.rename(self.destination)
-            shutil.rmtree(trash)
-        else:
-            self.staging.rename(self.destination)
-        if self.durable:
-            _fsync_dir(self.destination.parent)
-        self._done = True
-        return self.destination
-
-    def abort(self) -> None:
-        """Remove everything this folder wrote (the destination itself is untouched)."""
-        for shard in self._shards:
-            try:
-                os.close(shard._fd)
-            except OSError:
-                pass
-            shard._fd = -1
-        shutil.rmtree(self.staging, ignore_errors=True)
-        for folder in reversed(self._created):
-            try:
-                folder.rmdir()
-            except OSError:
-                pass
-
-    def __enter__(self) -> OutputFolder:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    def __init__(
+        self,
+        staging: StagedDirectory,
+        tensors: Sequence[TensorSpec],
+        shards: Sequence[ShardLayout],
+        metadata: dict[str, str],
     ) -> None:
-        if not self._done:
-            self.abort()
+        self.staging = staging
+        self.shards = tuple(shards)
+        by_name = {t.name: t for t in tensors}
+        self._files: list[ShardWriter] = []
+        self._writers: dict[str, ShardWriter] = {}
+        try:
+            for shard in shards:
+                specs = [by_name[n] for n in shard.tensors]
+                writer = ShardWriter(staging.path / shard.file_name, specs, metadata, reopen=staging.resumed)
+                self._files.append(writer)
+                for name in shard.tensors:
+                    self._writers[name] = writer
+        except BaseException:
+            self.close()
+            raise
 
+    @property
+    def location(self) -> str:
+        return str(self.staging.destination)
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    def write(self, name: str, start: int, values: np.ndarray) -> None:
+        """Write ``values`` (storage dtype) as elements ``start...`` of tensor ``name``."""
+        self._writers[name].write(name, start, values)
+
+    def sync(self) -> None:
+        """Wait until every block written so far is on disk."""
+        for writer in self._files:
+            writer.sync()
+
+    def finish(self, files: dict[str, bytes], recipe: dict[str, Any] | None = None) -> None:
+        """Write the index, the side files and the recipe (``RECIPE_NAME``), and close the shards."""
+        if len(self.shards) > 1:
+            index = {
+                "metadata": {"total_size": sum(s.nbytes for s in self.shards)},
+                "weight_map": {name: s.file_name for s in self.shards for name in s.tensors},
+            }
+            files = {**files, INDEX_NAME: (json.dumps(index, indent=2) + "\n").encode()}
+        if recipe is not None:
+            files = {**files, RECIPE_NAME: (json.dumps(recipe, indent=2) + "\n").encode()}
+        for name, data in files.items():
+            (self.staging.path / name).write_bytes(data)
+        for writer in self._files:
+            writer.close(durable=self.staging.durable)
+
+    def close(self) -> None:
+        """Close every file (after a failure or an interruption)."""
+        for writer in self._files:
+            writer.close()

@@ -1,0 +1,221 @@
+"""A model given as chunked or in-memory arrays: a Zarr group on any store, or NumPy arrays by name.
+
+:class:`ArraySource` serves the same flat element ranges as a safetensors :class:`Checkpoint`, so the
+merge runs on it unchanged. Reads decode through Zarr (or slice NumPy), so they are copies; a block of
+the engine's grid is one rectangular selection, and an array chunked like the engine's grid (as
+``ooc-ties convert`` and a merged Zarr output are) is read one whole chunk per block.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+import zarr.storage
+
+from ooc_ties.dtypes import DType
+from ooc_ties.errors import CheckpointFormatError, CheckpointNotFoundError
+from ooc_ties.grid import flat_selection
+from ooc_ties.io.zarr_format import FILES_ATTRIBUTE, decode_files, dtype_of
+
+__all__ = ["ArrayInfo", "ArraySource", "is_zarr_path", "open_zarr_group"]
+
+Array = np.ndarray | zarr.Array[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ArrayInfo:
+    """Name, dtype and shape of one array (the part of a tensor's description the merge needs)."""
+
+    name: str
+    """The tensor name."""
+    dtype: DType
+    """Its dtype."""
+    shape: tuple[int, ...]
+    """Its shape."""
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * self.dtype.itemsize
+
+
+def is_zarr_path(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` names a Zarr group: a URL, a ``.zip`` file, a ``*.zarr`` path or a folder with ``zarr.json``."""
+    text = os.fspath(path)
+    if "://" in text:
+        return True
+    p = Path(text)
+    return p.suffix in (".zarr", ".zip") or (p.is_dir() and (p / "zarr.json").is_file())
+
+
+def open_zarr_group(path: str | os.PathLike[str]) -> tuple[zarr.Group, Callable[[], None]]:
+    """Open a Zarr v3 group read-only from a local folder, a ``.zip`` file or an fsspec URL."""
+    text = os.fspath(path)
+    store: Any
+    if "://" in text:
+        store = text
+    else:
+        p = Path(text)
+        if not p.exists():
+            raise CheckpointNotFoundError(f"{p}: no such file or folder")
+        store = zarr.storage.ZipStore(p, mode="r") if p.suffix == ".zip" and p.is_file() else p
+    try:
+        group = zarr.open_group(store, mode="r")
+    except (FileNotFoundError, KeyError, ValueError, TypeError) as exc:
+        raise CheckpointFormatError(f"{text}: not a Zarr v3 group ({type(exc).__name__}: {exc})") from None
+    closer = store.close if isinstance(store, zarr.storage.ZipStore) else (lambda: None)
+    return group, closer
+
+
+def _members(group: zarr.Group, prefix: str = "") -> Iterator[tuple[str, zarr.Array[Any]]]:
+    for name, node in group.members():
+        if isinstance(node, zarr.Array):
+            yield prefix + name, node
+        else:
+            yield from _members(node, f"{prefix}{name}/")
+
+
+def _local_root(group: zarr.Group) -> Path | None:
+    store = group.store
+    if isinstance(store, zarr.storage.LocalStore):
+        return Path(store.root) / group.path if group.path else Path(store.root)
+    if isinstance(store, zarr.storage.ZipStore):
+        return Path(store.path)
+    return None
+
+
+class ArraySource:
+    """Named arrays (Zarr or NumPy) as a merge input; ``label`` names it in error messages."""
+
+    def __init__(
+        self,
+        arrays: Mapping[str, Array],
+        label: str,
+        *,
+        side_files: Mapping[str, bytes] | None = None,
+        root: Path | None = None,
+        closer: Callable[[], None] | None = None,
+    ) -> None:
+        self.label = label
+        self._arrays: dict[str, Array] = {}
+        self._info: dict[str, ArrayInfo] = {}
+        self._side_files = dict(side_files or {})
+        self._root = root
+        self._closer = closer
+        for name in sorted(arrays):
+            array = arrays[name]
+            if not isinstance(name, str):
+                raise CheckpointFormatError(f"{label}: tensor names must be strings, got {name!r}")
+            if isinstance(array, zarr.Array):
+                storage, attributes = np.dtype(array.dtype), dict(array.attrs)
+            elif isinstance(array, np.ndarray):
+                storage, attributes = array.dtype, {}
+            else:
+                raise CheckpointFormatError(
+                    f"{label}: tensor {name!r} is a {type(array).__name__}, not a NumPy or Zarr array"
+                )
+            dtype = dtype_of(storage, attributes, f"{label}: tensor {name!r}")
+            self._arrays[name] = array
+            self._info[name] = ArrayInfo(name, dtype, tuple(int(s) for s in array.shape))
+        self.names: tuple[str, ...] = tuple(self._info)
+
+    @classmethod
+    def from_zarr(
+        cls, group: zarr.Group, label: str | None = None, closer: Callable[[], None] | None = None
+    ) -> ArraySource:
+        """Every array of ``group`` (nested groups joined with ``/``), with its side files."""
+        label = label or str(group.store_path)
+        files = decode_files(group.attrs.get(FILES_ATTRIBUTE), label)
+        return cls(dict(_members(group)), label, side_files=files, root=_local_root(group), closer=closer)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> ArraySource:
+        """A Zarr group at a local path, ``.zip`` file or fsspec URL (see :func:`open_zarr_group`)."""
+        group, closer = open_zarr_group(path)
+        try:
+            return cls.from_zarr(group, os.fspath(path), closer)
+        except BaseException:
+            closer()
+            raise
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._info
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def info(self, name: str) -> ArrayInfo:
+        return self._info[name]
+
+    def where(self, name: str) -> str:
+        return f"{self.label}: tensor {name!r}"
+
+    def read(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Flat elements ``[start, stop)`` in storage dtype (BF16 as ``uint16`` bits)."""
+        info = self._info[name]
+        array = self._arrays[name]
+        stop = info.numel if stop is None else stop
+        storage = info.dtype.storage
+        if stop <= start:
+            return np.empty(0, storage)
+        found = flat_selection(info.shape, start, stop)
+        if found is not None:
+            values = np.asarray(array[found[0]])
+        else:  # any other range: the whole leading-axis rows that hold it
+            inner = info.numel // info.shape[0]
+            first, last = start // inner, -(-stop // inner)
+            values = np.asarray(array[first:last]).reshape(-1)[start - first * inner : stop - first * inner]
+        flat = values.reshape(-1)
+        if flat.dtype.name == "bfloat16" or flat.dtype.itemsize != storage.itemsize or flat.dtype.kind != storage.kind:
+            flat = flat.view(storage)
+        return np.ascontiguousarray(flat, dtype=storage)
+
+    def release(self, name: str, start: int, stop: int) -> None:
+        """Nothing to release: reads are copies."""
+
+    def fingerprint(self) -> str | None:
+        """Names, sizes and modification times of a local store's files; ``None`` for other stores."""
+        if self._root is None:
+            return None
+        entries = []
+        if self._root.is_file():
+            stat = self._root.stat()
+            entries.append(f"{self._root.name}:{stat.st_size}:{stat.st_mtime_ns}")
+        else:
+            for dirpath, dirnames, filenames in os.walk(self._root):
+                dirnames.sort()
+                for file_name in sorted(filenames):
+                    path = Path(dirpath) / file_name
+                    stat = path.stat()
+                    entries.append(f"{path.relative_to(self._root)}:{stat.st_size}:{stat.st_mtime_ns}")
+        return hashlib.sha256("\n".join(entries).encode()).hexdigest()[:32]
+
+    def local_paths(self) -> list[Path]:
+        return [self._root] if self._root is not None else []
+
+    def side_files(self) -> dict[str, bytes]:
+        return dict(self._side_files)
+
+    def close(self) -> None:
+        if self._closer is not None:
+            self._closer()
+            self._closer = None
+
+    def __repr__(self) -> str:
+        return f"ArraySource({self.label!r}, {len(self.names)} arrays)"

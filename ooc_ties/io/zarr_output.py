@@ -1,0 +1,126 @@
+"""Writing a model as a Zarr v3 group, block by block (the layout is in :mod:`ooc_ties.io.zarr_format`).
+
+Each tensor becomes one array chunked on the engine's grid, so every block the engine writes is one
+whole chunk: no read-modify-write, and blocks may be written from any thread in any order. Chunks are
+stored uncompressed by default (model weights compress poorly and the codec would cost CPU time);
+``compressors`` takes any Zarr v3 codec list.
+
+The group is built in a :class:`~ooc_ties.io.staging.StagedDirectory` and published by one rename when
+the destination is a local path; a ``zarr.Group`` given by the caller (any store: memory, zip, fsspec)
+is written in place.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import numpy as np
+import zarr
+import zarr.storage
+
+from ooc_ties.errors import OutputPathError
+from ooc_ties.grid import flat_selection
+from ooc_ties.io.staging import StagedDirectory
+from ooc_ties.io.writer import TensorSpec
+from ooc_ties.io.zarr_format import DTYPE_ATTRIBUTE, FILES_ATTRIBUTE, RECIPE_ATTRIBUTE, encode_files
+
+__all__ = ["ChunkedSpec", "ZarrOutput"]
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkedSpec:
+    """A tensor to be written, with its chunk shape."""
+
+    spec: TensorSpec
+    """Name, dtype, shape."""
+    chunks: tuple[int, ...]
+    """Chunk shape (the engine's grid)."""
+
+
+class ZarrOutput:
+    """A Zarr v3 group written block by block; ``target`` is a staged local directory or a group."""
+
+    def __init__(
+        self,
+        target: StagedDirectory | zarr.Group,
+        tensors: Sequence[ChunkedSpec],
+        *,
+        compressors: Any = None,
+    ) -> None:
+        self.staging = target if isinstance(target, StagedDirectory) else None
+        if isinstance(target, StagedDirectory):
+            self.group = zarr.open_group(zarr.storage.LocalStore(target.path), mode="a", zarr_format=3)
+            resumed = target.resumed
+        else:
+            self.group = target
+            resumed = False
+        self._arrays: dict[str, zarr.Array[Any]] = {}
+        self._shapes: dict[str, tuple[int, ...]] = {}
+        existing = set(self.group.array_keys()) if resumed else set()
+        for item in tensors:
+            spec = item.spec
+            attributes: dict[str, Any] = {DTYPE_ATTRIBUTE: spec.dtype.code}
+            if spec.name in existing:
+                array = self.group[spec.name]
+                if not (
+                    isinstance(array, zarr.Array)
+                    and tuple(array.shape) == spec.shape
+                    and tuple(array.chunks) == item.chunks
+                    and np.dtype(array.dtype) == spec.dtype.storage
+                    and array.attrs.get(DTYPE_ATTRIBUTE) == spec.dtype.code
+                ):
+                    raise OutputPathError(f"{self.location}: array {spec.name!r} does not match this merge")
+            else:
+                try:
+                    array = self.group.create_array(
+                        spec.name,
+                        shape=spec.shape,
+                        dtype=spec.dtype.storage,
+                        chunks=item.chunks,
+                        compressors=compressors,
+                        attributes=attributes,
+                        config={"write_empty_chunks": True},
+                    )
+                except zarr.errors.ContainsArrayError:
+                    raise OutputPathError(f"{self.location}: already holds an array {spec.name!r}") from None
+            self._arrays[spec.name] = array
+            self._shapes[spec.name] = spec.shape
+
+    @property
+    def location(self) -> str:
+        if self.staging is not None:
+            return str(self.staging.destination)
+        return str(self.group.store_path)
+
+    def write(self, name: str, start: int, values: np.ndarray) -> None:
+        """Write ``values`` (storage dtype) as flat elements ``start...`` of ``name``: one whole chunk."""
+        shape = self._shapes[name]
+        found = flat_selection(shape, start, start + values.size)
+        if found is None:
+            raise ValueError(f"elements [{start}, {start + values.size}) of {name!r} are not one block")
+        selection = found[0]
+        block_shape: tuple[int, ...] = ()
+        if selection:
+            last = cast(slice, selection[-1])
+            block_shape = (last.stop - last.start, *shape[len(selection) :])
+        self._arrays[name][selection] = values.reshape(block_shape)
+
+    def sync(self) -> None:
+        """Wait until every block written so far is on disk (a local store only)."""
+        if self.staging is not None:
+            os.sync()
+
+    def finish(self, files: dict[str, bytes], recipe: dict[str, Any] | None = None) -> None:
+        """Store the side files and the recipe as group attributes."""
+        attributes: dict[str, Any] = {FILES_ATTRIBUTE: encode_files(files)}
+        if recipe is not None:
+            attributes[RECIPE_ATTRIBUTE] = recipe
+        self.group.attrs.update(attributes)
+        if self.staging is not None and self.staging.durable:
+            os.sync()
+
+    def close(self) -> None:
+        """Nothing held open: every write has completed when it returns."""

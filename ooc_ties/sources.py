@@ -1,0 +1,114 @@
+"""What a merge reads: the :class:`TensorSource` protocol, and opening one from what the caller gives.
+
+A source is a set of named tensors that can be read by flat element ranges (C order), in a storage
+dtype (BF16 as ``uint16`` bits). Two kinds exist:
+
+- :class:`~ooc_ties.io.checkpoint.Checkpoint`: a safetensors file or Hugging Face folder, memory-mapped,
+  read zero-copy;
+- :class:`~ooc_ties.io.arrays.ArraySource`: Zarr arrays on any store, or NumPy arrays, by name.
+
+:func:`open_source` accepts a path (a safetensors file or folder, a Zarr folder, ``.zarr``, ``.zip``
+or an fsspec URL), a ``zarr.Group``, a mapping of names to NumPy or Zarr arrays, or a source.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol, TypeAlias, runtime_checkable
+
+import numpy as np
+import zarr
+
+from ooc_ties.dtypes import DType
+from ooc_ties.errors import OptionError
+from ooc_ties.io.arrays import ArraySource, is_zarr_path
+from ooc_ties.io.checkpoint import Checkpoint
+
+__all__ = ["SourceLike", "TensorMeta", "TensorSource", "open_source"]
+
+
+class TensorMeta(Protocol):
+    """What the merge needs to know of one tensor before reading it."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def dtype(self) -> DType: ...
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+    @property
+    def numel(self) -> int: ...
+    @property
+    def nbytes(self) -> int: ...
+
+
+@runtime_checkable
+class TensorSource(Protocol):
+    """Named tensors, read by flat element ranges."""
+
+    names: tuple[str, ...]
+    """Every tensor, sorted by name (the order every pass walks them in)."""
+
+    @property
+    def label(self) -> str:
+        """How error messages name the source (its path, or a description)."""
+        ...
+
+    def __contains__(self, name: object) -> bool: ...
+
+    def info(self, name: str) -> TensorMeta: ...
+
+    def where(self, name: str) -> str:
+        """``"<source>: tensor '<name>'"``, the prefix of every error about this tensor."""
+        ...
+
+    def read(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Flat elements ``[start, stop)`` in storage dtype; a view or a copy, never to be written."""
+        ...
+
+    def release(self, name: str, start: int, stop: int) -> None:
+        """Done with ``[start, stop)``: drop whatever reading it holds (memory-map pages)."""
+        ...
+
+    def fingerprint(self) -> str | None:
+        """A cheap digest that changes when the data may have changed; ``None`` if there is none."""
+        ...
+
+    def local_paths(self) -> list[Path]:
+        """Local files or folders the source reads (an output must not lie inside them)."""
+        ...
+
+    def side_files(self) -> dict[str, bytes]:
+        """Config and tokenizer files that go with the tensors, by file name."""
+        ...
+
+    def close(self) -> None: ...
+
+
+SourceLike: TypeAlias = (
+    "str | os.PathLike[str] | TensorSource | zarr.Group | Mapping[str, np.ndarray | zarr.Array[Any]]"
+)
+"""Anything :func:`open_source` accepts."""
+
+
+def open_source(spec: SourceLike, label: str | None = None) -> TensorSource:
+    """Open ``spec`` as a :class:`TensorSource` (the caller closes it).
+
+    Paths: a Zarr group when :func:`~ooc_ties.io.arrays.is_zarr_path` says so, else a safetensors file
+    or Hugging Face folder. ``label`` names in-memory inputs in error messages.
+    """
+    if isinstance(spec, (Checkpoint, ArraySource)):
+        return spec
+    if isinstance(spec, zarr.Group):
+        return ArraySource.from_zarr(spec, label)
+    if isinstance(spec, (str, os.PathLike)):
+        return ArraySource.open(spec) if is_zarr_path(spec) else Checkpoint(spec)
+    if isinstance(spec, Mapping):
+        return ArraySource(spec, label or "<arrays>")
+    if isinstance(spec, TensorSource):
+        return spec
+    raise OptionError(
+        f"cannot read a model from a {type(spec).__name__}: give a path, a zarr.Group or a mapping of arrays"
+    )
