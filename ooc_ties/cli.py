@@ -19,6 +19,7 @@ from ooc_ties import __version__
 from ooc_ties.config import PRESETS, Resources, Scope, TrimRule, ZeroSign, parse_preset, parse_size, parse_threads
 from ooc_ties.errors import OocTiesError
 from ooc_ties.merge import MergeResult, merge, plan_merge
+from ooc_ties.plan import MAX_BLOCK_ELEMENTS
 from ooc_ties.progress import tqdm_progress
 from ooc_ties.thresholds import Thresholds
 
@@ -58,7 +59,13 @@ def cli() -> None:
 @click.option(
     "--base", "-b", required=True, type=click.Path(path_type=Path), help="Base model: .safetensors file or HF folder."
 )
-@click.option("--output", "-o", required=True, type=click.Path(path_type=Path), help="Output folder (must not exist).")
+@click.option(
+    "--output",
+    "-o",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Output folder (safetensors), or OUT.zarr for a Zarr v3 group. Must not exist.",
+)
 @click.option(
     "--preset",
     type=click.Choice(sorted(PRESETS)),
@@ -75,9 +82,19 @@ def cli() -> None:
 @click.option("--dtype", type=click.Choice(["bf16", "f16", "f32"]), help="Output dtype of merged tensors. [base's]")
 @click.option("--memory-budget", default="2GiB", show_default=True, help="Working memory for blocks and histograms.")
 @click.option("--threads", type=int, help="Worker threads. [all CPUs]")
+@click.option(
+    "--block-elements",
+    type=click.IntRange(min=1),
+    help="Largest block, in elements (a smaller cap than the budget's; output bytes do not change).",
+)
 @click.option("--shard-size", default="5GB", show_default=True, help="Largest output shard.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists (only after the merge succeeds).")
 @click.option("--fsync", "durable", is_flag=True, help="Wait until the output is on disk before publishing it.")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue an interrupted merge into OUTPUT (same inputs and options); start anew if there is none.",
+)
 @click.option(
     "--thresholds",
     "thresholds_in",
@@ -107,16 +124,22 @@ def merge_command(
     dtype: str | None,
     memory_budget: str,
     threads: int | None,
+    block_elements: int | None,
     shard_size: str,
     overwrite: bool,
     durable: bool,
+    resume: bool,
     thresholds_in: Path | None,
     thresholds_out: Path | None,
     dry_run: bool,
     quiet: bool,
     verbose: int,
 ) -> None:
-    """TIES-merge FINETUNED models onto --base and write a model folder at --output."""
+    """TIES-merge FINETUNED models onto --base and write the result to --output.
+
+    Models are safetensors files, Hugging Face folders (single or sharded) or Zarr v3 groups (a folder,
+    a .zip file or a URL).
+    """
     _setup_logging(verbose, quiet)
     options = parse_preset(preset).with_(
         density=density,
@@ -132,6 +155,7 @@ def merge_command(
         threads=parse_threads(threads),
         shard_size=parse_size(shard_size, "shard size"),
         durable=durable,
+        max_block_elements=block_elements,
     )
     if dry_run:
         plan = plan_merge(base, list(finetuned), options, resources)
@@ -147,10 +171,13 @@ def merge_command(
         overwrite=overwrite,
         progress=None if quiet else tqdm_progress,
         thresholds=given,
+        resume=resume,
     )
     if thresholds_out is not None:
         result.thresholds.save(thresholds_out)
     if not quiet:
+        if result.resumed_blocks:
+            click.echo(f"resumed: {result.resumed_blocks:,} of {result.plan.total_blocks:,} blocks were done", err=True)
         click.echo(
             f"merged {len(result.plan.merged)} tensors ({result.plan.merged_parameters:,} parameters) of "
             f"{result.plan.n_models} models into {result.output} in {_rate(result)}",
@@ -160,6 +187,60 @@ def merge_command(
 
 def _split_numbers(text: str) -> list[str]:
     return [part for part in text.replace(",", " ").split() if part]
+
+
+@cli.command("convert")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("destination", type=click.Path(path_type=Path))
+@click.option("--threads", type=int, help="Worker threads. [all CPUs]")
+@click.option("--shard-size", default="5GB", show_default=True, help="Largest shard of a safetensors output.")
+@click.option(
+    "--chunk-elements",
+    default=MAX_BLOCK_ELEMENTS,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Largest block copied at once, and the Zarr chunk size.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace DESTINATION if it exists (only after the copy succeeds).")
+@click.option("--fsync", "durable", is_flag=True, help="Wait until the output is on disk before publishing it.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary; errors only.")
+@click.option("--verbose", "-v", count=True, help="More logging (-vv for debug).")
+def convert_command(
+    source: Path,
+    destination: Path,
+    threads: int | None,
+    shard_size: str,
+    chunk_elements: int,
+    overwrite: bool,
+    durable: bool,
+    quiet: bool,
+    verbose: int,
+) -> None:
+    """Copy a model between a safetensors file or folder and a Zarr v3 group (DESTINATION.zarr).
+
+    Streams block by block in bounded memory; dtypes (bf16 too) and config/tokenizer files are kept.
+    """
+    from ooc_ties.convert import convert
+
+    _setup_logging(verbose, quiet)
+    resources = Resources(
+        threads=parse_threads(threads), shard_size=parse_size(shard_size, "shard size"), durable=durable
+    )
+    result = convert(
+        source,
+        destination,
+        resources,
+        block_elements=chunk_elements,
+        overwrite=overwrite,
+        progress=None if quiet else tqdm_progress,
+    )
+    if not quiet:
+        gbps = result.nbytes / max(result.seconds, 1e-9) / 1e9
+        click.echo(
+            f"copied {result.tensors} tensors ({result.nbytes:,} bytes) into {result.output} "
+            f"in {result.seconds:.1f} s, {gbps:.2f} GB/s",
+            err=True,
+        )
 
 
 @cli.command("generate")

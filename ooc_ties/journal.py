@@ -35,7 +35,7 @@ from ooc_ties.errors import OptionError
 from ooc_ties.plan import MergePlan
 from ooc_ties.thresholds import Pass1Result, Thresholds
 
-__all__ = ["SYNC_INTERVAL", "Journal", "journal_header"]
+__all__ = ["SYNC_INTERVAL", "Journal", "check_resumable", "journal_header", "read_header"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,11 +46,18 @@ _FORMAT = "ooc-ties-journal/1"
 _HEADER, _PASS1, _QUOTAS, _BLOCKS = "header.json", "pass1.json", "quotas.npy", "blocks.log"
 
 
-def journal_header(plan: MergePlan, fingerprint: str | None, output_format: str) -> dict[str, Any]:
-    """What identifies a merge: a resume is allowed only into a journal with this exact header."""
+def journal_header(
+    plan: MergePlan, models: list[list[str]], fingerprint: str | None, output_format: str
+) -> dict[str, Any]:
+    """What identifies a merge: a resume is allowed only into a journal with this exact header.
+
+    ``models``: the resolved local paths of each input, in model order (the fingerprint alone cannot
+    tell two fine-tunes of equal size written in the same clock tick apart).
+    """
     return {
         "format": _FORMAT,
         "version": __version__,
+        "models": models,
         "inputs": fingerprint,
         "options": plan.options.to_json(),
         "block_elements": plan.block_elements,
@@ -75,6 +82,8 @@ def _mismatch(theirs: dict[str, Any], ours: dict[str, Any]) -> str | None:
         return f"it was started by ooc-ties {theirs.get('version')!r}, this is {ours['version']!r}"
     if ours["inputs"] is None:
         return "an input is in memory or on a remote store, so nothing tells whether it changed"
+    if theirs.get("models") != ours["models"]:
+        return "it was merging other models, or the same in another order"
     if theirs.get("inputs") != ours["inputs"]:
         return "the input files changed since (names, sizes or modification times differ)"
     if theirs.get("options") != ours["options"]:
@@ -86,13 +95,23 @@ def _mismatch(theirs: dict[str, Any], ours: dict[str, Any]) -> str | None:
     if theirs.get("block_elements") != ours["block_elements"]:
         return (
             f"it used blocks of {theirs.get('block_elements')} elements, this merge {ours['block_elements']} "
-            "(give a --memory-budget at least as large as the first run's)"
+            "(give the first run's --block-elements, or a --memory-budget at least as large)"
         )
     if theirs.get("shards") != ours["shards"]:
         return "it laid the output out in other shards (give the same --shard-size)"
     if theirs.get("tensors") != ours["tensors"]:
         return "it was merging other tensors, shapes or output dtypes"
     return None
+
+
+def check_resumable(state: Path, header: dict[str, Any]) -> None:
+    """Refuse to resume the merge whose journal is in ``state`` unless it is this merge (``header``)."""
+    theirs = read_header(state)
+    if theirs is None:
+        return
+    why = _mismatch(theirs, header)
+    if why is not None:
+        raise OptionError(f"cannot resume the merge left at {state.parent}: {why}")
 
 
 class Journal:
@@ -121,12 +140,9 @@ class Journal:
     @classmethod
     def resume(cls, state: Path, header: dict[str, Any], *, durable: bool, sync: Callable[[], None]) -> Journal:
         """The journal of an interrupted merge; refused unless it belongs to this merge."""
-        theirs = read_header(state)
-        if theirs is None:  # died before the header was written: nothing was done yet
+        if read_header(state) is None:  # died before the header was written: nothing was done yet
             return cls.start(state, header, durable=durable, sync=sync)
-        why = _mismatch(theirs, header)
-        if why is not None:
-            raise OptionError(f"cannot resume the merge left at {state.parent}: {why}")
+        check_resumable(state, header)
         journal = cls(state, header, durable=durable, sync=sync)
         journal._open_log()
         return journal

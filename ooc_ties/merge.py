@@ -11,14 +11,13 @@ import contextlib
 import dataclasses
 import json
 import logging
-import os
 import shutil
 import time
 import types
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import zarr
@@ -27,19 +26,18 @@ from ooc_ties import __version__
 from ooc_ties.config import PRESETS, MergeOptions, Resources, ZeroSign
 from ooc_ties.dtypes import DType
 from ooc_ties.errors import (
-    DiskSpaceError,
     IncompatibleCheckpointsError,
     NonFiniteValueError,
     OptionError,
-    OutputPathError,
 )
 from ooc_ties.inputs import MergeInputs
-from ooc_ties.io.staging import STATE_DIR, StagedDirectory, check_destination
-from ooc_ties.io.writer import RECIPE_NAME, SafetensorsOutput, TensorSpec
+from ooc_ties.io.staging import STATE_DIR, StagedDirectory, check_destination, staging_path
+from ooc_ties.io.writer import RECIPE_NAME, TensorSpec
 from ooc_ties.io.zarr_format import RECIPE_ATTRIBUTE
-from ooc_ties.io.zarr_output import ChunkedSpec, ZarrOutput
-from ooc_ties.journal import Journal, journal_header, read_header
+from ooc_ties.io.zarr_output import ChunkedSpec
+from ooc_ties.journal import Journal, check_resumable, journal_header, read_header
 from ooc_ties.kernels.ties import merge as merge_kernel
+from ooc_ties.outputs import Output, OutputLike, check_disk, check_output_path, open_output, output_format
 from ooc_ties.plan import MergePlan, TensorKind, TensorPlan, make_plan
 from ooc_ties.progress import Progress, ProgressFactory, progress_bar
 from ooc_ties.schedule import run_blocks
@@ -49,22 +47,6 @@ from ooc_ties.thresholds import GLOBAL, BlockRef, Pass1Result, Thresholds, compu
 __all__ = ["RECIPE_NAME", "MergeResult", "OutputLike", "merge", "plan_merge"]
 
 logger = logging.getLogger(__name__)
-
-_DISK_MARGIN = 64 * 1024 * 1024
-
-OutputLike = str | os.PathLike[str] | zarr.Group
-"""Where :func:`merge` writes: a folder path (safetensors), a ``*.zarr`` path, or a ``zarr.Group``."""
-
-
-class _Output(Protocol):
-    """What pass 2 writes into (a safetensors folder or a Zarr group)."""
-
-    @property
-    def location(self) -> str: ...
-    def write(self, name: str, start: int, values: np.ndarray) -> None: ...
-    def sync(self) -> None: ...
-    def finish(self, files: dict[str, bytes], recipe: dict[str, Any] | None = None) -> None: ...
-    def close(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,16 +67,6 @@ class MergeResult:
     """Bytes of tensor data written."""
     resumed_blocks: int = 0
     """Blocks an interrupted run had already merged (``resume``)."""
-
-
-def _check_output_path(output: Path, inputs: Sequence[Path]) -> None:
-    out = output.resolve()
-    for source in inputs:
-        src = source.resolve()
-        if out == src or src in out.parents:
-            raise OutputPathError(f"{output}: the output must not be an input or lie inside one ({source})")
-        if out in src.parents:
-            raise OutputPathError(f"{output}: the output must not contain an input ({source})")
 
 
 def _open_all(stack: contextlib.ExitStack, base: SourceLike, fts: Sequence[SourceLike]) -> MergeInputs:
@@ -164,21 +136,29 @@ def merge(
             out_format = "zarr"
         else:
             path = Path(output)
-            out_format = "zarr" if path.suffix == ".zarr" else "safetensors"
-            _check_output_path(path, [p for source in inputs.all for p in source.local_paths()])
-            header = journal_header(plan, inputs.fingerprint(), out_format)
-            if resume and _finish_published(path, header):
-                return _published_result(path, plan, started)
+            out_format = output_format(path)
+            check_output_path(path, [p for source in inputs.all for p in source.local_paths()])
+            models = [[str(p.resolve()) for p in source.local_paths()] for source in inputs.all]
+            header = journal_header(plan, models, inputs.fingerprint(), out_format)
+            recipe = _already_published(path, options, inputs.fingerprint()) if resume else None
+            if recipe is not None:
+                return _published_result(path, plan, recipe, started)
             check_destination(path.absolute(), overwrite=overwrite)
-            _check_disk(path, plan)
+            check_disk(path, plan.output_bytes)
             target = StagedDirectory(path, overwrite=overwrite, durable=resources.durable, resume=resume)
-            stack.push(_leave_on_exit(target))
             if target.resumed:
-                plan = _replan_for(target, plan, inputs, resources)
-                header = journal_header(plan, inputs.fingerprint(), out_format)
+                try:  # a refused resume leaves the partial merge as it was
+                    plan = _replan_for(target, plan, inputs, resources)
+                    header = journal_header(plan, models, inputs.fingerprint(), out_format)
+                    check_resumable(target.state, header)
+                except BaseException:
+                    target.keep()
+                    raise
+            stack.push(_leave_on_exit(target))
         logger.info("plan:\n%s", plan.describe())
         _check_copies(plan, inputs)
-        sink = _open_output(target, plan, out_format)
+        specs = [ChunkedSpec(TensorSpec(t.name, t.out_dtype, t.shape), t.grid.chunks) for t in plan.tensors]
+        sink = open_output(target, specs, plan.shards, _recipe_metadata(plan), out_format)
         stack.callback(sink.close)
         journal = None
         if isinstance(target, StagedDirectory):
@@ -220,26 +200,36 @@ def _leave_on_exit(target: StagedDirectory) -> Any:
     return leave
 
 
-def _finish_published(path: Path, header: dict[str, Any]) -> bool:
-    """Whether ``path`` is the published output of this very merge, killed before it could delete its
-    journal; if so, delete it now."""
-    state = path / STATE_DIR
-    theirs = read_header(state) if state.is_dir() else None
-    if theirs is None or theirs != header:
-        return False
-    shutil.rmtree(state)
+def _already_published(path: Path, options: MergeOptions, fingerprint: str | None) -> dict[str, Any] | None:
+    """The recipe at ``path`` if it is the finished output of this very merge (same options, same
+    inputs), as a resume finds it when the interrupted run was killed after publishing; its leftover
+    journal, if any, is deleted. ``None`` otherwise."""
+    if fingerprint is None or not path.is_dir() or staging_path(path.absolute()).exists():
+        return None
+    try:
+        if (path / RECIPE_NAME).is_file():
+            recipe = json.loads((path / RECIPE_NAME).read_text(encoding="utf-8"))
+        elif (path / "zarr.json").is_file():
+            recipe = json.loads((path / "zarr.json").read_text(encoding="utf-8"))["attributes"][RECIPE_ATTRIBUTE]
+        else:
+            return None
+        same = (
+            recipe["version"] == __version__
+            and recipe["options"] == options.to_json()
+            and recipe["thresholds"]["inputs"] == fingerprint
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not same:
+        return None
+    shutil.rmtree(path / STATE_DIR, ignore_errors=True)
     logger.info("%s: the interrupted merge had already finished", path)
-    return True
+    return dict(recipe)
 
 
-def _published_result(path: Path, plan: MergePlan, started: float) -> MergeResult:
-    if (path / RECIPE_NAME).is_file():
-        recipe = json.loads((path / RECIPE_NAME).read_text(encoding="utf-8"))
-    else:
-        group = zarr.open_group(path, mode="r")
-        recipe = group.attrs.get(RECIPE_ATTRIBUTE, {})
+def _published_result(path: Path, plan: MergePlan, recipe: dict[str, Any], started: float) -> MergeResult:
     thresholds = Thresholds.from_json(recipe["thresholds"], str(path))
-    return MergeResult(path, plan, thresholds, time.perf_counter() - started, 0, 0, plan.total_blocks)
+    return MergeResult(path.absolute(), plan, thresholds, time.perf_counter() - started, 0, 0, plan.total_blocks)
 
 
 def _replan_for(target: StagedDirectory, plan: MergePlan, inputs: MergeInputs, resources: Resources) -> MergePlan:
@@ -252,18 +242,6 @@ def _replan_for(target: StagedDirectory, plan: MergePlan, inputs: MergeInputs, r
         smaller = dataclasses.replace(resources, max_block_elements=block)
         return make_plan(inputs.base, inputs.fts, plan.options, smaller)
     return plan
-
-
-def _check_disk(output: Path, plan: MergePlan) -> None:
-    probe = output.absolute().parent
-    while not probe.exists():
-        probe = probe.parent
-    free = shutil.disk_usage(probe).free
-    need = plan.output_bytes + _DISK_MARGIN
-    if free < need:
-        raise DiskSpaceError(
-            f"{probe}: not enough free disk space for the output ({need:,} bytes needed, {free:,} free)"
-        )
 
 
 def _check_copies(plan: MergePlan, inputs: MergeInputs) -> None:
@@ -287,16 +265,6 @@ def _recipe_metadata(plan: MergePlan) -> dict[str, str]:
     return {"format": "pt", "ooc_ties": json.dumps({"version": __version__, **plan.options.to_json()})}
 
 
-def _open_output(target: StagedDirectory | zarr.Group, plan: MergePlan, out_format: str) -> _Output:
-    specs = [TensorSpec(t.name, t.out_dtype, t.shape) for t in plan.tensors]
-    if out_format == "zarr":
-        chunked = [ChunkedSpec(spec, t.grid.chunks) for spec, t in zip(specs, plan.tensors, strict=True)]
-        return ZarrOutput(target, chunked)
-    if not isinstance(target, StagedDirectory):  # pragma: no cover - a zarr.Group always means zarr
-        raise OptionError("a safetensors output needs a folder path")
-    return SafetensorsOutput(target, specs, plan.shards, _recipe_metadata(plan))
-
-
 def _out_storage(dtype: DType) -> np.dtype:
     """The kernel encoding of an output dtype (uint16 = bf16, int16 = f16, float32)."""
     encodings: dict[str, np.dtype] = {
@@ -314,7 +282,7 @@ class _Pass2:
         inputs: MergeInputs,
         thresholds: Thresholds,
         quotas: np.ndarray,
-        sink: _Output,
+        sink: Output,
         journal: Journal | None,
     ) -> None:
         self.inputs = inputs
@@ -388,7 +356,7 @@ def _pass2(
     plan: MergePlan,
     inputs: MergeInputs,
     pass1: Pass1Result,
-    sink: _Output,
+    sink: Output,
     progress: ProgressFactory | None,
     journal: Journal | None,
 ) -> tuple[Thresholds, int]:

@@ -94,9 +94,11 @@ def test_a_2_pow_28_tensor_merges_in_256_mib(big_models: list[Path], tmp_path: P
 
 @pytest.mark.slow
 @pytest.mark.parametrize("phase", ["pass 1/2", "pass 2/2"])
-def test_interrupt_leaves_nothing_behind(big_models: list[Path], tmp_path: Path, phase: str) -> None:
-    """Ctrl-C in pass 1 or pass 2: exit 130 at once, one line, no output and no staging folder."""
-    process = subprocess.Popen(_merge_command(big_models, tmp_path / "out"), stderr=subprocess.PIPE)
+def test_interrupt_keeps_a_resumable_partial_merge(big_models: list[Path], tmp_path: Path, phase: str) -> None:
+    """Ctrl-C in pass 1 or pass 2: exit 130 at once, one line, nothing at the destination; the hidden
+    partial merge stays, and ``--resume`` finishes it."""
+    out = tmp_path / "out"
+    process = subprocess.Popen(_merge_command(big_models, out), stderr=subprocess.PIPE)
     assert process.stderr is not None
     seen = b""
     while phase.encode() not in seen:  # the progress bars name the pass as soon as it starts
@@ -108,4 +110,7 @@ def test_interrupt_leaves_nothing_behind(big_models: list[Path], tmp_path: Path,
     lines = (seen + rest).decode().replace("\r", "\n").strip().splitlines()
     assert process.returncode == 130
     assert lines[-1] == "ooc-ties: interrupted"
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == [".out.ooc-ties-partial"]
+    done = subprocess.run(_merge_command(big_models, out, "--resume", "-q"), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]

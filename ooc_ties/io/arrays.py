@@ -173,7 +173,9 @@ class ArraySource:
         stop = info.numel if stop is None else stop
         storage = info.dtype.storage
         if stop <= start:
-            return np.empty(0, storage)
+            empty = np.empty(0, storage)
+            empty.flags.writeable = False
+            return empty
         found = flat_selection(info.shape, start, stop)
         if found is not None:
             values = np.asarray(array[found[0]])
@@ -184,7 +186,9 @@ class ArraySource:
         flat = values.reshape(-1)
         if flat.dtype.name == "bfloat16" or flat.dtype.itemsize != storage.itemsize or flat.dtype.kind != storage.kind:
             flat = flat.view(storage)
-        return np.ascontiguousarray(flat, dtype=storage)
+        out = np.ascontiguousarray(flat, dtype=storage)
+        out.flags.writeable = False  # like a memory-map view: the kernels take one array type for all inputs
+        return out
 
     def release(self, name: str, start: int, stop: int) -> None:
         """Nothing to release: reads are copies."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
@@ -52,6 +53,8 @@ class ZarrOutput:
     ) -> None:
         self.staging = target if isinstance(target, StagedDirectory) else None
         if isinstance(target, StagedDirectory):
+            if target.resumed:
+                _remove_torn_writes(target.path)
             self.group = zarr.open_group(zarr.storage.LocalStore(target.path), mode="a", zarr_format=3)
             resumed = target.resumed
         else:
@@ -106,7 +109,9 @@ class ZarrOutput:
         if selection:
             last = cast(slice, selection[-1])
             block_shape = (last.stop - last.start, *shape[len(selection) :])
-        self._arrays[name][selection] = values.reshape(block_shape)
+        # A copy: the caller reuses ``values``, and a store may keep the very buffer it is given
+        # (zarr's MemoryStore does, since the bytes codec does not copy).
+        self._arrays[name][selection] = values.reshape(block_shape).copy()
 
     def sync(self) -> None:
         """Wait until every block written so far is on disk (a local store only)."""
@@ -124,3 +129,16 @@ class ZarrOutput:
 
     def close(self) -> None:
         """Nothing held open: every write has completed when it returns."""
+
+
+def _remove_torn_writes(root: Path) -> None:
+    """Delete the temporary files of writes a killed process left behind.
+
+    zarr's ``LocalStore`` writes each key to ``<key>.<random>.partial`` and renames it into place, so
+    every chunk file is whole or absent; the temporary files of a killed process would otherwise stay
+    in the published group.
+    """
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            if name.endswith(".partial"):
+                (Path(dirpath) / name).unlink()

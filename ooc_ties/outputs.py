@@ -1,0 +1,97 @@
+"""Where results are written: a safetensors model folder or a Zarr v3 group, behind one interface.
+
+:func:`open_output` builds either inside a :class:`~ooc_ties.io.staging.StagedDirectory` (a local
+destination, published by one rename) or, for Zarr, into a ``zarr.Group`` the caller owns. The merge
+and ``convert`` write blocks through :class:`Output` without knowing which.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import zarr
+
+from ooc_ties.errors import DiskSpaceError, OptionError, OutputPathError
+from ooc_ties.io.staging import StagedDirectory
+from ooc_ties.io.writer import SafetensorsOutput, ShardLayout
+from ooc_ties.io.zarr_output import ChunkedSpec, ZarrOutput
+
+__all__ = ["DISK_MARGIN", "Output", "OutputLike", "check_disk", "check_output_path", "open_output", "output_format"]
+
+OutputLike = str | os.PathLike[str] | zarr.Group
+"""A folder path (safetensors), a ``*.zarr`` path (Zarr v3 group), or a ``zarr.Group`` written in place."""
+
+DISK_MARGIN = 64 * 1024 * 1024
+"""Free space wanted beyond the tensor data (headers, config files, file system slack)."""
+
+
+class Output(Protocol):
+    """What blocks are written into."""
+
+    @property
+    def location(self) -> str: ...
+
+    def write(self, name: str, start: int, values: np.ndarray) -> None:
+        """Write ``values`` (storage dtype) as flat elements ``start...`` of tensor ``name``."""
+        ...
+
+    def sync(self) -> None:
+        """Wait until everything written so far is on disk."""
+        ...
+
+    def finish(self, files: dict[str, bytes], recipe: dict[str, Any] | None = None) -> None:
+        """Add the side files and the recipe; after this only publishing is left."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def output_format(output: OutputLike) -> str:
+    """``"zarr"`` for a ``zarr.Group`` or a path ending in ``.zarr``, else ``"safetensors"``."""
+    if isinstance(output, zarr.Group) or Path(output).suffix == ".zarr":
+        return "zarr"
+    return "safetensors"
+
+
+def open_output(
+    target: StagedDirectory | zarr.Group,
+    tensors: Sequence[ChunkedSpec],
+    shards: Sequence[ShardLayout],
+    metadata: dict[str, str],
+    out_format: str,
+) -> Output:
+    """The writer of ``tensors`` in ``out_format`` (``shards`` and ``metadata`` apply to safetensors)."""
+    if out_format == "zarr":
+        return ZarrOutput(target, tensors)
+    if not isinstance(target, StagedDirectory):
+        raise OptionError("a safetensors output needs a folder path, not a zarr.Group")
+    return SafetensorsOutput(target, [t.spec for t in tensors], shards, metadata)
+
+
+def check_output_path(output: Path, inputs: Sequence[Path]) -> None:
+    """Refuse an output that is an input, lies inside one, or contains one."""
+    out = output.resolve()
+    for source in inputs:
+        src = source.resolve()
+        if out == src or src in out.parents:
+            raise OutputPathError(f"{output}: the output must not be an input or lie inside one ({source})")
+        if out in src.parents:
+            raise OutputPathError(f"{output}: the output must not contain an input ({source})")
+
+
+def check_disk(output: Path, nbytes: int) -> None:
+    """Refuse to start when the output's file system cannot hold ``nbytes`` more."""
+    probe = output.absolute().parent
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    need = nbytes + DISK_MARGIN
+    if free < need:
+        raise DiskSpaceError(
+            f"{probe}: not enough free disk space for the output ({need:,} bytes needed, {free:,} free)"
+        )
