@@ -16,6 +16,7 @@ from ooc_ties.config import (
     TrimRule,
     ZeroSign,
 )
+from ooc_ties.convert import ConvertResult, convert
 from ooc_ties.errors import (
     CheckpointFormatError,
     CheckpointNotFoundError,
@@ -27,14 +28,17 @@ from ooc_ties.errors import (
     OutputPathError,
     UnsupportedDtypeError,
 )
+from ooc_ties.io.zarr_view import open_zarr
 from ooc_ties.merge import MergeResult, merge, plan_merge
 from ooc_ties.plan import MergePlan
+from ooc_ties.sources import TensorSource, open_source
 from ooc_ties.thresholds import GroupThreshold, ThresholdBasis, Thresholds
 
 __all__ = [
     "PRESETS",
     "CheckpointFormatError",
     "CheckpointNotFoundError",
+    "ConvertResult",
     "DiskSpaceError",
     "GroupThreshold",
     "IncompatibleCheckpointsError",
@@ -47,12 +51,16 @@ __all__ = [
     "OutputPathError",
     "Resources",
     "Scope",
+    "TensorSource",
     "ThresholdBasis",
     "Thresholds",
     "TrimRule",
     "UnsupportedDtypeError",
     "ZeroSign",
     "__version__",
+    "convert",
     "merge",
+    "open_source",
+    "open_zarr",
     "plan_merge",
 ]
