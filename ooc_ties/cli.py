@@ -55,9 +55,9 @@ def cli() -> None:
 
 
 @cli.command("merge")
-@click.argument("finetuned", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("finetuned", nargs=-1, required=True)
 @click.option(
-    "--base", "-b", required=True, type=click.Path(path_type=Path), help="Base model: .safetensors file or HF folder."
+    "--base", "-b", required=True, help="Base model: .safetensors file, HF folder or Zarr group (path or URL)."
 )
 @click.option(
     "--output",
@@ -111,8 +111,8 @@ def cli() -> None:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or summary; errors only.")
 @click.option("--verbose", "-v", count=True, help="More logging (-vv for debug).")
 def merge_command(
-    finetuned: Sequence[Path],
-    base: Path,
+    finetuned: Sequence[str],
+    base: str,
     output: Path,
     preset: str,
     density: float | None,
@@ -190,7 +190,7 @@ def _split_numbers(text: str) -> list[str]:
 
 
 @cli.command("convert")
-@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("source")
 @click.argument("destination", type=click.Path(path_type=Path))
 @click.option("--threads", type=int, help="Worker threads. [all CPUs]")
 @click.option("--shard-size", default="5GB", show_default=True, help="Largest shard of a safetensors output.")
@@ -206,7 +206,7 @@ def _split_numbers(text: str) -> list[str]:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary; errors only.")
 @click.option("--verbose", "-v", count=True, help="More logging (-vv for debug).")
 def convert_command(
-    source: Path,
+    source: str,
     destination: Path,
     threads: int | None,
     shard_size: str,

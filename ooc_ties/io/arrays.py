@@ -71,11 +71,13 @@ def open_zarr_group(path: str | os.PathLike[str]) -> tuple[zarr.Group, Callable[
         p = Path(text)
         if not p.exists():
             raise CheckpointNotFoundError(f"{p}: no such file or folder")
-        store = zarr.storage.ZipStore(p, mode="r") if p.suffix == ".zip" and p.is_file() else p
+        store = p
     try:
+        if isinstance(store, Path) and p.suffix == ".zip":
+            store = zarr.storage.ZipStore(p, mode="r")
         group = zarr.open_group(store, mode="r")
-    except (FileNotFoundError, KeyError, ValueError, TypeError) as exc:
-        raise CheckpointFormatError(f"{text}: not a Zarr v3 group ({type(exc).__name__}: {exc})") from None
+    except Exception as exc:  # zarr, zipfile and fsspec each raise their own kinds: one message for all
+        raise CheckpointFormatError(f"{text}: cannot open as a Zarr v3 group ({type(exc).__name__}: {exc})") from None
     closer = store.close if isinstance(store, zarr.storage.ZipStore) else (lambda: None)
     return group, closer
 
