@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import shutil
+import threading
 import time
 import types
 from collections.abc import Sequence
@@ -36,6 +37,7 @@ from ooc_ties.io.writer import RECIPE_NAME, TensorSpec
 from ooc_ties.io.zarr_format import RECIPE_ATTRIBUTE
 from ooc_ties.io.zarr_output import ChunkedSpec
 from ooc_ties.journal import Journal, check_resumable, journal_header, read_header
+from ooc_ties.kernels.convert import decode_oracle
 from ooc_ties.kernels.ties import merge as merge_kernel
 from ooc_ties.outputs import Output, OutputLike, check_disk, check_output_path, open_output, output_format
 from ooc_ties.plan import MergePlan, TensorKind, TensorPlan, make_plan
@@ -47,6 +49,11 @@ from ooc_ties.thresholds import GLOBAL, BlockRef, Pass1Result, Thresholds, compu
 __all__ = ["RECIPE_NAME", "MergeResult", "OutputLike", "merge", "plan_merge"]
 
 logger = logging.getLogger(__name__)
+
+OPEN_CAPACITY = 4096
+"""Open elements recorded per block (with their result under the other sign), at most."""
+PATCH_SHARE = 16
+"""Recorded open elements may use up to 1/16 of the memory budget over the whole merge."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,6 +289,7 @@ class _Pass2:
         inputs: MergeInputs,
         thresholds: Thresholds,
         quotas: np.ndarray,
+        guessed: frozenset[str],
         sink: Output,
         journal: Journal | None,
     ) -> None:
@@ -302,11 +310,26 @@ class _Pass2:
             for key in thresholds.groups
         }
         self.key = thresholds.key
-        self.votes = np.zeros((len(quotas), 3), np.int64)  # per block: #S>0, #S<0, open elements
+        # per block: #S>0, #S<0, open elements, open elements not recorded in ``patches``
+        self.votes = np.zeros((len(quotas), 4), np.int64)
+        self.guessed = guessed
+        self.patches: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.patch_room = plan.resources.memory_budget // PATCH_SHARE
+        self._patch_lock = threading.Lock()
         self.redoing = False
 
-    def new_state(self) -> dict[np.dtype, np.ndarray]:
-        return {}
+    def new_state(self) -> dict[Any, np.ndarray]:
+        return {"at": np.empty(OPEN_CAPACITY, np.int64)}
+
+    def _keep_patch(self, ordinal: int, at: np.ndarray, alt: np.ndarray) -> bool:
+        """Keep a block's recorded open elements, while the room for them lasts."""
+        nbytes = at.nbytes + alt.nbytes
+        with self._patch_lock:
+            if nbytes > self.patch_room:
+                return False
+            self.patch_room -= nbytes
+        self.patches[ordinal] = (at.copy(), alt.copy())
+        return True
 
     def run(self, blocks: Sequence[BlockRef], bar: Progress | None) -> None:
         """Merge and write ``blocks`` on the plan's threads."""
@@ -314,16 +337,20 @@ class _Pass2:
             blocks, self.merge_block, self.new_state, threads=self.threads, cost=lambda b: b.in_nbytes, progress=bar
         )
 
-    def merge_block(self, ref: BlockRef, buffers: dict[np.dtype, np.ndarray]) -> None:
+    def merge_block(self, ref: BlockRef, buffers: dict[Any, np.ndarray]) -> None:
         name = ref.tensor.name
         storage = _out_storage(ref.tensor.out_dtype)
         if storage not in buffers:
             buffers[storage] = np.empty(self.block_elements, storage)
+            buffers[("alt", storage)] = np.empty(OPEN_CAPACITY, storage)
         out = buffers[storage][: ref.stop - ref.start]
         base, fts = self.inputs.block(name, ref.start, ref.stop)
         key = self.key(name)
         votes = self.votes[ref.ordinal]
         votes[:] = 0
+        # Open elements are recorded only where the majority sign is a guess that may need correcting.
+        capacity = OPEN_CAPACITY if key in self.guessed and not self.redoing else 0
+        at, alt = buffers["at"][:capacity], buffers[("alt", storage)][:capacity]
         bad = merge_kernel(
             base,
             fts,
@@ -334,10 +361,15 @@ class _Pass2:
             self.zero_positive[key],
             out,
             votes,
+            at,
+            alt,
         )
         if bad >= 0:
             message = self.inputs.describe_nonfinite(name, ref.start + bad, None, ref.tensor.out_dtype)
             raise NonFiniteValueError(message)
+        recorded = int(votes[2] - votes[3])
+        if recorded and not self._keep_patch(ref.ordinal, at[:recorded], alt[:recorded]):
+            votes[3] = votes[2]
         self.sink.write(name, ref.start, out)
         self.inputs.release(name, ref.start, ref.stop)
         if self.journal is not None:
@@ -345,6 +377,19 @@ class _Pass2:
                 self.journal.redone(ref.ordinal)
             else:
                 self.journal.merged(ref.ordinal, votes)
+
+    def patch_block(self, ref: BlockRef) -> None:
+        """Give a block's recorded open elements their result under the other (exact) sign."""
+        at, alt = self.patches.pop(ref.ordinal)
+        values = decode_oracle(alt)
+        if not np.all(np.isfinite(values)):
+            index = ref.start + int(at[np.argmin(np.isfinite(values))])
+            raise NonFiniteValueError(
+                self.inputs.describe_nonfinite(ref.tensor.name, index, None, ref.tensor.out_dtype)
+            )
+        self.sink.patch(ref.tensor.name, ref.start, ref.stop, at, alt)
+        if self.journal is not None:
+            self.journal.redone(ref.ordinal)
 
     def copy_block(self, tensor: TensorPlan, start: int, stop: int) -> None:
         values = self.inputs.base.read(tensor.name, start, stop)
@@ -362,7 +407,7 @@ def _pass2(
 ) -> tuple[Thresholds, int]:
     """Merge and write every block not yet done; return the thresholds with every majority sign exact,
     and how many blocks an interrupted run had done."""
-    runner = _Pass2(plan, inputs, pass1.thresholds, pass1.quotas, sink, journal)
+    runner = _Pass2(plan, inputs, pass1.thresholds, pass1.quotas, pass1.guessed, sink, journal)
     blocks = plan_blocks(plan.merged)
     done: dict[int, tuple[int, int, int]] = {}
     redone: set[int] = set()
@@ -370,7 +415,7 @@ def _pass2(
         done, redone, _ = journal.finished()
         for ordinal, votes in done.items():
             if 0 <= ordinal < len(blocks):
-                runner.votes[ordinal] = votes
+                runner.votes[ordinal] = (*votes, votes[2])  # their open elements were not kept
         if done:
             logger.info("resume: %d of %d blocks were done", len(done), len(blocks))
     todo = [b for b in blocks if b.ordinal not in done]
@@ -394,28 +439,40 @@ def _settle_majority(
 ) -> Thresholds:
     """Replace guessed majority signs by the exact ones counted in pass 2, redoing blocks if needed.
 
-    Only *open* elements (an exact zero vote between non-zero values) depend on the majority sign, so
-    when a guess was wrong only the blocks holding open elements are merged again, with the exact sign
-    (``redone``: those an interrupted run had already merged again).
+    Only *open* elements (an exact zero vote between non-zero values) depend on the majority sign.
+    When a guess was wrong, the open elements pass 2 recorded get their other result written in place;
+    blocks with open elements it could not record (beyond :data:`OPEN_CAPACITY` per block or the room
+    for patches, decided by a tie quota, or merged by an interrupted run) are merged again with the
+    exact sign. ``redone``: blocks an interrupted run had already corrected.
     """
     thresholds = pass1.thresholds
     if not pass1.guessed:
         return thresholds
     exact = dict(thresholds.majority)
     redo: list[BlockRef] = []
+    patch: list[BlockRef] = []
     by_key: dict[str, list[BlockRef]] = {}
     for ref in blocks:
         by_key.setdefault(thresholds.key(ref.tensor.name), []).append(ref)
     for key in sorted(pass1.guessed):
         members = by_key.get(key, [])
-        votes = runner.votes[[b.ordinal for b in members]].sum(axis=0) if members else np.zeros(3, np.int64)
+        votes = runner.votes[[b.ordinal for b in members]].sum(axis=0) if members else np.zeros(4, np.int64)
         exact[key] = int(np.sign(votes[0] - votes[1]))
         if (exact[key] > 0) != runner.zero_positive[key]:
             logger.info(
                 "majority sign of %s: guessed %+d, exact %+d", key or "the model", thresholds.majority[key], exact[key]
             )
             runner.zero_positive[key] = exact[key] > 0
-            redo += [b for b in members if runner.votes[b.ordinal, 2] > 0 and b.ordinal not in redone]
+            for b in members:
+                if runner.votes[b.ordinal, 2] == 0 or b.ordinal in redone:
+                    continue
+                if runner.votes[b.ordinal, 3] == 0:
+                    patch.append(b)
+                else:
+                    redo.append(b)
+    logger.info("majority sign: %d blocks corrected in place, %d merged again", len(patch), len(redo))
+    for b in patch:
+        runner.patch_block(b)
     runner.redoing = True
     with progress_bar(progress, "pass 2/2: redo (majority sign)", sum(b.in_nbytes for b in redo)) as bar:
         runner.run(redo, bar)

@@ -40,6 +40,10 @@ class Output(Protocol):
         """Write ``values`` (storage dtype) as flat elements ``start...`` of tensor ``name``."""
         ...
 
+    def patch(self, name: str, start: int, stop: int, at: np.ndarray, values: np.ndarray) -> None:
+        """Overwrite elements ``start + at`` of the block ``[start, stop)`` of ``name`` with ``values``."""
+        ...
+
     def sync(self) -> None:
         """Wait until everything written so far is on disk."""
         ...

@@ -62,8 +62,8 @@ logger = logging.getLogger(__name__)
 VOTE_SAMPLE_STRIDE = 8
 """Pass 1 guesses the majority sign from every 8th block of a group (the first block at least)."""
 DECISIVE_MARGIN = 10.0
-"""A sample decides the majority sign only if ``|pos - neg| >= 10 * sqrt(pos + neg)``: far beyond a
-coin's chance, so a wrong guess (which costs merging the affected blocks again) stays rare."""
+"""A sample is *decisive* if ``|pos - neg| >= 10 * sqrt(pos + neg)`` (far beyond a coin's chance);
+a close one is still used as the guess, and logged."""
 
 _FORMAT = "ooc-ties-thresholds/1"
 
@@ -366,18 +366,19 @@ class _Pass1:
     ) -> tuple[int, bool]:
         """The group's majority sign, and whether it is only a guess from a sample of its blocks.
 
-        The sample's verdict is taken only when it is decisive: ``|pos - neg|`` at least
-        :data:`DECISIVE_MARGIN` standard deviations of a fair coin. Otherwise every block votes.
+        Pass 2 counts every block's votes anyway and settles the exact sign; a wrong guess only costs
+        correcting the few *open* elements, which pass 2 records with their other result (see
+        ``merge.py``). So the sample's sign is taken even when the sample is close to even; only a
+        sample that is the whole group gives the exact sign here.
         """
         thr = np.array([g.value for g in result], np.float32)
         sample = vote_sample(blocks)
         pos, neg = self.vote(f"{label}majority sign (sample)", sample, thr, quotas)
         if len(sample) == len(blocks):
             return int(np.sign(pos - neg)), False
-        if abs(pos - neg) >= DECISIVE_MARGIN * math.sqrt(max(pos + neg, 1)):
-            return int(np.sign(pos - neg)), True
-        pos, neg = self.vote(f"{label}majority sign", blocks, thr, quotas)
-        return int(np.sign(pos - neg)), False
+        if abs(pos - neg) < DECISIVE_MARGIN * math.sqrt(max(pos + neg, 1)):
+            logger.debug("majority sign of %s: the sample is close (%d vs %d)", label or "the model", pos, neg)
+        return int(np.sign(pos - neg)), True
 
     def group(
         self, key: str, blocks: Sequence[BlockRef], quotas: np.ndarray, label: str, given: Thresholds | None

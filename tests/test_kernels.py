@@ -180,6 +180,7 @@ merge_params = st.fixed_dictionaries(
         "lam": st.sampled_from([1.0, 0.5, 1.7, -0.3]),
         "zero_positive": st.booleans(),
         "out": st.sampled_from(["bf16", "f16", "f32"]),
+        "capacity": st.sampled_from([0, 1, 3, 4096]),
     }
 )
 
@@ -209,12 +210,26 @@ def test_merge_matches_oracle(case: tuple[int, tuple[np.ndarray, tuple[np.ndarra
     thr, quota, weights, lam, zero_positive = _merge_args(seed, fts, base, params)
     storage = np.dtype({"bf16": np.uint16, "f16": np.int16, "f32": np.float32}[params["out"]])
     out = np.empty(base.size, storage)
-    votes = np.zeros(3, np.int64)
-    bad = ties.merge(base, fts, thr, quota, weights, lam, zero_positive, out, votes)
+    votes = np.zeros(4, np.int64)
+    capacity = params["capacity"]
+    open_at = np.full(capacity, -1, np.int64)
+    open_alt = np.empty(capacity, storage)
+    bad = ties.merge(base, fts, thr, quota, weights, lam, zero_positive, out, votes, open_at, open_alt)
     expected, expected_votes = ties.merge_oracle(base, fts, thr, quota, weights, lam, zero_positive, storage)
     np.testing.assert_array_equal(out.view(np.uint8), expected.view(np.uint8))
-    np.testing.assert_array_equal(votes, expected_votes)
+    np.testing.assert_array_equal(votes[:3], expected_votes)
     assert bad == -1  # inputs are small: nothing overflows
+    # The recorded open elements hold the result under the other sign; the rest are counted as lost.
+    recorded = int(votes[2] - votes[3])
+    assert 0 <= recorded <= capacity and (votes[3] == 0 or recorded == capacity or (quota >= 0).any())
+    flipped, _ = ties.merge_oracle(base, fts, thr, quota, weights, lam, not zero_positive, storage)
+    at = open_at[:recorded]
+    assert np.all(np.diff(at) > 0)
+    np.testing.assert_array_equal(open_alt[:recorded].view(np.uint8), flipped[at].view(np.uint8))
+    patched = out.copy()
+    patched[at] = open_alt[:recorded]
+    if votes[3] == 0:  # every open element recorded: patching gives exactly the merge under the other sign
+        np.testing.assert_array_equal(patched.view(np.uint8), flipped.view(np.uint8))
 
 
 @settings(max_examples=60, deadline=None)
@@ -234,24 +249,41 @@ def test_exact_zero_sums_follow_the_zero_sign_rule() -> None:
     args = (np.zeros(2, np.float32), np.full(2, -1, np.int64), np.ones(2, np.float32), np.float32(1))
     positive = np.empty(4, np.float32)
     negative = np.empty(4, np.float32)
-    votes = np.zeros(3, np.int64)
-    ties.merge(base, fts, *args, True, positive, votes)
-    ties.merge(base, fts, *args, False, negative, votes)
+    votes = np.zeros(4, np.int64)
+    at, alt = np.zeros(2, np.int64), np.empty(2, np.float32)
+    ties.merge(base, fts, *args, True, positive, votes, at, alt)
+    assert at.tolist() == [0, 1] and alt.tolist() == [-1, -2]  # capacity 2: the third is lost
+    ties.merge(base, fts, *args, False, negative, votes, at, alt)
     assert positive.tolist() == [1, 2, 0, 3]
     assert negative.tolist() == [-1, -2, 0, -3]
-    assert votes.tolist() == [0, 0, 6]  # three open elements (index 2 has no non-zero value), twice
+    assert votes.tolist() == [0, 0, 6, 2]  # three open elements (index 2 has no non-zero value), twice
 
 
 def test_quota_keeps_the_first_ties_in_block_order() -> None:
     base = np.zeros(6, np.float32)
     ft = np.array([1, -1, 1, 2, 1, -1], np.float32)
     out = np.empty(6, np.float32)
-    votes = np.zeros(3, np.int64)
+    votes = np.zeros(4, np.int64)
     thr, quota, weights = np.array([1.0], np.float32), np.array([2]), np.ones(1, np.float32)
-    ties.merge(base, (ft,), thr, quota, weights, np.float32(1), True, out, votes)
+    ties.merge(base, (ft,), thr, quota, weights, np.float32(1), True, out, votes, *_no_record())
     # |tau| > 1 is always kept; of the four values equal to 1 only the first two (indices 0 and 1).
     assert out.tolist() == [1, -1, 0, 2, 0, 0]
-    assert votes.tolist() == [2, 1, 0]
+    assert votes.tolist() == [2, 1, 0, 0]
+
+
+def _no_record() -> tuple[np.ndarray, np.ndarray]:
+    return np.zeros(0, np.int64), np.zeros(0, np.float32)
+
+
+def test_an_open_element_decided_by_a_tie_quota_is_not_recorded() -> None:
+    base = np.zeros(2, np.float32)
+    fts = (np.array([1, 2], np.float32), np.array([-1, -2], np.float32))
+    thr, quota, weights = np.array([1.0, 1.0], np.float32), np.array([1, -1]), np.ones(2, np.float32)
+    votes = np.zeros(4, np.int64)
+    at, alt = np.zeros(4, np.int64), np.empty(4, np.float32)
+    ties.merge(base, fts, thr, quota, weights, np.float32(1), True, np.empty(2, np.float32), votes, at, alt)
+    assert votes.tolist() == [0, 0, 2, 1]  # element 0 has a value at model 0's threshold, under a quota
+    assert at[0] == 1 and alt[0] == -2.0
 
 
 def test_merge_reports_overflow_in_the_output_dtype() -> None:
@@ -259,5 +291,34 @@ def test_merge_reports_overflow_in_the_output_dtype() -> None:
     ft = np.array([60000.0, 70000.0, 60001.0], np.float32)
     out = np.empty(3, np.int16)  # float16: 70000 does not fit
     args = (np.zeros(1, np.float32), np.full(1, -1), np.ones(1, np.float32), np.float32(1), True)
-    bad = ties.merge(base, (ft,), *args, out, np.zeros(3, np.int64))
+    bad = ties.merge(base, (ft,), *args, out, np.zeros(4, np.int64), *_no_record())
     assert bad == 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32 - 1), merge_params)
+def test_open_elements_are_recorded_with_their_other_result(seed: int, params: dict) -> None:
+    """Fine-tunes built to cancel exactly at many elements: every recorded open element holds the
+    oracle's result under the other sign, and patching them all gives the other sign's merge."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 5000))
+    base = rng.standard_normal(n).astype(np.float32)
+    tau = (rng.standard_normal(n) * 0.01).astype(np.float32)
+    cancel = rng.random(n) < 0.3
+    ft1 = base + tau
+    ft2 = np.where(cancel, base - tau, base + (rng.standard_normal(n) * 0.01).astype(np.float32)).astype(np.float32)
+    fts = (ft1.astype(np.float32), ft2, (base + tau * np.float32(0.5)).astype(np.float32))[: int(rng.integers(2, 4))]
+    thr, quota, weights, lam, zero_positive = _merge_args(seed, fts, base, params)
+    weights = np.ones(len(fts), np.float32) if params["weights"] != "random" else weights
+    storage = np.dtype({"bf16": np.uint16, "f16": np.int16, "f32": np.float32}[params["out"]])
+    capacity = params["capacity"]
+    out, votes = np.empty(n, storage), np.zeros(4, np.int64)
+    at, alt = np.full(capacity, -1, np.int64), np.empty(capacity, storage)
+    ties.merge(base, fts, thr, quota, weights, lam, zero_positive, out, votes, at, alt)
+    flipped, _ = ties.merge_oracle(base, fts, thr, quota, weights, lam, not zero_positive, storage)
+    recorded = int(votes[2] - votes[3])
+    assert recorded == min(capacity, votes[2]) or (quota >= 0).any()
+    np.testing.assert_array_equal(alt[:recorded].view(np.uint8), flipped[at[:recorded]].view(np.uint8))
+    if votes[3] == 0:
+        out[at[:recorded]] = alt[:recorded]
+        np.testing.assert_array_equal(out.view(np.uint8), flipped.view(np.uint8))

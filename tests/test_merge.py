@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -238,12 +240,30 @@ def test_thresholds_from_other_options_or_models_are_refused(
     assert not any(p.name in ("w", "x", "y", "z") for p in tmp_path.iterdir())
 
 
-def test_a_wrong_majority_guess_is_corrected(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """Pass 1 guesses the majority sign from every 8th block; pass 2 must settle it exactly."""
+@pytest.mark.parametrize(
+    ("capacity", "output", "how"),
+    [
+        (4096, "out", "64 blocks corrected in place, 0 merged again"),
+        (0, "out", "0 blocks corrected in place, 64 merged again"),
+        (4096, "out.zarr", "64 blocks corrected in place, 0 merged again"),
+    ],
+)
+def test_a_wrong_majority_guess_is_corrected(
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    capacity: int,
+    output: str,
+    how: str,
+) -> None:
+    """Pass 1 guesses the majority sign from every 8th block; pass 2 must settle it exactly, by
+    correcting the recorded open elements in place, or (where none could be recorded) merging again."""
     from safetensors.numpy import save_file
 
+    from ooc_ties.convert import convert
     from ooc_ties.thresholds import VOTE_SAMPLE_STRIDE
 
+    monkeypatch.setattr(sys.modules["ooc_ties.merge"], "OPEN_CAPACITY", capacity)
     block = 64
     n_blocks = 8 * VOTE_SAMPLE_STRIDE  # a sample of 8 blocks: decisive, and wrong
     sampled = (np.arange(n_blocks * block) // block) % VOTE_SAMPLE_STRIDE == 0
@@ -257,9 +277,15 @@ def test_a_wrong_majority_guess_is_corrected(tmp_path: Path, caplog: pytest.LogC
         save_file({"w": tensor}, path)
     options = PRESETS["paper"].with_(density=1.0)
     with caplog.at_level("INFO", logger="ooc_ties.merge"):
-        result = merge(paths[0], paths[1:], tmp_path / "out", options, Resources(max_block_elements=block, threads=2))
-    assert "guessed +1, exact -1" in caplog.text  # the redo path ran
+        result = merge(paths[0], paths[1:], tmp_path / output, options, Resources(max_block_elements=block, threads=2))
+    assert "guessed +1, exact -1" in caplog.text
+    assert how in caplog.text
     assert result.thresholds.majority[""] == -1
+    assert result.output is not None
+    if output.endswith(".zarr"):
+        convert(result.output, tmp_path / "back")
+        result = dataclasses.replace(result, output=tmp_path / "back")
+    assert result.output is not None
     assert read_all(result.output) == expected_bytes(paths[0], paths[1:], options)
     with Checkpoint(result.output) as c:
         assert (np.asarray(c.read("w"))[::4] == -1).all()  # the open elements took the exact sign

@@ -225,6 +225,12 @@ class SafetensorsOutput:
         """Write ``values`` (storage dtype) as elements ``start...`` of tensor ``name``."""
         self._writers[name].write(name, start, values)
 
+    def patch(self, name: str, start: int, stop: int, at: np.ndarray, values: np.ndarray) -> None:
+        """Overwrite single elements ``start + at`` of ``name`` (a few, scattered: one write each)."""
+        writer = self._writers[name]
+        for index, value in zip(at.tolist(), values, strict=True):
+            writer.write(name, start + index, value.reshape(1))
+
     def sync(self) -> None:
         """Wait until every block written so far is on disk."""
         for writer in self._files:

@@ -62,6 +62,7 @@ class ZarrOutput:
             resumed = False
         self._arrays: dict[str, zarr.Array[Any]] = {}
         self._shapes: dict[str, tuple[int, ...]] = {}
+        self._storage: dict[str, np.dtype] = {}
         existing = set(self.group.array_keys()) if resumed else set()
         for item in tensors:
             spec = item.spec
@@ -91,6 +92,7 @@ class ZarrOutput:
                     raise OutputPathError(f"{self.location}: already holds an array {spec.name!r}") from None
             self._arrays[spec.name] = array
             self._shapes[spec.name] = spec.shape
+            self._storage[spec.name] = spec.dtype.storage
 
     @property
     def location(self) -> str:
@@ -99,19 +101,32 @@ class ZarrOutput:
         return str(self.group.store_path)
 
     def write(self, name: str, start: int, values: np.ndarray) -> None:
-        """Write ``values`` (storage dtype) as flat elements ``start...`` of ``name``: one whole chunk."""
+        """Write ``values`` (storage bits) as flat elements ``start...`` of ``name``: one whole chunk."""
+        selection, block_shape = self._block(name, start, start + values.size)
+        # A copy: the caller reuses ``values``, and a store may keep the very buffer it is given
+        # (zarr's MemoryStore does, since the bytes codec does not copy). The view keeps the bits of
+        # kernel encodings (F16 travels as int16) instead of converting their values.
+        self._arrays[name][selection] = values.view(self._storage[name]).reshape(block_shape).copy()
+
+    def patch(self, name: str, start: int, stop: int, at: np.ndarray, values: np.ndarray) -> None:
+        """Overwrite elements ``start + at`` of the block ``[start, stop)``: read, change, write the chunk."""
+        selection, block_shape = self._block(name, start, stop)
+        array = self._arrays[name]
+        block = np.asarray(array[selection]).reshape(-1).copy()
+        block[at] = values.view(self._storage[name])
+        array[selection] = block.reshape(block_shape)
+
+    def _block(self, name: str, start: int, stop: int) -> tuple[tuple[int | slice, ...], tuple[int, ...]]:
         shape = self._shapes[name]
-        found = flat_selection(shape, start, start + values.size)
+        found = flat_selection(shape, start, stop)
         if found is None:
-            raise ValueError(f"elements [{start}, {start + values.size}) of {name!r} are not one block")
+            raise ValueError(f"elements [{start}, {stop}) of {name!r} are not one block")
         selection = found[0]
         block_shape: tuple[int, ...] = ()
         if selection:
             last = cast(slice, selection[-1])
             block_shape = (last.stop - last.start, *shape[len(selection) :])
-        # A copy: the caller reuses ``values``, and a store may keep the very buffer it is given
-        # (zarr's MemoryStore does, since the bytes codec does not copy).
-        self._arrays[name][selection] = values.reshape(block_shape).copy()
+        return selection, block_shape
 
     def sync(self) -> None:
         """Wait until every block written so far is on disk (a local store only)."""

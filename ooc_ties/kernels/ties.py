@@ -119,6 +119,43 @@ def elect_count(
     counts[1] += neg
 
 
+@helper
+def _alternate(
+    fts: Any,
+    i: int,
+    bj: np.float32,
+    thr: np.ndarray,
+    quota: np.ndarray,
+    weights: np.ndarray,
+    lam: np.float32,
+    sign: np.float32,
+    alt: Any,
+    k: int,
+) -> bool:
+    """Store at ``alt[k]`` the result of element ``i`` under elected ``sign``; False if it cannot tell.
+
+    The same operations, in the same order, as :func:`merge` (steps 1, 2, 4, 5). It cannot tell when a
+    model's ``|tau|`` equals its threshold under a tie quota: whether that value is kept depends on the
+    ties before it in the block.
+    """
+    num = _ZERO
+    den = _ZERO
+    for t in range(len(fts)):
+        tau = load_f32(fts[t], i) - bj
+        a = abs(tau)
+        if quota[t] >= 0 and a == thr[t]:
+            return False
+        v = tau if a >= thr[t] else tau * _ZERO
+        w = weights[t]
+        vj = w * v
+        agree = vj * sign > _ZERO
+        num = num + (vj if agree else vj * _ZERO)
+        den = den + (w if agree else w * _ZERO)
+    d = den if den != _ZERO else _ONE
+    store_f32(alt, k, bj + lam * (num / d))
+    return True
+
+
 @kernel
 def merge(
     base: Any,
@@ -130,13 +167,19 @@ def merge(
     zero_positive: bool,
     out: Any,
     votes: np.ndarray,
+    open_at: np.ndarray,
+    open_alt: Any,
 ) -> int:
     """Merge one block into ``out``; return the first index whose stored result is not finite, or -1.
 
-    ``votes`` receives ``#{S > 0}``, ``#{S < 0}`` and the number of *open* elements: ``S == 0`` with
-    some non-zero ``v_t`` (values of both signs that cancel exactly), the only elements whose result
-    depends on ``zero_positive``. So a block merged under a guessed majority sign can be checked, and
-    merged again only if the guess was wrong and it has open elements.
+    ``votes`` receives ``#{S > 0}``, ``#{S < 0}``, the number of *open* elements (``S == 0`` with
+    some non-zero ``v_t``: values of both signs that cancel exactly, the only elements whose result
+    depends on ``zero_positive``), and how many of those were not recorded. The first
+    ``len(open_at)`` open elements are recorded: their block index in ``open_at`` and their result
+    under the other sign in ``open_alt`` (same storage as ``out``), so that a block merged under a
+    guessed majority sign can be corrected in place if the guess was wrong. An open element is not
+    recorded beyond that capacity, or when a tie quota decides one of its values (see
+    :func:`_alternate`); a block with unrecorded open elements must be merged again instead.
 
     Per tile: sweep 1 sums the votes; sweep 2 recomputes each model's trimmed values (cheaper than
     keeping them) and adds the agreeing ones into ``num`` and ``den``; a last loop writes the results.
@@ -156,6 +199,9 @@ def merge(
     pos = 0
     neg = 0
     open_ = 0
+    lost = 0
+    capacity = len(open_at)
+    other = _ONE if not zero_positive else -_ONE
     for start in range(0, n, TILE):
         m = min(TILE, n - start)
         _vote_tile(base, fts, start, m, thr, quota, weights, seen_vote, b, s, v)
@@ -179,10 +225,17 @@ def merge(
                 nonzero[j] = nonzero[j] | (vj != _ZERO)
         bad = 0
         for j in range(m):
-            open_ += tied[j] & nonzero[j]
+            is_open = tied[j] & nonzero[j]
             d = den[j] if den[j] != _ZERO else _ONE
             store_f32(out, start + j, b[j] + lam * (num[j] / d))
             bad += not stored_finite(out, start + j)
+            if is_open:  # rare: both signs cancel exactly
+                k = open_ - lost
+                if k < capacity and _alternate(fts, start + j, b[j], thr, quota, weights, lam, other, open_alt, k):
+                    open_at[k] = start + j
+                else:
+                    lost += 1
+                open_ += 1
         if bad and first_bad < 0:
             for j in range(m):
                 if not stored_finite(out, start + j):
@@ -191,6 +244,7 @@ def merge(
     votes[0] += pos
     votes[1] += neg
     votes[2] += open_
+    votes[3] += lost
     return first_bad
 
 
@@ -245,7 +299,9 @@ def merge_oracle(
     zero_positive: bool,
     out_dtype: np.dtype,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """NumPy oracle of :func:`merge`: the encoded output block and the vote counts."""
+    """NumPy oracle of :func:`merge`: the encoded output block and the first three vote counts.
+
+    The recorded open elements are checked against this oracle with ``zero_positive`` flipped."""
     b, v, s = _votes_oracle(base, fts, thr, quota, weights)
     open_ = (s == 0) & (v != 0).any(axis=0)
     votes = np.array([np.count_nonzero(s > 0), np.count_nonzero(s < 0), np.count_nonzero(open_)], np.int64)
