@@ -199,3 +199,13 @@ def test_not_a_zarr_group(tmp_path: Path) -> None:
     (tmp_path / "x.zarr" / "zarr.json").write_text(json.dumps({"zarr_format": 3, "node_type": "array"}))
     with pytest.raises(CheckpointFormatError, match=r"x\.zarr"):
         merge(tmp_path / "x.zarr", [tmp_path / "x.zarr"], tmp_path / "out")
+
+
+@pytest.mark.parametrize("dtype", ["f16", "f32"])
+def test_zarr_output_keeps_every_output_dtype(tiny_models: Models, tmp_path: Path, dtype: str) -> None:
+    base, fts = tiny_models
+    options = PRESETS["paper"].with_(out_dtype=dtype)
+    merge(base, fts, tmp_path / "out", options)
+    merge(base, fts, tmp_path / "out.zarr", options)
+    convert(tmp_path / "out.zarr", tmp_path / "back")
+    assert _tensors(tmp_path / "back") == _tensors(tmp_path / "out")
