@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,37 +18,14 @@ import numpy as np
 import zarr
 import zarr.storage
 
-from ooc_ties.dtypes import DType
 from ooc_ties.errors import CheckpointFormatError, CheckpointNotFoundError
 from ooc_ties.grid import flat_selection
+from ooc_ties.io.writer import TensorSpec
 from ooc_ties.io.zarr_format import FILES_ATTRIBUTE, decode_files, dtype_of
 
-__all__ = ["ArrayInfo", "ArraySource", "is_zarr_path", "open_zarr_group"]
+__all__ = ["ArraySource", "is_zarr_path", "open_zarr_group"]
 
 Array = np.ndarray | zarr.Array[Any]
-
-
-@dataclass(frozen=True, slots=True)
-class ArrayInfo:
-    """Name, dtype and shape of one array (the part of a tensor's description the merge needs)."""
-
-    name: str
-    """The tensor name."""
-    dtype: DType
-    """Its dtype."""
-    shape: tuple[int, ...]
-    """Its shape."""
-
-    @property
-    def numel(self) -> int:
-        n = 1
-        for s in self.shape:
-            n *= s
-        return n
-
-    @property
-    def nbytes(self) -> int:
-        return self.numel * self.dtype.itemsize
 
 
 def is_zarr_path(path: str | os.PathLike[str]) -> bool:
@@ -113,7 +89,7 @@ class ArraySource:
     ) -> None:
         self.label = label
         self._arrays: dict[str, Array] = {}
-        self._info: dict[str, ArrayInfo] = {}
+        self._info: dict[str, TensorSpec] = {}
         self._side_files = dict(side_files or {})
         self._root = root
         self._closer = closer
@@ -131,7 +107,7 @@ class ArraySource:
                 )
             dtype = dtype_of(storage, attributes, f"{label}: tensor {name!r}")
             self._arrays[name] = array
-            self._info[name] = ArrayInfo(name, dtype, tuple(int(s) for s in array.shape))
+            self._info[name] = TensorSpec(name, dtype, tuple(int(s) for s in array.shape))
         self.names: tuple[str, ...] = tuple(self._info)
 
     @classmethod
@@ -162,7 +138,7 @@ class ArraySource:
     def __len__(self) -> int:
         return len(self.names)
 
-    def info(self, name: str) -> ArrayInfo:
+    def info(self, name: str) -> TensorSpec:
         return self._info[name]
 
     def where(self, name: str) -> str:

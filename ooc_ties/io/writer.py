@@ -14,6 +14,7 @@ either holds a complete merge or nothing.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,7 +45,7 @@ RECIPE_NAME = "ooc_ties_recipe.json"
 
 @dataclass(frozen=True, slots=True)
 class TensorSpec:
-    """A tensor to be written."""
+    """A tensor's name, dtype and shape: one to be written, or an array read as a merge input."""
 
     name: str
     """Its name."""
@@ -54,11 +55,12 @@ class TensorSpec:
     """Its shape."""
 
     @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
     def nbytes(self) -> int:
-        n = 1
-        for s in self.shape:
-            n *= s
-        return n * self.dtype.itemsize
+        return self.numel * self.dtype.itemsize
 
 
 @dataclass(frozen=True, slots=True)
