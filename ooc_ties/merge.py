@@ -44,16 +44,20 @@ from ooc_ties.plan import MergePlan, TensorKind, TensorPlan, make_plan
 from ooc_ties.progress import Progress, ProgressFactory, progress_bar
 from ooc_ties.schedule import run_blocks
 from ooc_ties.sources import SourceLike, open_source
-from ooc_ties.thresholds import GLOBAL, BlockRef, Pass1Result, Thresholds, compute_thresholds, plan_blocks
+from ooc_ties.thresholds import (
+    GLOBAL,
+    OPEN_CAPACITY,
+    PATCH_SHARE,
+    BlockRef,
+    Pass1Result,
+    Thresholds,
+    compute_thresholds,
+    plan_blocks,
+)
 
 __all__ = ["RECIPE_NAME", "MergeResult", "OutputLike", "merge", "plan_merge"]
 
 logger = logging.getLogger(__name__)
-
-OPEN_CAPACITY = 4096
-"""Open elements recorded per block (with their result under the other sign), at most."""
-PATCH_SHARE = 16
-"""Recorded open elements may use up to 1/16 of the memory budget over the whole merge."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -460,7 +464,12 @@ def _settle_majority(
         exact[key] = int(np.sign(votes[0] - votes[1]))
         if (exact[key] > 0) != runner.zero_positive[key]:
             logger.info(
-                "majority sign of %s: guessed %+d, exact %+d", key or "the model", thresholds.majority[key], exact[key]
+                "majority sign of %s: guessed %+d, exact %+d (%d open elements, %d not recorded)",
+                key or "the model",
+                thresholds.majority[key],
+                exact[key],
+                votes[2],
+                votes[3],
             )
             runner.zero_positive[key] = exact[key] > 0
             for b in members:

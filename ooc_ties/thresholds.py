@@ -61,9 +61,14 @@ logger = logging.getLogger(__name__)
 
 VOTE_SAMPLE_STRIDE = 8
 """Pass 1 guesses the majority sign from every 8th block of a group (the first block at least)."""
+OPEN_CAPACITY = 4096
+"""Pass 2 records at most this many open elements per block (with their result under the other sign)."""
+OPEN_RECORD_BYTES = 12
+"""Memory of one recorded open element: its index and its other result."""
+PATCH_SHARE = 16
+"""Recorded open elements may use up to 1/16 of the memory budget over the whole merge."""
 DECISIVE_MARGIN = 10.0
-"""A sample is *decisive* if ``|pos - neg| >= 10 * sqrt(pos + neg)`` (far beyond a coin's chance);
-a close one is still used as the guess, and logged."""
+"""A sample is *decisive* if ``|pos - neg| >= 10 * sqrt(pos + neg)``: far beyond a coin's chance."""
 
 _FORMAT = "ooc-ties-thresholds/1"
 
@@ -351,34 +356,50 @@ class _Pass1:
         self._run(label, blocks, work, lambda: None)
         return out
 
-    def vote(self, label: str, blocks: Sequence[BlockRef], thr: np.ndarray, quotas: np.ndarray) -> tuple[int, int]:
-        """``(#S > 0, #S < 0)`` over ``blocks``."""
+    def vote(self, label: str, blocks: Sequence[BlockRef], thr: np.ndarray, quotas: np.ndarray) -> tuple[int, int, int]:
+        """``(#S > 0, #S < 0, #open)`` over ``blocks``."""
 
         def work(ref: BlockRef, base: np.ndarray, fts: tuple[np.ndarray, ...], counts: np.ndarray) -> None:
             elect_count(base, fts, thr, quotas[ref.ordinal], self.weights, counts)
 
-        states = self._run(label, blocks, work, lambda: np.zeros(2, np.int64))
-        total = sum(states, np.zeros(2, np.int64))
-        return int(total[0]), int(total[1])
+        states = self._run(label, blocks, work, lambda: np.zeros(3, np.int64))
+        total = sum(states, np.zeros(3, np.int64))
+        return int(total[0]), int(total[1]), int(total[2])
 
     def majority(
         self, blocks: Sequence[BlockRef], result: tuple[GroupThreshold, ...], quotas: np.ndarray, label: str
     ) -> tuple[int, bool]:
         """The group's majority sign, and whether it is only a guess from a sample of its blocks.
 
-        Pass 2 counts every block's votes anyway and settles the exact sign; a wrong guess only costs
-        correcting the few *open* elements, which pass 2 records with their other result (see
-        ``merge.py``). So the sample's sign is taken even when the sample is close to even; only a
-        sample that is the whole group gives the exact sign here.
+        Pass 2 counts every block's votes anyway and settles the exact sign. A wrong guess costs
+        correcting the *open* elements, which pass 2 records with their other result (see
+        ``merge.py``), or merging again the blocks whose open elements it could not record. So the
+        sample's sign is taken when the sample is decisive (a wrong guess is then very unlikely), or
+        when the open elements the sample predicts fit the room pass 2 has for them; otherwise every
+        block votes here (bf16 models often have a few percent of open elements).
         """
         thr = np.array([g.value for g in result], np.float32)
         sample = vote_sample(blocks)
-        pos, neg = self.vote(f"{label}majority sign (sample)", sample, thr, quotas)
+        pos, neg, open_ = self.vote(f"{label}majority sign (sample)", sample, thr, quotas)
         if len(sample) == len(blocks):
             return int(np.sign(pos - neg)), False
-        if abs(pos - neg) < DECISIVE_MARGIN * math.sqrt(max(pos + neg, 1)):
-            logger.debug("majority sign of %s: the sample is close (%d vs %d)", label or "the model", pos, neg)
-        return int(np.sign(pos - neg)), True
+        decisive = abs(pos - neg) >= DECISIVE_MARGIN * math.sqrt(max(pos + neg, 1))
+        rate = open_ / max(1, sum(b.stop - b.start for b in sample))
+        expected = rate * sum(b.stop - b.start for b in blocks)
+        room = self.plan.resources.memory_budget // PATCH_SHARE
+        fits = expected * OPEN_RECORD_BYTES <= room / 2 and rate * self.plan.block_elements <= OPEN_CAPACITY / 2
+        logger.debug(
+            "majority sign of %s: sample %d vs %d, about %d open elements (%s)",
+            label or "the model",
+            pos,
+            neg,
+            expected,
+            "decisive" if decisive else "recordable" if fits else "too many to record: full vote",
+        )
+        if decisive or fits:
+            return int(np.sign(pos - neg)), True
+        pos, neg, _ = self.vote(f"{label}majority sign", blocks, thr, quotas)
+        return int(np.sign(pos - neg)), False
 
     def group(
         self, key: str, blocks: Sequence[BlockRef], quotas: np.ndarray, label: str, given: Thresholds | None

@@ -237,7 +237,7 @@ def test_merge_matches_oracle(case: tuple[int, tuple[np.ndarray, tuple[np.ndarra
 def test_elect_count_matches_oracle(case: tuple[int, tuple[np.ndarray, tuple[np.ndarray, ...]]], params: dict) -> None:
     seed, (base, fts) = case
     thr, quota, weights, _, _ = _merge_args(seed, fts, base, params)
-    counts = np.zeros(2, np.int64)
+    counts = np.zeros(3, np.int64)
     ties.elect_count(base, fts, thr, quota, weights, counts)
     np.testing.assert_array_equal(counts, ties.elect_count_oracle(base, fts, thr, quota, weights))
 

@@ -289,3 +289,23 @@ def test_a_wrong_majority_guess_is_corrected(
     assert read_all(result.output) == expected_bytes(paths[0], paths[1:], options)
     with Checkpoint(result.output) as c:
         assert (np.asarray(c.read("w"))[::4] == -1).all()  # the open elements took the exact sign
+
+
+def test_too_many_open_elements_to_record_means_a_full_vote(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """When the sample predicts more open elements than pass 2 could record, pass 1 counts every block."""
+    from safetensors.numpy import save_file
+
+    block = 1 << 16
+    rng = np.random.default_rng(5)
+    tau1 = rng.choice(np.array([-1.0, 1.0], np.float32), 16 * block)
+    tau2 = np.where(rng.random(16 * block) < 0.5, -tau1, tau1).astype(np.float32)  # half cancel exactly
+    base = np.zeros(16 * block, np.float32)
+    paths = [tmp_path / f"m{i}.safetensors" for i in range(3)]
+    for path, tensor in zip(paths, (base, base + tau1, base + tau2), strict=True):
+        save_file({"w": tensor}, path)
+    options = PRESETS["paper"].with_(density=1.0)
+    with caplog.at_level("DEBUG", logger="ooc_ties.thresholds"):
+        result = merge(paths[0], paths[1:], tmp_path / "out", options, Resources(max_block_elements=block))
+    assert "too many to record: full vote" in caplog.text
+    assert "guessed" not in caplog.text
+    assert read_all(result.output) == expected_bytes(paths[0], paths[1:], options)

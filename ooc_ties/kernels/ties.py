@@ -85,38 +85,48 @@ def _vote_tile(
     b: np.ndarray,
     s: np.ndarray,
     v: np.ndarray,
+    nonzero: np.ndarray,
 ) -> None:
-    """Decode the base tile into ``b`` and sum the weighted trimmed values into ``s`` (step 4)."""
+    """Decode the base tile into ``b``, sum the weighted trimmed values into ``s`` (step 2), and mark
+    in ``nonzero`` the elements with some non-zero weighted value."""
     for j in range(m):
         b[j] = load_f32(base, start + j)
         s[j] = _ZERO
+        nonzero[j] = False
     for t in range(len(fts)):
         seen[t] = _trim_tile(fts[t], b, start, m, thr[t], quota[t], seen[t], v)
         w = weights[t]
         for j in range(m):
-            s[j] = s[j] + w * v[j]
+            vj = w * v[j]
+            s[j] = s[j] + vj
+            nonzero[j] = nonzero[j] | (vj != _ZERO)
 
 
 @kernel
 def elect_count(
     base: Any, fts: Any, thr: np.ndarray, quota: np.ndarray, weights: np.ndarray, counts: np.ndarray
 ) -> None:
-    """``counts[0] += #{S > 0}``, ``counts[1] += #{S < 0}`` over the block (for the majority sign)."""
+    """``counts[0] += #{S > 0}``, ``counts[1] += #{S < 0}``, ``counts[2] += #open`` over the block (for
+    the majority sign; *open* elements are defined at :func:`merge`)."""
     n = base.size
     seen = np.zeros(len(fts), np.int64)
     b = np.empty(TILE, np.float32)
     s = np.empty(TILE, np.float32)
     v = np.empty(TILE, np.float32)
+    nonzero = np.empty(TILE, np.bool_)
     pos = 0
     neg = 0
+    open_ = 0
     for start in range(0, n, TILE):
         m = min(TILE, n - start)
-        _vote_tile(base, fts, start, m, thr, quota, weights, seen, b, s, v)
+        _vote_tile(base, fts, start, m, thr, quota, weights, seen, b, s, v, nonzero)
         for j in range(m):
             pos += s[j] > _ZERO
             neg += s[j] < _ZERO
+            open_ += (s[j] == _ZERO) & nonzero[j]
     counts[0] += pos
     counts[1] += neg
+    counts[2] += open_
 
 
 @helper
@@ -204,12 +214,11 @@ def merge(
     other = _ONE if not zero_positive else -_ONE
     for start in range(0, n, TILE):
         m = min(TILE, n - start)
-        _vote_tile(base, fts, start, m, thr, quota, weights, seen_vote, b, s, v)
+        _vote_tile(base, fts, start, m, thr, quota, weights, seen_vote, b, s, v, nonzero)
         for j in range(m):
             pos += s[j] > _ZERO
             neg += s[j] < _ZERO
             tied[j] = s[j] == _ZERO
-            nonzero[j] = False
             # +1 or -1: the elected sign; v * sign > 0 is "v agrees" (multiplying by +-1 is exact)
             s[j] = _ONE if (s[j] > _ZERO or (s[j] == _ZERO and zero_positive)) else -_ONE
             num[j] = _ZERO
@@ -222,7 +231,6 @@ def merge(
                 agree = vj * s[j] > _ZERO
                 num[j] = num[j] + (vj if agree else vj * _ZERO)
                 den[j] = den[j] + (w if agree else w * _ZERO)
-                nonzero[j] = nonzero[j] | (vj != _ZERO)
         bad = 0
         for j in range(m):
             is_open = tied[j] & nonzero[j]
@@ -285,8 +293,9 @@ def elect_count_oracle(
     base: np.ndarray, fts: tuple[np.ndarray, ...], thr: np.ndarray, quota: np.ndarray, weights: np.ndarray
 ) -> np.ndarray:
     """NumPy oracle of :func:`elect_count` for fresh counts."""
-    _, _, s = _votes_oracle(base, fts, thr, quota, weights)
-    return np.array([np.count_nonzero(s > 0), np.count_nonzero(s < 0)], np.int64)
+    _, v, s = _votes_oracle(base, fts, thr, quota, weights)
+    open_ = (s == 0) & (v != 0).any(axis=0)
+    return np.array([np.count_nonzero(s > 0), np.count_nonzero(s < 0), np.count_nonzero(open_)], np.int64)
 
 
 def merge_oracle(
