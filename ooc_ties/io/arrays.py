@@ -93,6 +93,7 @@ class ArraySource:
         self._side_files = dict(side_files or {})
         self._root = root
         self._closer = closer
+        self._fingerprint: str | None = None
         for name in sorted(arrays):
             array = arrays[name]
             if not isinstance(name, str):
@@ -172,20 +173,28 @@ class ArraySource:
         """Nothing to release: reads are copies."""
 
     def fingerprint(self) -> str | None:
-        """Names, sizes and modification times of a local store's files; ``None`` for other stores."""
+        """Names, sizes and modification times of a local store's files; ``None`` for other stores.
+
+        Computed once per open source (a large store has many chunk files to stat)."""
         if self._root is None:
             return None
+        if self._fingerprint is None:
+            self._fingerprint = self._digest(self._root)
+        return self._fingerprint
+
+    @staticmethod
+    def _digest(root: Path) -> str:
         entries = []
-        if self._root.is_file():
-            stat = self._root.stat()
-            entries.append(f"{self._root.name}:{stat.st_size}:{stat.st_mtime_ns}")
+        if root.is_file():
+            stat = root.stat()
+            entries.append(f"{root.name}:{stat.st_size}:{stat.st_mtime_ns}")
         else:
-            for dirpath, dirnames, filenames in os.walk(self._root):
+            for dirpath, dirnames, filenames in os.walk(root):
                 dirnames.sort()
                 for file_name in sorted(filenames):
                     path = Path(dirpath) / file_name
                     stat = path.stat()
-                    entries.append(f"{path.relative_to(self._root)}:{stat.st_size}:{stat.st_mtime_ns}")
+                    entries.append(f"{path.relative_to(root)}:{stat.st_size}:{stat.st_mtime_ns}")
         return hashlib.sha256("\n".join(entries).encode()).hexdigest()[:32]
 
     def local_paths(self) -> list[Path]:
