@@ -12,7 +12,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ooc_ties.config import MergeOptions, Resources, TrimRule, ZeroSign
+from ooc_ties.config import MergeOptions, Resources
 from ooc_ties.dtypes import F32, F64, DType
 from ooc_ties.errors import IncompatibleCheckpointsError, OptionError
 from ooc_ties.grid import ChunkGrid
@@ -104,11 +104,11 @@ class MergePlan:
 
     @property
     def threshold_passes(self) -> float:
-        """The most reads of the inputs before pass 2, in whole reads: two histograms, tie counts
-        (``topk``), and for the ``majority`` rule a vote over every 8th block, then over all of them
-        unless the sample was decisive."""
-        passes = 0.0 if self.options.density >= 1.0 else 2.0 + (self.options.trim is TrimRule.TOPK)
-        return passes + (1.125 if self.options.zero_sign is ZeroSign.MAJORITY else 0.0)
+        """The most reads of the inputs before pass 2, in whole reads, a sample (every 8th block) counted
+        as an eighth: :func:`ooc_ties.thresholds.max_reads`, which also gives pass 1's progress total."""
+        from ooc_ties.thresholds import SAMPLE_STRIDE, max_reads  # a cycle: thresholds imports this module
+
+        return max_reads(self.options, SAMPLE_STRIDE, 1) / SAMPLE_STRIDE
 
     @property
     def peak_memory_estimate(self) -> int:
@@ -152,9 +152,19 @@ def _human(n: int) -> str:
 
 
 def _fixed_bytes(n_models: int, threads: int, total_blocks: int) -> int:
-    """Histograms per worker (both levels) and per-block tie counts."""
-    histograms = threads * n_models * (HIGH_BINS + LOW_BINS) * 8 + n_models * (HIGH_BINS + LOW_BINS) * 8
-    return histograms + total_blocks * n_models * 8
+    """Pass-1 histograms and per-block tie counts.
+
+    Per worker, the one-read select's int64 counts (both levels, ``BRACKET_BINS`` low-bits histograms,
+    and a page of slack to place them, see ``bracket_counts``) and the scratch the two-read kernels
+    allocate; once, its lookup table and the totals held between reads (high-bits and low-bits
+    histograms, twice for their sums).
+    """
+    from ooc_ties.kernels.histogram import LANES, bracket_width
+    from ooc_ties.thresholds import BRACKET_BINS  # a cycle: thresholds imports this module
+
+    per_worker = n_models * bracket_width(BRACKET_BINS) * 8 + 4096 + LANES * (LOW_BINS + 1) * 4
+    shared = n_models * (LANES * HIGH_BINS * 8 + 2 * (HIGH_BINS + LOW_BINS) * 8)
+    return threads * per_worker + shared + total_blocks * n_models * 8
 
 
 def _check_inputs(base: TensorSource, fts: Sequence[TensorSource]) -> None:

@@ -162,6 +162,96 @@ def test_low_histogram_and_count_equal_match_oracles(
     np.testing.assert_array_equal(counts, histogram.count_equal_oracle(base, fts, patterns))
 
 
+def _bracket_slots(
+    base: np.ndarray, fts: tuple[np.ndarray, ...], rng: np.random.Generator, max_slots: int
+) -> tuple[np.ndarray, int]:
+    """Random brackets: bins the data fill, their neighbours (values at the bracket's edges) and empty
+    bins, up to ``max_slots`` per model; some models get none."""
+    n_slots = int(rng.integers(1, max_slots + 1))
+    slots = np.full((len(fts), histogram.HIGH_BINS), -1, np.int32)
+    for t, ft in enumerate(fts):
+        used = np.unique(histogram.magnitude_bits_oracle(base, ft) >> 16)
+        used = used[used < 0x7F80]
+        candidates = np.unique(np.concatenate([used, used + 1, used - 1, rng.integers(0, 0x7F80, 3)]))
+        candidates = candidates[(candidates >= 0) & (candidates < 0x7F80)]
+        k = int(rng.integers(0, min(n_slots, candidates.size) + 1))
+        chosen = rng.choice(candidates, size=k, replace=False)
+        slots[t, chosen] = rng.permutation(n_slots)[:k]  # any slot order, unused slots allowed
+    return slots, n_slots
+
+
+@settings(max_examples=60, deadline=None)
+@given(blocks)
+def test_bracket_histogram_matches_oracle(case: tuple[int, tuple[np.ndarray, tuple[np.ndarray, ...]]]) -> None:
+    seed, (base, fts) = case
+    slots, n_slots = _bracket_slots(base, fts, np.random.default_rng(seed), 8)
+    counts = np.zeros((len(fts), histogram.bracket_width(n_slots)), np.int64)
+    bad = np.full(len(fts), -1, np.int64)
+    table = histogram.bracket_table(slots)
+    histogram.bracket_histogram(base, fts, table, counts, bad)
+    histogram.bracket_histogram(base, fts, table, counts, bad)  # counts add up over blocks
+    high, low = histogram.bracket_split(counts, slots)
+    expected_high, expected_low, expected_bad = histogram.bracket_histogram_oracle(base, fts, slots, n_slots)
+    np.testing.assert_array_equal(high, 2 * expected_high)
+    np.testing.assert_array_equal(low, 2 * expected_low)
+    np.testing.assert_array_equal(bad, expected_bad)
+    # the same high-bits histogram as the two-read kernel, and for a bracketed bin the same low bits
+    two_read = np.zeros((len(fts), histogram.HIGH_BINS), np.int64)
+    histogram.high_histogram(base, fts, two_read, np.full(len(fts), -1, np.int64))
+    np.testing.assert_array_equal(high, 2 * two_read)
+    bins = np.array([int(np.argmax(row)) if (row >= 0).any() else -1 for row in slots], np.int64)
+    lows = np.zeros((len(fts), histogram.LOW_BINS), np.int64)
+    histogram.low_histogram(base, fts, bins, lows)
+    for t in range(len(fts)):
+        if bins[t] >= 0:
+            np.testing.assert_array_equal(low[t, slots[t, bins[t]]], 2 * lows[t])
+
+
+def test_bracket_histogram_edges_and_zeros() -> None:
+    """Patterns at the first and last low bits of a bracketed bin and just outside it, and exact zeros."""
+    b = 0x3F80  # the bin of 1.0
+    patterns = np.array(
+        [(b << 16) - 1, b << 16, (b << 16) | 0xFFFF, (b + 1) << 16, (b << 16) | 0x1234, 0, 0, 0], np.uint32
+    )
+    ft = patterns.view(np.float32)
+    base = np.zeros(ft.size, np.float32)
+    zeros = base.copy()  # an all-zero task vector
+    slots = np.full((2, histogram.HIGH_BINS), -1, np.int32)
+    slots[0, b] = 1
+    slots[1, 0] = 0
+    counts = np.zeros((2, histogram.bracket_width(2)), np.int64)
+    bad = np.full(2, -1, np.int64)
+    histogram.bracket_histogram(base, (ft, zeros), histogram.bracket_table(slots), counts, bad)
+    high, low = histogram.bracket_split(counts, slots)
+    assert high[0, b - 1] == 1 and high[0, b] == 3 and high[0, b + 1] == 1 and high[0, 0] == 3
+    assert low[0, 1, 0] == 1 and low[0, 1, 0xFFFF] == 1 and low[0, 1, 0x1234] == 1 and low[0, 1].sum() == 3
+    assert low[0, 0].sum() == 0
+    assert high[1, 0] == 8 and low[1, 0, 0] == 8 and high[1].sum() == 8
+    assert bad.tolist() == [-1, -1]
+
+
+def test_bracket_histogram_reports_first_non_finite() -> None:
+    base = np.zeros(10, np.float32)
+    ft = np.ones(10, np.float32)
+    ft[[3, 7, 9]] = [np.nan, np.inf, -np.inf]  # one in the unrolled part's lane 3, one in the tail
+    slots = np.full((2, histogram.HIGH_BINS), -1, np.int32)
+    slots[:, 0x3F80] = 0  # 1.0: in the bracket
+    counts = np.zeros((2, histogram.bracket_width(1)), np.int64)
+    bad = np.full(2, -1, np.int64)
+    histogram.bracket_histogram(base, (base.copy(), ft), histogram.bracket_table(slots), counts, bad)
+    high, low = histogram.bracket_split(counts, slots)
+    assert bad.tolist() == [-1, 3]
+    assert high[1].sum() == 7 and high[1, 0x3F80] == 7 and low[1, 0, 0] == 7
+    assert high[0].sum() == 10 and high[0, 0] == 10
+
+
+def test_bracket_table_refuses_non_finite_bins() -> None:
+    slots = np.full((1, histogram.HIGH_BINS), -1, np.int32)
+    slots[0, 0x7F80] = 0
+    with pytest.raises(ValueError, match="non-finite"):
+        histogram.bracket_table(slots)
+
+
 def test_high_histogram_reports_first_non_finite() -> None:
     base = np.zeros(10, np.float32)
     ft = np.zeros(10, np.float32)
