@@ -95,7 +95,7 @@ def _mismatch(theirs: dict[str, Any], ours: dict[str, Any]) -> str | None:
     if theirs.get("block_elements") != ours["block_elements"]:
         return (
             f"it used blocks of {theirs.get('block_elements')} elements, this merge {ours['block_elements']} "
-            "(give the first run's --block-elements, or a --memory-budget at least as large)"
+            "(give a --memory-budget at least as large as the first run's)"
         )
     if theirs.get("shards") != ours["shards"]:
         return "it laid the output out in other shards (give the same --shard-size)"

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import shutil
 import threading
 import time
@@ -73,7 +74,7 @@ class MergeResult:
     seconds: float
     """Wall time of the whole merge."""
     bytes_read: int
-    """Bytes of tensor data read over all passes (by this process: a resumed merge reads less)."""
+    """Bytes of tensor data the merge reads over all passes (a resumed run itself reads less)."""
     bytes_written: int
     """Bytes of tensor data written."""
     resumed_blocks: int = 0
@@ -155,8 +156,11 @@ def merge(
             if recipe is not None:
                 return _published_result(path, plan, recipe, started)
             check_destination(path.absolute(), overwrite=overwrite)
-            check_disk(path, plan.output_bytes)
+            staged = _allocated_bytes(staging_path(path.absolute())) if resume else 0
+            check_disk(path, max(0, plan.output_bytes - staged))  # a resume already holds its files
             target = StagedDirectory(path, overwrite=overwrite, durable=resources.durable, resume=resume)
+            if target.resumed and read_header(target.state) is None:
+                target.clear()  # killed before its journal existed: nothing in it can be trusted
             if target.resumed:
                 try:  # a refused resume leaves the partial merge as it was
                     plan = _replan_for(target, plan, inputs, resources)
@@ -197,18 +201,31 @@ def merge(
 
 
 def _leave_on_exit(target: StagedDirectory) -> Any:
-    """An exit callback: an interrupted merge stays for ``resume``; a failed one is removed."""
+    """An exit callback: a merge stopped by an interruption or by the system (a full disk, an I/O error,
+    no memory) stays for ``resume``; one that failed on its inputs or options is removed."""
 
     def leave(exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
         if not target.done:
-            if isinstance(exc, KeyboardInterrupt):
-                logger.warning("interrupted: the partial merge stays at %s (run again with --resume)", target.path)
+            if isinstance(exc, (KeyboardInterrupt, OSError, MemoryError)):
+                logger.warning("stopped: the partial merge stays at %s (run again with --resume)", target.path)
                 target.keep()
             else:
                 target.abort()
         return False
 
     return leave
+
+
+def _allocated_bytes(folder: Path) -> int:
+    """Disk space the files under ``folder`` hold (0 if it does not exist)."""
+    total = 0
+    for dirpath, _, filenames in os.walk(folder):
+        for name in filenames:
+            try:
+                total += os.stat(os.path.join(dirpath, name)).st_blocks * 512
+            except OSError:
+                pass
+    return total
 
 
 def _already_published(path: Path, options: MergeOptions, fingerprint: str | None) -> dict[str, Any] | None:

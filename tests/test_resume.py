@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import tree_digest
 
-from ooc_ties import PRESETS, merge
+from ooc_ties import PRESETS, merge, plan_merge
 from ooc_ties.config import Resources
 from ooc_ties.errors import OptionError, OutputPathError
 from ooc_ties.io.staging import STATE_DIR, staging_path
@@ -196,3 +196,56 @@ def test_two_processes_cannot_write_one_output(demo_models: Models, tmp_path: Pa
     finally:
         process.kill()
         process.communicate()
+
+
+def test_a_resume_needs_only_the_disk_space_still_missing(demo_models: Models, tmp_path: Path) -> None:
+    """The partial merge already holds its (preallocated) files: a resume does not count them again."""
+    from ooc_ties.merge import _allocated_bytes
+
+    out = tmp_path / "out"
+    _leave_partial(demo_models, out)
+    held = _allocated_bytes(staging_path(out.absolute()))
+    base, fts = demo_models
+    plan = plan_merge(base, fts)
+    assert held >= plan.output_bytes  # so check_disk asks for (at most) nothing more
+
+
+def test_a_partial_merge_without_a_journal_is_started_again(demo_models: Models, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    staging = staging_path(out.absolute())
+    (staging / STATE_DIR).mkdir(parents=True)
+    (staging / "model-00001-of-00009.safetensors").write_bytes(b"left by a killed convert")
+    base, fts = demo_models
+    merge(base, fts, out, PRESETS["paper"], resume=True)
+    assert not (out / "model-00001-of-00009.safetensors").exists()
+    assert (out / "model.safetensors").is_file()
+
+
+def test_a_full_disk_keeps_the_partial_merge(
+    demo_models: Models, uninterrupted: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A merge stopped by the system (here ENOSPC from a write) stays for --resume."""
+    import errno
+
+    from ooc_ties.io.writer import SafetensorsOutput
+
+    calls = 0
+    write = SafetensorsOutput.write
+
+    def failing(self: SafetensorsOutput, name: str, start: int, values: object) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 5:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write(self, name, start, values)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(SafetensorsOutput, "write", failing)
+    out = tmp_path / "out"
+    base, fts = demo_models
+    with pytest.raises(OSError, match="No space left"):
+        merge(base, fts, out, PRESETS["paper"], Resources(max_block_elements=65536, threads=1))
+    assert staging_path(out.absolute()).is_dir()
+    monkeypatch.setattr(SafetensorsOutput, "write", write)
+    result = merge(base, fts, out, PRESETS["paper"], resume=True)
+    assert result.resumed_blocks > 0
+    assert tree_digest(out) == uninterrupted[""]

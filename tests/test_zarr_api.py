@@ -212,3 +212,33 @@ def test_zarr_output_keeps_every_output_dtype(tiny_models: Models, tmp_path: Pat
     merge(base, fts, tmp_path / "out.zarr", options)
     convert(tmp_path / "out.zarr", tmp_path / "back")
     assert _tensors(tmp_path / "back") == _tensors(tmp_path / "out")
+
+
+def test_corrupt_zarr_inputs_are_one_line_errors(zarr_models: Models, tmp_path: Path) -> None:
+    import shutil
+
+    base, fts = zarr_models
+    broken = tmp_path / "broken.zarr"
+    shutil.copytree(fts[0], broken)
+    (broken / "lm_head.weight" / "zarr.json").write_text("{not json")
+    with pytest.raises(CheckpointFormatError, match=r"broken\.zarr: cannot read the group's arrays"):
+        merge(base, [broken, fts[1]], tmp_path / "out")
+    shutil.rmtree(broken)
+    shutil.copytree(fts[0], broken)
+    chunk = next(p for p in (broken / "lm_head.weight").rglob("*") if p.is_file() and p.name != "zarr.json")
+    chunk.write_bytes(chunk.read_bytes()[:10])  # a truncated chunk
+    with pytest.raises(CheckpointFormatError, match=r"broken\.zarr: tensor 'lm_head\.weight': cannot read elements"):
+        merge(base, [broken, fts[1]], tmp_path / "out")
+    assert not list(tmp_path.glob("*out*"))
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "model.safetensors.index.json", ".ooc-ties-resume", "a/b"])
+def test_side_files_cannot_overwrite_the_output(name: str, tmp_path: Path) -> None:
+    group = zarr.open_group(zarr.storage.MemoryStore(), mode="w")
+    group.create_array("w", shape=(4,), dtype="float32")
+    group.attrs[FILES_ATTRIBUTE] = {name: "x"}
+    with pytest.raises(CheckpointFormatError, match="names a bad file"):
+        merge(group, [group], tmp_path / "out")
+    group.attrs[FILES_ATTRIBUTE] = {"tokenizer.model": {"base64": "not base64!"}}
+    with pytest.raises(CheckpointFormatError, match="not valid base64"):
+        merge(group, [group], tmp_path / "out")

@@ -118,7 +118,13 @@ class ArraySource:
         """Every array of ``group`` (nested groups joined with ``/``), with its side files."""
         label = label or str(group.store_path)
         files = decode_files(group.attrs.get(FILES_ATTRIBUTE), label)
-        return cls(dict(_members(group)), label, side_files=files, root=_local_root(group), closer=closer)
+        try:
+            members = dict(_members(group))
+        except Exception as exc:  # a node's metadata is missing or malformed: zarr raises many kinds
+            raise CheckpointFormatError(
+                f"{label}: cannot read the group's arrays ({type(exc).__name__}: {exc})"
+            ) from None
+        return cls(members, label, side_files=files, root=_local_root(group), closer=closer)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> ArraySource:
@@ -156,12 +162,17 @@ class ArraySource:
             empty.flags.writeable = False
             return empty
         found = flat_selection(info.shape, start, stop)
-        if found is not None:
-            values = np.asarray(array[found[0]])
-        else:  # any other range: the whole leading-axis rows that hold it
-            inner = info.numel // info.shape[0]
-            first, last = start // inner, -(-stop // inner)
-            values = np.asarray(array[first:last]).reshape(-1)[start - first * inner : stop - first * inner]
+        try:
+            if found is not None:
+                values = np.asarray(array[found[0]])
+            else:  # any other range: the whole leading-axis rows that hold it
+                inner = info.numel // info.shape[0]
+                first, last = start // inner, -(-stop // inner)
+                values = np.asarray(array[first:last]).reshape(-1)[start - first * inner : stop - first * inner]
+        except Exception as exc:  # a missing, truncated or undecodable chunk: zarr and its codecs raise many kinds
+            raise CheckpointFormatError(
+                f"{self.where(name)}: cannot read elements [{start}, {stop}) ({type(exc).__name__}: {exc})"
+            ) from None
         flat = values.reshape(-1)
         if flat.dtype.name == "bfloat16" or flat.dtype.itemsize != storage.itemsize or flat.dtype.kind != storage.kind:
             flat = flat.view(storage)

@@ -119,6 +119,17 @@ class StagedDirectory:
             os.close(self._lock_fd)
             self._lock_fd = -1
 
+    def clear(self) -> None:
+        """Empty a reused staging directory (all but its state folder) and start it anew."""
+        for entry in self.path.iterdir():
+            if entry.name == STATE_DIR:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        self.resumed = False
+
     def commit(self) -> Path:
         """Move the staging directory into place and delete its state; return the destination."""
         if self.durable:

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import base64
+import binascii
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +24,7 @@ import numpy as np
 
 from ooc_ties.dtypes import BF16, DTYPES, DType
 from ooc_ties.errors import CheckpointFormatError, UnsupportedDtypeError
+from ooc_ties.io.writer import INDEX_NAME, RECIPE_NAME
 
 __all__ = [
     "DTYPE_ATTRIBUTE",
@@ -87,12 +89,21 @@ def decode_files(value: Any, where: str) -> dict[str, bytes]:
         raise CheckpointFormatError(f"{where}: attribute {FILES_ATTRIBUTE} is not a mapping of file names")
     files: dict[str, bytes] = {}
     for name, item in value.items():
-        if not isinstance(name, str) or "/" in name or name in ("", ".", ".."):
+        if (
+            not isinstance(name, str)
+            or "/" in name
+            or name.startswith(".")
+            or name.endswith(".safetensors")
+            or name in ("", INDEX_NAME, RECIPE_NAME)
+        ):  # not a side file: it would overwrite the output's own files
             raise CheckpointFormatError(f"{where}: attribute {FILES_ATTRIBUTE} names a bad file {name!r}")
         if isinstance(item, str):
             files[name] = item.encode("utf-8")
         elif isinstance(item, dict) and isinstance(item.get("base64"), str):
-            files[name] = base64.b64decode(item["base64"])
+            try:
+                files[name] = base64.b64decode(item["base64"], validate=True)
+            except binascii.Error:
+                raise CheckpointFormatError(f"{where}: side file {name!r} is not valid base64") from None
         else:
             raise CheckpointFormatError(f"{where}: attribute {FILES_ATTRIBUTE} entry {name!r} is not text or base64")
     return files
