@@ -242,3 +242,16 @@ def test_side_files_cannot_overwrite_the_output(name: str, tmp_path: Path) -> No
     group.attrs[FILES_ATTRIBUTE] = {"tokenizer.model": {"base64": "not base64!"}}
     with pytest.raises(CheckpointFormatError, match="not valid base64"):
         merge(group, [group], tmp_path / "out")
+
+
+def test_ml_dtypes_bfloat16_arrays_are_bf16_inputs(tiny_models: Models, tmp_path: Path) -> None:
+    """NumPy has no bfloat16; ``ml_dtypes``' is taken as BF16 (skipped where ml_dtypes is not installed)."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    base, fts = tiny_models
+    models = []
+    for model in [base, *fts]:
+        with Checkpoint(model) as c:
+            models.append({n: c.read(n).view(ml_dtypes.bfloat16).reshape(c.info(n).shape) for n in c.names})
+    merge(models[0], models[1:], tmp_path / "out", PRESETS["paper"])
+    merge(base, fts, tmp_path / "files", PRESETS["paper"])
+    assert _tensors(tmp_path / "out") == _tensors(tmp_path / "files")
