@@ -99,7 +99,7 @@ def open_source(spec: SourceLike, label: str | None = None) -> TensorSource:
     Paths: a Zarr group when :func:`~ooc_ties.io.arrays.is_zarr_path` says so, else a safetensors file
     or Hugging Face folder. ``label`` names in-memory inputs in error messages.
     """
-    if isinstance(spec, (Checkpoint, ArraySource)):
+    if isinstance(spec, TensorSource):
         return spec
     if isinstance(spec, zarr.Group):
         return ArraySource.from_zarr(spec, label)
@@ -107,8 +107,6 @@ def open_source(spec: SourceLike, label: str | None = None) -> TensorSource:
         return ArraySource.open(spec) if is_zarr_path(spec) else Checkpoint(spec)
     if isinstance(spec, Mapping):
         return ArraySource(spec, label or "<arrays>")
-    if isinstance(spec, TensorSource):
-        return spec
     raise OptionError(
         f"cannot read a model from a {type(spec).__name__}: give a path, a zarr.Group or a mapping of arrays"
     )

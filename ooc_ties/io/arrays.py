@@ -8,7 +8,6 @@ the engine's grid is one rectangular selection, and an array chunked like the en
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -20,6 +19,7 @@ import zarr.storage
 
 from ooc_ties.errors import CheckpointFormatError, CheckpointNotFoundError
 from ooc_ties.grid import flat_selection
+from ooc_ties.io.checkpoint import files_fingerprint
 from ooc_ties.io.writer import TensorSpec
 from ooc_ties.io.zarr_format import FILES_ATTRIBUTE, decode_files, dtype_of
 
@@ -73,6 +73,15 @@ def _local_root(group: zarr.Group) -> Path | None:
     if isinstance(store, zarr.storage.ZipStore):
         return Path(store.path)
     return None
+
+
+def _files_under(root: Path) -> Iterator[tuple[str, Path]]:
+    """Every file under ``root`` with its relative path, in a fixed order."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = Path(dirpath, name)
+            yield str(path.relative_to(root)), path
 
 
 class ArraySource:
@@ -195,18 +204,9 @@ class ArraySource:
 
     @staticmethod
     def _digest(root: Path) -> str:
-        entries = []
         if root.is_file():
-            stat = root.stat()
-            entries.append(f"{root.name}:{stat.st_size}:{stat.st_mtime_ns}")
-        else:
-            for dirpath, dirnames, filenames in os.walk(root):
-                dirnames.sort()
-                for file_name in sorted(filenames):
-                    path = Path(dirpath) / file_name
-                    stat = path.stat()
-                    entries.append(f"{path.relative_to(root)}:{stat.st_size}:{stat.st_mtime_ns}")
-        return hashlib.sha256("\n".join(entries).encode()).hexdigest()[:32]
+            return files_fingerprint([(root.name, root)])
+        return files_fingerprint(_files_under(root))
 
     def local_paths(self) -> list[Path]:
         return [self._root] if self._root is not None else []

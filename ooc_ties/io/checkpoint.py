@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -20,7 +20,7 @@ from ooc_ties.errors import CheckpointFormatError, CheckpointNotFoundError
 from ooc_ties.io.safetensors import SafetensorsFile, TensorInfo
 from ooc_ties.io.writer import INDEX_NAME
 
-__all__ = ["SIDE_FILES", "Checkpoint"]
+__all__ = ["SIDE_FILES", "Checkpoint", "files_fingerprint"]
 
 
 SIDE_FILES = (
@@ -55,6 +55,15 @@ def _index_shards(index_path: Path) -> dict[str, str]:
         if Path(shard).name != shard:
             raise CheckpointFormatError(f"{index_path}: tensor {name!r} points outside the folder ({shard!r})")
     return weight_map
+
+
+def files_fingerprint(files: Iterable[tuple[str, Path]]) -> str:
+    """A digest of ``(name, path)`` pairs by name, size and modification time, in the order given."""
+    entries = []
+    for name, path in files:
+        stat = path.stat()
+        entries.append(f"{name}:{stat.st_size}:{stat.st_mtime_ns}")
+    return hashlib.sha256("\n".join(entries).encode()).hexdigest()[:32]
 
 
 class Checkpoint:
@@ -178,11 +187,7 @@ class Checkpoint:
         """A digest of every file's name, size and modification time: it tells whether results computed
         earlier (thresholds, an interrupted merge) belong to this checkpoint, without reading it.
         Moving the folder keeps it; rewriting or touching a file changes it."""
-        entries = []
-        for path in self.paths():
-            stat = path.stat()
-            entries.append(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}")
-        return hashlib.sha256("\n".join(entries).encode()).hexdigest()[:32]
+        return files_fingerprint((path.name, path) for path in self.paths())
 
     def close(self) -> None:
         for file in self.files:
