@@ -19,10 +19,10 @@ import zarr
 
 from ooc_ties.config import Resources
 from ooc_ties.grid import ChunkGrid
-from ooc_ties.io.staging import StagedDirectory, check_destination
+from ooc_ties.io.staging import StagedDirectory
 from ooc_ties.io.writer import TensorSpec, layout_shards
 from ooc_ties.io.zarr_output import ChunkedSpec
-from ooc_ties.outputs import OutputLike, check_disk, check_output_path, open_output, output_format
+from ooc_ties.outputs import OutputLike, check_output_path, open_output, output_format
 from ooc_ties.plan import MAX_BLOCK_ELEMENTS
 from ooc_ties.progress import ProgressFactory, progress_bar
 from ooc_ties.schedule import run_blocks
@@ -88,9 +88,7 @@ def convert(
         else:
             path = Path(destination)
             check_output_path(path, opened.local_paths())
-            check_destination(path.absolute(), overwrite=overwrite)
-            check_disk(path, total)
-            staged = StagedDirectory(path, overwrite=overwrite, durable=resources.durable)
+            staged = StagedDirectory(path, overwrite=overwrite, durable=resources.durable, nbytes=total)
             stack.callback(lambda: None if staged.done else staged.abort())
             target = staged
         shards = layout_shards([(s.spec.name, s.spec.nbytes) for s in specs], resources.shard_size)

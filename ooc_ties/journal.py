@@ -19,6 +19,7 @@ process died inside ``write``) is ignored, and its block is merged again.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -104,14 +105,11 @@ def _mismatch(theirs: dict[str, Any], ours: dict[str, Any]) -> str | None:
     return None
 
 
-def check_resumable(state: Path, header: dict[str, Any]) -> None:
-    """Refuse to resume the merge whose journal is in ``state`` unless it is this merge (``header``)."""
-    theirs = read_header(state)
-    if theirs is None:
-        return
+def check_resumable(theirs: dict[str, Any], header: dict[str, Any], where: Path) -> None:
+    """Refuse to resume the merge left at ``where`` (journal header ``theirs``) unless it is this merge."""
     why = _mismatch(theirs, header)
     if why is not None:
-        raise OptionError(f"cannot resume the merge left at {state.parent}: {why}")
+        raise OptionError(f"cannot resume the merge left at {where}: {why}")
 
 
 class Journal:
@@ -138,11 +136,9 @@ class Journal:
         return journal
 
     @classmethod
-    def resume(cls, state: Path, header: dict[str, Any], *, durable: bool, sync: Callable[[], None]) -> Journal:
-        """The journal of an interrupted merge; refused unless it belongs to this merge."""
-        if read_header(state) is None:  # died before the header was written: nothing was done yet
-            return cls.start(state, header, durable=durable, sync=sync)
-        check_resumable(state, header)
+    def reopen(cls, state: Path, header: dict[str, Any], *, durable: bool, sync: Callable[[], None]) -> Journal:
+        """The journal of an interrupted merge, to go on appending (its header was checked with
+        :func:`check_resumable`)."""
         journal = cls(state, header, durable=durable, sync=sync)
         journal._open_log()
         return journal
@@ -155,12 +151,9 @@ class Journal:
     def save_pass1(self, pass1: Pass1Result) -> None:
         """Keep the pass-1 results (once, atomically)."""
         record = {"thresholds": pass1.thresholds.to_json(), "guessed": sorted(pass1.guessed)}
-        tmp = self.state / (_QUOTAS + ".tmp")
-        with open(tmp, "wb") as f:
-            np.save(f, pass1.quotas)
-            if self.durable:
-                os.fsync(f.fileno())
-        os.replace(tmp, self.state / _QUOTAS)
+        quotas = io.BytesIO()
+        np.save(quotas, pass1.quotas)
+        _write_atomically(self.state / _QUOTAS, quotas.getvalue(), self.durable)
         _write_atomically(self.state / _PASS1, json.dumps(record).encode(), self.durable)
 
     def load_pass1(self) -> Pass1Result | None:

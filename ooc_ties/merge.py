@@ -11,7 +11,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import os
 import shutil
 import threading
 import time
@@ -33,14 +32,14 @@ from ooc_ties.errors import (
     OptionError,
 )
 from ooc_ties.inputs import MergeInputs
-from ooc_ties.io.staging import STATE_DIR, StagedDirectory, check_destination, staging_path
+from ooc_ties.io.staging import STATE_DIR, StagedDirectory, staging_path
 from ooc_ties.io.writer import RECIPE_NAME, TensorSpec
 from ooc_ties.io.zarr_format import RECIPE_ATTRIBUTE
 from ooc_ties.io.zarr_output import ChunkedSpec
 from ooc_ties.journal import Journal, check_resumable, journal_header, read_header
 from ooc_ties.kernels.convert import decode_oracle
 from ooc_ties.kernels.ties import merge as merge_kernel
-from ooc_ties.outputs import Output, OutputLike, check_disk, check_output_path, open_output, output_format
+from ooc_ties.outputs import Output, OutputLike, check_output_path, open_output, output_format
 from ooc_ties.plan import MergePlan, TensorKind, TensorPlan, make_plan
 from ooc_ties.progress import Progress, ProgressFactory, progress_bar
 from ooc_ties.schedule import run_blocks
@@ -141,34 +140,36 @@ def merge(
     with contextlib.ExitStack() as stack:
         inputs = _open_all(stack, base, finetuned)
         plan = make_plan(inputs.base, inputs.fts, options, resources)
+        out_format = output_format(output)
         if isinstance(output, zarr.Group):
             if resume:
                 raise OptionError("resume needs an output path (a zarr.Group given as output is written in place)")
             target: StagedDirectory | zarr.Group = output
-            out_format = "zarr"
         else:
             path = Path(output)
-            out_format = output_format(path)
             check_output_path(path, [p for source in inputs.all for p in source.local_paths()])
-            models = [[str(p.resolve()) for p in source.local_paths()] for source in inputs.all]
-            header = journal_header(plan, models, inputs.fingerprint(), out_format)
-            recipe = _already_published(path, options, inputs.fingerprint()) if resume else None
+            fingerprint = inputs.fingerprint()
+            recipe = _already_published(path, options, fingerprint) if resume else None
             if recipe is not None:
                 return _published_result(path, plan, recipe, started)
-            check_destination(path.absolute(), overwrite=overwrite)
-            staged = _allocated_bytes(staging_path(path.absolute())) if resume else 0
-            check_disk(path, max(0, plan.output_bytes - staged))  # a resume already holds its files
-            target = StagedDirectory(path, overwrite=overwrite, durable=resources.durable, resume=resume)
-            if target.resumed and read_header(target.state) is None:
+            target = StagedDirectory(
+                path, overwrite=overwrite, durable=resources.durable, resume=resume, nbytes=plan.output_bytes
+            )
+            theirs = read_header(target.state) if target.resumed else None
+            if target.resumed and theirs is None:
                 target.clear()  # killed before its journal existed: nothing in it can be trusted
-            if target.resumed:
-                try:  # a refused resume leaves the partial merge as it was
-                    plan = _replan_for(target, plan, inputs, resources)
-                    header = journal_header(plan, models, inputs.fingerprint(), out_format)
-                    check_resumable(target.state, header)
-                except BaseException:
-                    target.keep()
-                    raise
+            try:
+                if theirs is not None:
+                    plan = _replan_for(theirs, plan, inputs, resources)
+                header = _header(plan, inputs, fingerprint, out_format)
+                if theirs is not None:
+                    check_resumable(theirs, header, target.path)
+            except BaseException:
+                if theirs is not None:
+                    target.keep()  # a refused resume leaves the partial merge as it was
+                else:
+                    target.abort()
+                raise
             stack.push(_leave_on_exit(target))
         logger.info("plan:\n%s", plan.describe())
         _check_copies(plan, inputs)
@@ -177,7 +178,7 @@ def merge(
         stack.callback(sink.close)
         journal = None
         if isinstance(target, StagedDirectory):
-            opener = Journal.resume if target.resumed else Journal.start
+            opener = Journal.reopen if target.resumed else Journal.start
             journal = opener(target.state, header, durable=resources.durable, sync=sink.sync)
             stack.callback(journal.close)
         pass1 = journal.load_pass1() if journal is not None else None
@@ -216,18 +217,6 @@ def _leave_on_exit(target: StagedDirectory) -> Any:
     return leave
 
 
-def _allocated_bytes(folder: Path) -> int:
-    """Disk space the files under ``folder`` hold (0 if it does not exist)."""
-    total = 0
-    for dirpath, _, filenames in os.walk(folder):
-        for name in filenames:
-            try:
-                total += os.stat(os.path.join(dirpath, name)).st_blocks * 512
-            except OSError:
-                pass
-    return total
-
-
 def _already_published(path: Path, options: MergeOptions, fingerprint: str | None) -> dict[str, Any] | None:
     """The recipe at ``path`` if it is the finished output of this very merge (same options, same
     inputs), as a resume finds it when the interrupted run was killed after publishing; its leftover
@@ -260,11 +249,14 @@ def _published_result(path: Path, plan: MergePlan, recipe: dict[str, Any], start
     return MergeResult(path.absolute(), plan, thresholds, time.perf_counter() - started, 0, 0, plan.total_blocks)
 
 
-def _replan_for(target: StagedDirectory, plan: MergePlan, inputs: MergeInputs, resources: Resources) -> MergePlan:
-    """The plan of the interrupted merge: same blocks, even if this run's memory budget or threads differ."""
-    theirs = read_header(target.state)
-    if theirs is None:
-        return plan
+def _header(plan: MergePlan, inputs: MergeInputs, fingerprint: str | None, out_format: str) -> dict[str, Any]:
+    models = [[str(p.resolve()) for p in source.local_paths()] for source in inputs.all]
+    return journal_header(plan, models, fingerprint, out_format)
+
+
+def _replan_for(theirs: dict[str, Any], plan: MergePlan, inputs: MergeInputs, resources: Resources) -> MergePlan:
+    """The plan of the interrupted merge (journal header ``theirs``): same blocks, even if this run's
+    memory budget or threads differ."""
     block = theirs.get("block_elements")
     if isinstance(block, int) and 0 < block < plan.block_elements:
         smaller = dataclasses.replace(resources, max_block_elements=block)

@@ -8,7 +8,6 @@ and ``convert`` write blocks through :class:`Output` without knowing which.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -16,18 +15,15 @@ from typing import Any, Protocol
 import numpy as np
 import zarr
 
-from ooc_ties.errors import DiskSpaceError, OptionError, OutputPathError
+from ooc_ties.errors import OptionError, OutputPathError
 from ooc_ties.io.staging import StagedDirectory
 from ooc_ties.io.writer import SafetensorsOutput, ShardLayout
 from ooc_ties.io.zarr_output import ChunkedSpec, ZarrOutput
 
-__all__ = ["DISK_MARGIN", "Output", "OutputLike", "check_disk", "check_output_path", "open_output", "output_format"]
+__all__ = ["Output", "OutputLike", "check_output_path", "open_output", "output_format"]
 
 OutputLike = str | os.PathLike[str] | zarr.Group
 """A folder path (safetensors), a ``*.zarr`` path (Zarr v3 group), or a ``zarr.Group`` written in place."""
-
-DISK_MARGIN = 64 * 1024 * 1024
-"""Free space wanted beyond the tensor data (headers, config files, file system slack)."""
 
 
 class Output(Protocol):
@@ -86,16 +82,3 @@ def check_output_path(output: Path, inputs: Sequence[Path]) -> None:
             raise OutputPathError(f"{output}: the output must not be an input or lie inside one ({source})")
         if out in src.parents:
             raise OutputPathError(f"{output}: the output must not contain an input ({source})")
-
-
-def check_disk(output: Path, nbytes: int) -> None:
-    """Refuse to start when the output's file system cannot hold ``nbytes`` more."""
-    probe = output.absolute().parent
-    while not probe.exists():
-        probe = probe.parent
-    free = shutil.disk_usage(probe).free
-    need = nbytes + DISK_MARGIN
-    if free < need:
-        raise DiskSpaceError(
-            f"{probe}: not enough free disk space for the output ({need:,} bytes needed, {free:,} free)"
-        )

@@ -200,7 +200,7 @@ def test_two_processes_cannot_write_one_output(demo_models: Models, tmp_path: Pa
 
 def test_a_resume_needs_only_the_disk_space_still_missing(demo_models: Models, tmp_path: Path) -> None:
     """The partial merge already holds its (preallocated) files: a resume does not count them again."""
-    from ooc_ties.merge import _allocated_bytes
+    from ooc_ties.io.staging import _allocated_bytes
 
     out = tmp_path / "out"
     _leave_partial(demo_models, out)

@@ -18,12 +18,14 @@ import uuid
 from pathlib import Path
 from types import TracebackType
 
-from ooc_ties.errors import OutputPathError
+from ooc_ties.errors import DiskSpaceError, OutputPathError
 
-__all__ = ["STATE_DIR", "StagedDirectory", "check_destination", "staging_path"]
+__all__ = ["DISK_MARGIN", "STATE_DIR", "StagedDirectory", "check_destination", "check_disk", "staging_path"]
 
 logger = logging.getLogger(__name__)
 
+DISK_MARGIN = 64 * 1024 * 1024
+"""Free space wanted beyond the data (headers, config files, file system slack)."""
 STATE_DIR = ".ooc-ties-resume"
 """Inside the staging directory: the resume journal and the writer's lock."""
 _LOCK = "lock"
@@ -44,11 +46,39 @@ def check_destination(destination: Path, *, overwrite: bool) -> None:
         raise OutputPathError(f"{destination}: already exists (choose another path or --overwrite)")
 
 
+def check_disk(destination: Path, nbytes: int) -> None:
+    """Refuse to start when the destination's file system cannot hold ``nbytes`` more."""
+    probe = destination.absolute().parent
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    need = nbytes + DISK_MARGIN
+    if free < need:
+        raise DiskSpaceError(
+            f"{probe}: not enough free disk space for the output ({need:,} bytes needed, {free:,} free)"
+        )
+
+
+def _allocated_bytes(folder: Path) -> int:
+    """Disk space the files under ``folder`` hold (0 if it does not exist): a resumed output's shards
+    are preallocated, so they already hold most of what it needs."""
+    total = 0
+    for dirpath, _, filenames in os.walk(folder):
+        for name in filenames:
+            try:
+                total += os.stat(os.path.join(dirpath, name)).st_blocks * 512
+            except OSError:
+                pass
+    return total
+
+
 class StagedDirectory:
     """A directory published atomically at ``destination``.
 
     ``resume``: reuse an existing staging directory (``resumed`` says whether one was found). Without
     it, an existing staging directory is an interrupted merge: refused, or deleted with ``overwrite``.
+    ``nbytes``: the data it will hold; the file system must have room for what a reused staging
+    directory does not already hold.
     """
 
     def __init__(
@@ -58,6 +88,7 @@ class StagedDirectory:
         overwrite: bool = False,
         durable: bool = False,
         resume: bool = False,
+        nbytes: int = 0,
     ) -> None:
         self.destination = Path(destination).absolute()
         self.path = staging_path(self.destination)
@@ -67,6 +98,8 @@ class StagedDirectory:
         self._lock_fd = -1
         self._done = False
         check_destination(self.destination, overwrite=overwrite)
+        held = _allocated_bytes(self.path) if resume else 0
+        check_disk(self.destination, max(0, nbytes - held))
         parent = self.destination.parent
         missing = []
         while not parent.exists():
