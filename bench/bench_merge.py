@@ -5,7 +5,8 @@
 
 * Generates ``WORKDIR/models/{base,ft1,ft2,ft3}`` once with ``ooc-ties generate SHAPE WORKDIR/models``.
 * Per round (``--repeat`` rounds, alternating): the I/O floor (``cat`` every input file twice, as one
-  command, after one untimed warm-up read), then every merge variant (output deleted after each run).
+  command), then every merge variant (output deleted after each run). Every timed run starts after an
+  untimed read of the inputs, so each finds them in the page cache whatever ran before it.
 * Per run, for the whole child process (tree): wall time, CPU time (user+sys from ``os.wait4``), peak
   RSS (``ru_maxrss``), peak ``RssAnon`` and ``RssFile`` (sampled from ``/proc/<pid>/status`` every
   ~20 ms) and GB/s of input (input bytes counted once, whatever the number of passes).
@@ -160,6 +161,7 @@ class RunResult:
     involuntary_switches: int = 0
     status: str = "ok"  # ok | failed | timeout | oom-killed | killed
     note: str = ""
+    warm_read_s: float = 0.0  # the untimed read of the inputs just before this run
 
 
 def _oom_first() -> None:
@@ -872,11 +874,19 @@ def run_shape(args: argparse.Namespace, shape: str, models: Path, specs: list[tu
     floor_cmd = ["sh", "-c", f"cat {file_args} > /dev/null; cat {file_args} > /dev/null"]
     floor_name = "io-floor (cat x2)"
 
-    # Warm-up: one untimed read of every input file.
+    def warm() -> float:
+        """Read every input file once (untimed); return the seconds it took.
+
+        Before *every* timed run, not once: the page cache does not keep idle files for long on every
+        machine (a long mergekit run, or a proactive reclaimer such as DAMON's, which pages out file
+        pages idle for about a minute on the machines these figures come from), and a run that found
+        its inputs on disk would be compared with one that found them in memory."""
+        t0 = time.perf_counter()
+        subprocess.run(["sh", "-c", f"cat {file_args} > /dev/null"], check=True)
+        return time.perf_counter() - t0
+
     log("warm-up read of the inputs (untimed)")
-    t0 = time.perf_counter()
-    subprocess.run(["sh", "-c", f"cat {file_args} > /dev/null"], check=True)
-    log(f"warm-up read took {time.perf_counter() - t0:.1f} s")
+    log(f"warm-up read took {warm():.1f} s")
     if mk_exe is not None:  # loads torch/mergekit once, so the first timed run does not read them from disk
         t0 = time.perf_counter()
         r = subprocess.run([str(mk_exe), "--help"], capture_output=True, text=True, env=mk_env)
@@ -930,11 +940,13 @@ def run_shape(args: argparse.Namespace, shape: str, models: Path, specs: list[tu
     rounds = max([args.repeat, *(repeats(v) for v in variants)])
     for rnd in range(rounds):
         if rnd < args.repeat:
+            warm_s = warm()
             res = measure(floor_cmd, input_bytes, floor_name, rnd)
+            res.warm_read_s = warm_s
             if res.returncode != 0:
                 sys.exit(f"bench: the I/O floor command failed with exit code {res.returncode}")
             runs.append(res)
-            log(f"round {rnd + 1}/{rounds}: {floor_name}: {res.wall_s:.2f} s")
+            log(f"round {rnd + 1}/{rounds}: {floor_name}: {res.wall_s:.2f} s (warm-up read before it {warm_s:.1f} s)")
         for v in variants:
             if rnd >= repeats(v) or v.name in given_up:
                 continue
@@ -944,6 +956,7 @@ def run_shape(args: argparse.Namespace, shape: str, models: Path, specs: list[tu
             if rnd == 0:
                 log(f"  command: {shlex.join(cmd)}")
             err_path = workdir / "mergekit-stderr.log" if v.kind == "mergekit-yaml" else None
+            warm_s = warm()
             res = measure(
                 cmd,
                 input_bytes,
@@ -954,6 +967,7 @@ def run_shape(args: argparse.Namespace, shape: str, models: Path, specs: list[tu
                 timeout=args.timeout if v.kind != "ooc" else None,
                 oom_first=v.kind != "ooc",
             )
+            res.warm_read_s = warm_s
             if res.status != "ok":
                 if v.kind == "ooc":
                     sys.exit(f"bench: {shlex.join(cmd)} failed with exit code {res.returncode}")
@@ -973,7 +987,7 @@ def run_shape(args: argparse.Namespace, shape: str, models: Path, specs: list[tu
             log(
                 f"round {rnd + 1}/{rounds}: {v.name}: {res.wall_s:.2f} s, cpu {res.cpu_s:.2f} s, "
                 f"maxrss {res.maxrss_kib / 1024:.0f} MiB, RssAnon peak {res.rss_anon_peak_kib / 1024:.0f} MiB, "
-                f"load {res.loadavg_before:.2f}"
+                f"load {res.loadavg_before:.2f}, warm-up read before it {warm_s:.1f} s"
             )
             if args.compare_output and last and v.kind == "mergekit-yaml":
                 out_dir.rename(keep_mk)
