@@ -32,37 +32,40 @@ TILE = 2048
 """Elements per tile: the kernels sweep a tile once per model, with every scratch row in L1/L2 cache.
 
 A tile is a unit of work inside a kernel call, not of the arithmetic: each element still sees exactly
-the operations of the module docstring, in the same order, so results do not depend on it."""
+the operations of the module docstring, in the same order, so results do not depend on it.
+
+Loops index tile *slices* from 0: Numba wraps negative indices, and for ``block[start + j]`` LLVM
+cannot prove the index non-negative, so the wrap test stays in the loop and keeps it scalar. With
+``tile[j]`` it vectorises: 1.7 -> 0.45 ns per parameter for the vote on a cached block."""
 
 
 @helper
-def _trim_tile(
-    ft: Any, b: np.ndarray, start: int, m: int, thr: np.float32, quota: int, seen: int, out: np.ndarray
-) -> int:
-    """``out[:m]`` = trimmed task values of one model for elements ``start..start+m``; returns ``seen``.
+def _trim_tile(ft: Any, b: np.ndarray, m: int, thr: np.float32, quota: int, seen: int, out: np.ndarray) -> int:
+    """``out[:m]`` = trimmed task values of one model for the tile ``ft`` (``m`` elements, a slice of
+    the block); returns ``seen``.
 
     ``seen`` counts the values equal to ``thr`` met so far in the block (only used when ``quota >= 0``).
     """
     if quota < 0:  # every tie kept: a branch-free loop the compiler vectorises
         for j in range(m):
-            tau = load_f32(ft, start + j) - b[j]
+            tau = load_f32(ft, j) - b[j]
             out[j] = tau if abs(tau) >= thr else tau * _ZERO
         return seen
     ties = 0
     for j in range(m):
-        ties += abs(load_f32(ft, start + j) - b[j]) == thr
+        ties += abs(load_f32(ft, j) - b[j]) == thr
     if seen + ties <= quota:  # every tie of this tile is within the quota
         for j in range(m):
-            tau = load_f32(ft, start + j) - b[j]
+            tau = load_f32(ft, j) - b[j]
             out[j] = tau if abs(tau) >= thr else tau * _ZERO
     elif seen >= quota:  # the quota is used up: no tie kept
         for j in range(m):
-            tau = load_f32(ft, start + j) - b[j]
+            tau = load_f32(ft, j) - b[j]
             out[j] = tau if abs(tau) > thr else tau * _ZERO
     else:  # the one tile where the quota runs out: keep ties in order until it does
         kept = seen
         for j in range(m):
-            tau = load_f32(ft, start + j) - b[j]
+            tau = load_f32(ft, j) - b[j]
             a = abs(tau)
             keep = a > thr
             if a == thr:
@@ -89,12 +92,13 @@ def _vote_tile(
 ) -> None:
     """Decode the base tile into ``b``, sum the weighted trimmed values into ``s`` (step 2), and mark
     in ``nonzero`` the elements with some non-zero weighted value."""
+    tile = base[start : start + m]
     for j in range(m):
-        b[j] = load_f32(base, start + j)
+        b[j] = load_f32(tile, j)
         s[j] = _ZERO
         nonzero[j] = False
     for t in range(len(fts)):
-        seen[t] = _trim_tile(fts[t], b, start, m, thr[t], quota[t], seen[t], v)
+        seen[t] = _trim_tile(fts[t][start : start + m], b, m, thr[t], quota[t], seen[t], v)
         w = weights[t]
         for j in range(m):
             vj = w * v[j]
@@ -218,13 +222,14 @@ def merge(
     other = _ONE if not zero_positive else -_ONE
     for start in range(0, n, TILE):
         m = min(TILE, n - start)
+        tile = base[start : start + m]
         for j in range(m):
-            b[j] = load_f32(base, start + j)
+            b[j] = load_f32(tile, j)
             s[j] = _ZERO
             nonzero[j] = False
         for t in range(n_models):
             vt = v[t]
-            seen[t] = _trim_tile(fts[t], b, start, m, thr[t], quota[t], seen[t], vt)
+            seen[t] = _trim_tile(fts[t][start : start + m], b, m, thr[t], quota[t], seen[t], vt)
             w = weights[t]
             for j in range(m):
                 vj = w * vt[j]
@@ -250,10 +255,11 @@ def merge(
                 num[j] = num[j] + (vj if agree else vj * _ZERO)
                 den[j] = den[j] + (w if agree else w * _ZERO)
         bad = 0
+        dest = out[start : start + m]
         for j in range(m):
             d = den[j] if den[j] != _ZERO else _ONE
-            store_f32(out, start + j, b[j] + lam * (num[j] / d))
-            bad += not stored_finite(out, start + j)
+            store_f32(dest, j, b[j] + lam * (num[j] / d))
+            bad += not stored_finite(dest, j)
         if tile_open and open_ - lost < capacity:
             found = 0
             for j in range(m):  # branch-free: the open elements' indices to the front of ``where``
