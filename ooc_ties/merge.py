@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import shutil
@@ -54,6 +55,7 @@ from ooc_ties.thresholds import (
     compute_thresholds,
     plan_blocks,
 )
+from ooc_ties.write_queue import WriteQueue
 
 __all__ = ["RECIPE_NAME", "MergeResult", "OutputLike", "merge", "plan_merge"]
 
@@ -330,6 +332,7 @@ class _Pass2:
         self.patch_room = plan.resources.memory_budget // PATCH_SHARE
         self._patch_lock = threading.Lock()
         self.redoing = False
+        self.writes = WriteQueue(plan.block_elements, 2 * self.threads)
 
     def new_state(self) -> dict[Any, np.ndarray]:
         return {"at": np.empty(OPEN_CAPACITY, np.int64)}
@@ -349,14 +352,15 @@ class _Pass2:
         run_blocks(
             blocks, self.merge_block, self.new_state, threads=self.threads, cost=lambda b: b.in_nbytes, progress=bar
         )
+        self.writes.drain()
 
     def merge_block(self, ref: BlockRef, buffers: dict[Any, np.ndarray]) -> None:
         name = ref.tensor.name
         storage = _out_storage(ref.tensor.out_dtype)
-        if storage not in buffers:
-            buffers[storage] = np.empty(self.block_elements, storage)
+        if ("alt", storage) not in buffers:
             buffers[("alt", storage)] = np.empty(OPEN_CAPACITY, storage)
-        out = buffers[storage][: ref.stop - ref.start]
+        buffer = self.writes.buffer(storage)
+        out = buffer[: ref.stop - ref.start]
         base, fts = self.inputs.block(name, ref.start, ref.stop)
         key = self.key(name)
         votes = self.votes[ref.ordinal]
@@ -383,10 +387,14 @@ class _Pass2:
         recorded = int(votes[2] - votes[3])
         if recorded and not self._keep_patch(ref.ordinal, at[:recorded], alt[:recorded]):
             votes[3] = votes[2]
-        self.sink.write(name, ref.start, out)
         self.inputs.release(name, ref.start, ref.stop)
+        self.writes.submit(buffer, functools.partial(self._write, ref, out, votes, self.redoing))
+
+    def _write(self, ref: BlockRef, out: np.ndarray, votes: np.ndarray, redoing: bool) -> None:
+        """Write a merged block, then journal it (run by :class:`WriteQueue`, one at a time)."""
+        self.sink.write(ref.tensor.name, ref.start, out)
         if self.journal is not None:
-            if self.redoing:
+            if redoing:
                 self.journal.redone(ref.ordinal)
             else:
                 self.journal.merged(ref.ordinal, votes)

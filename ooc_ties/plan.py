@@ -202,9 +202,10 @@ def make_plan(
 
     out_bytes = 4 if options.out_dtype is None else options.out_dtype.itemsize
     mixed = any(len({ft.info(name).dtype for ft in fts}) > 1 for name in base.names if base.info(name).dtype.is_float)
-    # Pass 2 holds one output block per worker, and decodes each input to float32 when the fine-tuned
-    # models of a tensor come in different dtypes (the kernels need one dtype for all of them).
-    per_element = out_bytes + (4 * (n + 1) if mixed else 0)
+    # Pass 2 holds two output blocks per worker (one being merged, one queued for writing, see
+    # write_queue), and decodes each input to float32 when the fine-tuned models of a tensor come in
+    # different dtypes (the kernels need one dtype for all of them).
+    per_element = 2 * out_bytes + (4 * (n + 1) if mixed else 0)
     fixed = _fixed_bytes(n, resources.threads, 0)
     room = resources.memory_budget - fixed
     block = min(MAX_BLOCK_ELEMENTS, room // max(1, resources.threads * per_element))
