@@ -245,6 +245,25 @@ def test_bracket_histogram_reports_first_non_finite() -> None:
     assert high[0].sum() == 10 and high[0, 0] == 10
 
 
+def test_bracket_histogram_non_finite_beyond_the_first_tile() -> None:
+    """Blocks longer than a tile, with non-finite values in a later tile and in the block's tail."""
+    rng = np.random.default_rng(7)
+    n = 3 * histogram.TILE + 6
+    base = rng.standard_normal(n).astype(np.float32)
+    ft = base + rng.standard_normal(n).astype(np.float32)
+    ft[[histogram.TILE + 5, n - 2]] = [np.inf, np.nan]
+    fts = (base + np.float32(0.5), ft)
+    slots, n_slots = _bracket_slots(base, fts, rng, 8)
+    counts = np.zeros((2, histogram.bracket_width(n_slots)), np.int64)
+    bad = np.full(2, -1, np.int64)
+    histogram.bracket_histogram(base, fts, histogram.bracket_table(slots), counts, bad)
+    high, low = histogram.bracket_split(counts, slots)
+    expected_high, expected_low, expected_bad = histogram.bracket_histogram_oracle(base, fts, slots, n_slots)
+    assert bad.tolist() == expected_bad.tolist() == [-1, histogram.TILE + 5]
+    np.testing.assert_array_equal(high, expected_high)
+    np.testing.assert_array_equal(low, expected_low)
+
+
 def test_bracket_table_refuses_non_finite_bins() -> None:
     slots = np.full((1, histogram.HIGH_BINS), -1, np.int32)
     slots[0, 0x7F80] = 0

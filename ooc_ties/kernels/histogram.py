@@ -56,6 +56,7 @@ _INF_BIN = 0x7F80  # the first high bin of non-finite patterns
 _OFFSET = np.uint64(0xFFFFFFFF)
 _SKEW = 1344  # bytes, see bracket_counts
 _MASK_SHIFT = np.uint64(32)
+TILE = 2048  # elements whose magnitudes bracket_histogram computes before counting them
 
 
 @kernel
@@ -147,6 +148,7 @@ def bracket_histogram(base: Any, fts: Any, table: np.ndarray, counts: np.ndarray
     counted, and ``bad`` is set as by :func:`high_histogram`.
     """
     n = base.size
+    n_models = len(fts)
     n4 = n - n % 4
     # One increment per value, through a small table: outside the bracket it counts the high bin in one
     # of four interleaved sub-histograms (runs of equal bins, such as the zeros of untouched parameters,
@@ -154,33 +156,46 @@ def bracket_histogram(base: Any, fts: Any, table: np.ndarray, counts: np.ndarray
     # and mask share one uint64 entry so each value costs one table load. Measured on a real bf16 block
     # (3 fine-tunes, 8 slots, 11% of the values in the bracket): 1.1 ns per value, against 0.9 + 1.1 ns
     # for high_histogram and low_histogram; a second increment per value, or a select in place of the
-    # mask, costs 1.5-2.8 ns.
-    for t in range(len(fts)):
-        ft = fts[t]
+    # mask, costs 1.5-2.8 ns. The magnitudes of a tile are computed first, in a loop the compiler
+    # vectorises, and the counting loop reads them back: 1.14 -> 0.88 ns per value.
+    # Non-finite patterns land in the high bins from _INF_BIN up, which are never in the bracket: their
+    # counts before and after the block tell whether to look for one (no test per value).
+    before = np.empty(n_models, np.int64)
+    for t in range(n_models):
+        before[t] = _nonfinite_count(counts[t])
+    b = np.empty(TILE, np.float32)
+    u = np.empty(TILE, np.uint32)
+    for start in range(0, n, TILE):
+        m = min(TILE, n - start)
+        m4 = m - m % 4  # TILE is a multiple of 4: a tile's lanes are its elements' lanes in the block
+        base_tile = base[start : start + m]
+        for j in range(m):
+            b[j] = load_f32(base_tile, j)
+        for t in range(n_models):
+            ft_tile = fts[t][start : start + m]
+            for j in range(m):
+                u[j] = f32_as_u32(load_f32(ft_tile, j) - b[j]) & _ABS
+            row = counts[t]
+            e_0, e_1, e_2, e_3 = table[t, 0], table[t, 1], table[t, 2], table[t, 3]
+            for j in range(0, m4, 4):
+                u0, u1, u2, u3 = u[j], u[j + 1], u[j + 2], u[j + 3]
+                x0, x1, x2, x3 = e_0[u0 >> _SHIFT], e_1[u1 >> _SHIFT], e_2[u2 >> _SHIFT], e_3[u3 >> _SHIFT]
+                row[(x0 & _OFFSET) + (np.uint64(u0) & (x0 >> _MASK_SHIFT))] += 1
+                row[(x1 & _OFFSET) + (np.uint64(u1) & (x1 >> _MASK_SHIFT))] += 1
+                row[(x2 & _OFFSET) + (np.uint64(u2) & (x2 >> _MASK_SHIFT))] += 1
+                row[(x3 & _OFFSET) + (np.uint64(u3) & (x3 >> _MASK_SHIFT))] += 1
+            for j in range(m4, m):
+                uj = u[j]
+                x = e_0[uj >> _SHIFT]
+                row[(x & _OFFSET) + (np.uint64(uj) & (x >> _MASK_SHIFT))] += 1
+    for t in range(n_models):
         row = counts[t]
-        e_0, e_1, e_2, e_3 = table[t, 0], table[t, 1], table[t, 2], table[t, 3]
-        # Non-finite patterns land in the high bins from _INF_BIN up, which are never in the bracket:
-        # their counts before and after the block tell whether to look for one (no test per value).
-        before = _nonfinite_count(row)
-        for i in range(0, n4, 4):
-            u0 = f32_as_u32(load_f32(ft, i) - load_f32(base, i)) & _ABS
-            u1 = f32_as_u32(load_f32(ft, i + 1) - load_f32(base, i + 1)) & _ABS
-            u2 = f32_as_u32(load_f32(ft, i + 2) - load_f32(base, i + 2)) & _ABS
-            u3 = f32_as_u32(load_f32(ft, i + 3) - load_f32(base, i + 3)) & _ABS
-            x0, x1, x2, x3 = e_0[u0 >> _SHIFT], e_1[u1 >> _SHIFT], e_2[u2 >> _SHIFT], e_3[u3 >> _SHIFT]
-            row[(x0 & _OFFSET) + (np.uint64(u0) & (x0 >> _MASK_SHIFT))] += 1
-            row[(x1 & _OFFSET) + (np.uint64(u1) & (x1 >> _MASK_SHIFT))] += 1
-            row[(x2 & _OFFSET) + (np.uint64(u2) & (x2 >> _MASK_SHIFT))] += 1
-            row[(x3 & _OFFSET) + (np.uint64(u3) & (x3 >> _MASK_SHIFT))] += 1
-        for i in range(n4, n):
-            u = f32_as_u32(load_f32(ft, i) - load_f32(base, i)) & _ABS
-            x = e_0[u >> _SHIFT]
-            row[(x & _OFFSET) + (np.uint64(u) & (x >> _MASK_SHIFT))] += 1
-        if _nonfinite_count(row) != before:  # rare: take the non-finite values back out, find the first
+        if _nonfinite_count(row) != before[t]:  # rare: take the non-finite values back out, find the first
+            ft = fts[t]
             for i in range(n):
-                u = f32_as_u32(load_f32(ft, i) - load_f32(base, i)) & _ABS
-                if u >= _INF:
-                    row[(i % 4 if i < n4 else 0) * HIGH_BINS + (u >> _SHIFT)] -= 1
+                v = f32_as_u32(load_f32(ft, i) - load_f32(base, i)) & _ABS
+                if v >= _INF:
+                    row[(i % 4 if i < n4 else 0) * HIGH_BINS + (v >> _SHIFT)] -= 1
                     if bad[t] < 0:
                         bad[t] = i
 
