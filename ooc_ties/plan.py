@@ -190,6 +190,11 @@ def _check_inputs(base: TensorSource, fts: Sequence[TensorSource]) -> None:
                 )
 
 
+def _merged_dtype(options: MergeOptions, dtype: DType) -> DType:
+    """The output dtype of a merged tensor stored as ``dtype`` in the base (float64 becomes float32)."""
+    return options.out_dtype or (F32 if dtype == F64 else dtype)
+
+
 def make_plan(
     base: TensorSource, fts: Sequence[TensorSource], options: MergeOptions, resources: Resources
 ) -> MergePlan:
@@ -200,12 +205,13 @@ def make_plan(
     _check_inputs(base, fts)
     n = len(fts)
 
-    out_bytes = 4 if options.out_dtype is None else options.out_dtype.itemsize
-    mixed = any(len({ft.info(name).dtype for ft in fts}) > 1 for name in base.names if base.info(name).dtype.is_float)
-    # Pass 2 holds two output blocks per worker (one being merged, one queued for writing, see
-    # write_queue), and decodes each input to float32 when the fine-tuned models of a tensor come in
-    # different dtypes (the kernels need one dtype for all of them).
-    per_element = 2 * out_bytes + (4 * (n + 1) if mixed else 0)
+    floats = [name for name in base.names if base.info(name).dtype.is_float]
+    out_dtypes = {_merged_dtype(options, base.info(name).dtype) for name in floats}
+    mixed = any(len({ft.info(name).dtype for ft in fts}) > 1 for name in floats)
+    # Pass 2 holds two output blocks per worker for each output dtype (one being merged, one queued for
+    # writing: write_queue pools buffers per dtype), and decodes each input to float32 when the
+    # fine-tuned models of a tensor come in different dtypes (the kernels need one dtype for all).
+    per_element = 2 * sum(d.itemsize for d in out_dtypes) + (4 * (n + 1) if mixed else 0)
     fixed = _fixed_bytes(n, resources.threads, 0)
     room = resources.memory_budget - fixed
     block = min(MAX_BLOCK_ELEMENTS, room // max(1, resources.threads * per_element))
@@ -224,7 +230,7 @@ def make_plan(
         in_dtypes = (b.dtype, *(ft.info(name).dtype for ft in fts))
         if b.dtype.is_float:
             kind = TensorKind.MERGE
-            out_dtype = options.out_dtype or (F32 if b.dtype == F64 else b.dtype)
+            out_dtype = _merged_dtype(options, b.dtype)
         else:
             kind, out_dtype = TensorKind.COPY, b.dtype
         tensors.append(TensorPlan(name, b.shape, kind, in_dtypes, out_dtype, ChunkGrid.for_block_size(b.shape, block)))

@@ -1,11 +1,12 @@
 """Run block tasks on a pool of threads.
 
 Kernels release the GIL, so plain threads use every core. A pass is a list of independent block tasks;
-each worker thread owns one accumulator (a histogram, a counter, a reusable output buffer), created by
+each worker thread owns one accumulator (a histogram, a counter, scratch space), created by
 ``new_state`` and handed to every task the worker runs. Accumulators only ever *add* integers, so
 combining them in any order gives the same result as a sequential run: the output never depends on how
 blocks were spread over threads. Any scheduler that runs ``task(item, state)`` and sums the states (Dask,
-a process pool) computes the same thing.
+a process pool) computes the same thing. (Pass 2's output writes go through a ``WriteQueue`` shared by
+the threads of one process; another scheduler would write each block from its task.)
 """
 
 from __future__ import annotations

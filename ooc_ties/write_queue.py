@@ -59,8 +59,10 @@ class WriteQueue:
     def submit(self, buffer: np.ndarray, write: Callable[[], None]) -> None:
         """Queue ``write`` (which reads ``buffer``), then run the queue unless another worker is.
 
-        ``buffer`` goes back to the pool once ``write`` has run, or raised. An exception from any
-        queued write is raised here, in the worker that ran it.
+        ``buffer`` goes back to the pool once ``write`` has run, or raised. An exception from a queued
+        write is raised in the worker that ran it, from :meth:`submit`, :meth:`buffer` or
+        :meth:`drain`, whichever block that worker was busy with; the writes queued after it stay
+        queued for the next call.
         """
         with self._lock:
             self._jobs.append((buffer, write))

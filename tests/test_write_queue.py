@@ -106,3 +106,25 @@ def test_a_worker_needing_a_buffer_runs_the_queued_writes() -> None:
 def test_needs_two_buffers() -> None:
     with pytest.raises(ValueError):
         WriteQueue(block_elements=4, buffers_per_dtype=1)
+
+
+def test_the_plan_counts_two_buffers_per_worker_and_output_dtype() -> None:
+    from ooc_ties import PRESETS, Resources, plan_merge
+    from ooc_ties.dtypes import BF16
+
+    rng = np.random.default_rng(0)
+
+    def model() -> dict[str, np.ndarray]:
+        return {
+            "a": rng.standard_normal((64, 8)).astype(np.float32),
+            "b": rng.standard_normal((64, 8)).astype(np.float16),
+            "c": np.arange(8, dtype=np.int64),  # copied, never buffered
+        }
+
+    base, fts = model(), [model(), model()]
+    plan = plan_merge(base, fts, PRESETS["paper"], Resources(threads=3))
+    assert plan.work_bytes_per_element == 2 * (4 + 2)
+    fixed = plan.peak_memory_estimate - 3 * plan.block_elements * plan.work_bytes_per_element
+    one_dtype = plan_merge(base, fts, PRESETS["paper"].with_(out_dtype=BF16), Resources(threads=3))
+    assert one_dtype.work_bytes_per_element == 2 * 2
+    assert one_dtype.peak_memory_estimate - 3 * one_dtype.block_elements * 4 == fixed
