@@ -444,8 +444,11 @@ class _Pass1:
         )
         if decisive or fits:
             return int(np.sign(pos - neg)), True
-        pos, neg, _ = self.vote(f"{label}majority sign", blocks, thr, quotas)
-        return int(np.sign(pos - neg)), False
+        # Every block votes; the sample's blocks have (integer counts add in any order).
+        sampled = {b.ordinal for b in sample}
+        rest = [b for b in blocks if b.ordinal not in sampled]
+        more_pos, more_neg, _ = self.vote(f"{label}majority sign", rest, thr, quotas)
+        return int(np.sign(pos + more_pos - neg - more_neg)), False
 
     def group(
         self, key: str, blocks: Sequence[BlockRef], quotas: np.ndarray, label: str, given: Thresholds | None
@@ -625,14 +628,15 @@ def max_reads(options: MergeOptions, full: int, sample: int, given: bool = False
     * Thresholds (density below 1): the sample, one read for both histogram levels, and a second read
       if a threshold lies outside its bracket; when the sample is the whole group, two reads.
     * Tie counts (``topk``, density below 1): one read.
-    * The majority sign (``majority``): the sample's votes, and at most one vote over every block.
+    * The majority sign (``majority``): the sample's votes, and at most the votes of the other blocks
+      (one read in all).
 
     ``given`` thresholds skip the histograms and the vote (the tie counts depend on the block grid).
     """
     trims = options.density < 1.0
     histograms = sample + full + (full if sample < full else 0) if trims and not given else 0
     ties = full if trims and options.trim is TrimRule.TOPK else 0
-    vote = sample + full if options.zero_sign is ZeroSign.MAJORITY and not given else 0
+    vote = full if options.zero_sign is ZeroSign.MAJORITY and not given else 0
     return histograms + ties + vote
 
 

@@ -309,3 +309,37 @@ def test_too_many_open_elements_to_record_means_a_full_vote(tmp_path: Path, capl
     assert "too many to record: full vote" in caplog.text
     assert "guessed" not in caplog.text
     assert read_all(result.output) == expected_bytes(paths[0], paths[1:], options)
+
+
+def test_the_full_vote_counts_the_sampled_blocks_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Only the sampled blocks tip the majority (the others tie exactly), and not decisively enough to
+    guess from: the full vote must add the sample's votes to those of the other blocks."""
+    from safetensors.numpy import save_file
+
+    block, blocks = 1 << 14, 16
+    rng = np.random.default_rng(11)
+    tau1 = np.empty(blocks * block, np.float32)
+    cancel = np.zeros(blocks * block, bool)
+    for k in range(blocks):
+        tip = 100 if k % 8 == 0 else 0  # vote_sample takes every 8th block
+        kept = block // 2
+        signs = np.concatenate(
+            [np.ones(kept // 2 + tip), -np.ones(kept - kept // 2 - tip), rng.choice([-1.0, 1.0], block - kept)]
+        )
+        is_cancelled = np.concatenate([np.zeros(kept, bool), np.ones(block - kept, bool)])
+        order = rng.permutation(block)
+        tau1[k * block : (k + 1) * block] = signs[order]
+        cancel[k * block : (k + 1) * block] = is_cancelled[order]
+    tau2 = np.where(cancel, -tau1, tau1).astype(np.float32)
+    base = np.zeros(blocks * block, np.float32)
+    paths = [tmp_path / f"m{i}.safetensors" for i in range(3)]
+    for path, tensor in zip(paths, (base, base + tau1, base + tau2), strict=True):
+        save_file({"w": tensor}, path)
+    options = PRESETS["paper"].with_(density=1.0)
+    with caplog.at_level("DEBUG", logger="ooc_ties.thresholds"):
+        result = merge(paths[0], paths[1:], tmp_path / "out", options, Resources(max_block_elements=block))
+    assert "full vote" in caplog.text
+    assert read_all(result.output) == expected_bytes(paths[0], paths[1:], options)
+    with Checkpoint(result.output) as c:
+        merged = np.asarray(c.read("w"))
+    assert (merged[cancel] == 1).all()  # the open elements took the majority sign, +1

@@ -198,7 +198,7 @@ def test_threshold_passes_and_progress_follow_one_rule(
     assert plan.threshold_passes == max_reads(options, SAMPLE_STRIDE, 1) / SAMPLE_STRIDE
     histograms = 0.0 if density >= 1 else 2.125
     ties = 1.0 if density < 1 and preset == "mergekit" else 0.0
-    vote = 1.125 if preset == "paper" else 0.0
+    vote = 1.0 if preset == "paper" else 0.0
     assert plan.threshold_passes == histograms + ties + vote
 
 
