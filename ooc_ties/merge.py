@@ -312,7 +312,6 @@ class _Pass2:
         self.quotas = quotas
         self.sink = sink
         self.journal = journal
-        self.block_elements = plan.block_elements
         self.threads = plan.resources.threads
         options = plan.options
         self.weights = options.model_weights(plan.n_models)
