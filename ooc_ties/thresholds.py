@@ -19,9 +19,10 @@ as a two-read select would. Either way the result is the same, bit for bit. Then
    how many of its own to keep (lowest flat index first);
 4. the ``majority`` zero-sign rule needs the sign of (#positive - #negative) elected signs over the
    group, counted with the final trim. Pass 1 first votes on a fixed sample of blocks (every
-   :data:`VOTE_SAMPLE_STRIDE`-th); when the sample is decisive it only *guesses* the sign from it, and
-   pass 2, which counts the votes of every block anyway, settles the exact sign and merges again the
-   blocks whose result depended on a wrong guess (see ``merge.py``). Otherwise every block votes.
+   :data:`SAMPLE_STRIDE`-th); when the sample is decisive it only *guesses* the sign from it, and
+   pass 2, which counts the votes of every block anyway, settles the exact sign and corrects the
+   elements whose result depended on a wrong guess (see ``merge.py``). Otherwise the other blocks vote
+   too.
 """
 
 from __future__ import annotations
@@ -61,7 +62,6 @@ __all__ = [
     "BRACKET_BINS",
     "GLOBAL",
     "SAMPLE_STRIDE",
-    "VOTE_SAMPLE_STRIDE",
     "BlockRef",
     "GroupThreshold",
     "Pass1Result",
@@ -81,8 +81,6 @@ logger = logging.getLogger(__name__)
 SAMPLE_STRIDE = 8
 """Pass 1 samples every 8th block of a group (the first block at least): its high-bits histogram
 brackets the thresholds, and its votes guess the majority sign."""
-VOTE_SAMPLE_STRIDE = SAMPLE_STRIDE
-"""The stride of the majority-sign sample (the same sample)."""
 BRACKET_BINS = 8
 """High bins whose low bits the one-read select counts, per model: ``8 * 512 KiB`` of int64 counts per
 model and worker (see ``plan._fixed_bytes``)."""

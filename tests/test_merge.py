@@ -25,6 +25,16 @@ def read_all(folder: Path) -> dict[str, bytes]:
         return {n: c.read(n).tobytes() for n in c.names}
 
 
+def write_models(folder: Path, *tensors: np.ndarray) -> list[Path]:
+    """Single-file models ``m0.safetensors``, ``m1...`` holding one tensor ``w`` each (base first)."""
+    from safetensors.numpy import save_file
+
+    paths = [folder / f"m{i}.safetensors" for i in range(len(tensors))]
+    for path, tensor in zip(paths, tensors, strict=True):
+        save_file({"w": tensor}, path)
+    return paths
+
+
 def expected_bytes(base: Path, fts: list[Path], options: MergeOptions) -> dict[str, bytes]:
     return {n: a.tobytes() for n, a in reference_merge(base, fts, options).items()}
 
@@ -69,15 +79,10 @@ def test_two_models_commute(tiny_models: Models, tmp_path: Path) -> None:
 
 
 def test_density_one_with_agreeing_signs_is_the_plain_mean(tmp_path: Path) -> None:
-    from safetensors.numpy import save_file
-
     rng = np.random.default_rng(3)
     base = rng.standard_normal((40, 30)).astype(np.float32)
     deltas = [np.abs(rng.standard_normal((40, 30))).astype(np.float32) for _ in range(3)]
-    paths = []
-    for i, tensor in enumerate([base] + [base + d for d in deltas]):
-        paths.append(tmp_path / f"m{i}.safetensors")
-        save_file({"w": tensor}, paths[-1])
+    paths = write_models(tmp_path, base, *(base + d for d in deltas))
     result = merge(paths[0], paths[1:], tmp_path / "out", PRESETS["paper"].with_(density=1.0))
     with Checkpoint(result.output) as c:
         merged = np.array(c.read("w")).reshape(40, 30)
@@ -258,23 +263,19 @@ def test_a_wrong_majority_guess_is_corrected(
 ) -> None:
     """Pass 1 guesses the majority sign from every 8th block; pass 2 must settle it exactly, by
     correcting the recorded open elements in place, or (where none could be recorded) merging again."""
-    from safetensors.numpy import save_file
-
     from ooc_ties.convert import convert
-    from ooc_ties.thresholds import VOTE_SAMPLE_STRIDE
+    from ooc_ties.thresholds import SAMPLE_STRIDE
 
     monkeypatch.setattr(sys.modules["ooc_ties.merge"], "OPEN_CAPACITY", capacity)
     block = 64
-    n_blocks = 8 * VOTE_SAMPLE_STRIDE  # a sample of 8 blocks: decisive, and wrong
-    sampled = (np.arange(n_blocks * block) // block) % VOTE_SAMPLE_STRIDE == 0
+    n_blocks = 8 * SAMPLE_STRIDE  # a sample of 8 blocks: decisive, and wrong
+    sampled = (np.arange(n_blocks * block) // block) % SAMPLE_STRIDE == 0
     sign = np.where(sampled, 1.0, -1.0).astype(np.float32)  # the sample votes +, the whole model votes -
     tau1 = sign.copy()
     tau2 = sign.copy()
     tau2[::4] = -tau2[::4]  # exact zero votes between non-zero values: these follow the majority sign
     base = np.zeros(n_blocks * block, np.float32)
-    paths = [tmp_path / f"m{i}.safetensors" for i in range(3)]
-    for path, tensor in zip(paths, (base, base + tau1, base + tau2), strict=True):
-        save_file({"w": tensor}, path)
+    paths = write_models(tmp_path, base, base + tau1, base + tau2)
     options = PRESETS["paper"].with_(density=1.0)
     with caplog.at_level("INFO", logger="ooc_ties.merge"):
         result = merge(paths[0], paths[1:], tmp_path / output, options, Resources(max_block_elements=block, threads=2))
@@ -293,16 +294,12 @@ def test_a_wrong_majority_guess_is_corrected(
 
 def test_too_many_open_elements_to_record_means_a_full_vote(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """When the sample predicts more open elements than pass 2 could record, pass 1 counts every block."""
-    from safetensors.numpy import save_file
-
     block = 1 << 16
     rng = np.random.default_rng(5)
     tau1 = rng.choice(np.array([-1.0, 1.0], np.float32), 16 * block)
     tau2 = np.where(rng.random(16 * block) < 0.5, -tau1, tau1).astype(np.float32)  # half cancel exactly
     base = np.zeros(16 * block, np.float32)
-    paths = [tmp_path / f"m{i}.safetensors" for i in range(3)]
-    for path, tensor in zip(paths, (base, base + tau1, base + tau2), strict=True):
-        save_file({"w": tensor}, path)
+    paths = write_models(tmp_path, base, base + tau1, base + tau2)
     options = PRESETS["paper"].with_(density=1.0)
     with caplog.at_level("DEBUG", logger="ooc_ties.thresholds"):
         result = merge(paths[0], paths[1:], tmp_path / "out", options, Resources(max_block_elements=block))
@@ -314,14 +311,14 @@ def test_too_many_open_elements_to_record_means_a_full_vote(tmp_path: Path, capl
 def test_the_full_vote_counts_the_sampled_blocks_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Only the sampled blocks tip the majority (the others tie exactly), and not decisively enough to
     guess from: the full vote must add the sample's votes to those of the other blocks."""
-    from safetensors.numpy import save_file
+    from ooc_ties.thresholds import SAMPLE_STRIDE
 
     block, blocks = 1 << 14, 16
     rng = np.random.default_rng(11)
     tau1 = np.empty(blocks * block, np.float32)
     cancel = np.zeros(blocks * block, bool)
     for k in range(blocks):
-        tip = 100 if k % 8 == 0 else 0  # vote_sample takes every 8th block
+        tip = 100 if k % SAMPLE_STRIDE == 0 else 0  # the blocks vote_sample takes
         kept = block // 2
         signs = np.concatenate(
             [np.ones(kept // 2 + tip), -np.ones(kept - kept // 2 - tip), rng.choice([-1.0, 1.0], block - kept)]
@@ -332,9 +329,7 @@ def test_the_full_vote_counts_the_sampled_blocks_once(tmp_path: Path, caplog: py
         cancel[k * block : (k + 1) * block] = is_cancelled[order]
     tau2 = np.where(cancel, -tau1, tau1).astype(np.float32)
     base = np.zeros(blocks * block, np.float32)
-    paths = [tmp_path / f"m{i}.safetensors" for i in range(3)]
-    for path, tensor in zip(paths, (base, base + tau1, base + tau2), strict=True):
-        save_file({"w": tensor}, path)
+    paths = write_models(tmp_path, base, base + tau1, base + tau2)
     options = PRESETS["paper"].with_(density=1.0)
     with caplog.at_level("DEBUG", logger="ooc_ties.thresholds"):
         result = merge(paths[0], paths[1:], tmp_path / "out", options, Resources(max_block_elements=block))
