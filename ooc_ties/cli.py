@@ -91,6 +91,12 @@ def cli() -> None:
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists (only after the merge succeeds).")
 @click.option("--fsync", "durable", is_flag=True, help="Wait until the output is on disk before publishing it.")
 @click.option(
+    "--direct-io/--no-direct-io",
+    default=True,
+    show_default=True,
+    help="Write safetensors output past the page cache (O_DIRECT) where the file system allows it.",
+)
+@click.option(
     "--resume",
     is_flag=True,
     help="Continue an interrupted merge into OUTPUT (same inputs and options); start anew if there is none.",
@@ -128,6 +134,7 @@ def merge_command(
     shard_size: str,
     overwrite: bool,
     durable: bool,
+    direct_io: bool,
     resume: bool,
     thresholds_in: Path | None,
     thresholds_out: Path | None,
@@ -155,6 +162,7 @@ def merge_command(
         threads=parse_threads(threads),
         shard_size=parse_size(shard_size, "shard size"),
         durable=durable,
+        direct_io=direct_io,
         max_block_elements=block_elements,
     )
     if dry_run:
@@ -203,6 +211,12 @@ def _split_numbers(text: str) -> list[str]:
 )
 @click.option("--overwrite", is_flag=True, help="Replace DESTINATION if it exists (only after the copy succeeds).")
 @click.option("--fsync", "durable", is_flag=True, help="Wait until the output is on disk before publishing it.")
+@click.option(
+    "--direct-io/--no-direct-io",
+    default=True,
+    show_default=True,
+    help="Write safetensors output past the page cache (O_DIRECT) where the file system allows it.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary; errors only.")
 @click.option("--verbose", "-v", count=True, help="More logging (-vv for debug).")
 def convert_command(
@@ -213,6 +227,7 @@ def convert_command(
     chunk_elements: int,
     overwrite: bool,
     durable: bool,
+    direct_io: bool,
     quiet: bool,
     verbose: int,
 ) -> None:
@@ -224,7 +239,10 @@ def convert_command(
 
     _setup_logging(verbose, quiet)
     resources = Resources(
-        threads=parse_threads(threads), shard_size=parse_size(shard_size, "shard size"), durable=durable
+        threads=parse_threads(threads),
+        shard_size=parse_size(shard_size, "shard size"),
+        durable=durable,
+        direct_io=direct_io,
     )
     result = convert(
         source,

@@ -224,6 +224,9 @@ class Resources:
     """Cap on the block size in elements, below what the budget allows (tests and tuning)."""
     durable: bool = False
     """Wait until the output is on disk (``fsync``) before publishing it (see docs/memory.md)."""
+    direct_io: bool = True
+    """Write safetensors shards with ``O_DIRECT``, past the page cache, where the file system allows it
+    (:mod:`ooc_ties.io.direct`); False writes through the page cache. The bytes are the same."""
 
     def __post_init__(self) -> None:
         if self.max_block_elements is not None and (

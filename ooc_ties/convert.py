@@ -92,7 +92,7 @@ def convert(
             stack.callback(lambda: None if staged.done else staged.abort())
             target = staged
         shards = layout_shards([(s.spec.name, s.spec.nbytes) for s in specs], resources.shard_size)
-        sink = open_output(target, specs, shards, {"format": "pt"}, out_format)
+        sink = open_output(target, specs, shards, {"format": "pt"}, out_format, direct=resources.direct_io)
         stack.callback(sink.close)
         blocks = [
             _Block(n, start, stop, (stop - start) * opened.info(n).dtype.itemsize)

@@ -176,7 +176,7 @@ def merge(
         logger.info("plan:\n%s", plan.describe())
         _check_copies(plan, inputs)
         specs = [ChunkedSpec(TensorSpec(t.name, t.out_dtype, t.shape), t.grid.chunks) for t in plan.tensors]
-        sink = open_output(target, specs, plan.shards, _recipe_metadata(plan), out_format)
+        sink = open_output(target, specs, plan.shards, _recipe_metadata(plan), out_format, direct=resources.direct_io)
         stack.callback(sink.close)
         journal = None
         if isinstance(target, StagedDirectory):

@@ -64,13 +64,16 @@ def open_output(
     shards: Sequence[ShardLayout],
     metadata: dict[str, str],
     out_format: str,
+    *,
+    direct: bool = True,
 ) -> Output:
-    """The writer of ``tensors`` in ``out_format`` (``shards`` and ``metadata`` apply to safetensors)."""
+    """The writer of ``tensors`` in ``out_format`` (``shards``, ``metadata`` and ``direct``, writing
+    whole pages with ``O_DIRECT``, apply to safetensors)."""
     if out_format == "zarr":
         return ZarrOutput(target, tensors)
     if not isinstance(target, StagedDirectory):
         raise OptionError("a safetensors output needs a folder path, not a zarr.Group")
-    return SafetensorsOutput(target, [t.spec for t in tensors], shards, metadata)
+    return SafetensorsOutput(target, [t.spec for t in tensors], shards, metadata, direct=direct)
 
 
 def check_output_path(output: Path, inputs: Sequence[Path]) -> None:

@@ -16,6 +16,7 @@ from ooc_ties.config import MergeOptions, Resources
 from ooc_ties.dtypes import F32, F64, DType
 from ooc_ties.errors import IncompatibleCheckpointsError, OptionError
 from ooc_ties.grid import ChunkGrid
+from ooc_ties.io.direct import ALIGNMENT, BOUNCE_BYTES
 from ooc_ties.io.writer import ShardLayout, layout_shards
 from ooc_ties.kernels.histogram import HIGH_BINS, LOW_BINS
 from ooc_ties.sources import TensorSource
@@ -152,7 +153,7 @@ def _human(n: int) -> str:
 
 
 def _fixed_bytes(n_models: int, threads: int, total_blocks: int) -> int:
-    """Pass-1 histograms and per-block tie counts.
+    """Pass-1 histograms, per-block tie counts, and the bounce buffer of direct writes.
 
     Per worker, the one-read select's int64 counts (both levels, ``BRACKET_BINS`` low-bits histograms,
     and a page of slack to place them, see ``bracket_counts``) and the scratch the two-read kernels
@@ -164,7 +165,8 @@ def _fixed_bytes(n_models: int, threads: int, total_blocks: int) -> int:
 
     per_worker = n_models * bracket_width(BRACKET_BINS) * 8 + 4096 + LANES * (LOW_BINS + 1) * 4
     shared = n_models * (LANES * HIGH_BINS * 8 + 2 * (HIGH_BINS + LOW_BINS) * 8)
-    return threads * per_worker + shared + total_blocks * n_models * 8
+    bounce = BOUNCE_BYTES + ALIGNMENT
+    return threads * per_worker + shared + total_blocks * n_models * 8 + bounce
 
 
 def _check_inputs(base: TensorSource, fts: Sequence[TensorSource]) -> None:

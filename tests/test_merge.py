@@ -60,12 +60,16 @@ def test_merge_matches_reference(tiny_models: Models, tmp_path: Path, name: str)
 
 
 @pytest.mark.parametrize("preset", ["paper", "mergekit"])
-def test_output_bytes_do_not_depend_on_blocks_or_threads(tiny_models: Models, tmp_path: Path, preset: str) -> None:
+def test_output_bytes_do_not_depend_on_blocks_threads_or_direct_io(
+    tiny_models: Models, tmp_path: Path, preset: str
+) -> None:
     base, fts = tiny_models
     outputs = set()
-    for i, (block, threads) in enumerate([(None, 1), (4096, 2), (1000, 2), (333, 1), (97, 2)]):
+    cases = [(None, 1, True), (4096, 2, True), (1000, 2, False), (333, 1, True), (97, 2, True), (None, 2, False)]
+    for i, (block, threads, direct) in enumerate(cases):
         out = tmp_path / f"out{i}"
-        merge(base, fts, out, PRESETS[preset], Resources(threads=threads, max_block_elements=block))
+        resources = Resources(threads=threads, max_block_elements=block, direct_io=direct)
+        merge(base, fts, out, PRESETS[preset], resources)
         outputs.add((out / "model.safetensors").read_bytes())
     assert len(outputs) == 1
 
@@ -160,6 +164,7 @@ def test_cli_merge_matches_library(tiny_models: Models, tmp_path: Path, capsys: 
             "--threads",
             "2",
             "--fsync",
+            "--no-direct-io",
             "-q",
         ]
     )

@@ -25,6 +25,7 @@ import numpy as np
 
 from ooc_ties.dtypes import DType
 from ooc_ties.errors import DiskSpaceError
+from ooc_ties.io.direct import BounceBuffer, DirectWriter, pwrite_all
 from ooc_ties.io.staging import StagedDirectory
 
 __all__ = [
@@ -120,11 +121,19 @@ class ShardWriter:
     """One safetensors file written block by block, from any thread.
 
     ``reopen``: continue a file an interrupted merge created (its header and size are checked; a file
-    that does not match, or is missing, is created anew).
+    that does not match, or is missing, is created anew). ``bounce``: write whole pages with
+    ``O_DIRECT``, copying unaligned data through this buffer (:mod:`ooc_ties.io.direct`); without it,
+    every write goes through the page cache.
     """
 
     def __init__(
-        self, path: Path, tensors: Sequence[TensorSpec], metadata: dict[str, str], *, reopen: bool = False
+        self,
+        path: Path,
+        tensors: Sequence[TensorSpec],
+        metadata: dict[str, str],
+        *,
+        reopen: bool = False,
+        bounce: BounceBuffer | None = None,
     ) -> None:
         self.path = path
         self.specs = {s.name: s for s in tensors}
@@ -135,26 +144,20 @@ class ShardWriter:
         self.size = data_start + sum(s.nbytes for s in tensors)
         if reopen and _has_prefix(path, prefix, self.size):
             self._fd = os.open(path, os.O_WRONLY)
-            return
-        flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if reopen else os.O_EXCL)
-        self._fd = os.open(path, flags, 0o644)
-        try:
-            self._write_at(prefix, 0)
-            _reserve(self._fd, self.size, path)
-        except BaseException:
-            os.close(self._fd)
-            raise
-
-    def _write_at(self, data: Any, offset: int) -> None:
-        view = memoryview(data).cast("B")
-        while view:
-            written = os.pwrite(self._fd, view, offset)
-            view = view[written:]
-            offset += written
+        else:
+            flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if reopen else os.O_EXCL)
+            self._fd = os.open(path, flags, 0o644)
+            try:
+                pwrite_all(self._fd, np.frombuffer(prefix, np.uint8), 0)
+                _reserve(self._fd, self.size, path)
+            except BaseException:
+                os.close(self._fd)
+                raise
+        self._data = DirectWriter(path, self._fd, bounce)
 
     def write(self, name: str, start: int, values: np.ndarray) -> None:
         """Write ``values`` (storage dtype, contiguous) as elements ``start...`` of tensor ``name``."""
-        self._write_at(np.ascontiguousarray(values), self.offsets[name] + start * self.specs[name].dtype.itemsize)
+        self._data.pwrite(np.ascontiguousarray(values), self.offsets[name] + start * self.specs[name].dtype.itemsize)
 
     def sync(self) -> None:
         """Wait until the data written so far is on disk."""
@@ -164,6 +167,7 @@ class ShardWriter:
     def close(self, *, durable: bool = False) -> None:
         """Close the file; with ``durable``, first wait until its data is on disk (``fsync``)."""
         if self._fd >= 0:
+            self._data.close()
             if durable:
                 os.fsync(self._fd)
             os.close(self._fd)
@@ -202,16 +206,21 @@ class SafetensorsOutput:
         tensors: Sequence[TensorSpec],
         shards: Sequence[ShardLayout],
         metadata: dict[str, str],
+        *,
+        direct: bool = True,
     ) -> None:
         self.staging = staging
         self.shards = tuple(shards)
+        self._bounce = BounceBuffer() if direct else None
         by_name = {t.name: t for t in tensors}
         self._files: list[ShardWriter] = []
         self._writers: dict[str, ShardWriter] = {}
         try:
             for shard in shards:
                 specs = [by_name[n] for n in shard.tensors]
-                writer = ShardWriter(staging.path / shard.file_name, specs, metadata, reopen=staging.resumed)
+                writer = ShardWriter(
+                    staging.path / shard.file_name, specs, metadata, reopen=staging.resumed, bounce=self._bounce
+                )
                 self._files.append(writer)
                 for name in shard.tensors:
                     self._writers[name] = writer
