@@ -6,6 +6,7 @@ generator), and turns an :class:`~ooc_ties.errors.OocTiesError` into a one-line 
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 import tempfile
@@ -364,6 +365,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    finally:
+        if argv is None:
+            # The process ends next. Its shutdown garbage-collects every object Python, NumPy, Numba
+            # and zarr made, which took 0.36 s after a 1B merge; frozen objects are skipped (the
+            # operating system reclaims them), and shutdown took 0.05 s. Only when run as a program:
+            # in a caller's process (tests call main(argv)) frozen objects would never be freed.
+            gc.freeze()
 
 
 if __name__ == "__main__":
