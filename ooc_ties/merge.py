@@ -390,7 +390,7 @@ class _Pass2:
         self.writes.submit(buffer, functools.partial(self._write, ref, out, votes, self.redoing))
 
     def _write(self, ref: BlockRef, out: np.ndarray, votes: np.ndarray, redoing: bool) -> None:
-        """Write a merged block, then journal it (run by :class:`WriteQueue`, one at a time)."""
+        """Write a merged block, then journal it (run by :class:`WriteQueue`'s writer thread)."""
         self.sink.write(ref.tensor.name, ref.start, out)
         if self.journal is not None:
             if redoing:
@@ -441,13 +441,16 @@ def _pass2(
     todo = [b for b in blocks if b.ordinal not in done]
     copies = [(t, start, stop) for t in plan.tensors if t.kind is TensorKind.COPY for start, stop in t.grid.blocks()]
     total = sum(b.in_nbytes for b in todo) + sum((stop - start) * t.in_dtypes[0].itemsize for t, start, stop in copies)
-    with progress_bar(progress, "pass 2/2: merge", total) as bar:
-        for tensor, start, stop in copies:
-            runner.copy_block(tensor, start, stop)
-            if bar is not None:
-                bar.advance((stop - start) * tensor.in_dtypes[0].itemsize)
-        runner.run(todo, bar)
-    return _settle_majority(runner, pass1, blocks, progress, redone), len(done)
+    try:
+        with progress_bar(progress, "pass 2/2: merge", total) as bar:
+            for tensor, start, stop in copies:
+                runner.copy_block(tensor, start, stop)
+                if bar is not None:
+                    bar.advance((stop - start) * tensor.in_dtypes[0].itemsize)
+            runner.run(todo, bar)
+        return _settle_majority(runner, pass1, blocks, progress, redone), len(done)
+    finally:
+        runner.writes.close()  # (after a failure, the writes not yet started are dropped)
 
 
 def _settle_majority(

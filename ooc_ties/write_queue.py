@@ -1,15 +1,16 @@
-"""Writes of finished blocks: one at a time, in the order queued, by whichever worker is free to.
+"""Writes of finished blocks: one at a time, in the order queued, on a writer thread of their own.
 
 Pass 2 used to write each block from the worker that merged it. Two buffered writes to one file
-serialise on the file's lock in the kernel, and the waiting worker spins there: on the 1B shape, two
-threads spent twice the system time of one writing the same 3 GB, and pass 2 was no faster on two
-threads than on one (docs/performance.md, step 10). Here a worker queues its block's write and goes
-on merging; a worker that finds nobody writing runs the queued writes itself (*combining*: no extra
-thread, so ``--threads N`` still means N busy threads). A worker that needs a buffer while all are
-queued waits for the writes, or runs them.
+serialise on the file's lock in the kernel, and the waiting worker spins there (docs/performance.md,
+step 10); and since the output goes past the page cache (``ooc_ties.io.direct``), a write mostly
+waits for the disk, which a worker should spend merging the next block instead (step 17). Here a
+worker queues its block's write and goes on merging; one writer thread runs the queued writes in
+order. It is idle or blocked in the kernel most of the time, so ``--threads N`` still means N busy
+threads.
 
 Each queued write owns its output buffer until it has run; buffers are pooled per dtype, two per
-worker (one being filled, one waiting to be written), which is what the memory estimate counts.
+worker (one being filled, one waiting to be written), which is what the memory estimate counts. A
+worker that needs a buffer while all are queued waits for the writer.
 """
 
 from __future__ import annotations
@@ -24,80 +25,108 @@ __all__ = ["WriteQueue"]
 
 
 class WriteQueue:
-    """Serialised, in-order writes from a pool of reusable output buffers."""
+    """Serialised, in-order writes on a writer thread, from a pool of reusable output buffers.
+
+    The writer thread starts with the first :meth:`submit`; :meth:`close` stops it. A write that
+    raises stops the queue: the writes queued after it are dropped, and the exception is raised in
+    the next worker that calls :meth:`buffer`, :meth:`submit` or :meth:`drain`.
+    """
 
     def __init__(self, block_elements: int, buffers_per_dtype: int) -> None:
         if buffers_per_dtype < 2:
             raise ValueError("a write queue needs at least two buffers per dtype")
         self.block_elements = block_elements
         self.buffers_per_dtype = buffers_per_dtype
-        self._lock = threading.Lock()  # guards the queue and the pools
-        self._writing = threading.Lock()  # held by the worker running the queued writes
+        self._cond = threading.Condition()  # guards everything below
         self._jobs: deque[tuple[np.ndarray, Callable[[], None]]] = deque()
         self._free: dict[np.dtype, list[np.ndarray]] = {}
         self._made: dict[np.dtype, int] = {}
+        self._running = False  # the writer is inside a write
+        self._error: BaseException | None = None
+        self._closed = False
+        self._thread: threading.Thread | None = None
 
     def buffer(self, dtype: np.dtype) -> np.ndarray:
         """A buffer of ``block_elements`` elements of ``dtype`` that nothing queued still writes from.
 
-        With every buffer of the pool queued, the caller runs the queued writes (or waits for the
-        worker running them) until one is free again.
+        With every buffer of the pool queued, waits until the writer has written one.
         """
         dtype = np.dtype(dtype)
-        while True:
-            with self._lock:
+        with self._cond:
+            while True:
+                self._check()
                 free = self._free.setdefault(dtype, [])
                 if free:
                     return free.pop()
-                if self._made.get(dtype, 0) < self.buffers_per_dtype or not self._jobs:
-                    # (with nothing queued, every buffer is held by a caller that has not submitted it:
-                    # more callers than the pool was sized for, so the pool grows rather than deadlocks)
+                if self._made.get(dtype, 0) < self.buffers_per_dtype or not (self._jobs or self._running):
+                    # (with nothing queued or being written, every buffer is held by a caller that has not
+                    # submitted it: more callers than the pool was sized for, so it grows rather than deadlocks)
                     self._made[dtype] = self._made.get(dtype, 0) + 1
                     return np.empty(self.block_elements, dtype)
-            self._run(wait=True)
+                self._cond.wait()
 
     def submit(self, buffer: np.ndarray, write: Callable[[], None]) -> None:
-        """Queue ``write`` (which reads ``buffer``), then run the queue unless another worker is.
-
-        ``buffer`` goes back to the pool once ``write`` has run, or raised. An exception from a queued
-        write is raised in the worker that ran it, from :meth:`submit`, :meth:`buffer` or
-        :meth:`drain`, whichever block that worker was busy with; the writes queued after it stay
-        queued for the next call.
-        """
-        with self._lock:
+        """Queue ``write`` (which reads ``buffer``) for the writer thread; ``buffer`` goes back to the
+        pool once ``write`` has run, or raised."""
+        with self._cond:
+            self._check()
+            if self._closed:
+                raise RuntimeError("write queue is closed")
             self._jobs.append((buffer, write))
-        self._run(wait=False)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._write_all, name="ooc-ties-writer", daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
 
     def drain(self) -> None:
-        """Run every queued write (waiting for a worker that is running them to finish first)."""
-        self._run(wait=True)
+        """Wait until every queued write has run; raise the first write's exception, if one failed."""
+        with self._cond:
+            while (self._jobs or self._running) and self._error is None:
+                self._cond.wait()
+            self._check()
+
+    def close(self) -> None:
+        """Drop the writes not yet started, wait for the one running, and stop the writer thread."""
+        with self._cond:
+            self._closed = True
+            self._drop_queued()
+            self._cond.notify_all()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
 
     @property
     def pending(self) -> int:
         """Writes queued and not yet started."""
-        with self._lock:
+        with self._cond:
             return len(self._jobs)
 
-    def _run(self, wait: bool) -> None:
+    def _check(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _drop_queued(self) -> None:
+        while self._jobs:
+            buffer, _ = self._jobs.popleft()
+            self._free.setdefault(buffer.dtype, []).append(buffer)
+
+    def _write_all(self) -> None:
         while True:
-            if not self._writing.acquire(blocking=wait):
-                return  # another worker is writing: it will also run what was just queued
-            try:
-                while True:
-                    with self._lock:
-                        if not self._jobs:
-                            break
-                        buffer, write = self._jobs.popleft()
-                    try:
-                        write()
-                    finally:
-                        with self._lock:
-                            self._free.setdefault(buffer.dtype, []).append(buffer)
-            finally:
-                self._writing.release()
-            # A write queued after the queue looked empty, by a worker that then found the lock
-            # still held, would otherwise wait for the next submit: look again.
-            with self._lock:
+            with self._cond:
+                while not self._jobs and not self._closed:
+                    self._cond.wait()
                 if not self._jobs:
                     return
-            wait = False
+                buffer, write = self._jobs.popleft()
+                self._running = True
+            try:
+                write()
+            except BaseException as exc:  # raised again in a worker (even KeyboardInterrupt)
+                with self._cond:
+                    if self._error is None:
+                        self._error = exc
+                    self._drop_queued()
+            finally:
+                with self._cond:
+                    self._running = False
+                    self._free.setdefault(buffer.dtype, []).append(buffer)
+                    self._cond.notify_all()

@@ -1,4 +1,4 @@
-"""WriteQueue: queued writes run one at a time, in order, on the workers; buffers are reused."""
+"""WriteQueue: queued writes run one at a time, in order, on a writer thread; buffers are reused."""
 
 from __future__ import annotations
 
@@ -40,6 +40,7 @@ def test_writes_run_in_order_one_at_a_time_from_many_workers() -> None:
     assert sorted(written) == list(range(200))
     assert most_inside == 1
     assert queue.pending == 0
+    queue.close()
 
 
 def test_order_of_submission_is_the_order_of_writes() -> None:
@@ -50,6 +51,7 @@ def test_order_of_submission_is_the_order_of_writes() -> None:
         queue.submit(buffer, lambda item=item: written.append(item))  # type: ignore[misc]
     queue.drain()
     assert written == list(range(10))
+    queue.close()
 
 
 def test_buffers_are_pooled_per_dtype() -> None:
@@ -63,44 +65,81 @@ def test_buffers_are_pooled_per_dtype() -> None:
     other = queue.buffer(np.dtype(np.uint16))
     assert other.dtype == np.uint16
     assert len(seen) <= 2
+    queue.close()
 
 
-def test_a_failing_write_raises_in_the_worker_that_ran_it_and_frees_its_buffer() -> None:
+def test_a_failing_write_is_raised_in_the_next_worker_and_drops_the_writes_after_it() -> None:
     queue = WriteQueue(block_elements=4, buffers_per_dtype=2)
-    buffer = queue.buffer(np.dtype(np.uint8))
+    release = threading.Event()
+    done: list[str] = []
 
     def fail() -> None:
+        release.wait(5)
         raise OSError(28, "No space left on device")
 
+    queue.submit(queue.buffer(np.dtype(np.uint8)), fail)
+    queue.submit(queue.buffer(np.dtype(np.uint8)), lambda: done.append("after"))
+    release.set()
     with pytest.raises(OSError, match="No space left"):
-        queue.submit(buffer, fail)
-    # the buffer is back in the pool, and later writes still run
-    done: list[str] = []
-    again = queue.buffer(np.dtype(np.uint8))
-    assert again.ctypes.data == buffer.ctypes.data
-    queue.submit(again, lambda: done.append("ok"))
-    assert done == ["ok"]
+        queue.drain()
+    with pytest.raises(OSError, match="No space left"):
+        queue.buffer(np.dtype(np.uint8))
+    with pytest.raises(OSError, match="No space left"):
+        queue.submit(np.empty(4, np.uint8), lambda: done.append("later"))
+    queue.close()
+    assert done == []
 
 
-def test_a_worker_needing_a_buffer_runs_the_queued_writes() -> None:
+def test_workers_do_not_wait_for_writes_until_every_buffer_is_queued() -> None:
     queue = WriteQueue(block_elements=4, buffers_per_dtype=2)
+    release = threading.Event()
     written: list[int] = []
-    # Take the writing lock, as a worker busy writing would: submits only queue.
-    queue._writing.acquire()
+
+    def slow_write(item: int) -> None:
+        release.wait(5)
+        written.append(item)
+
     try:
         for item in range(2):
             buffer = queue.buffer(np.dtype(np.uint8))
-            queue.submit(buffer, lambda item=item: written.append(item))  # type: ignore[misc]
-        assert written == [] and queue.pending == 2
+            queue.submit(buffer, lambda item=item: slow_write(item))  # type: ignore[misc]
+        assert written == []  # submit returned while the first write is still running
         got: list[np.ndarray] = []
         waiter = threading.Thread(target=lambda: got.append(queue.buffer(np.dtype(np.uint8))))
         waiter.start()
         time.sleep(0.05)
-        assert not got  # every buffer is queued: it waits for the writer
+        assert not got  # every buffer is queued or being written: it waits for the writer
     finally:
-        queue._writing.release()
+        release.set()
     waiter.join(timeout=5)
+    queue.drain()
     assert got and written == [0, 1]
+    queue.close()
+
+
+def test_close_drops_the_writes_not_yet_started_and_stops_the_writer() -> None:
+    queue = WriteQueue(block_elements=4, buffers_per_dtype=3)
+    started, release = threading.Event(), threading.Event()
+    written: list[int] = []
+
+    def first() -> None:
+        started.set()
+        release.wait(5)
+        written.append(0)
+
+    queue.submit(queue.buffer(np.dtype(np.uint8)), first)
+    queue.submit(queue.buffer(np.dtype(np.uint8)), lambda: written.append(1))
+    assert started.wait(5)
+    closer = threading.Thread(target=queue.close)
+    closer.start()
+    time.sleep(0.05)
+    assert closer.is_alive()  # it waits for the write that is running
+    release.set()
+    closer.join(timeout=5)
+    assert written == [0] and queue.pending == 0
+    assert queue._thread is not None and not queue._thread.is_alive()
+    with pytest.raises(RuntimeError, match="closed"):
+        queue.submit(np.empty(4, np.uint8), lambda: None)
 
 
 def test_needs_two_buffers() -> None:
