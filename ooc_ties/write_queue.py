@@ -3,7 +3,7 @@
 Pass 2 used to write each block from the worker that merged it. Two buffered writes to one file
 serialise on the file's lock in the kernel, and the waiting worker spins there (docs/performance.md,
 step 10); and since the output goes past the page cache (``ooc_ties.io.direct``), a write mostly
-waits for the disk, which a worker should spend merging the next block instead (step 17). Here a
+waits for the disk, which a worker should spend merging the next block instead (step 18). Here a
 worker queues its block's write and goes on merging; one writer thread runs the queued writes in
 order. It is idle or blocked in the kernel most of the time, so ``--threads N`` still means N busy
 threads.

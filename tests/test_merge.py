@@ -251,11 +251,13 @@ def test_thresholds_from_other_options_or_models_are_refused(
 
 
 @pytest.mark.parametrize(
-    ("capacity", "output", "how"),
+    ("capacity", "output", "how", "block"),
     [
-        (4096, "out", "64 blocks corrected in place, 0 merged again"),
-        (0, "out", "0 blocks corrected in place, 64 merged again"),
-        (4096, "out.zarr", "64 blocks corrected in place, 0 merged again"),
+        (4096, "out", "64 blocks corrected in place, 0 merged again", 64),
+        (0, "out", "0 blocks corrected in place, 64 merged again", 64),
+        (4096, "out.zarr", "64 blocks corrected in place, 0 merged again", 64),
+        # blocks of 4 pages: written past the page cache, then patched through it
+        (4096, "out", "64 blocks corrected in place, 0 merged again", 4096),
     ],
 )
 def test_a_wrong_majority_guess_is_corrected(
@@ -265,6 +267,7 @@ def test_a_wrong_majority_guess_is_corrected(
     capacity: int,
     output: str,
     how: str,
+    block: int,
 ) -> None:
     """Pass 1 guesses the majority sign from every 8th block; pass 2 must settle it exactly, by
     correcting the recorded open elements in place, or (where none could be recorded) merging again."""
@@ -272,7 +275,6 @@ def test_a_wrong_majority_guess_is_corrected(
     from ooc_ties.thresholds import SAMPLE_STRIDE
 
     monkeypatch.setattr(sys.modules["ooc_ties.merge"], "OPEN_CAPACITY", capacity)
-    block = 64
     n_blocks = 8 * SAMPLE_STRIDE  # a sample of 8 blocks: decisive, and wrong
     sampled = (np.arange(n_blocks * block) // block) % SAMPLE_STRIDE == 0
     sign = np.where(sampled, 1.0, -1.0).astype(np.float32)  # the sample votes +, the whole model votes -

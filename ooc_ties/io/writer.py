@@ -159,6 +159,23 @@ class ShardWriter:
         """Write ``values`` (storage dtype, contiguous) as elements ``start...`` of tensor ``name``."""
         self._data.pwrite(np.ascontiguousarray(values), self.offsets[name] + start * self.specs[name].dtype.itemsize)
 
+    def patch(self, name: str, start: int, at: np.ndarray, values: np.ndarray) -> None:
+        """Write single elements ``start + at`` of tensor ``name`` (one write each, into the page cache).
+
+        The pages were written past the page cache, so each small write would first read its page
+        from disk, one at a time: 72 us a page here, against 5 us after asking the kernel to read the
+        whole span ahead (``POSIX_FADV_WILLNEED``, in large reads).
+        """
+        if not at.size:
+            return
+        itemsize = self.specs[name].dtype.itemsize
+        first = self.offsets[name] + (start + int(at.min())) * itemsize
+        last = self.offsets[name] + (start + int(at.max()) + 1) * itemsize
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(self._fd, first, last - first, os.POSIX_FADV_WILLNEED)
+        for index, value in zip(at.tolist(), values, strict=True):
+            self.write(name, start + index, value.reshape(1))
+
     def sync(self) -> None:
         """Wait until the data written so far is on disk."""
         if self._fd >= 0:
@@ -238,9 +255,7 @@ class SafetensorsOutput:
 
     def patch(self, name: str, start: int, stop: int, at: np.ndarray, values: np.ndarray) -> None:
         """Overwrite single elements ``start + at`` of ``name`` (a few, scattered: one write each)."""
-        writer = self._writers[name]
-        for index, value in zip(at.tolist(), values, strict=True):
-            writer.write(name, start + index, value.reshape(1))
+        self._writers[name].patch(name, start, at, values)
 
     def sync(self) -> None:
         """Wait until every block written so far is on disk."""
