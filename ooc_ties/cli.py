@@ -354,6 +354,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except OocTiesError as exc:
         click.echo(f"ooc-ties: error: {exc}", err=True)
         sys.exit(1)
+    except OSError as exc:  # the system failed us (an I/O error): no traceback either
+        click.echo(f"ooc-ties: error: {exc}", err=True)
+        sys.exit(1)
     except click.exceptions.Abort:
         click.echo("ooc-ties: interrupted", err=True)
         sys.exit(130)

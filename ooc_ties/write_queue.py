@@ -5,8 +5,8 @@ serialise on the file's lock in the kernel, and the waiting worker spins there (
 step 10); and since the output goes past the page cache (``ooc_ties.io.direct``), a write mostly
 waits for the disk, which a worker should spend merging the next block instead (step 18). Here a
 worker queues its block's write and goes on merging; one writer thread runs the queued writes in
-order. It is idle or blocked in the kernel most of the time, so ``--threads N`` still means N busy
-threads.
+order. It spends most of its time waiting for the disk (copying a block into the bounce buffer of
+direct writes is about 1% of a merge's CPU time), so ``--threads N`` still means N busy threads.
 
 Each queued write owns its output buffer until it has run; buffers are pooled per dtype, two per
 worker (one being filled, one waiting to be written), which is what the memory estimate counts. A
@@ -18,6 +18,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable
+from types import TracebackType
 
 import numpy as np
 
@@ -43,6 +44,7 @@ class WriteQueue:
         self._made: dict[np.dtype, int] = {}
         self._running = False  # the writer is inside a write
         self._error: BaseException | None = None
+        self._error_tb: TracebackType | None = None
         self._closed = False
         self._thread: threading.Thread | None = None
 
@@ -74,8 +76,15 @@ class WriteQueue:
                 raise RuntimeError("write queue is closed")
             self._jobs.append((buffer, write))
             if self._thread is None:
-                self._thread = threading.Thread(target=self._write_all, name="ooc-ties-writer", daemon=True)
-                self._thread.start()
+                thread = threading.Thread(target=self._write_all, name="ooc-ties-writer", daemon=True)
+                try:
+                    thread.start()
+                except BaseException:  # (no thread: nothing would ever run the write, or free its buffer)
+                    self._jobs.pop()
+                    self._free.setdefault(buffer.dtype, []).append(buffer)
+                    self._cond.notify_all()
+                    raise
+                self._thread = thread
             self._cond.notify_all()
 
     def drain(self) -> None:
@@ -84,15 +93,30 @@ class WriteQueue:
             while (self._jobs or self._running) and self._error is None:
                 self._cond.wait()
             self._check()
+            if self._closed:
+                raise RuntimeError("write queue is closed (writes queued before were dropped)")
 
     def close(self) -> None:
-        """Drop the writes not yet started, wait for the one running, and stop the writer thread."""
+        """Drop the writes not yet started, wait for the one running, and stop the writer thread.
+
+        An interruption (Ctrl-C) while waiting is held until the thread has stopped, so that nothing
+        is written after the caller goes on to close the files.
+        """
         with self._cond:
             self._closed = True
             self._drop_queued()
             self._cond.notify_all()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join()
+        thread = self._thread
+        if thread is None or thread is threading.current_thread():
+            return
+        interrupted: BaseException | None = None
+        while thread.is_alive():
+            try:
+                thread.join()
+            except KeyboardInterrupt as exc:
+                interrupted = exc
+        if interrupted is not None:
+            raise interrupted
 
     @property
     def pending(self) -> int:
@@ -102,7 +126,8 @@ class WriteQueue:
 
     def _check(self) -> None:
         if self._error is not None:
-            raise self._error
+            # (from the writer's traceback each time, so raising it again in several workers does not grow it)
+            raise self._error.with_traceback(self._error_tb)
 
     def _drop_queued(self) -> None:
         while self._jobs:
@@ -123,7 +148,7 @@ class WriteQueue:
             except BaseException as exc:  # raised again in a worker (even KeyboardInterrupt)
                 with self._cond:
                     if self._error is None:
-                        self._error = exc
+                        self._error, self._error_tb = exc, exc.__traceback__
                     self._drop_queued()
             finally:
                 with self._cond:

@@ -14,6 +14,7 @@ Inputs are copies of the session fixtures, corrupted in ``tmp_path``.
 from __future__ import annotations
 
 import collections
+import errno
 import importlib
 import json
 import os
@@ -29,6 +30,7 @@ import pytest
 from conftest import tree_digest
 
 from ooc_ties.cli import main
+from ooc_ties.io.direct import DirectWriter
 from ooc_ties.io.writer import INDEX_NAME
 
 # ``ooc_ties.merge`` as an attribute is the merge *function* (re-exported by the package), so a dotted
@@ -711,6 +713,41 @@ def test_corrupt_shard(sharded_env: Env, capsys: pytest.CaptureFixture[str]) -> 
 
 # ---------------------------------------------------------------------------------------------------
 # disk space
+
+
+@pytest.mark.parametrize(
+    ("code", "needle"), [(errno.EIO, "Input/output error (writing tensor '"), (errno.ENOSPC, "the disk is full")]
+)
+def test_a_write_error_in_pass_2_is_one_line_and_the_merge_can_be_resumed(
+    env: Env, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, code: int, needle: str
+) -> None:
+    """The disk fails during pass 2 (after a few blocks): a one-line error naming the shard, no
+    traceback, no hang, nothing at OUT, the partial merge kept; --resume then finishes it."""
+    real = DirectWriter.pwrite
+    calls = 0
+
+    def failing(self: DirectWriter, data: Any, offset: int) -> None:
+        nonlocal calls
+        calls += 1
+        if calls > 5:
+            raise OSError(code, os.strerror(code))
+        real(self, data, offset)
+
+    monkeypatch.setattr(DirectWriter, "pwrite", failing)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        main(env.argv("--threads", "2", "--block-elements", "3000"))
+    err = capsys.readouterr().err
+    assert info.value.code == 1 and "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(PREFIX) and needle in last and "model.safetensors" in last, err
+    assert not env.out.exists() and len(leftovers(env.out)) == 1
+    monkeypatch.undo()
+    before = digests(env.inputs)
+    main(env.argv("--threads", "2", "--block-elements", "3000", "--resume"))
+    main(env.argv("--threads", "2", out=env.root / "fresh"))
+    assert tree_digest(env.out) == tree_digest(env.root / "fresh")
+    assert leftovers(env.out) == [] and digests(env.inputs) == before
 
 
 def test_not_enough_disk(env: Env, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:

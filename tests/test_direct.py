@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import itertools
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -150,32 +149,13 @@ def test_other_write_errors_are_not_swallowed(tmp_path: Path, monkeypatch: pytes
         _write_file(tmp_path / "out.bin", [(0, data)], BounceBuffer())
 
 
-def test_short_direct_writes_are_continued(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The kernel may write fewer pages than asked: the writer goes on from there.
-    if not _direct_supported(tmp_path):
-        pytest.skip("the test folder's file system refuses O_DIRECT")
-    real_pwrite: Callable[[int, Any, int], int] = os.pwrite
-    counts = iter([ALIGNMENT, 2 * ALIGNMENT])
-
-    def short(fd: int, data: Any, offset: int) -> int:
-        limit = next(counts, None) if len(data) > ALIGNMENT else None
-        return real_pwrite(fd, data[:limit] if limit else data, offset)
-
-    monkeypatch.setattr(direct.os, "pwrite", short)
-    data = np.random.default_rng(2).integers(0, 256, SIZE, dtype=np.uint8)
-    went_direct = _write_file(tmp_path / "out.bin", _pieces(data, [], [0], [0]), BounceBuffer())
-    assert went_direct
-    assert (tmp_path / "out.bin").read_bytes() == data.tobytes()
-
-
-@pytest.mark.parametrize("misalign", [0, 5])
-def test_every_whole_page_goes_direct(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, misalign: int) -> None:
-    # From an aligned source (written as it is) and from an unaligned one (through the bounce buffer).
-    if not _direct_supported(tmp_path):
-        pytest.skip("the test folder's file system refuses O_DIRECT")
+def _spy_direct(monkeypatch: pytest.MonkeyPatch, short: list[int] | None = None) -> list[tuple[int, int]]:
+    """Record (offset, bytes) of every write through an O_DIRECT descriptor; the first ones write only
+    ``short[i]`` bytes, as the kernel may."""
     real_open, real_pwrite = os.open, os.pwrite
     direct_fds: set[int] = set()
     direct_bytes: list[tuple[int, int]] = []
+    limits = iter(short or [])
 
     def spy_open(path: Any, flags: int, *args: Any) -> int:
         fd = real_open(path, flags, *args)
@@ -184,18 +164,47 @@ def test_every_whole_page_goes_direct(tmp_path: Path, monkeypatch: pytest.Monkey
         return fd
 
     def spy_pwrite(fd: int, data: Any, offset: int) -> int:
-        wrote = real_pwrite(fd, data, offset)
-        if fd in direct_fds:
-            direct_bytes.append((offset, wrote))
+        if fd not in direct_fds:
+            return real_pwrite(fd, data, offset)
+        limit = next(limits, None)
+        wrote = real_pwrite(fd, data[:limit] if limit else data, offset)
+        direct_bytes.append((offset, wrote))
         return wrote
 
     monkeypatch.setattr(direct.os, "open", spy_open)
     monkeypatch.setattr(direct.os, "pwrite", spy_pwrite)
+    return direct_bytes
+
+
+def _pages(direct_bytes: list[tuple[int, int]]) -> list[int]:
+    return sorted(page for offset, n in direct_bytes for page in range(offset, offset + n, ALIGNMENT))
+
+
+@pytest.mark.parametrize("misalign", [0, 3], ids=["from-the-buffer", "bounced"])
+def test_short_direct_writes_are_continued_directly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, misalign: int
+) -> None:
+    # The kernel may write fewer pages than asked: the writer goes on from there, still directly.
+    if not _direct_supported(tmp_path):
+        pytest.skip("the test folder's file system refuses O_DIRECT")
+    direct_bytes = _spy_direct(monkeypatch, short=[ALIGNMENT, 2 * ALIGNMENT])
+    data = np.random.default_rng(2).integers(0, 256, SIZE, dtype=np.uint8)
+    went_direct = _write_file(tmp_path / "out.bin", _pieces(data, [], [0], [misalign]), BounceBuffer())
+    assert went_direct and (tmp_path / "out.bin").read_bytes() == data.tobytes()
+    assert [n for _, n in direct_bytes] == [ALIGNMENT, 2 * ALIGNMENT, 6 * ALIGNMENT]
+    assert _pages(direct_bytes) == list(range(0, 9 * ALIGNMENT, ALIGNMENT))
+
+
+@pytest.mark.parametrize("misalign", [0, 5])
+def test_every_whole_page_goes_direct(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, misalign: int) -> None:
+    # From an aligned source (written as it is) and from an unaligned one (through the bounce buffer).
+    if not _direct_supported(tmp_path):
+        pytest.skip("the test folder's file system refuses O_DIRECT")
+    direct_bytes = _spy_direct(monkeypatch)
     data = np.random.default_rng(3).integers(0, 256, SIZE, dtype=np.uint8)
     cuts = [100, 2 * ALIGNMENT, 2 * ALIGNMENT + 10, 6 * ALIGNMENT - 1]
     went_direct = _write_file(tmp_path / "out.bin", _pieces(data, cuts, [3, 1, 4, 0, 2], [misalign]), BounceBuffer())
     assert went_direct and (tmp_path / "out.bin").read_bytes() == data.tobytes()
     # whole pages inside a piece: [4096, 8192) of [100, 8192), [12288, 20480) of [8202, 24575),
     # [24576, 36864) of [24575, SIZE)
-    pages = sorted(page for offset, n in direct_bytes for page in range(offset, offset + n, ALIGNMENT))
-    assert pages == [4096, 12288, 16384, 24576, 28672, 32768]
+    assert _pages(direct_bytes) == [4096, 12288, 16384, 24576, 28672, 32768]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import traceback
 
 import numpy as np
 import pytest
@@ -12,25 +13,20 @@ from ooc_ties.schedule import run_blocks
 from ooc_ties.write_queue import WriteQueue
 
 
-def test_writes_run_in_order_one_at_a_time_from_many_workers() -> None:
+def test_writes_run_on_one_writer_thread_not_on_the_workers() -> None:
     queue = WriteQueue(block_elements=64, buffers_per_dtype=4)
     written: list[int] = []
-    inside = 0
-    most_inside = 0
-    guard = threading.Lock()
+    writers: set[int] = set()
+    workers: set[int] = set()
 
     def write(item: int, buffer: np.ndarray) -> None:
-        nonlocal inside, most_inside
-        with guard:
-            inside += 1
-            most_inside = max(most_inside, inside)
         assert (buffer == item).all()  # the buffer was not handed out again before its write ran
+        writers.add(threading.get_ident())
         time.sleep(0.0005)
         written.append(item)
-        with guard:
-            inside -= 1
 
     def task(item: int, _: None) -> None:
+        workers.add(threading.get_ident())
         buffer = queue.buffer(np.dtype(np.int64))
         buffer[:] = item
         queue.submit(buffer, lambda: write(item, buffer))
@@ -38,7 +34,7 @@ def test_writes_run_in_order_one_at_a_time_from_many_workers() -> None:
     run_blocks(list(range(200)), task, lambda: None, threads=4)
     queue.drain()
     assert sorted(written) == list(range(200))
-    assert most_inside == 1
+    assert len(writers) == 1 and not writers & workers
     assert queue.pending == 0
     queue.close()
 
@@ -140,6 +136,50 @@ def test_close_drops_the_writes_not_yet_started_and_stops_the_writer() -> None:
     assert queue._thread is not None and not queue._thread.is_alive()
     with pytest.raises(RuntimeError, match="closed"):
         queue.submit(np.empty(4, np.uint8), lambda: None)
+
+
+def test_raising_the_error_again_does_not_grow_its_traceback() -> None:
+    queue = WriteQueue(block_elements=4, buffers_per_dtype=2)
+
+    def fail() -> None:
+        raise OSError(5, "Input/output error")
+
+    queue.submit(queue.buffer(np.dtype(np.uint8)), fail)
+    depths = []
+    for _ in range(3):
+        with pytest.raises(OSError) as info:
+            queue.drain()
+        depths.append(len(traceback.extract_tb(info.value.__traceback__)))
+    assert depths[0] == depths[1] == depths[2]
+    queue.close()
+
+
+def test_drain_after_close_says_the_queue_is_closed() -> None:
+    queue = WriteQueue(block_elements=4, buffers_per_dtype=2)
+    queue.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        queue.drain()
+
+
+def test_a_writer_thread_that_cannot_start_does_not_leave_workers_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
+    queue = WriteQueue(block_elements=4, buffers_per_dtype=2)
+
+    def refuse(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    first = queue.buffer(np.dtype(np.uint8))
+    second = queue.buffer(np.dtype(np.uint8))
+    with pytest.raises(RuntimeError, match="start new thread"):
+        queue.submit(first, lambda: None)
+    assert queue.pending == 0
+    assert queue.buffer(np.dtype(np.uint8)) is first  # back in the pool, not waiting for a writer
+    monkeypatch.undo()
+    done: list[int] = []
+    queue.submit(second, lambda: done.append(1))
+    queue.drain()
+    assert done == [1]
+    queue.close()
 
 
 def test_needs_two_buffers() -> None:

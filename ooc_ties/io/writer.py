@@ -13,6 +13,7 @@ either holds a complete merge or nothing.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -153,11 +154,25 @@ class ShardWriter:
             except BaseException:
                 os.close(self._fd)
                 raise
-        self._data = DirectWriter(path, self._fd, bounce)
+        try:
+            self._data = DirectWriter(path, self._fd, bounce)
+        except BaseException:
+            os.close(self._fd)
+            raise
 
     def write(self, name: str, start: int, values: np.ndarray) -> None:
-        """Write ``values`` (storage dtype, contiguous) as elements ``start...`` of tensor ``name``."""
-        self._data.pwrite(np.ascontiguousarray(values), self.offsets[name] + start * self.specs[name].dtype.itemsize)
+        """Write ``values`` (storage dtype, contiguous) as elements ``start...`` of tensor ``name``.
+
+        A failed write raises :class:`DiskSpaceError` for a full disk, else an ``OSError`` naming this
+        file and the tensor (both are ``OSError``: the merge keeps its partial output for ``--resume``).
+        """
+        offset = self.offsets[name] + start * self.specs[name].dtype.itemsize
+        try:
+            self._data.pwrite(np.ascontiguousarray(values), offset)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise DiskSpaceError(f"{self.path}: the disk is full (writing tensor '{name}')") from exc
+            raise OSError(exc.errno, f"{exc.strerror} (writing tensor '{name}')", str(self.path)) from exc
 
     def patch(self, name: str, start: int, at: np.ndarray, values: np.ndarray) -> None:
         """Write single elements ``start + at`` of tensor ``name`` (one write each, into the page cache).
@@ -172,7 +187,10 @@ class ShardWriter:
         first = self.offsets[name] + (start + int(at.min())) * itemsize
         last = self.offsets[name] + (start + int(at.max()) + 1) * itemsize
         if hasattr(os, "posix_fadvise"):
-            os.posix_fadvise(self._fd, first, last - first, os.POSIX_FADV_WILLNEED)
+            try:
+                os.posix_fadvise(self._fd, first, last - first, os.POSIX_FADV_WILLNEED)
+            except OSError:  # only advice: the writes below are right without it
+                pass
         for index, value in zip(at.tolist(), values, strict=True):
             self.write(name, start + index, value.reshape(1))
 
@@ -184,11 +202,13 @@ class ShardWriter:
     def close(self, *, durable: bool = False) -> None:
         """Close the file; with ``durable``, first wait until its data is on disk (``fsync``)."""
         if self._fd >= 0:
-            self._data.close()
-            if durable:
-                os.fsync(self._fd)
-            os.close(self._fd)
-            self._fd = -1
+            fd, self._fd = self._fd, -1
+            try:
+                self._data.close()
+                if durable:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
 
 
 def _has_prefix(path: Path, prefix: bytes, size: int) -> bool:
@@ -206,7 +226,7 @@ def _reserve(fd: int, size: int, path: Path) -> None:
     except AttributeError:  # pragma: no cover - not on Linux
         os.ftruncate(fd, size)
     except OSError as exc:
-        if exc.errno == 28:  # ENOSPC
+        if exc.errno == errno.ENOSPC:
             raise DiskSpaceError(f"{path}: not enough free disk space for {size:,} bytes") from None
         if exc.errno in (95, 22):  # EOPNOTSUPP, EINVAL: file system without fallocate
             os.ftruncate(fd, size)
@@ -278,6 +298,12 @@ class SafetensorsOutput:
             writer.close(durable=self.staging.durable)
 
     def close(self) -> None:
-        """Close every file (after a failure or an interruption)."""
+        """Close every file (after a failure or an interruption), even if closing one fails."""
+        errors = []
         for writer in self._files:
-            writer.close()
+            try:
+                writer.close()
+            except OSError as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
