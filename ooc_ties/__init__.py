@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
 from ooc_ties.config import (
@@ -28,11 +30,13 @@ from ooc_ties.errors import (
     OutputPathError,
     UnsupportedDtypeError,
 )
-from ooc_ties.io.zarr_view import open_zarr
 from ooc_ties.merge import MergeResult, merge, plan_merge
 from ooc_ties.plan import MergePlan
 from ooc_ties.sources import TensorSource, open_source
 from ooc_ties.thresholds import GroupThreshold, ThresholdBasis, Thresholds
+
+if TYPE_CHECKING:
+    from ooc_ties.io.zarr_view import open_zarr
 
 __all__ = [
     "PRESETS",
@@ -64,3 +68,12 @@ __all__ = [
     "open_zarr",
     "plan_merge",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # open_zarr subclasses zarr's Store, so importing it imports zarr (0.2 s): only when asked for.
+    if name == "open_zarr":
+        from ooc_ties.io.zarr_view import open_zarr
+
+        return open_zarr
+    raise AttributeError(f"module 'ooc_ties' has no attribute {name!r}")

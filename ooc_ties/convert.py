@@ -14,19 +14,22 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-import zarr
+from typing import TYPE_CHECKING
 
 from ooc_ties.config import Resources
 from ooc_ties.grid import ChunkGrid
 from ooc_ties.io.staging import StagedDirectory
 from ooc_ties.io.writer import TensorSpec, layout_shards
+from ooc_ties.io.zarr_format import is_zarr_group
 from ooc_ties.io.zarr_output import ChunkedSpec
 from ooc_ties.outputs import OutputLike, check_output_path, open_output, output_format
 from ooc_ties.plan import MAX_BLOCK_ELEMENTS
 from ooc_ties.progress import ProgressFactory, progress_bar
 from ooc_ties.schedule import run_blocks
 from ooc_ties.sources import SourceLike, open_source
+
+if TYPE_CHECKING:
+    import zarr
 
 __all__ = ["ConvertResult", "convert"]
 
@@ -83,7 +86,7 @@ def convert(
         total = sum(s.spec.nbytes for s in specs)
         out_format = output_format(destination)
         target: StagedDirectory | zarr.Group
-        if isinstance(destination, zarr.Group):
+        if is_zarr_group(destination):
             target = destination
         else:
             path = Path(destination)

@@ -19,10 +19,9 @@ import types
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import zarr
 
 from ooc_ties import __version__
 from ooc_ties.config import PRESETS, MergeOptions, Resources, ZeroSign
@@ -35,7 +34,7 @@ from ooc_ties.errors import (
 from ooc_ties.inputs import MergeInputs
 from ooc_ties.io.staging import STATE_DIR, StagedDirectory, staging_path
 from ooc_ties.io.writer import RECIPE_NAME, TensorSpec
-from ooc_ties.io.zarr_format import RECIPE_ATTRIBUTE
+from ooc_ties.io.zarr_format import RECIPE_ATTRIBUTE, is_zarr_group
 from ooc_ties.io.zarr_output import ChunkedSpec
 from ooc_ties.journal import Journal, check_resumable, journal_header, read_header
 from ooc_ties.kernels.convert import decode_oracle
@@ -56,6 +55,9 @@ from ooc_ties.thresholds import (
     plan_blocks,
 )
 from ooc_ties.write_queue import WriteQueue
+
+if TYPE_CHECKING:
+    import zarr
 
 __all__ = ["RECIPE_NAME", "MergeResult", "OutputLike", "merge", "plan_merge"]
 
@@ -143,7 +145,7 @@ def merge(
         inputs = _open_all(stack, base, finetuned)
         plan = make_plan(inputs.base, inputs.fts, options, resources)
         out_format = output_format(output)
-        if isinstance(output, zarr.Group):
+        if is_zarr_group(output):
             if resume:
                 raise OptionError("resume needs an output path (a zarr.Group given as output is written in place)")
             target: StagedDirectory | zarr.Group = output

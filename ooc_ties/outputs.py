@@ -10,19 +10,22 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import numpy as np
-import zarr
 
 from ooc_ties.errors import OptionError, OutputPathError
 from ooc_ties.io.staging import StagedDirectory
 from ooc_ties.io.writer import SafetensorsOutput, ShardLayout
+from ooc_ties.io.zarr_format import is_zarr_group
 from ooc_ties.io.zarr_output import ChunkedSpec, ZarrOutput
+
+if TYPE_CHECKING:
+    import zarr
 
 __all__ = ["Output", "OutputLike", "check_output_path", "open_output", "output_format"]
 
-OutputLike = str | os.PathLike[str] | zarr.Group
+OutputLike: TypeAlias = "str | os.PathLike[str] | zarr.Group"
 """A folder path (safetensors), a ``*.zarr`` path (Zarr v3 group), or a ``zarr.Group`` written in place."""
 
 
@@ -53,7 +56,7 @@ class Output(Protocol):
 
 def output_format(output: OutputLike) -> str:
     """``"zarr"`` for a ``zarr.Group`` or a path ending in ``.zarr``, else ``"safetensors"``."""
-    if isinstance(output, zarr.Group) or Path(output).suffix == ".zarr":
+    if is_zarr_group(output) or Path(output).suffix == ".zarr":
         return "zarr"
     return "safetensors"
 

@@ -16,15 +16,18 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol, TypeAlias, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
 
 import numpy as np
-import zarr
 
 from ooc_ties.dtypes import DType
 from ooc_ties.errors import OptionError
 from ooc_ties.io.arrays import ArraySource, is_zarr_path
 from ooc_ties.io.checkpoint import Checkpoint
+from ooc_ties.io.zarr_format import is_zarr_group
+
+if TYPE_CHECKING:
+    import zarr
 
 __all__ = ["SourceLike", "TensorMeta", "TensorSource", "open_source"]
 
@@ -101,7 +104,7 @@ def open_source(spec: SourceLike, label: str | None = None) -> TensorSource:
     """
     if isinstance(spec, TensorSource):
         return spec
-    if isinstance(spec, zarr.Group):
+    if is_zarr_group(spec):
         return ArraySource.from_zarr(spec, label)
     if isinstance(spec, (str, os.PathLike)):
         return ArraySource.open(spec) if is_zarr_path(spec) else Checkpoint(spec)

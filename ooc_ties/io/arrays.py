@@ -11,21 +11,22 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
-import zarr
-import zarr.storage
 
 from ooc_ties.errors import CheckpointFormatError, CheckpointNotFoundError
 from ooc_ties.grid import flat_selection
 from ooc_ties.io.checkpoint import files_fingerprint
 from ooc_ties.io.writer import TensorSpec
-from ooc_ties.io.zarr_format import FILES_ATTRIBUTE, decode_files, dtype_of
+from ooc_ties.io.zarr_format import FILES_ATTRIBUTE, decode_files, dtype_of, is_zarr_array
+
+if TYPE_CHECKING:
+    import zarr
 
 __all__ = ["ArraySource", "is_zarr_path", "open_zarr_group"]
 
-Array = np.ndarray | zarr.Array[Any]
+Array: TypeAlias = "np.ndarray | zarr.Array[Any]"
 
 
 def is_zarr_path(path: str | os.PathLike[str]) -> bool:
@@ -39,6 +40,9 @@ def is_zarr_path(path: str | os.PathLike[str]) -> bool:
 
 def open_zarr_group(path: str | os.PathLike[str]) -> tuple[zarr.Group, Callable[[], None]]:
     """Open a Zarr v3 group read-only from a local folder, a ``.zip`` file or an fsspec URL."""
+    import zarr  # (here, not at the top: a merge of safetensors files never pays for importing it)
+    import zarr.storage
+
     text = os.fspath(path)
     store: Any
     if "://" in text:
@@ -60,13 +64,15 @@ def open_zarr_group(path: str | os.PathLike[str]) -> tuple[zarr.Group, Callable[
 
 def _members(group: zarr.Group, prefix: str = "") -> Iterator[tuple[str, zarr.Array[Any]]]:
     for name, node in group.members():
-        if isinstance(node, zarr.Array):
+        if is_zarr_array(node):
             yield prefix + name, node
         else:
             yield from _members(node, f"{prefix}{name}/")
 
 
 def _local_root(group: zarr.Group) -> Path | None:
+    import zarr.storage
+
     store = group.store
     if isinstance(store, zarr.storage.LocalStore):
         return Path(store.root) / group.path if group.path else Path(store.root)
@@ -107,7 +113,7 @@ class ArraySource:
             array = arrays[name]
             if not isinstance(name, str):
                 raise CheckpointFormatError(f"{label}: tensor names must be strings, got {name!r}")
-            if isinstance(array, zarr.Array):
+            if is_zarr_array(array):
                 storage, attributes = np.dtype(array.dtype), dict(array.attrs)
             elif isinstance(array, np.ndarray):
                 storage, attributes = array.dtype, {}

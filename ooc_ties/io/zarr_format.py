@@ -17,14 +17,19 @@ from __future__ import annotations
 
 import base64
 import binascii
+import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ooc_ties.dtypes import BF16, DTYPES, DType
 from ooc_ties.errors import CheckpointFormatError, UnsupportedDtypeError
 from ooc_ties.io.writer import INDEX_NAME, RECIPE_NAME
+
+if TYPE_CHECKING:
+    import zarr
+    from typing_extensions import TypeIs
 
 __all__ = [
     "DTYPE_ATTRIBUTE",
@@ -33,6 +38,8 @@ __all__ = [
     "decode_files",
     "dtype_of",
     "encode_files",
+    "is_zarr_array",
+    "is_zarr_group",
 ]
 
 DTYPE_ATTRIBUTE = "safetensors_dtype"
@@ -107,3 +114,16 @@ def decode_files(value: Any, where: str) -> dict[str, bytes]:
         else:
             raise CheckpointFormatError(f"{where}: attribute {FILES_ATTRIBUTE} entry {name!r} is not text or base64")
     return files
+
+
+def is_zarr_group(obj: object) -> TypeIs[zarr.Group]:
+    """Whether ``obj`` is a ``zarr.Group``, without importing zarr (0.2 s) when nothing else has: an
+    object can only be one if zarr is loaded."""
+    zarr = sys.modules.get("zarr")
+    return zarr is not None and isinstance(obj, zarr.Group)
+
+
+def is_zarr_array(obj: object) -> TypeIs[zarr.Array[Any]]:
+    """Whether ``obj`` is a ``zarr.Array`` (see :func:`is_zarr_group`)."""
+    zarr = sys.modules.get("zarr")
+    return zarr is not None and isinstance(obj, zarr.Array)

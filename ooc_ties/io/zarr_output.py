@@ -16,17 +16,18 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
-import zarr
-import zarr.storage
 
 from ooc_ties.errors import OutputPathError
 from ooc_ties.grid import flat_selection
 from ooc_ties.io.staging import StagedDirectory
 from ooc_ties.io.writer import TensorSpec
 from ooc_ties.io.zarr_format import DTYPE_ATTRIBUTE, FILES_ATTRIBUTE, RECIPE_ATTRIBUTE, encode_files
+
+if TYPE_CHECKING:
+    import zarr
 
 __all__ = ["ChunkedSpec", "ZarrOutput"]
 
@@ -51,6 +52,9 @@ class ZarrOutput:
         *,
         compressors: Any = None,
     ) -> None:
+        import zarr  # (here, not at the top: a safetensors merge never pays for importing it)
+        import zarr.storage
+
         self.staging = target if isinstance(target, StagedDirectory) else None
         if isinstance(target, StagedDirectory):
             if target.resumed:
