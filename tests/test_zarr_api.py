@@ -255,3 +255,17 @@ def test_ml_dtypes_bfloat16_arrays_are_bf16_inputs(tiny_models: Models, tmp_path
     merge(models[0], models[1:], tmp_path / "out", PRESETS["paper"])
     merge(base, fts, tmp_path / "files", PRESETS["paper"])
     assert _tensors(tmp_path / "out") == _tensors(tmp_path / "files")
+
+
+def test_a_safetensors_merge_does_not_import_zarr(tiny_models: tuple[Path, list[Path]], tmp_path: Path) -> None:
+    # zarr takes 0.2 s to import (a third of the start-up); only Zarr inputs and outputs need it.
+    base, fts = tiny_models
+    script = (
+        "import sys; from ooc_ties.cli import main\n"
+        f"main(['merge', '--base', {str(base)!r}, *{[str(f) for f in fts]!r}, '-o', {str(tmp_path / 'out')!r}, '-q'])\n"
+    )
+    probe = "import atexit, sys; atexit.register(lambda: print('zarr' in sys.modules))\n"
+    done = subprocess.run([sys.executable, "-c", probe + script], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
+    assert (tmp_path / "out" / "model.safetensors").is_file()
