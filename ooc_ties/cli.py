@@ -49,6 +49,16 @@ def _rate(result: MergeResult) -> str:
     return f"{result.seconds:.1f} s, {gbps:.2f} GB/s of input read"
 
 
+# Options that merge and convert share.
+_FSYNC = click.option("--fsync", "durable", is_flag=True, help="Wait until the output is on disk before publishing it.")
+_DIRECT_IO = click.option(
+    "--direct-io/--no-direct-io",
+    default=True,
+    show_default=True,
+    help="Write safetensors output past the page cache (O_DIRECT) where the file system allows it.",
+)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ooc-ties")
 def cli() -> None:
@@ -90,13 +100,8 @@ def cli() -> None:
 )
 @click.option("--shard-size", default="5GB", show_default=True, help="Largest output shard.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists (only after the merge succeeds).")
-@click.option("--fsync", "durable", is_flag=True, help="Wait until the output is on disk before publishing it.")
-@click.option(
-    "--direct-io/--no-direct-io",
-    default=True,
-    show_default=True,
-    help="Write safetensors output past the page cache (O_DIRECT) where the file system allows it.",
-)
+@_FSYNC
+@_DIRECT_IO
 @click.option(
     "--resume",
     is_flag=True,
@@ -211,13 +216,8 @@ def _split_numbers(text: str) -> list[str]:
     help="Largest block copied at once, and the Zarr chunk size.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace DESTINATION if it exists (only after the copy succeeds).")
-@click.option("--fsync", "durable", is_flag=True, help="Wait until the output is on disk before publishing it.")
-@click.option(
-    "--direct-io/--no-direct-io",
-    default=True,
-    show_default=True,
-    help="Write safetensors output past the page cache (O_DIRECT) where the file system allows it.",
-)
+@_FSYNC
+@_DIRECT_IO
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary; errors only.")
 @click.option("--verbose", "-v", count=True, help="More logging (-vv for debug).")
 def convert_command(
@@ -351,10 +351,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = _join_weights(list(sys.argv[1:] if argv is None else argv))
     try:
         cli.main(args=args, prog_name="ooc-ties", standalone_mode=False)
-    except OocTiesError as exc:
-        click.echo(f"ooc-ties: error: {exc}", err=True)
-        sys.exit(1)
-    except OSError as exc:  # the system failed us (an I/O error): no traceback either
+    except (OocTiesError, OSError) as exc:  # (OSError: the system failed us, an I/O error: no traceback either)
         click.echo(f"ooc-ties: error: {exc}", err=True)
         sys.exit(1)
     except click.exceptions.Abort:
