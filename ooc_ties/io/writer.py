@@ -143,18 +143,13 @@ class ShardWriter:
         data_start = len(prefix)
         self.offsets = {name: data_start + off for name, off in offsets.items()}
         self.size = data_start + sum(s.nbytes for s in tensors)
-        if reopen and _has_prefix(path, prefix, self.size):
-            self._fd = os.open(path, os.O_WRONLY)
-        else:
-            flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if reopen else os.O_EXCL)
-            self._fd = os.open(path, flags, 0o644)
-            try:
+        kept = reopen and _has_prefix(path, prefix, self.size)
+        flags = os.O_WRONLY if kept else os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if reopen else os.O_EXCL)
+        self._fd = os.open(path, flags, 0o644)
+        try:
+            if not kept:
                 pwrite_all(self._fd, np.frombuffer(prefix, np.uint8), 0)
                 _reserve(self._fd, self.size, path)
-            except BaseException:
-                os.close(self._fd)
-                raise
-        try:
             self._data = DirectWriter(path, self._fd, bounce)
         except BaseException:
             os.close(self._fd)
