@@ -81,8 +81,7 @@ class WriteQueue:
                     thread.start()
                 except BaseException:  # (no thread: nothing would ever run the write, or free its buffer)
                     self._jobs.pop()
-                    self._free.setdefault(buffer.dtype, []).append(buffer)
-                    self._cond.notify_all()
+                    self._release(buffer)
                     raise
                 self._thread = thread
             self._cond.notify_all()
@@ -129,10 +128,14 @@ class WriteQueue:
             # (from the writer's traceback each time, so raising it again in several workers does not grow it)
             raise self._error.with_traceback(self._error_tb)
 
+    def _release(self, buffer: np.ndarray) -> None:
+        """Return ``buffer`` to the pool and wake whoever waits for one (the lock is held)."""
+        self._free.setdefault(buffer.dtype, []).append(buffer)
+        self._cond.notify_all()
+
     def _drop_queued(self) -> None:
         while self._jobs:
-            buffer, _ = self._jobs.popleft()
-            self._free.setdefault(buffer.dtype, []).append(buffer)
+            self._release(self._jobs.popleft()[0])
 
     def _write_all(self) -> None:
         while True:
@@ -153,5 +156,4 @@ class WriteQueue:
             finally:
                 with self._cond:
                     self._running = False
-                    self._free.setdefault(buffer.dtype, []).append(buffer)
-                    self._cond.notify_all()
+                    self._release(buffer)
