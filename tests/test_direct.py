@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import itertools
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -98,29 +99,45 @@ def test_a_bounce_buffer_is_whole_pages() -> None:
     assert buffer.array().ctypes.data % ALIGNMENT == 0 and buffer.array().size == 2 * ALIGNMENT
 
 
-def _refuse_direct(monkeypatch: pytest.MonkeyPatch, where: str, code: int) -> list[int]:
-    """Make ``os.open`` or ``os.pwrite`` fail with ``code`` on O_DIRECT descriptors; returns the failures."""
-    failures: list[int] = []
-    direct_fds: set[int] = set()
+def _intercept_direct(
+    monkeypatch: pytest.MonkeyPatch,
+    pwrite: Callable[[int, Any, int], int] | None = None,
+    refuse_open: Callable[[], Any] | None = None,
+) -> None:
+    """Route every write on an O_DIRECT descriptor of ``ooc_ties.io.direct`` through ``pwrite`` (which
+    may call ``os.pwrite`` itself); call ``refuse_open`` (which raises) instead of opening one."""
     real_open, real_pwrite = os.open, os.pwrite
+    direct_fds: set[int] = set()
 
     def fake_open(path: Any, flags: int, *args: Any) -> int:
-        if flags & direct._O_DIRECT and where == "open":
-            failures.append(code)
-            raise OSError(code, os.strerror(code))
+        if flags & direct._O_DIRECT and refuse_open is not None:
+            refuse_open()
         fd = real_open(path, flags, *args)
         if flags & direct._O_DIRECT:
             direct_fds.add(fd)
         return fd
 
     def fake_pwrite(fd: int, data: Any, offset: int) -> int:
-        if fd in direct_fds and where == "pwrite":
-            failures.append(code)
-            raise OSError(code, os.strerror(code))
+        if fd in direct_fds and pwrite is not None:
+            return pwrite(fd, data, offset)
         return real_pwrite(fd, data, offset)
 
     monkeypatch.setattr(direct.os, "open", fake_open)
     monkeypatch.setattr(direct.os, "pwrite", fake_pwrite)
+
+
+def _refuse_direct(monkeypatch: pytest.MonkeyPatch, where: str, code: int) -> list[int]:
+    """Make ``os.open`` or ``os.pwrite`` fail with ``code`` on O_DIRECT descriptors; returns the failures."""
+    failures: list[int] = []
+
+    def fail(*_: Any) -> int:
+        failures.append(code)
+        raise OSError(code, os.strerror(code))
+
+    if where == "open":
+        _intercept_direct(monkeypatch, refuse_open=fail)
+    else:
+        _intercept_direct(monkeypatch, pwrite=fail)
     return failures
 
 
@@ -152,27 +169,17 @@ def test_other_write_errors_are_not_swallowed(tmp_path: Path, monkeypatch: pytes
 def _spy_direct(monkeypatch: pytest.MonkeyPatch, short: list[int] | None = None) -> list[tuple[int, int]]:
     """Record (offset, bytes) of every write through an O_DIRECT descriptor; the first ones write only
     ``short[i]`` bytes, as the kernel may."""
-    real_open, real_pwrite = os.open, os.pwrite
-    direct_fds: set[int] = set()
+    real_pwrite = os.pwrite
     direct_bytes: list[tuple[int, int]] = []
     limits = iter(short or [])
 
-    def spy_open(path: Any, flags: int, *args: Any) -> int:
-        fd = real_open(path, flags, *args)
-        if flags & direct._O_DIRECT:
-            direct_fds.add(fd)
-        return fd
-
-    def spy_pwrite(fd: int, data: Any, offset: int) -> int:
-        if fd not in direct_fds:
-            return real_pwrite(fd, data, offset)
+    def spy(fd: int, data: Any, offset: int) -> int:
         limit = next(limits, None)
         wrote = real_pwrite(fd, data[:limit] if limit else data, offset)
         direct_bytes.append((offset, wrote))
         return wrote
 
-    monkeypatch.setattr(direct.os, "open", spy_open)
-    monkeypatch.setattr(direct.os, "pwrite", spy_pwrite)
+    _intercept_direct(monkeypatch, pwrite=spy)
     return direct_bytes
 
 
