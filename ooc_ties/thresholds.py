@@ -9,10 +9,12 @@ the wanted order statistic of ``|tau|`` is found by a two-level radix select ove
 Both are integer histograms added across blocks, so the threshold is exactly the value a full sort
 would give. The two levels share one read: a high-bits histogram of a fixed sample of the group's blocks
 (every :data:`SAMPLE_STRIDE`-th) names the few bins most likely to hold the wanted rank (the
-*bracket*, see :func:`choose_bracket`), and one read of every block counts both the full high-bits
-histogram and the low bits of every value in the bracket. If the exact bin, known after that read, is
-in the bracket the pattern is exact at once; otherwise a second read counts the low bits of that bin,
-as a two-read select would. Either way the result is the same, bit for bit. Then, only where needed:
+*bracket*, see :func:`choose_bracket`), and one read of every block counts the high-bits histogram
+between the bracket's lowest and highest bins (its *span*), the values below and above the span, and
+the low bits of every value in the bracket. If the exact bin, known after that read, is in the bracket
+the pattern is exact at once; if it is in the span, a second read counts the low bits of that bin; if
+it lies outside the span, the two-read select runs for that model. Either way the result is the same,
+bit for bit. Then, only where needed:
 
 3. the ``topk`` rule keeps exactly ``m`` values, so when some values equal to the threshold must be
    dropped, the number of such values in every block is counted, and a running sum tells each block
@@ -47,6 +49,7 @@ from ooc_ties.kernels.histogram import (
     LOW_BINS,
     bracket_counts,
     bracket_histogram,
+    bracket_span,
     bracket_split,
     bracket_table,
     count_equal,
@@ -374,10 +377,11 @@ class _Pass1:
     def bracketed(self, label: str, blocks: Sequence[BlockRef], slots: np.ndarray) -> list[np.ndarray]:
         """One read for both levels: per worker, the counts of :func:`bracket_histogram` for ``slots``."""
         table = bracket_table(slots)
+        span = bracket_span(slots)
 
         def work(ref: BlockRef, base: np.ndarray, fts: tuple[np.ndarray, ...], counts: np.ndarray) -> None:
             bad = np.full(self.n, -1, np.int64)
-            bracket_histogram(base, fts, table, counts, bad)
+            bracket_histogram(base, fts, table, span, counts, bad)
             self._check_finite(ref, bad)
 
         return self._run(label, blocks, work, lambda: bracket_counts(self.n, BRACKET_BINS, table))
@@ -507,24 +511,34 @@ class _Pass1:
         split = [bracket_split(counts, slots) for counts in states]
         high = sum((h for h, _ in split), np.zeros((self.n, HIGH_BINS), np.int64))
         picks = [_select(high[t], rank) for t in range(self.n)]
+        span = bracket_span(slots)
         lows: list[np.ndarray] = []
-        outside = np.full(self.n, -1, np.int64)
+        outside = np.full(self.n, -1, np.int64)  # a bin in the span but not in the bracket: its low bits
+        unknown = np.zeros(self.n, np.bool_)  # beyond the span: the bin itself is not known
         for t, (b, _) in enumerate(picks):
             slot = int(slots[t, b])
             lows.append(sum((low[t, slot] for _, low in split), np.zeros(LOW_BINS, np.int64)))
-            if slot < 0:
+            if not span[t, 0] <= b < span[t, 1]:
+                unknown[t] = True
+            elif slot < 0:
                 outside[t] = b
+            where = f"bin {b:#x} {'outside' if slot < 0 else 'in'}"
             logger.debug(
-                "pass 1: %smodel %d: threshold bin %#x %s the bracket (estimated chance %.3f)",
+                "pass 1: %smodel %d: threshold %s the bracket (estimated chance %.3f)",
                 label,
                 t + 1,
-                b,
-                "outside" if slot < 0 else "in",
+                f"{'below' if b < span[t, 0] else 'above'} the span of" if unknown[t] else where,
                 chance[t],
             )
         del states, split
+        if unknown.any():  # the two-read select; only the models that need it are kept
+            full = self.high(f"{label}thresholds, second read", blocks)
+            for t in np.flatnonzero(unknown).tolist():
+                picks[t] = _select(full[t], rank)
+                outside[t] = picks[t][0]
         if (outside >= 0).any():
-            low = self.low(f"{label}thresholds, second read", blocks, outside)
+            label_low = "third read" if unknown.any() else "second read"
+            low = self.low(f"{label}thresholds, {label_low}", blocks, outside)
             for t in range(self.n):
                 if outside[t] >= 0:
                     lows[t] = low[t]
@@ -623,8 +637,9 @@ def max_reads(options: MergeOptions, full: int, sample: int, given: bool = False
     ``sample`` bytes, in bytes. This is the one statement of what pass 1 reads; the plan's
     ``threshold_passes`` and the progress total are both taken from it.
 
-    * Thresholds (density below 1): the sample, one read for both histogram levels, and a second read
-      if a threshold lies outside its bracket; when the sample is the whole group, two reads.
+    * Thresholds (density below 1): the sample, one read for both histogram levels, a second read
+      if a threshold lies outside its bracket and a third if it lies outside the bracket's span too;
+      when the sample is the whole group, two reads.
     * Tie counts (``topk``, density below 1): one read.
     * The majority sign (``majority``): the sample's votes, and at most the votes of the other blocks
       (one read in all).
@@ -632,7 +647,7 @@ def max_reads(options: MergeOptions, full: int, sample: int, given: bool = False
     ``given`` thresholds skip the histograms and the vote (the tie counts depend on the block grid).
     """
     trims = options.density < 1.0
-    histograms = sample + full + (full if sample < full else 0) if trims and not given else 0
+    histograms = sample + full + (2 * full if sample < full else 0) if trims and not given else 0
     ties = full if trims and options.trim is TrimRule.TOPK else 0
     vote = full if options.zero_sign is ZeroSign.MAJORITY and not given else 0
     return histograms + ties + vote

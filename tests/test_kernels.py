@@ -188,17 +188,21 @@ def test_bracket_histogram_matches_oracle(case: tuple[int, tuple[np.ndarray, tup
     counts = np.zeros((len(fts), histogram.bracket_width(n_slots)), np.int64)
     bad = np.full(len(fts), -1, np.int64)
     table = histogram.bracket_table(slots)
-    histogram.bracket_histogram(base, fts, table, counts, bad)
-    histogram.bracket_histogram(base, fts, table, counts, bad)  # counts add up over blocks
+    span = histogram.bracket_span(slots)
+    histogram.bracket_histogram(base, fts, table, span, counts, bad)
+    histogram.bracket_histogram(base, fts, table, span, counts, bad)  # counts add up over blocks
     high, low = histogram.bracket_split(counts, slots)
     expected_high, expected_low, expected_bad = histogram.bracket_histogram_oracle(base, fts, slots, n_slots)
     np.testing.assert_array_equal(high, 2 * expected_high)
     np.testing.assert_array_equal(low, 2 * expected_low)
     np.testing.assert_array_equal(bad, expected_bad)
-    # the same high-bits histogram as the two-read kernel, and for a bracketed bin the same low bits
+    # inside the span the same high-bits histogram as the two-read kernel, the same count of finite
+    # values, and for a bracketed bin the same low bits
     two_read = np.zeros((len(fts), histogram.HIGH_BINS), np.int64)
     histogram.high_histogram(base, fts, two_read, np.full(len(fts), -1, np.int64))
-    np.testing.assert_array_equal(high, 2 * two_read)
+    for t, (first, end) in enumerate(histogram.bracket_span(slots)):
+        np.testing.assert_array_equal(high[t, first:end], 2 * two_read[t, first:end])
+        assert high[t].sum() == 2 * two_read[t].sum()
     bins = np.array([int(np.argmax(row)) if (row >= 0).any() else -1 for row in slots], np.int64)
     lows = np.zeros((len(fts), histogram.LOW_BINS), np.int64)
     histogram.low_histogram(base, fts, bins, lows)
@@ -221,9 +225,12 @@ def test_bracket_histogram_edges_and_zeros() -> None:
     slots[1, 0] = 0
     counts = np.zeros((2, histogram.bracket_width(2)), np.int64)
     bad = np.full(2, -1, np.int64)
-    histogram.bracket_histogram(base, (ft, zeros), histogram.bracket_table(slots), counts, bad)
+    histogram.bracket_histogram(
+        base, (ft, zeros), histogram.bracket_table(slots), histogram.bracket_span(slots), counts, bad
+    )
     high, low = histogram.bracket_split(counts, slots)
-    assert high[0, b - 1] == 1 and high[0, b] == 3 and high[0, b + 1] == 1 and high[0, 0] == 3
+    # the span is bin b alone: the values below it (the three zeros too) count in bin b - 1
+    assert high[0, b - 1] == 4 and high[0, b] == 3 and high[0, b + 1] == 1 and high[0].sum() == 8
     assert low[0, 1, 0] == 1 and low[0, 1, 0xFFFF] == 1 and low[0, 1, 0x1234] == 1 and low[0, 1].sum() == 3
     assert low[0, 0].sum() == 0
     assert high[1, 0] == 8 and low[1, 0, 0] == 8 and high[1].sum() == 8
@@ -238,11 +245,13 @@ def test_bracket_histogram_reports_first_non_finite() -> None:
     slots[:, 0x3F80] = 0  # 1.0: in the bracket
     counts = np.zeros((2, histogram.bracket_width(1)), np.int64)
     bad = np.full(2, -1, np.int64)
-    histogram.bracket_histogram(base, (base.copy(), ft), histogram.bracket_table(slots), counts, bad)
+    histogram.bracket_histogram(
+        base, (base.copy(), ft), histogram.bracket_table(slots), histogram.bracket_span(slots), counts, bad
+    )
     high, low = histogram.bracket_split(counts, slots)
     assert bad.tolist() == [-1, 3]
     assert high[1].sum() == 7 and high[1, 0x3F80] == 7 and low[1, 0, 0] == 7
-    assert high[0].sum() == 10 and high[0, 0] == 10
+    assert high[0].sum() == 10 and high[0, 0x3F7F] == 10  # zeros, below the span
 
 
 def test_bracket_histogram_non_finite_beyond_the_first_tile() -> None:
@@ -256,7 +265,7 @@ def test_bracket_histogram_non_finite_beyond_the_first_tile() -> None:
     slots, n_slots = _bracket_slots(base, fts, rng, 8)
     counts = np.zeros((2, histogram.bracket_width(n_slots)), np.int64)
     bad = np.full(2, -1, np.int64)
-    histogram.bracket_histogram(base, fts, histogram.bracket_table(slots), counts, bad)
+    histogram.bracket_histogram(base, fts, histogram.bracket_table(slots), histogram.bracket_span(slots), counts, bad)
     high, low = histogram.bracket_split(counts, slots)
     expected_high, expected_low, expected_bad = histogram.bracket_histogram_oracle(base, fts, slots, n_slots)
     assert bad.tolist() == expected_bad.tolist() == [-1, histogram.TILE + 5]

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import save_file
 
-from ooc_ties import PRESETS, MergeOptions, Resources, merge
+from ooc_ties import PRESETS, MergeOptions, Resources, merge, thresholds
 from ooc_ties.inputs import MergeInputs
 from ooc_ties.io.arrays import ArraySource
 from ooc_ties.io.checkpoint import Checkpoint
@@ -90,7 +90,7 @@ def _unrepresentative(rng: np.random.Generator, n_blocks: int, block: int) -> np
     )
 
 
-def test_a_misleading_sample_costs_a_second_read_not_exactness(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_misleading_sample_costs_more_reads_not_exactness(caplog: pytest.LogCaptureFixture) -> None:
     rng = np.random.default_rng(1)
     n_blocks, block = 64, 256
     base = np.zeros(n_blocks * block, np.float32)
@@ -98,9 +98,30 @@ def test_a_misleading_sample_costs_a_second_read_not_exactness(caplog: pytest.Lo
     fts = [base + _unrepresentative(rng, n_blocks, block), base + fair]
     with caplog.at_level(logging.DEBUG, logger="ooc_ties.thresholds"):
         result, full, sample = _pass1(base, fts, ONLY_HISTOGRAMS, block)
-    assert SECOND_READ in caplog.text
-    assert "model 1: threshold bin" in caplog.text and "outside the bracket" in caplog.text
+    # the threshold lies far below the span the sample chose: the two-read select runs for model 1
+    assert "model 1: threshold below the span of the bracket" in caplog.text
     assert "model 2: threshold bin" in caplog.text and "in the bracket" in caplog.text
+    assert SECOND_READ in caplog.text and "thresholds, third read over" in caplog.text
+    assert result.bytes_read == sample + 3 * full
+    _check_exact(result, base, fts, ONLY_HISTOGRAMS)
+
+
+def test_a_threshold_between_bracket_bins_costs_one_more_read(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bracket of two bins far apart: the wanted bin lies in the span between them, counted exactly
+    there, so only its low bits need a second read."""
+    rng = np.random.default_rng(4)
+    n, block = 64 * 500, 500
+    base = np.zeros(n, np.float32)
+    fts = [base + _levels(rng, n, [0.0, 0.25, 0.5, 0.75], [0.3, 0.3, 0.35, 0.05]) + rng.uniform(0, 0.01, n)]
+    wanted = _exact(base, fts[0], ONLY_HISTOGRAMS)[0] >> 16
+    far = np.array([wanted - 40, wanted + 40])
+    monkeypatch.setattr(thresholds, "choose_bracket", lambda sampled, rank, size: (far, 0.5))
+    with caplog.at_level(logging.DEBUG, logger="ooc_ties.thresholds"):
+        result, full, sample = _pass1(base, fts, ONLY_HISTOGRAMS, block)
+    assert f"model 1: threshold bin {wanted:#x} outside the bracket" in caplog.text
+    assert SECOND_READ in caplog.text and "third read" not in caplog.text
     assert result.bytes_read == sample + 2 * full
     _check_exact(result, base, fts, ONLY_HISTOGRAMS)
 
@@ -159,7 +180,7 @@ def test_thresholds_are_exact_whatever_the_sample(
     fts = [(base + (rng.standard_normal(n) * scales).astype(np.float32)).astype(np.float32) for _ in range(n_models)]
     options = ONLY_HISTOGRAMS.with_(density=density)
     result, full, sample = _pass1(base, fts, options, block, threads)
-    assert result.bytes_read in (sample + full, sample + 2 * full)
+    assert result.bytes_read in (sample + full, sample + 2 * full, sample + 3 * full)
     _check_exact(result, base, fts, options)
 
 
@@ -196,7 +217,7 @@ def test_threshold_passes_and_progress_follow_one_rule(
     options = PRESETS[preset].with_(density=density)
     plan = plan_merge(*tiny_models, options)
     assert plan.threshold_passes == max_reads(options, SAMPLE_STRIDE, 1) / SAMPLE_STRIDE
-    histograms = 0.0 if density >= 1 else 2.125
+    histograms = 0.0 if density >= 1 else 3.125
     ties = 1.0 if density < 1 and preset == "mergekit" else 0.0
     vote = 1.0 if preset == "paper" else 0.0
     assert plan.threshold_passes == histograms + ties + vote
