@@ -374,10 +374,12 @@ class _Pass1:
         states = self._run(label, blocks, work, lambda: np.zeros((self.n, HIGH_BINS), np.int64))
         return sum(states, np.zeros((self.n, HIGH_BINS), np.int64))
 
-    def bracketed(self, label: str, blocks: Sequence[BlockRef], slots: np.ndarray) -> list[np.ndarray]:
-        """One read for both levels: per worker, the counts of :func:`bracket_histogram` for ``slots``."""
+    def bracketed(
+        self, label: str, blocks: Sequence[BlockRef], slots: np.ndarray, span: np.ndarray
+    ) -> list[np.ndarray]:
+        """One read for both levels: per worker, the counts of :func:`bracket_histogram` for ``slots``
+        and their ``span`` (:func:`bracket_span`)."""
         table = bracket_table(slots)
-        span = bracket_span(slots)
 
         def work(ref: BlockRef, base: np.ndarray, fts: tuple[np.ndarray, ...], counts: np.ndarray) -> None:
             bad = np.full(self.n, -1, np.int64)
@@ -507,11 +509,11 @@ class _Pass1:
             slots[t, bins] = np.arange(len(bins))
             chance.append(p)
         del sampled
-        states = self.bracketed(f"{label}thresholds", blocks, slots)
+        span = bracket_span(slots)
+        states = self.bracketed(f"{label}thresholds", blocks, slots, span)
         split = [bracket_split(counts, slots) for counts in states]
         high = sum((h for h, _ in split), np.zeros((self.n, HIGH_BINS), np.int64))
         picks = [_select(high[t], rank) for t in range(self.n)]
-        span = bracket_span(slots)
         lows: list[np.ndarray] = []
         outside = np.full(self.n, -1, np.int64)  # a bin in the span but not in the bracket: its low bits
         unknown = np.zeros(self.n, np.bool_)  # beyond the span: the bin itself is not known

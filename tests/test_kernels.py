@@ -200,7 +200,7 @@ def test_bracket_histogram_matches_oracle(case: tuple[int, tuple[np.ndarray, tup
     # values, and for a bracketed bin the same low bits
     two_read = np.zeros((len(fts), histogram.HIGH_BINS), np.int64)
     histogram.high_histogram(base, fts, two_read, np.full(len(fts), -1, np.int64))
-    for t, (first, end) in enumerate(histogram.bracket_span(slots)):
+    for t, (first, end) in enumerate(span):
         np.testing.assert_array_equal(high[t, first:end], 2 * two_read[t, first:end])
         assert high[t].sum() == 2 * two_read[t].sum()
     bins = np.array([int(np.argmax(row)) if (row >= 0).any() else -1 for row in slots], np.int64)
