@@ -8,13 +8,14 @@ and ``convert`` write blocks through :class:`Output` without knowing which.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import numpy as np
 
 from ooc_ties.errors import OptionError, OutputPathError
+from ooc_ties.io.side_files import SideFileLike
 from ooc_ties.io.staging import StagedDirectory
 from ooc_ties.io.writer import SafetensorsOutput, ShardLayout
 from ooc_ties.io.zarr_format import is_zarr_group
@@ -47,8 +48,9 @@ class Output(Protocol):
         """Wait until everything written so far is on disk."""
         ...
 
-    def finish(self, files: dict[str, bytes], recipe: dict[str, Any] | None = None) -> None:
-        """Add the side files and the recipe; after this only publishing is left."""
+    def finish(self, files: Mapping[str, SideFileLike], recipe: dict[str, Any] | None = None) -> None:
+        """Add the side files (by relative POSIX path: :mod:`ooc_ties.io.side_files`) and the recipe;
+        after this only publishing is left."""
         ...
 
     def close(self) -> None: ...

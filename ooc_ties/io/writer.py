@@ -8,7 +8,8 @@ every tensor starts aligned to its item size, with no gaps between them.
 
 A :class:`SafetensorsOutput` builds the model folder (shards, index, side files, recipe) inside a
 :class:`~ooc_ties.io.staging.StagedDirectory`, which publishes it by one rename, so the destination
-either holds a complete merge or nothing.
+either holds a complete merge or nothing. Side files (:mod:`ooc_ties.io.side_files`) keep their
+sub-folders and are copied in pieces, never whole in memory.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import errno
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,8 @@ import numpy as np
 from ooc_ties.dtypes import DType
 from ooc_ties.errors import DiskSpaceError
 from ooc_ties.io.direct import BounceBuffer, DirectWriter, pwrite_all
-from ooc_ties.io.staging import StagedDirectory
+from ooc_ties.io.side_files import RECIPE_NAME, SideFile, SideFileLike, as_side_file, skip_reason
+from ooc_ties.io.staging import StagedDirectory, fsync_dir
 
 __all__ = [
     "INDEX_NAME",
@@ -41,8 +43,6 @@ __all__ = [
 
 INDEX_NAME = "model.safetensors.index.json"
 """The index file of a sharded Hugging Face checkpoint."""
-RECIPE_NAME = "ooc_ties_recipe.json"
-"""The file in a merged folder that records how it was made."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,18 +277,31 @@ class SafetensorsOutput:
         for writer in self._files:
             writer.sync()
 
-    def finish(self, files: dict[str, bytes], recipe: dict[str, Any] | None = None) -> None:
-        """Write the index, the side files and the recipe (``RECIPE_NAME``), and close the shards."""
+    def finish(self, files: Mapping[str, SideFileLike], recipe: dict[str, Any] | None = None) -> None:
+        """Write the index, the side files (by relative POSIX path, sub-folders made as needed) and the
+        recipe (``RECIPE_NAME``), and close the shards."""
+        bad = next((name for name in files if skip_reason(name) is not None), None)
+        if bad is not None:
+            raise ValueError(f"{bad!r} is not a side file: it would be hidden or clash with the weights or recipe")
+        written = {name: as_side_file(item) for name, item in files.items()}
         if len(self.shards) > 1:
             index = {
                 "metadata": {"total_size": sum(s.nbytes for s in self.shards)},
                 "weight_map": {name: s.file_name for s in self.shards for name in s.tensors},
             }
-            files = {**files, INDEX_NAME: (json.dumps(index, indent=2) + "\n").encode()}
+            written[INDEX_NAME] = SideFile.of_bytes((json.dumps(index, indent=2) + "\n").encode())
         if recipe is not None:
-            files = {**files, RECIPE_NAME: (json.dumps(recipe, indent=2) + "\n").encode()}
-        for name, data in files.items():
-            (self.staging.path / name).write_bytes(data)
+            written[RECIPE_NAME] = SideFile.of_bytes((json.dumps(recipe, indent=2) + "\n").encode())
+        folders: set[Path] = set()
+        for name, file in written.items():
+            path = self.staging.path / name
+            if path.parent != self.staging.path:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                folders.update(p for p in path.parents if self.staging.path in p.parents)
+            _write_file(path, file, durable=self.staging.durable)
+        if self.staging.durable:
+            for folder in sorted(folders, key=lambda p: -len(p.parts)):
+                fsync_dir(folder)
         for writer in self._files:
             writer.close(durable=self.staging.durable)
 
@@ -302,3 +315,13 @@ class SafetensorsOutput:
                 errors.append(exc)
         if errors:
             raise errors[0]
+
+
+def _write_file(path: Path, file: SideFile, *, durable: bool) -> None:
+    """Write ``file`` at ``path`` piece by piece (replacing what a resumed merge had written)."""
+    with open(path, "wb") as f:
+        for piece in file.pieces():
+            f.write(piece)
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
