@@ -13,7 +13,7 @@ is written in place.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -22,9 +22,10 @@ import numpy as np
 
 from ooc_ties.errors import OutputPathError
 from ooc_ties.grid import flat_selection
+from ooc_ties.io.side_files import PIECE, SideFile, SideFileLike
 from ooc_ties.io.staging import StagedDirectory
 from ooc_ties.io.writer import TensorSpec
-from ooc_ties.io.zarr_format import DTYPE_ATTRIBUTE, FILES_ATTRIBUTE, RECIPE_ATTRIBUTE, encode_files
+from ooc_ties.io.zarr_format import DTYPE_ATTRIBUTE, FILES_ATTRIBUTE, FILES_GROUP, RECIPE_ATTRIBUTE, encode_files
 
 if TYPE_CHECKING:
     import zarr
@@ -64,12 +65,15 @@ class ZarrOutput:
         else:
             self.group = target
             resumed = False
+        self._compressors = compressors
         self._arrays: dict[str, zarr.Array[Any]] = {}
         self._shapes: dict[str, tuple[int, ...]] = {}
         self._storage: dict[str, np.dtype] = {}
         existing = set(self.group.array_keys()) if resumed else set()
         for item in tensors:
             spec = item.spec
+            if spec.name.split("/")[0] == FILES_GROUP:
+                raise OutputPathError(f"{self.location}: tensor {spec.name!r} would clash with the side files' group")
             attributes: dict[str, Any] = {DTYPE_ATTRIBUTE: spec.dtype.code}
             if spec.name in existing:
                 array = self.group[spec.name]
@@ -137,14 +141,33 @@ class ZarrOutput:
         if self.staging is not None:
             os.sync()
 
-    def finish(self, files: dict[str, bytes], recipe: dict[str, Any] | None = None) -> None:
-        """Store the side files and the recipe as group attributes."""
-        attributes: dict[str, Any] = {FILES_ATTRIBUTE: encode_files(files)}
+    def finish(self, files: Mapping[str, SideFileLike], recipe: dict[str, Any] | None = None) -> None:
+        """Store the side files (small ones as a group attribute, large ones as ``uint8`` arrays: see
+        :mod:`ooc_ties.io.zarr_format`) and the recipe as a group attribute."""
+        listed, large = encode_files(files)
+        for key, file in large.items():
+            self._store_file(key, file)
+        attributes: dict[str, Any] = {FILES_ATTRIBUTE: listed}
         if recipe is not None:
             attributes[RECIPE_ATTRIBUTE] = recipe
         self.group.attrs.update(attributes)
         if self.staging is not None and self.staging.durable:
             os.sync()
+
+    def _store_file(self, key: str, file: SideFile) -> None:
+        """Write ``file`` into a new ``uint8`` array ``key``, one chunk at a time."""
+        array = self.group.create_array(
+            key,
+            shape=(file.size,),
+            dtype=np.uint8,
+            chunks=(PIECE,),
+            compressors=self._compressors,
+            overwrite=True,  # (a resumed merge may have stored it already)
+        )
+        start = 0
+        for piece in file.pieces():
+            array[start : start + len(piece)] = np.frombuffer(piece, np.uint8)
+            start += len(piece)
 
     def close(self) -> None:
         """Nothing held open: every write has completed when it returns."""
