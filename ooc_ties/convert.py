@@ -2,9 +2,10 @@
 
 Every tensor is copied in blocks of the engine's grid (at most ``block_elements`` elements), so memory
 stays at a few blocks whatever the model's size; dtypes are kept bit for bit (BF16 as ``uint16`` bits
-with the ``safetensors_dtype`` attribute in Zarr), and the config and tokenizer files travel along
-(as files in a folder, as the ``huggingface_files`` attribute in Zarr). A Zarr group written by
-``convert`` is chunked on the engine's grid, so a merge reads it one chunk per block.
+with the ``safetensors_dtype`` attribute in Zarr), and the side files travel along (every non-weight
+file and sub-folder: :mod:`ooc_ties.io.side_files`; in Zarr, as :mod:`ooc_ties.io.zarr_format` lays
+them out). Unlike a merge, ``convert`` writes no model card: a ``README.md`` is copied as it is. A Zarr
+group written by ``convert`` is chunked on the engine's grid, so a merge reads it one chunk per block.
 """
 
 from __future__ import annotations
