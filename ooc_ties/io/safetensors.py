@@ -18,6 +18,7 @@ import json
 import math
 import mmap
 import os
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from stat import S_ISREG
@@ -28,7 +29,7 @@ import numpy as np
 from ooc_ties.dtypes import DType, parse_dtype
 from ooc_ties.errors import CheckpointFormatError, CheckpointNotFoundError
 
-__all__ = ["MAX_HEADER_BYTES", "SafetensorsFile", "TensorInfo"]
+__all__ = ["MAX_HEADER_BYTES", "SafetensorsFile", "TensorInfo", "pytorch_conversion"]
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 """The largest header accepted (the ``safetensors`` package has the same limit)."""
@@ -79,6 +80,43 @@ class TensorInfo:
 
 def _fail(path: Path, message: str) -> CheckpointFormatError:
     return CheckpointFormatError(f"{path}: {message}")
+
+
+def pytorch_conversion(path: Path) -> str:
+    """A one-line command that converts PyTorch weights to a safetensors file beside them: ``path`` is a
+    file holding a state dict (``pytorch_model.bin``, ``model.pt``), or the
+    ``pytorch_model.bin.index.json`` of ``.bin`` shards (they become one file). Every message that meets
+    PyTorch weights gives this command; reading them directly is planned, and then only this changes."""
+    if path.name.endswith(".index.json"):
+        imports, files = "glob, ", f"sorted(glob.glob({json.dumps(str(path.parent / '*.bin'))}))"
+        out = path.parent / "model.safetensors"
+    else:
+        imports, files = "", f"[{json.dumps(str(path))}]"
+        out = path.with_suffix(".safetensors")
+        if path.name == "pytorch_model.bin":
+            out = path.with_name("model.safetensors")  # the folder then holds a Hugging Face model
+    code = (
+        f"import {imports}torch, safetensors.torch as st; "
+        f"st.save_file({{k: v.contiguous().clone() for f in {files} "
+        f'for k, v in torch.load(f, map_location="cpu", weights_only=True).items()}}, {json.dumps(str(out))})'
+    )
+    return f"python -c {shlex.quote(code)}"
+
+
+def _pytorch_kind(head: bytes) -> str | None:
+    """What PyTorch format a file that starts with ``head`` (at least 9 bytes, if the file has them) is
+    in: ``torch.save``'s zip archive, or a pickle (its legacy format); ``None`` if neither.
+
+    A safetensors header always starts with ``{`` at byte 8, so a real safetensors file whose length
+    prefix happens to begin like a pickle (``0x80 0x02``: a 640-byte header) is never taken for one.
+    """
+    if head[8:9] == b"{":
+        return None
+    if head[:4] == b"PK\x03\x04":
+        return "a PyTorch zip archive, as torch.save writes"
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return "a PyTorch pickle, torch.save's legacy format"
+    return None
 
 
 def _parse_shape(path: Path, name: str, value: object) -> tuple[int, ...]:
@@ -144,6 +182,9 @@ class SafetensorsFile:
 
     def _parse_header(self) -> tuple[dict[str, str], dict[str, TensorInfo], int]:
         path = self.path
+        kind = _pytorch_kind(self._map[:9])
+        if kind is not None:
+            raise _fail(path, f"not a safetensors file ({kind}); convert it first: {pytorch_conversion(path)}")
         header_len = int.from_bytes(self._map[:8], "little")
         if header_len > self.size - 8:
             raise _fail(path, f"header length {header_len} runs past the end of the file ({self.size} bytes)")
