@@ -8,7 +8,8 @@ dtype (BF16 as ``uint16`` bits). Two kinds exist:
 - :class:`~ooc_ties.io.arrays.ArraySource`: Zarr arrays on any store, or NumPy arrays, by name.
 
 :func:`open_source` accepts a path (a safetensors file or folder, a Zarr folder, ``.zarr``, ``.zip``
-or an fsspec URL), a ``zarr.Group``, a mapping of names to NumPy or Zarr arrays, or a source.
+or an fsspec URL), a Hugging Face Hub ID already in the local cache (``org/name[@revision]``, see
+:mod:`ooc_ties.io.hub`), a ``zarr.Group``, a mapping of names to NumPy or Zarr arrays, or a source.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ooc_ties.dtypes import DType
 from ooc_ties.errors import OptionError
 from ooc_ties.io.arrays import ArraySource, is_zarr_path
 from ooc_ties.io.checkpoint import Checkpoint
+from ooc_ties.io.hub import cached_snapshot, parse_hub_id
 from ooc_ties.io.zarr_format import is_zarr_group
 
 if TYPE_CHECKING:
@@ -100,14 +102,19 @@ def open_source(spec: SourceLike, label: str | None = None) -> TensorSource:
     """Open ``spec`` as a :class:`TensorSource` (the caller closes it).
 
     Paths: a Zarr group when :func:`~ooc_ties.io.arrays.is_zarr_path` says so, else a safetensors file
-    or Hugging Face folder. ``label`` names in-memory inputs in error messages.
+    or Hugging Face folder. A string that names no existing path but looks like a Hub ID is the snapshot
+    of that model in the local Hugging Face cache; nothing is downloaded. ``label`` names in-memory
+    inputs in error messages.
     """
     if isinstance(spec, TensorSource):
         return spec
     if is_zarr_group(spec):
         return ArraySource.from_zarr(spec, label)
     if isinstance(spec, (str, os.PathLike)):
-        return ArraySource.open(spec) if is_zarr_path(spec) else Checkpoint(spec)
+        if is_zarr_path(spec):
+            return ArraySource.open(spec)
+        hub_id = parse_hub_id(spec) if isinstance(spec, str) and not os.path.lexists(spec) else None
+        return Checkpoint(spec if hub_id is None else cached_snapshot(hub_id))
     if isinstance(spec, Mapping):
         return ArraySource(spec, label or "<arrays>")
     raise OptionError(
