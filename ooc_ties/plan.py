@@ -105,8 +105,9 @@ class MergePlan:
 
     @property
     def threshold_passes(self) -> float:
-        """The most reads of the inputs before pass 2, in whole reads, a sample (every 8th block) counted
-        as an eighth: :func:`ooc_ties.thresholds.max_reads`, which also gives pass 1's progress total."""
+        """The most reads of the inputs before pass 2 for a group of many blocks, in whole reads, a sample
+        (every 8th block) counted as an eighth: :func:`ooc_ties.thresholds.max_reads`. :meth:`describe`
+        counts this plan's own groups, from the same statement (:func:`ooc_ties.thresholds.pass1_reads`)."""
         from ooc_ties.thresholds import SAMPLE_STRIDE, max_reads  # a cycle: thresholds imports this module
 
         return max_reads(self.options, SAMPLE_STRIDE, 1) / SAMPLE_STRIDE
@@ -132,15 +133,33 @@ class MergePlan:
             f"scope {o.scope.value}, trim {o.trim.value}, zero sign {o.zero_sign.value}",
             f"tensors: {len(merged)} merged ({self.merged_parameters:,} parameters), {len(copied)} copied",
             f"blocks: {self.total_blocks:,} of up to {self.block_elements:,} elements, "
-            f"{self.resources.threads} threads",
-            f"reads: up to {self.threshold_passes:g} threshold passes + 1 merge pass over "
-            f"{_human(self.merge_input_bytes)} = {_human(int((self.threshold_passes + 1) * self.merge_input_bytes))}",
+            f"{_count(self.resources.threads, 'thread')}",
+            self._describe_reads(),
             f"writes: {_human(self.output_bytes)} in {len(self.shards)} file(s)",
             f"peak memory (engine): {_human(self.peak_memory_estimate)} "
             f"of a {_human(self.resources.memory_budget)} budget",
             f"disk needed: {_human(self.output_bytes)} (plus headers and config files)",
         ]
         return "\n".join(lines)
+
+    def _describe_reads(self) -> str:
+        """The reads pass 1 expects and the most it may make, over this plan's groups, and pass 2's."""
+        from ooc_ties.thresholds import plan_reads  # a cycle: thresholds imports this module
+
+        reads = plan_reads(self)
+        one = max(1, self.merge_input_bytes)
+        expected = 1 + sum(r.nbytes for r in reads if r.expected) / one
+        most = 1 + sum(r.nbytes for r in reads) / one
+        names = ", ".join([*(r.what for r in reads if r.expected), "merge"])
+        line = f"reads: {_count(expected, 'pass', 'passes')} over {_human(self.merge_input_bytes)} expected ({names})"
+        extra = [r.unless for r in reads if not r.expected]
+        return f"{line}, at most {most:.3g} if {' or '.join(extra)}" if extra else line
+
+
+def _count(n: float, one: str, many: str | None = None) -> str:
+    """``n`` and a noun, singular when ``n`` is 1: ``1 thread``, ``2 threads``, ``2.25 passes``."""
+    number = f"{n:,}" if isinstance(n, int) else f"{n:.3g}"
+    return f"{number} {one if n == 1 else many or one + 's'}"
 
 
 def _human(n: int) -> str:
