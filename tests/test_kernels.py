@@ -3,12 +3,16 @@
 The comparison table ``CASES`` drives the tests: each row runs a kernel and its oracle on the same
 generated block and demands bit-identical results. bf16 data with a few distinct magnitudes makes exact
 ties and exact zero sums common; hypothesis varies sizes, model counts, dtypes, thresholds and quotas.
+Inputs are read-only, like the engine's memory maps, and by default keep to the dtypes and model counts
+of ``conftest.SHARED_LAYOUTS``, so that these tests and the end-to-end tests share compiled kernels;
+``pytest -m slow`` runs every layout.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import EVERY_LAYOUT, LAYOUT_SCOPES, OUTPUT_KINDS, SHARED_LAYOUTS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -91,6 +95,16 @@ def test_f16_encoding_agrees_with_numpy_on_a_dense_sweep() -> None:
 
 
 STORAGE = {"bf16": np.uint16, "f16": np.int16, "f32": np.float32, "f64": np.float64}
+KIND = {np.dtype(storage): kind for kind, storage in STORAGE.items()}
+Case = tuple[int, tuple[np.ndarray, tuple[np.ndarray, ...]]]
+
+
+def _frozen(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Read-only copies (Numba types a read-only array apart from a writable one)."""
+    out = tuple(np.array(a) for a in arrays)
+    for a in out:
+        a.flags.writeable = False
+    return out
 
 
 def _storage(values: np.ndarray, kind: str) -> np.ndarray:
@@ -110,7 +124,8 @@ def _block(seed: int, n: int, n_models: int, kind: str, levels: int) -> tuple[np
     for _ in range(n_models):
         delta = rng.integers(-levels, levels + 1, n).astype(np.float32) * step
         fts.append(_storage(base_f + delta, kind))
-    return base_s, tuple(fts)
+    frozen_base, *frozen_fts = _frozen(base_s, *fts)
+    return frozen_base, tuple(frozen_fts)
 
 
 def _thresholds_from_data(base: np.ndarray, fts: tuple[np.ndarray, ...], rng: np.random.Generator) -> np.ndarray:
@@ -122,20 +137,29 @@ def _thresholds_from_data(base: np.ndarray, fts: tuple[np.ndarray, ...], rng: np
     return np.array(out, np.float32)
 
 
-blocks = st.builds(
-    lambda seed, n, m, kind, levels: (seed, _block(seed, n, m, kind, levels)),
-    seed=st.integers(0, 2**31),
-    n=st.integers(0, 3000),
-    m=st.integers(1, 5),
-    kind=st.sampled_from(sorted(STORAGE)),
-    levels=st.integers(0, 6),
-)
+def blocks(every: bool) -> st.SearchStrategy[Case]:
+    """``(seed, (base, fine-tuned blocks))`` of any layout (``every``), or of the shared layouts."""
+    layouts = EVERY_LAYOUT if every else sorted(SHARED_LAYOUTS)
+    return st.builds(
+        lambda seed, n, layout, levels: (seed, _block(seed, n, layout[1], layout[0], levels)),
+        seed=st.integers(0, 2**31),
+        n=st.integers(0, 3000),
+        layout=st.sampled_from(layouts),
+        levels=st.integers(0, 6),
+    )
 
 
+def _output(data: st.DataObject, every: bool, kind: str, n_models: int) -> np.dtype:
+    """An output storage for inputs of ``kind``: any (``every``), or one the shared layouts list."""
+    outs = OUTPUT_KINDS if every else SHARED_LAYOUTS[kind, n_models]
+    return np.dtype(STORAGE[data.draw(st.sampled_from(outs), label="output")])
+
+
+@pytest.mark.parametrize("every", LAYOUT_SCOPES)
 @settings(max_examples=60, deadline=None)
-@given(blocks)
-def test_high_histogram_matches_oracle(case: tuple[int, tuple[np.ndarray, tuple[np.ndarray, ...]]]) -> None:
-    _, (base, fts) = case
+@given(data=st.data())
+def test_high_histogram_matches_oracle(every: bool, data: st.DataObject) -> None:
+    _, (base, fts) = data.draw(blocks(every))
     hist = np.zeros((len(fts), histogram.HIGH_BINS), np.int64)
     bad = np.full(len(fts), -1, np.int64)
     histogram.high_histogram(base, fts, hist, bad)
@@ -144,12 +168,11 @@ def test_high_histogram_matches_oracle(case: tuple[int, tuple[np.ndarray, tuple[
     np.testing.assert_array_equal(bad, expected_bad)
 
 
+@pytest.mark.parametrize("every", LAYOUT_SCOPES)
 @settings(max_examples=60, deadline=None)
-@given(blocks)
-def test_low_histogram_and_count_equal_match_oracles(
-    case: tuple[int, tuple[np.ndarray, tuple[np.ndarray, ...]]],
-) -> None:
-    seed, (base, fts) = case
+@given(data=st.data())
+def test_low_histogram_and_count_equal_match_oracles(every: bool, data: st.DataObject) -> None:
+    seed, (base, fts) = data.draw(blocks(every))
     rng = np.random.default_rng(seed)
     patterns = _thresholds_from_data(base, fts, rng).view(np.uint32).astype(np.int64)
     patterns[rng.random(len(fts)) < 0.2] = -1  # some models skipped
@@ -180,10 +203,11 @@ def _bracket_slots(
     return slots, n_slots
 
 
+@pytest.mark.parametrize("every", LAYOUT_SCOPES)
 @settings(max_examples=60, deadline=None)
-@given(blocks)
-def test_bracket_histogram_matches_oracle(case: tuple[int, tuple[np.ndarray, tuple[np.ndarray, ...]]]) -> None:
-    seed, (base, fts) = case
+@given(data=st.data())
+def test_bracket_histogram_matches_oracle(every: bool, data: st.DataObject) -> None:
+    seed, (base, fts) = data.draw(blocks(every))
     slots, n_slots = _bracket_slots(base, fts, np.random.default_rng(seed), 8)
     counts = np.zeros((len(fts), histogram.bracket_width(n_slots)), np.int64)
     bad = np.full(len(fts), -1, np.int64)
@@ -225,6 +249,7 @@ def test_bracket_histogram_edges_and_zeros() -> None:
     slots[1, 0] = 0
     counts = np.zeros((2, histogram.bracket_width(2)), np.int64)
     bad = np.full(2, -1, np.int64)
+    base, ft, zeros = _frozen(base, ft, zeros)
     histogram.bracket_histogram(
         base, (ft, zeros), histogram.bracket_table(slots), histogram.bracket_span(slots), counts, bad
     )
@@ -245,8 +270,9 @@ def test_bracket_histogram_reports_first_non_finite() -> None:
     slots[:, 0x3F80] = 0  # 1.0: in the bracket
     counts = np.zeros((2, histogram.bracket_width(1)), np.int64)
     bad = np.full(2, -1, np.int64)
+    base, zeros, ft = _frozen(base, base, ft)
     histogram.bracket_histogram(
-        base, (base.copy(), ft), histogram.bracket_table(slots), histogram.bracket_span(slots), counts, bad
+        base, (zeros, ft), histogram.bracket_table(slots), histogram.bracket_span(slots), counts, bad
     )
     high, low = histogram.bracket_split(counts, slots)
     assert bad.tolist() == [-1, 3]
@@ -261,7 +287,8 @@ def test_bracket_histogram_non_finite_beyond_the_first_tile() -> None:
     base = rng.standard_normal(n).astype(np.float32)
     ft = base + rng.standard_normal(n).astype(np.float32)
     ft[[histogram.TILE + 5, n - 2]] = [np.inf, np.nan]
-    fts = (base + np.float32(0.5), ft)
+    base, *frozen = _frozen(base, base + np.float32(0.5), ft)
+    fts = tuple(frozen)
     slots, n_slots = _bracket_slots(base, fts, rng, 8)
     counts = np.zeros((2, histogram.bracket_width(n_slots)), np.int64)
     bad = np.full(2, -1, np.int64)
@@ -286,7 +313,8 @@ def test_high_histogram_reports_first_non_finite() -> None:
     ft[[3, 7]] = [np.nan, np.inf]
     hist = np.zeros((2, histogram.HIGH_BINS), np.int64)
     bad = np.full(2, -1, np.int64)
-    histogram.high_histogram(base, (base.copy(), ft), hist, bad)
+    base, zeros, ft = _frozen(base, base, ft)
+    histogram.high_histogram(base, (zeros, ft), hist, bad)
     assert bad.tolist() == [-1, 3]
     assert hist[1].sum() == 8
 
@@ -297,10 +325,31 @@ merge_params = st.fixed_dictionaries(
         "weights": st.sampled_from(["ones", "random", "with_zero", "negative"]),
         "lam": st.sampled_from([1.0, 0.5, 1.7, -0.3]),
         "zero_positive": st.booleans(),
-        "out": st.sampled_from(["bf16", "f16", "f32"]),
         "capacity": st.sampled_from([0, 1, 3, 4096]),
     }
 )
+
+
+def _recorded_oracle(
+    base: np.ndarray,
+    fts: tuple[np.ndarray, ...],
+    thr: np.ndarray,
+    quota: np.ndarray,
+    weights: np.ndarray,
+    capacity: int,
+) -> np.ndarray:
+    """The indices of the open elements :func:`ties.merge` records, by the rule it states: the first
+    ``capacity`` open elements in block order, leaving out those with a value exactly at its model's
+    threshold under a tie quota (whether that value is kept depends on the ties before it)."""
+    b = convert.decode_oracle(base)
+    taus = [convert.decode_oracle(ft) - b for ft in fts]
+    v = [np.float32(weights[t]) * ties.trim_oracle(tau, thr[t], int(quota[t])) for t, tau in enumerate(taus)]
+    s = np.zeros(b.size, np.float32)
+    for vt in v:
+        s = s + vt
+    open_ = (s == 0) & np.any([vt != 0 for vt in v], axis=0)
+    undecided = np.any([(quota[t] >= 0) & (np.abs(tau) == thr[t]) for t, tau in enumerate(taus)], axis=0)
+    return np.flatnonzero(open_ & ~undecided)[:capacity]
 
 
 def _merge_args(seed: int, fts: tuple[np.ndarray, ...], base: np.ndarray, params: dict) -> tuple:
@@ -321,12 +370,13 @@ def _merge_args(seed: int, fts: tuple[np.ndarray, ...], base: np.ndarray, params
     return thr, quota, weights, np.float32(params["lam"]), params["zero_positive"]
 
 
+@pytest.mark.parametrize("every", LAYOUT_SCOPES)
 @settings(max_examples=80, deadline=None)
-@given(blocks, merge_params)
-def test_merge_matches_oracle(case: tuple[int, tuple[np.ndarray, tuple[np.ndarray, ...]]], params: dict) -> None:
-    seed, (base, fts) = case
+@given(data=st.data(), params=merge_params)
+def test_merge_matches_oracle(every: bool, data: st.DataObject, params: dict) -> None:
+    seed, (base, fts) = data.draw(blocks(every))
     thr, quota, weights, lam, zero_positive = _merge_args(seed, fts, base, params)
-    storage = np.dtype({"bf16": np.uint16, "f16": np.int16, "f32": np.float32}[params["out"]])
+    storage = _output(data, every, KIND[base.dtype], len(fts))
     out = np.empty(base.size, storage)
     votes = np.zeros(4, np.int64)
     capacity = params["capacity"]
@@ -338,11 +388,12 @@ def test_merge_matches_oracle(case: tuple[int, tuple[np.ndarray, tuple[np.ndarra
     np.testing.assert_array_equal(votes[:3], expected_votes)
     assert bad == -1  # inputs are small: nothing overflows
     # The recorded open elements hold the result under the other sign; the rest are counted as lost.
+    expected_at = _recorded_oracle(base, fts, thr, quota, weights, capacity)
     recorded = int(votes[2] - votes[3])
-    assert 0 <= recorded <= capacity and (votes[3] == 0 or recorded == capacity or (quota >= 0).any())
-    flipped, _ = ties.merge_oracle(base, fts, thr, quota, weights, lam, not zero_positive, storage)
+    assert recorded == expected_at.size
     at = open_at[:recorded]
-    assert np.all(np.diff(at) > 0)
+    np.testing.assert_array_equal(at, expected_at)
+    flipped, _ = ties.merge_oracle(base, fts, thr, quota, weights, lam, not zero_positive, storage)
     np.testing.assert_array_equal(open_alt[:recorded].view(np.uint8), flipped[at].view(np.uint8))
     patched = out.copy()
     patched[at] = open_alt[:recorded]
@@ -350,10 +401,11 @@ def test_merge_matches_oracle(case: tuple[int, tuple[np.ndarray, tuple[np.ndarra
         np.testing.assert_array_equal(patched.view(np.uint8), flipped.view(np.uint8))
 
 
+@pytest.mark.parametrize("every", LAYOUT_SCOPES)
 @settings(max_examples=60, deadline=None)
-@given(blocks, merge_params)
-def test_elect_count_matches_oracle(case: tuple[int, tuple[np.ndarray, tuple[np.ndarray, ...]]], params: dict) -> None:
-    seed, (base, fts) = case
+@given(data=st.data(), params=merge_params)
+def test_elect_count_matches_oracle(every: bool, data: st.DataObject, params: dict) -> None:
+    seed, (base, fts) = data.draw(blocks(every))
     thr, quota, weights, _, _ = _merge_args(seed, fts, base, params)
     counts = np.zeros(3, np.int64)
     ties.elect_count(base, fts, thr, quota, weights, counts)
@@ -362,8 +414,10 @@ def test_elect_count_matches_oracle(case: tuple[int, tuple[np.ndarray, tuple[np.
 
 def test_exact_zero_sums_follow_the_zero_sign_rule() -> None:
     # Two models with opposite task values: the vote is exactly 0 everywhere.
-    base = np.zeros(4, np.float32)
-    fts = (np.array([1, -2, 0, 3], np.float32), np.array([-1, 2, 0, -3], np.float32))
+    base, *frozen = _frozen(
+        np.zeros(4, np.float32), np.array([1, -2, 0, 3], np.float32), np.array([-1, 2, 0, -3], np.float32)
+    )
+    fts = tuple(frozen)
     args = (np.zeros(2, np.float32), np.full(2, -1, np.int64), np.ones(2, np.float32), np.float32(1))
     positive = np.empty(4, np.float32)
     negative = np.empty(4, np.float32)
@@ -378,8 +432,7 @@ def test_exact_zero_sums_follow_the_zero_sign_rule() -> None:
 
 
 def test_quota_keeps_the_first_ties_in_block_order() -> None:
-    base = np.zeros(6, np.float32)
-    ft = np.array([1, -1, 1, 2, 1, -1], np.float32)
+    base, ft = _frozen(np.zeros(6, np.float32), np.array([1, -1, 1, 2, 1, -1], np.float32))
     out = np.empty(6, np.float32)
     votes = np.zeros(4, np.int64)
     thr, quota, weights = np.array([1.0], np.float32), np.array([2]), np.ones(1, np.float32)
@@ -389,13 +442,14 @@ def test_quota_keeps_the_first_ties_in_block_order() -> None:
     assert votes.tolist() == [2, 1, 0, 0]
 
 
-def _no_record() -> tuple[np.ndarray, np.ndarray]:
-    return np.zeros(0, np.int64), np.zeros(0, np.float32)
+def _no_record(out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """No room to record open elements (``open_at``, ``open_alt`` in the storage of ``out``)."""
+    return np.zeros(0, np.int64), np.zeros(0, np.float32 if out is None else out.dtype)
 
 
 def test_an_open_element_decided_by_a_tie_quota_is_not_recorded() -> None:
-    base = np.zeros(2, np.float32)
-    fts = (np.array([1, 2], np.float32), np.array([-1, -2], np.float32))
+    base, *frozen = _frozen(np.zeros(2, np.float32), np.array([1, 2], np.float32), np.array([-1, -2], np.float32))
+    fts = tuple(frozen)
     thr, quota, weights = np.array([1.0, 1.0], np.float32), np.array([1, -1]), np.ones(2, np.float32)
     votes = np.zeros(4, np.int64)
     at, alt = np.zeros(4, np.int64), np.empty(4, np.float32)
@@ -405,17 +459,24 @@ def test_an_open_element_decided_by_a_tie_quota_is_not_recorded() -> None:
 
 
 def test_merge_reports_overflow_in_the_output_dtype() -> None:
-    base = np.full(3, 60000.0, np.float32)
-    ft = np.array([60000.0, 70000.0, 60001.0], np.float32)
-    out = np.empty(3, np.int16)  # float16: 70000 does not fit
-    args = (np.zeros(1, np.float32), np.full(1, -1), np.ones(1, np.float32), np.float32(1), True)
-    bad = ties.merge(base, (ft,), *args, out, np.zeros(4, np.int64), *_no_record())
+    # bf16 inputs (60000 and 70000 round to 59904 and 70144): their mean does not fit in float16
+    bf16 = np.dtype(np.uint16)
+    base, ft = _frozen(
+        convert.encode_oracle(np.full(3, 60000.0, np.float32), bf16),
+        convert.encode_oracle(np.array([60000.0, 70000.0, 60001.0], np.float32), bf16),
+    )
+    out = np.empty(3, np.int16)  # float16
+    args = (np.zeros(3, np.float32), np.full(3, -1), np.ones(3, np.float32), np.float32(1), True)
+    bad = ties.merge(base, (ft, ft, ft), *args, out, np.zeros(4, np.int64), *_no_record(out))
     assert bad == 1
 
 
+@pytest.mark.parametrize("every", LAYOUT_SCOPES)
 @settings(max_examples=60, deadline=None)
-@given(st.integers(0, 2**32 - 1), merge_params)
-def test_open_elements_are_recorded_with_their_other_result(seed: int, params: dict) -> None:
+@given(seed=st.integers(0, 2**32 - 1), params=merge_params, data=st.data())
+def test_open_elements_are_recorded_with_their_other_result(
+    every: bool, seed: int, params: dict, data: st.DataObject
+) -> None:
     """Fine-tunes built to cancel exactly at many elements: every recorded open element holds the
     oracle's result under the other sign, and patching them all gives the other sign's merge."""
     rng = np.random.default_rng(seed)
@@ -425,17 +486,21 @@ def test_open_elements_are_recorded_with_their_other_result(seed: int, params: d
     cancel = rng.random(n) < 0.3
     ft1 = base + tau
     ft2 = np.where(cancel, base - tau, base + (rng.standard_normal(n) * 0.01).astype(np.float32)).astype(np.float32)
-    fts = (ft1.astype(np.float32), ft2, (base + tau * np.float32(0.5)).astype(np.float32))[: int(rng.integers(2, 4))]
+    ft3 = (base + tau * np.float32(0.5)).astype(np.float32)
+    base, *frozen = _frozen(base, ft1.astype(np.float32), ft2, ft3)
+    fts = tuple(frozen[: int(rng.integers(2, 4))])
     thr, quota, weights, lam, zero_positive = _merge_args(seed, fts, base, params)
     weights = np.ones(len(fts), np.float32) if params["weights"] != "random" else weights
-    storage = np.dtype({"bf16": np.uint16, "f16": np.int16, "f32": np.float32}[params["out"]])
+    storage = _output(data, every, "f32", len(fts))
     capacity = params["capacity"]
     out, votes = np.empty(n, storage), np.zeros(4, np.int64)
     at, alt = np.full(capacity, -1, np.int64), np.empty(capacity, storage)
     ties.merge(base, fts, thr, quota, weights, lam, zero_positive, out, votes, at, alt)
     flipped, _ = ties.merge_oracle(base, fts, thr, quota, weights, lam, not zero_positive, storage)
     recorded = int(votes[2] - votes[3])
-    assert recorded == min(capacity, votes[2]) or (quota >= 0).any()
+    expected_at = _recorded_oracle(base, fts, thr, quota, weights, capacity)
+    assert recorded == expected_at.size
+    np.testing.assert_array_equal(at[:recorded], expected_at)
     np.testing.assert_array_equal(alt[:recorded].view(np.uint8), flipped[at[:recorded]].view(np.uint8))
     if votes[3] == 0:
         out[at[:recorded]] = alt[:recorded]
