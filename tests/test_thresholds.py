@@ -1,51 +1,93 @@
 """Pass 1's one-read select: a sample brackets each threshold, one read counts both histogram levels,
 and a second read runs only where the exact bin lies outside the bracket. Thresholds are exact either way.
+
+The inputs record what pass 1 reads (how often each block, and how many bytes), so the tests check what
+it did, not how the code counts it: thresholds against a full sort, reads against the plan's and the
+progress bar's figures, memory against the plan's estimate.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
+import threading
+import tracemalloc
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import save_file
 
-from ooc_ties import PRESETS, MergeOptions, Resources, merge, thresholds
+from ooc_ties import PRESETS, MergeOptions, Resources, merge, plan_merge, thresholds
+from ooc_ties.dtypes import BF16
 from ooc_ties.inputs import MergeInputs
 from ooc_ties.io.arrays import ArraySource
 from ooc_ties.io.checkpoint import Checkpoint
-from ooc_ties.kernels.histogram import HIGH_BINS, bracket_width
+from ooc_ties.kernels.histogram import HIGH_BINS
 from ooc_ties.plan import make_plan
 from ooc_ties.reference import reference_merge
-from ooc_ties.thresholds import (
-    BRACKET_BINS,
-    SAMPLE_STRIDE,
-    Pass1Result,
-    choose_bracket,
-    compute_thresholds,
-    max_reads,
-)
+from ooc_ties.thresholds import BRACKET_BINS, SAMPLE_STRIDE, Pass1Result, choose_bracket, compute_thresholds
 
 # The histograms only: no tie counts (threshold rule), no vote (positive zero sign).
 ONLY_HISTOGRAMS = PRESETS["paper"].with_(zero_sign="positive")
 SECOND_READ = "thresholds, second read over"
 
 
+class RecordingSource(ArraySource):
+    """NumPy arrays as a merge input that record every read: its element range, and its bytes."""
+
+    def __init__(self, arrays: Mapping[str, np.ndarray], label: str) -> None:
+        super().__init__(arrays, label)
+        self.bytes_read = 0
+        self.ranges: collections.Counter[tuple[str, int, int]] = collections.Counter()
+        self._lock = threading.Lock()
+
+    def read(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        values = super().read(name, start, stop)
+        with self._lock:
+            self.bytes_read += values.nbytes
+            self.ranges[name, start, start + values.size] += 1
+        return values
+
+
+def _recording(base: Mapping[str, np.ndarray], fts: list[Mapping[str, np.ndarray]]) -> MergeInputs:
+    return MergeInputs(
+        RecordingSource(base, "<base>"), tuple(RecordingSource(f, f"<model {i}>") for i, f in enumerate(fts, 1))
+    )
+
+
+def _bytes_read(inputs: MergeInputs) -> int:
+    return sum(source.bytes_read for source in inputs.all)  # type: ignore[attr-defined]
+
+
 def _pass1(
     base: np.ndarray, fts: list[np.ndarray], options: MergeOptions, block: int, threads: int = 2
-) -> tuple[Pass1Result, int, int]:
-    """Pass 1 over one tensor ``w``; returns the result, the bytes of one read and of the sample."""
-    inputs = MergeInputs(
-        ArraySource({"w": base}, "<base>"), tuple(ArraySource({"w": f}, f"<model {i}>") for i, f in enumerate(fts))
-    )
+) -> tuple[Pass1Result, list[int]]:
+    """Pass 1 over one tensor ``w`` in blocks of ``block`` elements: the result, and how many times each
+    block was read."""
+    inputs = _recording({"w": base}, [{"w": f} for f in fts])
     plan = make_plan(inputs.base, inputs.fts, options, Resources(threads=threads, max_block_elements=block))
     result = compute_thresholds(plan, inputs)
-    itemsize = base.itemsize + sum(f.itemsize for f in fts)
-    sampled = sum(min(block, base.size - start) for start in range(0, base.size, block * SAMPLE_STRIDE))
-    return result, base.size * itemsize, sampled * itemsize
+    ranges = inputs.base.ranges  # type: ignore[attr-defined]
+    assert all(source.ranges == ranges for source in inputs.fts)  # type: ignore[attr-defined]
+    assert result.bytes_read == _bytes_read(inputs)  # what pass 1 reports is what it read
+    n_blocks = -(-base.size // block)
+    reads = [ranges["w", i * block, min((i + 1) * block, base.size)] for i in range(n_blocks)]
+    assert sum(reads) == sum(ranges.values())  # every read was of one whole block
+    if n_blocks % SAMPLE_STRIDE == 0:  # a sample of an eighth: the plan's "up to N threshold passes" holds
+        assert result.bytes_read <= plan.threshold_passes * plan.merge_input_bytes
+    return result, reads
+
+
+def _sampled_twice(n_blocks: int, reads: int) -> list[int]:
+    """Reads per block when every block is read ``reads`` times and the sample (every 8th block, from
+    the first) once more."""
+    return [reads + (i % SAMPLE_STRIDE == 0) for i in range(n_blocks)]
 
 
 def _exact(base: np.ndarray, ft: np.ndarray, options: MergeOptions) -> tuple[int, int]:
@@ -74,10 +116,10 @@ def test_a_representative_sample_needs_one_read(caplog: pytest.LogCaptureFixture
     # The 80% rank lies in the middle of the third level: any fair sample brackets it.
     fts = [base + _levels(rng, n, [0.0, 0.25, 0.5, 0.75], [0.3, 0.3, 0.35, 0.05]) for _ in range(2)]
     with caplog.at_level(logging.DEBUG, logger="ooc_ties.thresholds"):
-        result, full, sample = _pass1(base, fts, ONLY_HISTOGRAMS, block)
+        result, reads = _pass1(base, fts, ONLY_HISTOGRAMS, block)
     assert SECOND_READ not in caplog.text
     assert "threshold sample over" in caplog.text
-    assert result.bytes_read == sample + full
+    assert reads == _sampled_twice(64, 1)
     _check_exact(result, base, fts, ONLY_HISTOGRAMS)
 
 
@@ -97,12 +139,12 @@ def test_a_misleading_sample_costs_more_reads_not_exactness(caplog: pytest.LogCa
     fair = _levels(rng, base.size, [0.0, 0.25, 0.5, 0.75], [0.3, 0.3, 0.35, 0.05])
     fts = [base + _unrepresentative(rng, n_blocks, block), base + fair]
     with caplog.at_level(logging.DEBUG, logger="ooc_ties.thresholds"):
-        result, full, sample = _pass1(base, fts, ONLY_HISTOGRAMS, block)
+        result, reads = _pass1(base, fts, ONLY_HISTOGRAMS, block)
     # the threshold lies far below the span the sample chose: the two-read select runs for model 1
     assert "model 1: threshold below the span of the bracket" in caplog.text
     assert "model 2: threshold bin" in caplog.text and "in the bracket" in caplog.text
     assert SECOND_READ in caplog.text and "thresholds, third read over" in caplog.text
-    assert result.bytes_read == sample + 3 * full
+    assert reads == _sampled_twice(n_blocks, 3)
     _check_exact(result, base, fts, ONLY_HISTOGRAMS)
 
 
@@ -114,15 +156,16 @@ def test_a_threshold_between_bracket_bins_costs_one_more_read(
     rng = np.random.default_rng(4)
     n, block = 64 * 500, 500
     base = np.zeros(n, np.float32)
-    fts = [base + _levels(rng, n, [0.0, 0.25, 0.5, 0.75], [0.3, 0.3, 0.35, 0.05]) + rng.uniform(0, 0.01, n)]
+    noise = rng.uniform(0, 0.01, n).astype(np.float32)
+    fts = [base + _levels(rng, n, [0.0, 0.25, 0.5, 0.75], [0.3, 0.3, 0.35, 0.05]) + noise]
     wanted = _exact(base, fts[0], ONLY_HISTOGRAMS)[0] >> 16
     far = np.array([wanted - 40, wanted + 40])
     monkeypatch.setattr(thresholds, "choose_bracket", lambda sampled, rank, size: (far, 0.5))
     with caplog.at_level(logging.DEBUG, logger="ooc_ties.thresholds"):
-        result, full, sample = _pass1(base, fts, ONLY_HISTOGRAMS, block)
+        result, reads = _pass1(base, fts, ONLY_HISTOGRAMS, block)
     assert f"model 1: threshold bin {wanted:#x} outside the bracket" in caplog.text
     assert SECOND_READ in caplog.text and "third read" not in caplog.text
-    assert result.bytes_read == sample + 2 * full
+    assert reads == _sampled_twice(64, 2)
     _check_exact(result, base, fts, ONLY_HISTOGRAMS)
 
 
@@ -144,9 +187,9 @@ def test_merge_after_a_second_read_matches_the_reference(tmp_path: Path, preset:
 
 def test_all_zero_task_vectors() -> None:
     base = np.random.default_rng(3).standard_normal(40 * 100).astype(np.float32)
-    result, full, sample = _pass1(base, [base.copy(), base.copy()], ONLY_HISTOGRAMS, 100)
+    result, reads = _pass1(base, [base.copy(), base.copy()], ONLY_HISTOGRAMS, 100)
     assert [(g.pattern, g.kept) for g in result.thresholds.groups[""]] == [(0, base.size)] * 2
-    assert result.bytes_read == sample + full  # the zero bin is the only one: always in the bracket
+    assert reads == _sampled_twice(40, 1)  # the zero bin is the only one: always in the bracket
 
 
 def test_a_single_block_group_reads_twice() -> None:
@@ -154,8 +197,8 @@ def test_a_single_block_group_reads_twice() -> None:
     rng = np.random.default_rng(4)
     base = np.zeros(3000, np.float32)
     fts = [base + rng.standard_normal(base.size).astype(np.float32)]
-    result, full, sample = _pass1(base, fts, ONLY_HISTOGRAMS, 4096)
-    assert sample == full and result.bytes_read == 2 * full
+    result, reads = _pass1(base, fts, ONLY_HISTOGRAMS, 4096)
+    assert reads == [2]
     _check_exact(result, base, fts, ONLY_HISTOGRAMS)
 
 
@@ -179,8 +222,8 @@ def test_thresholds_are_exact_whatever_the_sample(
     scales = np.repeat(np.exp(spread * rng.standard_normal(n_blocks)), block)
     fts = [(base + (rng.standard_normal(n) * scales).astype(np.float32)).astype(np.float32) for _ in range(n_models)]
     options = ONLY_HISTOGRAMS.with_(density=density)
-    result, full, sample = _pass1(base, fts, options, block, threads)
-    assert result.bytes_read in (sample + full, sample + 2 * full, sample + 3 * full)
+    result, reads = _pass1(base, fts, options, block, threads)
+    assert reads in [_sampled_twice(n_blocks, k) for k in (1, 2, 3)]
     _check_exact(result, base, fts, options)
 
 
@@ -207,25 +250,100 @@ def test_choose_bracket_of_an_empty_sample_is_empty() -> None:
     assert bins.size == 0 and chance == 0.0
 
 
+@dataclass
+class RecordedBar:
+    """A progress bar pass 1 opened: its total (grown as the pass asks), the bytes it was advanced by,
+    whether it ever went past its total, and whether it was closed."""
+
+    description: str
+    total: int
+    done: int = 0
+    overrun: bool = False
+    closed: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def advance(self, nbytes: int) -> None:
+        with self.lock:
+            self.done += nbytes
+            self.overrun |= self.done > self.total
+
+    def grow(self, nbytes: int) -> None:
+        with self.lock:
+            self.total += nbytes
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _arrays(folder: Path) -> dict[str, np.ndarray]:
+    """A checkpoint's tensors as arrays in memory (bf16 as ml_dtypes' bfloat16)."""
+    with Checkpoint(folder) as c:
+        arrays = {}
+        for name in c.names:
+            info = c.info(name)
+            values = np.array(c.read(name))
+            arrays[name] = (values.view(ml_dtypes.bfloat16) if info.dtype == BF16 else values).reshape(info.shape)
+    return arrays
+
+
+def _float32_models(base: dict[str, np.ndarray], n_models: int) -> list[dict[str, np.ndarray]]:
+    """Fine-tunes of ``base`` in float32 whose task values are all distinct: no ties at a threshold."""
+    rng = np.random.default_rng(5)
+    return [
+        {name: (a.astype(np.float32) + rng.standard_normal(a.shape, np.float32) * 0.01) for name, a in base.items()}
+        for _ in range(n_models)
+    ]
+
+
 @pytest.mark.parametrize("preset", ["paper", "mergekit"])
 @pytest.mark.parametrize("density", [0.2, 1.0])
-def test_threshold_passes_and_progress_follow_one_rule(
-    tiny_models: tuple[Path, list[Path]], preset: str, density: float
+@pytest.mark.parametrize("kind", ["bf16", "f32"])
+def test_pass_1_reads_no_more_than_its_progress_bar_and_the_plan_announce(
+    tiny_models: tuple[Path, list[Path]], preset: str, density: float, kind: str
 ) -> None:
-    from ooc_ties import plan_merge
-
+    """bf16 task vectors have ties at the thresholds; float32 ones here have none, so pass 1 skips the
+    tie counts it expected (mergekit's top-k), and its progress must still end full."""
+    base, fts = tiny_models
+    if kind == "bf16":
+        inputs = _recording(_arrays(base), [_arrays(f) for f in fts])
+    else:
+        base32 = {name: a.astype(np.float32) for name, a in _arrays(base).items()}
+        inputs = _recording(base32, _float32_models(base32, len(fts)))
     options = PRESETS[preset].with_(density=density)
-    plan = plan_merge(*tiny_models, options)
-    assert plan.threshold_passes == max_reads(options, SAMPLE_STRIDE, 1) / SAMPLE_STRIDE
-    histograms = 0.0 if density >= 1 else 3.125
-    ties = 1.0 if density < 1 and preset == "mergekit" else 0.0
-    vote = 1.0 if preset == "paper" else 0.0
-    assert plan.threshold_passes == histograms + ties + vote
+    plan = make_plan(inputs.base, inputs.fts, options, Resources(threads=2, max_block_elements=4096))
+    bars: list[RecordedBar] = []
+
+    def progress(description: str, total: int) -> RecordedBar:
+        bars.append(RecordedBar(description, total))
+        return bars[-1]
+
+    result = compute_thresholds(plan, inputs, progress)
+    read = _bytes_read(inputs)
+    assert read == result.bytes_read
+    assert read <= plan.threshold_passes * plan.merge_input_bytes  # --dry-run: "up to N threshold passes"
+    if plan.threshold_passes == 0:  # nothing to find: no read, no bar
+        assert read == 0 and bars == []
+    else:
+        (bar,) = bars
+        assert bar.description.startswith("pass 1/2")
+        assert bar.closed and bar.done == bar.total and not bar.overrun  # it ends full, never past full
+        assert 0 < read <= bar.total
 
 
-def test_the_budget_counts_the_bracket(tiny_models: tuple[Path, list[Path]]) -> None:
-    from ooc_ties import plan_merge
-
-    plan = plan_merge(*tiny_models, PRESETS["paper"], Resources(threads=3))
-    one_read = 3 * plan.n_models * bracket_width(BRACKET_BINS) * 8
-    assert plan.peak_memory_estimate > one_read
+@pytest.mark.parametrize("threads", [1, 3])
+def test_a_merge_allocates_less_than_the_plan_estimates(
+    tiny_models: tuple[Path, list[Path]], tmp_path: Path, threads: int
+) -> None:
+    """The allocations a whole merge makes (traced: NumPy's and Python's), against the plan's estimate of
+    the engine's own memory. Most of them are pass 1's one-read counts: several MB per model and worker."""
+    base, fts = tiny_models
+    resources = Resources(threads=threads, max_block_elements=4096)  # pass 2's buffers: small, so the test is sharp
+    merge(base, fts, tmp_path / "warm-up", PRESETS["paper"], resources)  # kernels loaded, modules imported
+    plan = plan_merge(base, fts, PRESETS["paper"], resources)
+    tracemalloc.start()
+    try:
+        merge(base, fts, tmp_path / "out", PRESETS["paper"], resources)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak <= plan.peak_memory_estimate
