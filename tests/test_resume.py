@@ -1,17 +1,20 @@
-"""Resuming interrupted merges: real processes killed with SIGKILL at random points, then resumed.
+"""Resuming interrupted merges: real processes killed with SIGKILL at chosen points, then resumed.
 
-Every resumed output must be byte-identical (every file) to an uninterrupted merge, and a resume with
-other inputs or options must be refused.
+A merge runs in a child process whose progress bars SIGKILL it once a given share of a pass's bytes is
+done (or as a pass starts), or whose final rename does: the points are set by the work done, not by
+timers. Every resumed output must be byte-identical (every file) to an uninterrupted merge, and a resume
+with other inputs or options must be refused.
+
+By default the models are tiny (about 150k parameters, some 25 blocks); ``pytest -m slow`` runs every
+test again on demo-sized ones (about 20M parameters, some 1300 blocks).
 """
 
 from __future__ import annotations
 
 import os
-import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -24,22 +27,24 @@ from ooc_ties.io.staging import STATE_DIR, staging_path
 from ooc_ties.synthetic import SHAPES, generate_model
 
 Models = tuple[Path, list[Path]]
-BUDGET = ["--block-elements", "65536", "--threads", "2"]  # many small blocks: kills land mid-pass
+BLOCK, THREADS = 16384, 2
+BUDGET = ["--block-elements", str(BLOCK), "--threads", str(THREADS)]  # many blocks: kills land between them
+
+
+@pytest.fixture(scope="module", params=["tiny", pytest.param("demo", marks=pytest.mark.slow)])
+def models(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Models:
+    """A bf16 base and two fine-tunes of a shape in ``SHAPES``: tiny by default, demo with ``-m slow``."""
+    shape: str = request.param
+    return generate_model(SHAPES[shape], tmp_path_factory.mktemp(shape), n_finetuned=2, seed=3)
 
 
 @pytest.fixture(scope="module")
-def demo_models(tmp_path_factory: pytest.TempPathFactory) -> Models:
-    """Demo-shaped models (~20M parameters each): a merge takes long enough to be killed mid-pass."""
-    return generate_model(SHAPES["demo"], tmp_path_factory.mktemp("demo"), n_finetuned=2, seed=3)
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(demo_models: Models, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def uninterrupted(models: Models, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("reference")
     digests = {}
     for suffix in ("", ".zarr"):
         out = root / f"out{suffix}"
-        subprocess.run(_command(demo_models, out), check=True)
+        subprocess.run(_command(models, out), check=True)
         digests[suffix] = tree_digest(out)
     return digests
 
@@ -50,50 +55,69 @@ def _command(models: Models, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "ooc_ties.cli", *args]
 
 
-def _kill_during(command: list[str], phase: str, delay: float) -> int:
-    """Start ``command``, wait until its progress shows ``phase``, wait ``delay`` s, SIGKILL it."""
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
-    assert process.stderr is not None
-    seen = b""
-    while phase.encode() not in seen:
-        chunk = os.read(process.stderr.fileno(), 4096)
-        if not chunk:  # it finished (or failed) before the phase showed
-            process.wait()
-            return process.returncode
-        seen += chunk
-    time.sleep(delay)
-    process.send_signal(signal.SIGKILL)
-    process.communicate()
-    return process.returncode
+_KILLED_AT = f"""
+import os, signal, sys
+from ooc_ties import PRESETS, Resources, merge
+phase, share, out, base, *fts = sys.argv[1:]
+
+class KillingProgress:
+    # SIGKILLs this process once `share` of the bytes of the pass named `phase` are done (0: as it starts)
+
+    def __init__(self, description, total):
+        self.done = 0
+        self.at = float(share) * total if description.startswith(phase) else None
+        self.advance(0)
+
+    def advance(self, nbytes):
+        self.done += nbytes
+        if self.at is not None and self.done >= self.at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def grow(self, nbytes):
+        pass
+
+    def close(self):
+        pass
+
+resources = Resources(threads={THREADS}, max_block_elements={BLOCK})
+merge(base, fts, out, PRESETS["paper"], resources, progress=KillingProgress, resume=True)
+raise SystemExit(phase + " never reached " + share + " of its bytes")
+"""
+
+
+def _kill_at(models: Models, out: Path, phase: str, share: float) -> None:
+    """Run a resumable merge into ``out`` in a child process that is SIGKILLed once ``share`` of the bytes
+    of pass ``phase`` are done; the partial merge must stay."""
+    base, fts = models
+    command = [sys.executable, "-c", _KILLED_AT, phase, str(share), str(out), str(base), *map(str, fts)]
+    killed = subprocess.run(command, capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert staging_path(out.absolute()).is_dir()
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("suffix", ["", ".zarr"])
-def test_sigkill_at_random_points_then_resume_is_byte_identical(
-    demo_models: Models, uninterrupted: dict[str, str], tmp_path: Path, suffix: str
+def test_sigkill_at_chosen_points_then_resume_is_byte_identical(
+    models: Models, uninterrupted: dict[str, str], tmp_path: Path, suffix: str
 ) -> None:
     out = tmp_path / f"out{suffix}"
-    rng = random.Random(7)
-    kills = [("pass 1/2", rng.uniform(0, 0.2))] + [("pass 2/2", rng.uniform(0, 0.15)) for _ in range(3)]
-    partial = 0
-    for phase, delay in kills:
-        code = _kill_during(_command(demo_models, out, "--resume"), phase, delay)
-        assert code in (0, -signal.SIGKILL)
-        partial += staging_path(out.absolute()).is_dir()  # killed mid-merge (else: it had finished)
-    assert partial >= 2
-    done = subprocess.run(_command(demo_models, out, "--resume"), capture_output=True, text=True)
+    _kill_at(models, out, "pass 1/2", 0.5)  # pass 1 not finished: it runs again
+    _kill_at(models, out, "pass 2/2", 0.0)  # pass 1 finished and saved, no block merged
+    _kill_at(models, out, "pass 2/2", 0.3)  # some blocks merged (of those left each time)
+    _kill_at(models, out, "pass 2/2", 0.5)
+    done = subprocess.run(_command(models, out, "--resume"), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+    assert "pass 1/2" not in done.stderr and "resumed:" in done.stderr
     assert tree_digest(out) == uninterrupted[suffix]
     assert not staging_path(out.absolute()).exists()
 
 
-def test_a_resume_skips_pass_1_and_finished_blocks(demo_models: Models, tmp_path: Path) -> None:
+def test_a_resume_skips_pass_1_and_finished_blocks(models: Models, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    code = _kill_during(_command(demo_models, out), "pass 2/2", 0.3)
-    assert code == -signal.SIGKILL
-    done = subprocess.run(_command(demo_models, out, "--resume"), capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    assert "pass 1/2" not in done.stderr
-    assert "resumed:" in done.stderr
+    _kill_at(models, out, "pass 2/2", 0.5)
+    base, fts = models
+    result = merge(base, fts, out, PRESETS["paper"], resume=True)
+    assert 0 < result.resumed_blocks < result.plan.total_blocks
 
 
 _KILL_AT_RENAME = """
@@ -115,15 +139,13 @@ main()
 
 
 @pytest.mark.parametrize("when", ["before", "after"])
-def test_sigkill_at_the_final_rename(
-    demo_models: Models, uninterrupted: dict[str, str], tmp_path: Path, when: str
-) -> None:
+def test_sigkill_at_the_final_rename(models: Models, uninterrupted: dict[str, str], tmp_path: Path, when: str) -> None:
     out = tmp_path / "out"
-    command = [sys.executable, "-c", _KILL_AT_RENAME, when, *_command(demo_models, out)[3:]]
+    command = [sys.executable, "-c", _KILL_AT_RENAME, when, *_command(models, out)[3:]]
     killed = subprocess.run(command, capture_output=True)
     assert killed.returncode == -signal.SIGKILL
     assert out.exists() == (when == "after")
-    done = subprocess.run(_command(demo_models, out, "--resume"), capture_output=True, text=True)
+    done = subprocess.run(_command(models, out, "--resume"), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert tree_digest(out) == uninterrupted[""]
     assert not (out / STATE_DIR).exists()
@@ -137,10 +159,10 @@ def _leave_partial(models: Models, out: Path) -> None:
     assert staging_path(out.absolute()).is_dir()
 
 
-def test_a_resume_with_other_options_or_inputs_is_refused(demo_models: Models, tmp_path: Path) -> None:
+def test_a_resume_with_other_options_or_inputs_is_refused(models: Models, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    _leave_partial(demo_models, out)
-    base, fts = demo_models
+    _leave_partial(models, out)
+    base, fts = models
     with pytest.raises(OptionError, match=r"other options: density 0.2 \(now 0.3\)"):
         merge(base, fts, out, PRESETS["paper"].with_(density=0.3), resume=True)
     with pytest.raises(OptionError, match=r"other options: .*trim 'threshold' \(now 'topk'\)"):
@@ -148,17 +170,17 @@ def test_a_resume_with_other_options_or_inputs_is_refused(demo_models: Models, t
     with pytest.raises(OptionError, match="other models, or the same in another order"):
         merge(base, [fts[1], fts[0]], out, PRESETS["paper"], resume=True)
     with pytest.raises(OptionError, match="shard"):
-        merge(base, fts, out, PRESETS["paper"], Resources(shard_size=1_000_000), resume=True)
+        merge(base, fts, out, PRESETS["paper"], Resources(shard_size=100_000), resume=True)
     # Refusals leave the partial merge as it was, and a matching resume still finishes it.
     assert staging_path(out.absolute()).is_dir()
     result = merge(base, fts, out, PRESETS["paper"], resume=True)  # the first run's block size is kept
     assert result.resumed_blocks > 0
 
 
-def test_a_touched_input_is_refused(demo_models: Models, tmp_path: Path) -> None:
+def test_a_touched_input_is_refused(models: Models, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    _leave_partial(demo_models, out)
-    base, fts = demo_models
+    _leave_partial(models, out)
+    base, fts = models
     shard = next(fts[0].glob("*.safetensors"))
     stat = shard.stat()
     try:
@@ -169,10 +191,10 @@ def test_a_touched_input_is_refused(demo_models: Models, tmp_path: Path) -> None
         os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 
-def test_a_leftover_without_resume_is_refused_and_overwrite_starts_again(demo_models: Models, tmp_path: Path) -> None:
+def test_a_leftover_without_resume_is_refused_and_overwrite_starts_again(models: Models, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    _leave_partial(demo_models, out)
-    base, fts = demo_models
+    _leave_partial(models, out)
+    base, fts = models
     with pytest.raises(OutputPathError, match="--resume continues it; --overwrite deletes it"):
         merge(base, fts, out, PRESETS["paper"])
     result = merge(base, fts, out, PRESETS["paper"], overwrite=True)
@@ -180,49 +202,61 @@ def test_a_leftover_without_resume_is_refused_and_overwrite_starts_again(demo_mo
     assert not staging_path(out.absolute()).exists()
 
 
-def test_two_processes_cannot_write_one_output(demo_models: Models, tmp_path: Path) -> None:
+_HOLDING_AT_PASS_1 = """
+import sys
+from ooc_ties import PRESETS, merge
+out, base, *fts = sys.argv[1:]
+
+def hold(description, total):
+    print(description, flush=True)
+    sys.stdin.read()  # until the test closes our stdin
+    raise SystemExit(3)
+
+merge(base, fts, out, PRESETS["paper"], progress=hold)
+"""
+
+
+def test_two_processes_cannot_write_one_output(models: Models, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    process = subprocess.Popen(_command(demo_models, out), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
-    assert process.stderr is not None
-    seen = b""
-    while b"pass 1/2" not in seen:
-        chunk = os.read(process.stderr.fileno(), 4096)
-        assert chunk, seen.decode(errors="replace")
-        seen += chunk
-    base, fts = demo_models
+    base, fts = models
+    command = [sys.executable, "-c", _HOLDING_AT_PASS_1, str(out), str(base), *map(str, fts)]
+    process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert process.stdin is not None and process.stdout is not None
     try:
+        assert process.stdout.readline().startswith("pass 1/2")  # it holds the output, in pass 1
         with pytest.raises(OutputPathError, match="another ooc-ties process is writing it"):
             merge(base, fts, out, PRESETS["paper"], resume=True)
     finally:
-        process.kill()
-        process.communicate()
+        process.stdin.close()
+        assert process.wait(timeout=60) == 3
+    assert not out.exists()
 
 
-def test_a_resume_needs_only_the_disk_space_still_missing(demo_models: Models, tmp_path: Path) -> None:
+def test_a_resume_needs_only_the_disk_space_still_missing(models: Models, tmp_path: Path) -> None:
     """The partial merge already holds its (preallocated) files: a resume does not count them again."""
     from ooc_ties.io.staging import _allocated_bytes
 
     out = tmp_path / "out"
-    _leave_partial(demo_models, out)
+    _leave_partial(models, out)
     held = _allocated_bytes(staging_path(out.absolute()))
-    base, fts = demo_models
+    base, fts = models
     plan = plan_merge(base, fts)
     assert held >= plan.output_bytes  # so check_disk asks for (at most) nothing more
 
 
-def test_a_partial_merge_without_a_journal_is_started_again(demo_models: Models, tmp_path: Path) -> None:
+def test_a_partial_merge_without_a_journal_is_started_again(models: Models, tmp_path: Path) -> None:
     out = tmp_path / "out"
     staging = staging_path(out.absolute())
     (staging / STATE_DIR).mkdir(parents=True)
     (staging / "model-00001-of-00009.safetensors").write_bytes(b"left by a killed convert")
-    base, fts = demo_models
+    base, fts = models
     merge(base, fts, out, PRESETS["paper"], resume=True)
     assert not (out / "model-00001-of-00009.safetensors").exists()
     assert (out / "model.safetensors").is_file()
 
 
 def test_a_full_disk_keeps_the_partial_merge(
-    demo_models: Models, uninterrupted: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    models: Models, uninterrupted: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A merge stopped by the system (here ENOSPC from a write) stays for --resume."""
     import errno
@@ -241,7 +275,7 @@ def test_a_full_disk_keeps_the_partial_merge(
 
     monkeypatch.setattr(SafetensorsOutput, "write", failing)
     out = tmp_path / "out"
-    base, fts = demo_models
+    base, fts = models
     with pytest.raises(OSError, match="No space left"):
         merge(base, fts, out, PRESETS["paper"], Resources(max_block_elements=65536, threads=1))
     assert staging_path(out.absolute()).is_dir()
