@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ import pytest
 import safetensors
 from conftest import tree_digest
 
+import ooc_ties.thresholds
 from ooc_ties import PRESETS, MergeOptions, OptionError, Resources, Thresholds, merge
 from ooc_ties.cli import main
 from ooc_ties.io.checkpoint import Checkpoint
@@ -274,7 +274,7 @@ def test_a_wrong_majority_guess_is_corrected(
     from ooc_ties.convert import convert
     from ooc_ties.thresholds import SAMPLE_STRIDE
 
-    monkeypatch.setattr(sys.modules["ooc_ties.merge"], "OPEN_CAPACITY", capacity)
+    monkeypatch.setattr(ooc_ties.thresholds, "OPEN_CAPACITY", capacity)  # the one setting pass 1 and pass 2 read
     n_blocks = 8 * SAMPLE_STRIDE  # a sample of 8 blocks: decisive, and wrong
     sampled = (np.arange(n_blocks * block) // block) % SAMPLE_STRIDE == 0
     sign = np.where(sampled, 1.0, -1.0).astype(np.float32)  # the sample votes +, the whole model votes -
@@ -297,6 +297,27 @@ def test_a_wrong_majority_guess_is_corrected(
     assert read_all(result.output) == expected_bytes(paths[0], paths[1:], options)
     with Checkpoint(result.output) as c:
         assert (np.asarray(c.read("w"))[::4] == -1).all()  # the open elements took the exact sign
+
+
+@pytest.mark.parametrize(("capacity", "decision"), [(4096, "recordable"), (16, "too many to record: full vote")])
+def test_the_open_capacity_decides_whether_pass_1_guesses(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, capacity: int, decision: str
+) -> None:
+    """The capacity is one setting that both passes read: 1% of open elements (41 a block) fit the
+    default room pass 2 has to record them, so pass 1 guesses the sign from its sample (which is not
+    decisive); a capacity of 16 does not, so pass 1 counts every block's votes."""
+    monkeypatch.setattr(ooc_ties.thresholds, "OPEN_CAPACITY", capacity)
+    block = 4096
+    rng = np.random.default_rng(12)
+    tau1 = rng.choice(np.array([-1.0, 1.0], np.float32), 16 * block)
+    tau2 = np.where(rng.random(tau1.size) < 0.01, -tau1, tau1).astype(np.float32)  # 1% cancel exactly
+    base = np.zeros(tau1.size, np.float32)
+    paths = write_models(tmp_path, base, base + tau1, base + tau2)
+    options = PRESETS["paper"].with_(density=1.0)
+    with caplog.at_level("DEBUG", logger="ooc_ties.thresholds"):
+        result = merge(paths[0], paths[1:], tmp_path / "out", options, Resources(max_block_elements=block))
+    assert f"open elements ({decision})" in caplog.text
+    assert read_all(result.output) == expected_bytes(paths[0], paths[1:], options)
 
 
 def test_too_many_open_elements_to_record_means_a_full_vote(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
