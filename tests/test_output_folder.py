@@ -118,11 +118,32 @@ def test_a_sentence_transformers_base_gives_a_whole_folder(
     assert front["library_name"] == "sentence-transformers"
     recipe = json.loads(got["ooc_ties_recipe.json"])
     assert _recipe_block(card) == card_recipe(recipe)
+
     assert _recipe_block(card)["options"] == recipe["options"]
     for model in fts:
         assert f"`{model}`" in card
     assert "TIES" in card and "density: 0.2" in card and "preset `paper`" in card
     assert tree_digest(st_base) == before
+
+def test_sentence_transformers_module_weights_are_copied_from_the_base_with_a_warning(
+    st_base: Path, tiny_models: Models, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A module folder listed in modules.json (``2_Dense/``) holds weights the model cannot load without
+    and the merge does not cover: they are copied from the base, and a WARNING says they are not merged.
+    Weights in folders that are no module (``onnx/``, ``original/``) are still left out."""
+    _, fts = tiny_models
+    modules = json.loads(ST_SIDE_FILES["modules.json"])
+    modules.append({"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"})
+    dense = {"2_Dense/config.json": b'{"in_features": 64, "out_features": 32}\n', "2_Dense/model.safetensors": b"dense"}
+    _write(st_base, {"modules.json": json.dumps(modules).encode(), **dense})
+    with caplog.at_level(logging.INFO, logger="ooc_ties.io.side_files"):
+        result = merge(st_base, fts, tmp_path / "out", PRESETS["paper"])
+    assert result.output is not None
+    got = _files(result.output)
+    assert {name: got.get(name) for name in dense} == dense
+    assert "onnx/model.onnx" not in got and "original/consolidated.00.pth" not in got
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "2_Dense/model.safetensors" in warned[0] and "not merged" in warned[0]
 
 
 def test_a_bert_base_from_the_hub_cache_keeps_its_tokenizer(tiny_models: Models, tmp_path: Path) -> None:

@@ -232,7 +232,18 @@ def test_corrupt_zarr_inputs_are_one_line_errors(zarr_models: Models, tmp_path: 
     assert not list(tmp_path.glob("*out*"))
 
 
-@pytest.mark.parametrize("name", ["model.safetensors", "model.safetensors.index.json", ".ooc-ties-resume", "a/b"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "model.safetensors",
+        "model.safetensors.index.json",
+        ".ooc-ties-resume",
+        "../b",
+        "/etc/x",
+        "a//b",
+        "model-00001-of-00002.safetensors",
+    ],
+)
 def test_side_files_cannot_overwrite_the_output(name: str, tmp_path: Path) -> None:
     group = zarr.open_group(zarr.storage.MemoryStore(), mode="w")
     group.create_array("w", shape=(4,), dtype="float32")

@@ -8,8 +8,9 @@ So every file and sub-folder of the base folder is copied, except:
 - **weights**, in any format (:data:`WEIGHT_SUFFIXES`: safetensors, PyTorch, ONNX, GGUF, Keras, Flax,
   TensorFlow Lite, rust-bert), and weight index files (``*.index.json``). The merged tensors replace
   the safetensors ones; the base's weights in another format would contradict them, so they are left
-  out too (logged at INFO, with any safetensors in sub-folders, such as a sentence-transformers
-  ``2_Dense/`` module's, which a merge of the folder's own checkpoint does not cover);
+  out too (logged at INFO). One exception: the module folders a sentence-transformers model lists in
+  its ``modules.json`` (``2_Dense/``, ...) hold weights of their own that the model cannot load
+  without and that the merge does not cover; they are copied from the base, with a WARNING saying so;
 - **hidden entries** (a name starting with ``.``: ``.git``, ``.cache``, ``.gitattributes``, ooc-ties'
   own staging and resume folders);
 - :data:`RECIPE_NAME` at the top: a merged base's own recipe (the output gets its own).
@@ -24,6 +25,7 @@ a large one is copied without ever being whole in memory.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -40,6 +42,7 @@ __all__ = [
     "SideFile",
     "SideFileLike",
     "as_side_file",
+    "clashes_with_output",
     "collect_side_files",
     "skip_reason",
 ]
@@ -120,32 +123,68 @@ def _read_pieces(path: Path, size: int) -> Iterator[bytes]:
         raise CheckpointFormatError(f"{path}: changed while it was copied ({size} bytes expected, {done} read)")
 
 
-def skip_reason(name: str) -> str | None:
+def skip_reason(name: str, modules: frozenset[str] = frozenset()) -> str | None:
     """Why the relative POSIX path ``name`` is no side file (``"hidden"``, ``"weights"``, ``"recipe"``),
-    or ``None`` if it is one. A path that is empty, absolute or has ``.``/``..`` parts counts as hidden."""
+    or ``None`` if it is one. A path that is empty, absolute or has ``.``/``..`` parts counts as hidden.
+    Weights inside one of the sentence-transformers ``modules`` folders are side files."""
     parts = name.split("/")
     if any(not part or part.startswith(".") for part in parts):
         return "hidden"
     last = parts[-1].lower()
-    if last.endswith(WEIGHT_SUFFIXES) or last.endswith(INDEX_SUFFIX):
+    if (last.endswith(WEIGHT_SUFFIXES) or last.endswith(INDEX_SUFFIX)) and not (
+        len(parts) > 1 and parts[0] in modules
+    ):
         return "weights"
     if name == RECIPE_NAME:
         return "recipe"
     return None
 
 
+def clashes_with_output(name: str) -> bool:
+    """Whether a side file named ``name`` would be hidden, lie outside the output folder, or stand where
+    the output's own weights, index or recipe go (the top level): such a name is refused."""
+    reason = skip_reason(name)
+    return reason == "hidden" or (reason is not None and "/" not in name)
+
+
+def sentence_transformers_modules(folder: Path) -> frozenset[str]:
+    """The module folders a sentence-transformers model lists in ``modules.json`` (none if it has none,
+    or it is not the list of ``{"path": ...}`` objects sentence-transformers writes)."""
+    try:
+        listed = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return frozenset()
+    if not isinstance(listed, list):
+        return frozenset()
+    paths = (entry.get("path") for entry in listed if isinstance(entry, dict))
+    return frozenset(p for p in paths if isinstance(p, str) and p and "/" not in p and not p.startswith("."))
+
+
 def collect_side_files(folder: Path) -> dict[str, SideFile]:
     """Every side file under ``folder``, by relative POSIX path in sorted order (nothing is read yet)."""
     files: dict[str, SideFile] = {}
     skipped: list[str] = []
-    _walk(folder, "", (folder.resolve(),), files, skipped)
+    modules = sentence_transformers_modules(folder)
+    _walk(folder, "", (folder.resolve(),), files, skipped, modules)
     if skipped:
         logger.info("%s: weights not copied to the output: %s", folder, ", ".join(skipped))
+    unmerged = sorted(name for name in files if "/" in name and skip_reason(name) == "weights")
+    if unmerged:
+        logger.warning(
+            "%s: the sentence-transformers module weights %s are copied from the base, not merged",
+            folder,
+            ", ".join(unmerged),
+        )
     return files
 
 
 def _walk(
-    directory: Path, prefix: str, ancestors: tuple[Path, ...], files: dict[str, SideFile], skipped: list[str]
+    directory: Path,
+    prefix: str,
+    ancestors: tuple[Path, ...],
+    files: dict[str, SideFile],
+    skipped: list[str],
+    modules: frozenset[str],
 ) -> None:
     with os.scandir(directory) as scan:
         entries = sorted(scan, key=lambda e: e.name)
@@ -159,11 +198,11 @@ def _walk(
             if real in ancestors:
                 logger.warning("%s: not copied (a link back to a folder that holds it)", path)
             else:
-                _walk(path, name + "/", (*ancestors, real), files, skipped)
+                _walk(path, name + "/", (*ancestors, real), files, skipped, modules)
         elif not entry.is_file():
             logger.warning("%s: not copied (a broken link, or not a regular file)", path)
         else:
-            reason = skip_reason(name)
+            reason = skip_reason(name, modules)
             if reason is None:
                 files[name] = SideFile.of_path(path)
             elif reason == "weights" and not _merged_weights(name):

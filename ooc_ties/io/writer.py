@@ -28,7 +28,7 @@ import numpy as np
 from ooc_ties.dtypes import DType
 from ooc_ties.errors import DiskSpaceError
 from ooc_ties.io.direct import BounceBuffer, DirectWriter, pwrite_all
-from ooc_ties.io.side_files import RECIPE_NAME, SideFile, SideFileLike, as_side_file, skip_reason
+from ooc_ties.io.side_files import RECIPE_NAME, SideFile, SideFileLike, as_side_file, clashes_with_output
 from ooc_ties.io.staging import StagedDirectory, fsync_dir
 
 __all__ = [
@@ -280,7 +280,7 @@ class SafetensorsOutput:
     def finish(self, files: Mapping[str, SideFileLike], recipe: dict[str, Any] | None = None) -> None:
         """Write the index, the side files (by relative POSIX path, sub-folders made as needed) and the
         recipe (``RECIPE_NAME``), and close the shards."""
-        bad = next((name for name in files if skip_reason(name) is not None), None)
+        bad = next((name for name in files if clashes_with_output(name)), None)
         if bad is not None:
             raise ValueError(f"{bad!r} is not a side file: it would be hidden or clash with the weights or recipe")
         written = {name: as_side_file(item) for name, item in files.items()}

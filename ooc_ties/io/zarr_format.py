@@ -31,7 +31,7 @@ import numpy as np
 
 from ooc_ties.dtypes import BF16, DTYPES, DType
 from ooc_ties.errors import CheckpointFormatError, UnsupportedDtypeError
-from ooc_ties.io.side_files import PIECE, SideFile, SideFileLike, as_side_file, skip_reason
+from ooc_ties.io.side_files import PIECE, SideFile, SideFileLike, as_side_file, clashes_with_output
 
 if TYPE_CHECKING:
     import zarr
@@ -119,7 +119,7 @@ def decode_files(group: zarr.Group, where: str) -> dict[str, SideFile]:
         raise CheckpointFormatError(f"{where}: attribute {FILES_ATTRIBUTE} is not a mapping of file names")
     files: dict[str, SideFile] = {}
     for name, item in value.items():
-        if not isinstance(name, str) or skip_reason(name) is not None:
+        if not isinstance(name, str) or clashes_with_output(name):
             # hidden, outside the folder, or weights or the recipe: it would overwrite the output's own files
             raise CheckpointFormatError(f"{where}: attribute {FILES_ATTRIBUTE} names a bad file {name!r}")
         if isinstance(item, str):
