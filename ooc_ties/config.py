@@ -107,6 +107,8 @@ def parse_weights(values: Any) -> tuple[float, ...] | None:
     weights = tuple(_finite_f32(value, "weights") for value in values)
     if not weights:
         raise OptionError("weights must not be empty (omit them for all ones)")
+    if all(np.float32(w) == 0 for w in weights):
+        raise OptionError("weights are all 0 (as float32): the merge would be the base model unchanged")
     return weights
 
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from ooc_ties.dtypes import F16, DType
+from ooc_ties.identity import InputsIdentity
 from ooc_ties.kernels.convert import decode, decode_oracle
 from ooc_ties.sources import TensorSource
 
@@ -50,17 +50,14 @@ class MergeInputs:
             fts = tuple(decoded)
         return base, fts
 
-    def fingerprint(self) -> str | None:
-        """A digest of every input's fingerprint, in model order; ``None`` if an input has none (in-memory
-        arrays, remote stores), because then nothing cheap tells whether its data changed.
-
-        Checkpoints and local Zarr stores are fingerprinted by their files' names, sizes and modification
-        times: moving a model folder keeps it, rewriting or touching a file changes it.
-        """
-        parts = [source.fingerprint() for source in self.all]
+    def identity(self) -> InputsIdentity | None:
+        """What every input reads, base first (see :mod:`ooc_ties.identity`); ``None`` if an input has
+        no identity (in-memory arrays, remote stores), because then nothing cheap tells whether its data
+        changed."""
+        parts = [source.identity() for source in self.all]
         if any(part is None for part in parts):
             return None
-        return hashlib.sha256("\n".join(f"{i}:{p}" for i, p in enumerate(parts)).encode()).hexdigest()[:32]
+        return InputsIdentity(tuple(p for p in parts if p is not None))
 
     def release(self, name: str, start: int, stop: int) -> None:
         """Drop the block's pages from this process (they stay in the page cache)."""

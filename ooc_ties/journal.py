@@ -2,12 +2,14 @@
 
 It lives in the staging directory's state folder (:data:`~ooc_ties.io.staging.STATE_DIR`):
 
-- ``header.json``: what the merge is (version, input fingerprint, options, block size, output layout).
+- ``header.json``: what the merge is (version, input identity, options, block size, output layout).
   A resume must match it exactly, or it is refused;
 - ``pass1.json`` and ``quotas.npy``: the pass-1 results, written once (to a temporary name, then
   renamed), so a resumed merge skips pass 1;
 - ``blocks.log``: one line per finished pass-2 block, appended after the block's data was written:
-  ``b <ordinal> <#S>0> <#S<0> <open>`` (its votes, which settle the majority sign), ``r <ordinal>`` for
+  ``b <ordinal> <#S>0> <#S<0> <open> <kept_1> ... <kept_n>`` (its votes, which settle the majority
+  sign, and how many values of each model it kept, which pass 2 checks against pass 1's counts),
+  ``r <ordinal>`` for
   a block merged again with the settled sign, and ``complete`` once the output is whole.
 
 A block is journaled only after its write returned, so after the process dies (``SIGKILL``, OOM) every
@@ -31,8 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from ooc_ties import __version__
+from ooc_ties._version import __version__
 from ooc_ties.errors import OptionError
+from ooc_ties.identity import InputsIdentity
 from ooc_ties.plan import MergePlan
 from ooc_ties.thresholds import Pass1Result, Thresholds
 
@@ -43,23 +46,17 @@ logger = logging.getLogger(__name__)
 SYNC_INTERVAL = 2.0
 """Seconds between journal flushes when the merge is durable."""
 
-_FORMAT = "ooc-ties-journal/1"
+_FORMAT = "ooc-ties-journal/2"
 _HEADER, _PASS1, _QUOTAS, _BLOCKS = "header.json", "pass1.json", "quotas.npy", "blocks.log"
 
 
-def journal_header(
-    plan: MergePlan, models: list[list[str]], fingerprint: str | None, output_format: str
-) -> dict[str, Any]:
-    """What identifies a merge: a resume is allowed only into a journal with this exact header.
-
-    ``models``: the resolved local paths of each input, in model order (the fingerprint alone cannot
-    tell two fine-tunes of equal size written in the same clock tick apart).
-    """
+def journal_header(plan: MergePlan, inputs: InputsIdentity | None, output_format: str) -> dict[str, Any]:
+    """What identifies a merge: a resume is allowed only into a journal with this header (the same
+    inputs, see :mod:`ooc_ties.identity`, and the same options and layout)."""
     return {
         "format": _FORMAT,
         "version": __version__,
-        "models": models,
-        "inputs": fingerprint,
+        "inputs": inputs.to_json() if inputs is not None else None,
         "options": plan.options.to_json(),
         "block_elements": plan.block_elements,
         "output": output_format,
@@ -83,10 +80,12 @@ def _mismatch(theirs: dict[str, Any], ours: dict[str, Any]) -> str | None:
         return f"it was started by ooc-ties {theirs.get('version')!r}, this is {ours['version']!r}"
     if ours["inputs"] is None:
         return "an input is in memory or on a remote store, so nothing tells whether it changed"
-    if theirs.get("models") != ours["models"]:
-        return "it was merging other models, or the same in another order"
-    if theirs.get("inputs") != ours["inputs"]:
-        return "the input files changed since (names, sizes or modification times differ)"
+    try:
+        why = InputsIdentity.from_json(theirs.get("inputs")).mismatch(InputsIdentity.from_json(ours["inputs"]))
+    except (KeyError, TypeError, ValueError):
+        why = "its journal does not say which inputs it read"
+    if why is not None:
+        return f"it was merging other inputs: {why}"
     if theirs.get("options") != ours["options"]:
         old, new = theirs.get("options") or {}, ours["options"]
         diff = ", ".join(f"{k} {old.get(k)!r} (now {new[k]!r})" for k in new if old.get(k) != new[k])
@@ -168,9 +167,10 @@ class Journal:
 
     # pass 2
 
-    def finished(self) -> tuple[dict[int, tuple[int, int, int]], set[int], bool]:
-        """Blocks merged (with their votes), blocks merged again, and whether the output is complete."""
-        merged: dict[int, tuple[int, int, int]] = {}
+    def finished(self, n_models: int) -> tuple[dict[int, tuple[int, ...]], set[int], bool]:
+        """Blocks merged (with their counts: the three votes, then the values kept of each of the
+        ``n_models`` models), blocks merged again, and whether the output is complete."""
+        merged: dict[int, tuple[int, ...]] = {}
         redone: set[int] = set()
         complete = False
         try:
@@ -180,8 +180,8 @@ class Journal:
         for line in text.split("\n")[:-1]:  # the part after the last newline is torn
             parts = line.split()
             try:
-                if parts[0] == "b" and len(parts) == 5:
-                    merged[int(parts[1])] = (int(parts[2]), int(parts[3]), int(parts[4]))
+                if parts[0] == "b" and len(parts) == 5 + n_models:
+                    merged[int(parts[1])] = tuple(int(p) for p in parts[2:])
                 elif parts[0] == "r" and len(parts) == 2:
                     redone.add(int(parts[1]))
                 elif parts == ["complete"]:
@@ -190,9 +190,11 @@ class Journal:
                 continue
         return merged, redone, complete
 
-    def merged(self, ordinal: int, votes: np.ndarray) -> None:
-        """Block ``ordinal`` is written; ``votes`` are its (#S>0, #S<0, open) counts."""
-        self._append(f"b {ordinal} {int(votes[0])} {int(votes[1])} {int(votes[2])}\n")
+    def merged(self, ordinal: int, votes: np.ndarray, kept: np.ndarray) -> None:
+        """Block ``ordinal`` is written; ``votes`` are its (#S>0, #S<0, open) counts, ``kept`` the values
+        it kept of each model."""
+        counts = " ".join(str(int(c)) for c in (*votes, *kept))
+        self._append(f"b {ordinal} {counts}\n")
 
     def redone(self, ordinal: int) -> None:
         """Block ``ordinal`` is written again with the settled majority sign."""

@@ -23,15 +23,19 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ooc_ties import __version__
+from ooc_ties import thresholds as pass1_rules
+from ooc_ties._version import __version__
 from ooc_ties.config import PRESETS, MergeOptions, Resources, ZeroSign
 from ooc_ties.dtypes import DType
 from ooc_ties.errors import (
     IncompatibleCheckpointsError,
     NonFiniteValueError,
     OptionError,
+    OutputPathError,
 )
+from ooc_ties.identity import InputsIdentity
 from ooc_ties.inputs import MergeInputs
+from ooc_ties.io.side_files import SideFileLike
 from ooc_ties.io.staging import STATE_DIR, StagedDirectory, staging_path
 from ooc_ties.io.writer import RECIPE_NAME, TensorSpec
 from ooc_ties.io.zarr_format import RECIPE_ATTRIBUTE, is_zarr_group
@@ -39,6 +43,8 @@ from ooc_ties.io.zarr_output import ChunkedSpec
 from ooc_ties.journal import Journal, check_resumable, journal_header, read_header
 from ooc_ties.kernels.convert import decode_oracle
 from ooc_ties.kernels.ties import merge as merge_kernel
+from ooc_ties.lint import lint_inputs
+from ooc_ties.model_card import CARD_NAME, library_name, model_card
 from ooc_ties.outputs import Output, OutputLike, check_output_path, open_output, output_format
 from ooc_ties.plan import MergePlan, TensorKind, TensorPlan, make_plan
 from ooc_ties.progress import Progress, ProgressFactory, progress_bar
@@ -46,7 +52,6 @@ from ooc_ties.schedule import run_blocks
 from ooc_ties.sources import SourceLike, open_source
 from ooc_ties.thresholds import (
     GLOBAL,
-    OPEN_CAPACITY,
     PATCH_SHARE,
     BlockRef,
     Pass1Result,
@@ -77,7 +82,10 @@ class MergeResult:
     seconds: float
     """Wall time of the whole merge."""
     bytes_read: int
-    """Bytes of tensor data the merge reads over all passes (a resumed run itself reads less)."""
+    """Bytes of tensor data this run read: pass 1's reads if pass 1 ran in this run (none when a
+    ``resume`` found it done; only the tie counts with given ``thresholds``), the blocks this run merged
+    or merged again (not those an interrupted run had merged), and the copied tensors (checked in every
+    input, then read from the base)."""
     bytes_written: int
     """Bytes of tensor data written."""
     resumed_blocks: int = 0
@@ -103,7 +111,9 @@ def plan_merge(
     """Open the inputs, check they line up, and plan the merge without reading tensor data."""
     with contextlib.ExitStack() as stack:
         inputs = _open_all(stack, base, finetuned)
-        return make_plan(inputs.base, inputs.fts, options, resources or Resources())
+        plan = make_plan(inputs.base, inputs.fts, options, resources or Resources())
+        lint_inputs(plan, inputs, sample=False)  # a dry run reads no tensor data
+        return plan
 
 
 def merge(
@@ -152,8 +162,8 @@ def merge(
         else:
             path = Path(output)
             check_output_path(path, [p for source in inputs.all for p in source.local_paths()])
-            fingerprint = inputs.fingerprint()
-            recipe = _already_published(path, options, fingerprint) if resume else None
+            identity = inputs.identity()
+            recipe = _already_published(path, options, identity, overwrite) if resume else None
             if recipe is not None:
                 return _published_result(path, plan, recipe, started)
             target = StagedDirectory(
@@ -165,7 +175,7 @@ def merge(
             try:
                 if theirs is not None:
                     plan = _replan_for(theirs, plan, inputs, resources)
-                header = _header(plan, inputs, fingerprint, out_format)
+                header = journal_header(plan, identity, out_format)
                 if theirs is not None:
                     check_resumable(theirs, header, target.path)
             except BaseException:
@@ -177,6 +187,7 @@ def merge(
             stack.push(_leave_on_exit(target))
         logger.info("plan:\n%s", plan.describe())
         _check_copies(plan, inputs)
+        lint_inputs(plan, inputs)
         specs = [ChunkedSpec(TensorSpec(t.name, t.out_dtype, t.shape), t.grid.chunks) for t in plan.tensors]
         sink = open_output(target, specs, plan.shards, _recipe_metadata(plan), out_format, direct=resources.direct_io)
         stack.callback(sink.close)
@@ -194,14 +205,16 @@ def merge(
                 journal.save_pass1(pass1)
         for t, g in enumerate(pass1.thresholds.groups.get(GLOBAL, ())):
             logger.info("model %d: threshold %g keeps %d of %d values", t + 1, g.value, g.kept, g.size)
-        final, resumed_blocks = _pass2(plan, inputs, pass1, sink, progress, journal)
-        sink.finish(_side_files(plan, inputs), _recipe(plan, inputs, final))
+        final, resumed_blocks, merge_read = _pass2(plan, inputs, pass1, sink, progress, journal)
+        recipe = _recipe(plan, inputs, final)
+        sink.finish(_side_files(plan, inputs, recipe), recipe)
         if journal is not None:
             journal.complete()
         published = target.commit() if isinstance(target, StagedDirectory) else None
     seconds = time.perf_counter() - started
-    copied = sum(t.in_nbytes for t in plan.tensors if t.kind is TensorKind.COPY)
-    read = pass1.bytes_read + plan.merge_input_bytes + 2 * copied  # copies: checked, then written
+    copies = [t for t in plan.tensors if t.kind is TensorKind.COPY]
+    copied = sum(t.in_nbytes + t.numel * t.in_dtypes[0].itemsize for t in copies)  # checked, then written
+    read = pass1.bytes_read + merge_read + copied  # (pass 1 loaded from a journal read nothing)
     return MergeResult(published, plan, final, seconds, read, plan.output_bytes, resumed_blocks)
 
 
@@ -221,11 +234,14 @@ def _leave_on_exit(target: StagedDirectory) -> Any:
     return leave
 
 
-def _already_published(path: Path, options: MergeOptions, fingerprint: str | None) -> dict[str, Any] | None:
+def _already_published(
+    path: Path, options: MergeOptions, identity: InputsIdentity | None, overwrite: bool
+) -> dict[str, Any] | None:
     """The recipe at ``path`` if it is the finished output of this very merge (same options, same
     inputs), as a resume finds it when the interrupted run was killed after publishing; its leftover
-    journal, if any, is deleted. ``None`` otherwise."""
-    if fingerprint is None or not path.is_dir() or staging_path(path.absolute()).exists():
+    journal, if any, is deleted. ``None`` if there is no finished output there (or ``overwrite``
+    replaces one); a finished output of another merge is refused, saying how it differs."""
+    if identity is None or not path.is_dir() or staging_path(path.absolute()).exists():
         return None
     try:
         if (path / RECIPE_NAME).is_file():
@@ -234,15 +250,21 @@ def _already_published(path: Path, options: MergeOptions, fingerprint: str | Non
             recipe = json.loads((path / "zarr.json").read_text(encoding="utf-8"))["attributes"][RECIPE_ATTRIBUTE]
         else:
             return None
-        same = (
-            recipe["version"] == __version__
-            and recipe["options"] == options.to_json()
-            and recipe["thresholds"]["inputs"] == fingerprint
-        )
+        if recipe["version"] != __version__:
+            why: str | None = f"it was written by ooc-ties {recipe['version']}, this is {__version__}"
+        elif recipe["options"] != options.to_json():
+            why = "it was merged with other options"
+        else:
+            why = InputsIdentity.from_json(recipe["thresholds"]["inputs"]).mismatch(identity)
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if not same:
-        return None
+    if why is not None:
+        if overwrite:
+            return None
+        raise OutputPathError(
+            f"{path}: holds a finished merge of other inputs or options, nothing to resume ({why}); "
+            "choose another path or --overwrite"
+        )
     shutil.rmtree(path / STATE_DIR, ignore_errors=True)
     logger.info("%s: the interrupted merge had already finished", path)
     return dict(recipe)
@@ -251,11 +273,6 @@ def _already_published(path: Path, options: MergeOptions, fingerprint: str | Non
 def _published_result(path: Path, plan: MergePlan, recipe: dict[str, Any], started: float) -> MergeResult:
     thresholds = Thresholds.from_json(recipe["thresholds"], str(path))
     return MergeResult(path.absolute(), plan, thresholds, time.perf_counter() - started, 0, 0, plan.total_blocks)
-
-
-def _header(plan: MergePlan, inputs: MergeInputs, fingerprint: str | None, out_format: str) -> dict[str, Any]:
-    models = [[str(p.resolve()) for p in source.local_paths()] for source in inputs.all]
-    return journal_header(plan, models, fingerprint, out_format)
 
 
 def _replan_for(theirs: dict[str, Any], plan: MergePlan, inputs: MergeInputs, resources: Resources) -> MergePlan:
@@ -328,15 +345,20 @@ class _Pass2:
         self.key = thresholds.key
         # per block: #S>0, #S<0, open elements, open elements not recorded in ``patches``
         self.votes = np.zeros((len(quotas), 4), np.int64)
+        # per block and model: values the trim kept (checked against pass 1's counts)
+        self.kept = np.zeros((len(quotas), plan.n_models), np.int64)
         self.guessed = guessed
+        self.open_capacity = pass1_rules.OPEN_CAPACITY  # read where pass 1 reads it (one setting)
         self.patches: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.patch_room = plan.resources.memory_budget // PATCH_SHARE
         self._patch_lock = threading.Lock()
         self.redoing = False
+        self.bytes_read = 0
+        """Input bytes of the blocks merged (or merged again) by :meth:`run`."""
         self.writes = WriteQueue(plan.block_elements, 2 * self.threads)
 
     def new_state(self) -> dict[Any, np.ndarray]:
-        return {"at": np.empty(OPEN_CAPACITY, np.int64)}
+        return {"at": np.empty(self.open_capacity, np.int64)}
 
     def _keep_patch(self, ordinal: int, at: np.ndarray, alt: np.ndarray) -> bool:
         """Keep a block's recorded open elements, while the room for them lasts."""
@@ -350,6 +372,7 @@ class _Pass2:
 
     def run(self, blocks: Sequence[BlockRef], bar: Progress | None) -> None:
         """Merge and write ``blocks`` on the plan's threads."""
+        self.bytes_read += sum(b.in_nbytes for b in blocks)
         run_blocks(
             blocks, self.merge_block, self.new_state, threads=self.threads, cost=lambda b: b.in_nbytes, progress=bar
         )
@@ -359,15 +382,17 @@ class _Pass2:
         name = ref.tensor.name
         storage = _out_storage(ref.tensor.out_dtype)
         if ("alt", storage) not in buffers:
-            buffers[("alt", storage)] = np.empty(OPEN_CAPACITY, storage)
+            buffers[("alt", storage)] = np.empty(self.open_capacity, storage)
         buffer = self.writes.buffer(storage)
         out = buffer[: ref.stop - ref.start]
         base, fts = self.inputs.block(name, ref.start, ref.stop)
         key = self.key(name)
         votes = self.votes[ref.ordinal]
         votes[:] = 0
+        kept = self.kept[ref.ordinal]
+        kept[:] = 0
         # Open elements are recorded only where the majority sign is a guess that may need correcting.
-        capacity = OPEN_CAPACITY if key in self.guessed and not self.redoing else 0
+        capacity = self.open_capacity if key in self.guessed and not self.redoing else 0
         at, alt = buffers["at"][:capacity], buffers[("alt", storage)][:capacity]
         bad = merge_kernel(
             base,
@@ -379,6 +404,7 @@ class _Pass2:
             self.zero_positive[key],
             out,
             votes,
+            kept,
             at,
             alt,
         )
@@ -389,16 +415,16 @@ class _Pass2:
         if recorded and not self._keep_patch(ref.ordinal, at[:recorded], alt[:recorded]):
             votes[3] = votes[2]
         self.inputs.release(name, ref.start, ref.stop)
-        self.writes.submit(buffer, functools.partial(self._write, ref, out, votes, self.redoing))
+        self.writes.submit(buffer, functools.partial(self._write, ref, out, votes, kept, self.redoing))
 
-    def _write(self, ref: BlockRef, out: np.ndarray, votes: np.ndarray, redoing: bool) -> None:
+    def _write(self, ref: BlockRef, out: np.ndarray, votes: np.ndarray, kept: np.ndarray, redoing: bool) -> None:
         """Write a merged block, then journal it (run by :class:`WriteQueue`'s writer thread)."""
         self.sink.write(ref.tensor.name, ref.start, out)
         if self.journal is not None:
             if redoing:
                 self.journal.redone(ref.ordinal)
             else:
-                self.journal.merged(ref.ordinal, votes)
+                self.journal.merged(ref.ordinal, votes[:3], kept)
 
     def patch_block(self, ref: BlockRef) -> None:
         """Give a block's recorded open elements their result under the other (exact) sign."""
@@ -426,18 +452,20 @@ def _pass2(
     sink: Output,
     progress: ProgressFactory | None,
     journal: Journal | None,
-) -> tuple[Thresholds, int]:
+) -> tuple[Thresholds, int, int]:
     """Merge and write every block not yet done; return the thresholds with every majority sign exact,
-    and how many blocks an interrupted run had done."""
+    how many blocks an interrupted run had done, and the input bytes of the blocks merged here."""
     runner = _Pass2(plan, inputs, pass1.thresholds, pass1.quotas, pass1.guessed, sink, journal)
     blocks = plan_blocks(plan.merged)
-    done: dict[int, tuple[int, int, int]] = {}
+    done: dict[int, tuple[int, ...]] = {}
     redone: set[int] = set()
     if journal is not None:
-        done, redone, _ = journal.finished()
-        for ordinal, votes in done.items():
+        done, redone, _ = journal.finished(plan.n_models)
+        for ordinal, counts in done.items():
             if 0 <= ordinal < len(blocks):
-                runner.votes[ordinal] = (*votes, votes[2])  # their open elements were not kept
+                pos, neg, open_ = counts[:3]
+                runner.votes[ordinal] = (pos, neg, open_, open_)  # their open elements were not kept
+                runner.kept[ordinal] = counts[3:]
         if done:
             logger.info("resume: %d of %d blocks were done", len(done), len(blocks))
     todo = [b for b in blocks if b.ordinal not in done]
@@ -450,9 +478,33 @@ def _pass2(
                 if bar is not None:
                     bar.advance((stop - start) * tensor.in_dtypes[0].itemsize)
             runner.run(todo, bar)
-        return _settle_majority(runner, pass1, blocks, progress, redone), len(done)
+        _check_kept(runner.kept, pass1.thresholds, blocks, inputs)
+        return _settle_majority(runner, pass1, blocks, progress, redone), len(done), runner.bytes_read
     finally:
         runner.writes.close()  # (after a failure, the writes not yet started are dropped)
+
+
+def _check_kept(kept: np.ndarray, thresholds: Thresholds, blocks: list[BlockRef], inputs: MergeInputs) -> None:
+    """Refuse a merge whose trim kept other counts than pass 1 counted, group by group and model by model.
+
+    Pass 1 counted, from the inputs it read, how many values of each model the thresholds keep; pass 2
+    counts what it kept from the inputs it reads. They differ only if those are not the same data:
+    thresholds given from other inputs, a resumed merge whose inputs changed in between, or a file
+    rewritten during the merge. Where the inputs have an identity (:mod:`ooc_ties.identity`) this was
+    refused before reading; this check also covers arrays in memory and remote stores."""
+    totals: dict[str, np.ndarray] = {}
+    for ref in blocks:
+        key = thresholds.key(ref.tensor.name)
+        totals[key] = totals.get(key, 0) + kept[ref.ordinal]
+    for key, total in totals.items():
+        for t, group in enumerate(thresholds.groups[key]):
+            if int(total[t]) != group.kept:
+                what = "the model" if key == GLOBAL else f"tensor {key!r}"
+                raise IncompatibleCheckpointsError(
+                    f"{inputs.fts[t].label}: the merge kept {int(total[t]):,} values of {what} where its "
+                    f"thresholds keep {group.kept:,}: this model's data is not the data the thresholds were "
+                    "computed from (other inputs, or changed since)"
+                )
 
 
 def _settle_majority(
@@ -521,11 +573,16 @@ def _recipe(plan: MergePlan, inputs: MergeInputs, thresholds: Thresholds) -> dic
     }
 
 
-def _side_files(plan: MergePlan, inputs: MergeInputs) -> dict[str, bytes]:
-    """The base's config and tokenizer files, with ``torch_dtype`` set to the output dtype if one was chosen."""
-    files = inputs.base.side_files()
-    if "config.json" in files and plan.options.out_dtype is not None:
-        files["config.json"] = _retyped_config(files["config.json"], plan.options.out_dtype)
+def _side_files(plan: MergePlan, inputs: MergeInputs, recipe: dict[str, Any]) -> dict[str, SideFileLike]:
+    """The base's side files (everything but weights: :mod:`ooc_ties.io.side_files`), with ``torch_dtype``
+    in ``config.json`` set to the output dtype if one was chosen, and a model card made from ``recipe``
+    as ``README.md`` in place of the base's."""
+    base_files = inputs.base.side_files()
+    files: dict[str, SideFileLike] = dict(base_files)
+    config = base_files["config.json"].read() if "config.json" in base_files else None
+    if config is not None and plan.options.out_dtype is not None:
+        files["config.json"] = _retyped_config(config, plan.options.out_dtype)
+    files[CARD_NAME] = model_card(recipe, library=library_name(base_files.keys(), config)).encode()
     return files
 
 

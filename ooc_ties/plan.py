@@ -172,7 +172,7 @@ def _human(n: int) -> str:
 
 
 def _fixed_bytes(n_models: int, threads: int, total_blocks: int) -> int:
-    """Pass-1 histograms, per-block tie counts, and the bounce buffer of direct writes.
+    """Pass-1 histograms, per-block tie quotas, votes and kept counts, and the bounce buffer of direct writes.
 
     Per worker, the one-read select's int64 counts (both levels, ``BRACKET_BINS`` low-bits histograms,
     and a page of slack to place them, see ``bracket_counts``) and the scratch the two-read kernels
@@ -185,7 +185,8 @@ def _fixed_bytes(n_models: int, threads: int, total_blocks: int) -> int:
     per_worker = n_models * bracket_width(BRACKET_BINS) * 8 + 4096 + LANES * (LOW_BINS + 1) * 4
     shared = n_models * (LANES * HIGH_BINS * 8 + 2 * (HIGH_BINS + LOW_BINS) * 8)
     bounce = BOUNCE_BYTES + ALIGNMENT
-    return threads * per_worker + shared + total_blocks * n_models * 8 + bounce
+    per_block = (2 * n_models + 4) * 8  # tie quotas and kept counts per model, four vote counts
+    return threads * per_worker + shared + total_blocks * per_block + bounce
 
 
 def _check_inputs(base: TensorSource, fts: Sequence[TensorSource]) -> None:

@@ -23,9 +23,11 @@ import numpy as np
 
 from ooc_ties.dtypes import DType
 from ooc_ties.errors import OptionError
+from ooc_ties.identity import SourceIdentity
 from ooc_ties.io.arrays import ArraySource, is_zarr_path
 from ooc_ties.io.checkpoint import Checkpoint
 from ooc_ties.io.hub import cached_snapshot, parse_hub_id
+from ooc_ties.io.side_files import SideFile
 from ooc_ties.io.zarr_format import is_zarr_group
 
 if TYPE_CHECKING:
@@ -77,16 +79,17 @@ class TensorSource(Protocol):
         """Done with ``[start, stop)``: drop whatever reading it holds (memory-map pages)."""
         ...
 
-    def fingerprint(self) -> str | None:
-        """A cheap digest that changes when the data may have changed; ``None`` if there is none."""
+    def identity(self) -> SourceIdentity | None:
+        """What the source reads, cheaply told apart from other data (see :mod:`ooc_ties.identity`);
+        ``None`` if nothing cheap can tell (arrays in memory, remote stores)."""
         ...
 
     def local_paths(self) -> list[Path]:
         """Local files or folders the source reads (an output must not lie inside them)."""
         ...
 
-    def side_files(self) -> dict[str, bytes]:
-        """Config and tokenizer files that go with the tensors, by file name."""
+    def side_files(self) -> Mapping[str, SideFile]:
+        """The files that go with the tensors (config, tokenizer, ...; no weights), by relative POSIX path."""
         ...
 
     def close(self) -> None: ...

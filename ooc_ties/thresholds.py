@@ -43,6 +43,7 @@ import numpy as np
 
 from ooc_ties.config import MergeOptions, Scope, TrimRule, ZeroSign
 from ooc_ties.errors import NonFiniteValueError, OptionError
+from ooc_ties.identity import InputsIdentity
 from ooc_ties.inputs import MergeInputs
 from ooc_ties.kernels.histogram import (
     HIGH_BINS,
@@ -67,12 +68,15 @@ __all__ = [
     "SAMPLE_STRIDE",
     "BlockRef",
     "GroupThreshold",
+    "Pass1Read",
     "Pass1Result",
     "Thresholds",
     "choose_bracket",
     "compute_thresholds",
     "max_reads",
+    "pass1_reads",
     "plan_blocks",
+    "plan_reads",
     "vote_sample",
 ]
 
@@ -100,7 +104,7 @@ PATCH_SHARE = 16
 DECISIVE_MARGIN = 10.0
 """A sample is *decisive* if ``|pos - neg| >= 10 * sqrt(pos + neg)``: far beyond a coin's chance."""
 
-_FORMAT = "ooc-ties-thresholds/1"
+_FORMAT = "ooc-ties-thresholds/2"
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,8 +173,9 @@ class Thresholds:
     """Per group key (:data:`GLOBAL` or a tensor name), one threshold per fine-tuned model."""
     majority: Mapping[str, int]
     """Per group key, the majority sign (+1, 0 or -1); empty unless the zero-sign rule is majority."""
-    inputs: str = ""
-    """Fingerprint of the input files (names, sizes, modification times): see :meth:`MergeInputs.fingerprint`."""
+    inputs: InputsIdentity | None = None
+    """What the inputs were (files, sizes, times, sampled content: :mod:`ooc_ties.identity`); ``None`` if
+    an input had no identity (arrays in memory, a remote store)."""
 
     @property
     def scope(self) -> Scope:
@@ -186,7 +191,7 @@ class Thresholds:
         return {
             "format": _FORMAT,
             "basis": self.basis.to_json(),
-            "inputs": self.inputs,
+            "inputs": self.inputs.to_json() if self.inputs is not None else None,
             "groups": {
                 k: [
                     {
@@ -225,10 +230,10 @@ class Thresholds:
                 for key, entries in data["groups"].items()
             }
             majority = {str(k): int(v) for k, v in data["majority"].items()}
-            fingerprint = str(data["inputs"])
+            inputs = InputsIdentity.from_json(data["inputs"]) if data["inputs"] is not None else None
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise OptionError(f"{where}: not a thresholds file ({type(exc).__name__}: {exc})") from None
-        return cls(basis, types.MappingProxyType(groups), types.MappingProxyType(majority), fingerprint)
+        return cls(basis, types.MappingProxyType(groups), types.MappingProxyType(majority), inputs)
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write as JSON."""
@@ -259,13 +264,16 @@ class Thresholds:
             theirs, ours = self.basis.to_json(), wanted.to_json()
             diff = ", ".join(f"{k} {theirs[k]!r} (merge has {ours[k]!r})" for k in ours if theirs[k] != ours[k])
             raise OptionError(f"thresholds were computed with other options: {diff}")
-        fingerprint = inputs.fingerprint()
-        if fingerprint is None or not self.inputs:
-            logger.warning("thresholds: the inputs cannot be fingerprinted, so nothing checks they are the same")
-        elif self.inputs != fingerprint:
-            raise OptionError(
-                "thresholds were computed for other input files (names, sizes or modification times differ)"
+        now = inputs.identity()
+        if now is None or self.inputs is None:
+            logger.warning(
+                "thresholds: an input is in memory or on a remote store, so only pass 2's kept counts check "
+                "that they were computed for these inputs"
             )
+        else:
+            why = self.inputs.mismatch(now)
+            if why is not None:
+                raise OptionError(f"thresholds were computed for other inputs: {why}")
         sizes = _group_sizes(plan)
         if set(sizes) != set(self.groups):
             missing = sorted(set(sizes) ^ set(self.groups))[0]
@@ -334,6 +342,8 @@ class _Pass1:
         self.inputs = inputs
         self.bar = bar
         self.bytes_read = 0
+        self.budget = 0
+        """Bytes the progress total covers: read so far, and what the current group is expected to read."""
         self.n = plan.n_models
         self.threads = plan.resources.threads
         self.weights = plan.options.model_weights(self.n)
@@ -347,7 +357,11 @@ class _Pass1:
     ) -> list[Any]:
         """Run ``work(ref, base, fts, state)`` on every block's inputs; return the worker states."""
         logger.debug("pass 1: %s over %d blocks", label, len(blocks))
-        self.bytes_read += sum(b.in_nbytes for b in blocks)
+        nbytes = sum(b.in_nbytes for b in blocks)
+        if self.bar is not None and self.bytes_read + nbytes > self.budget:  # a read beyond the expected ones
+            self.bar.grow(self.bytes_read + nbytes - self.budget)
+            self.budget = self.bytes_read + nbytes
+        self.bytes_read += nbytes
 
         def task(ref: BlockRef, state: Any) -> None:
             base, fts = self.inputs.block(ref.tensor.name, ref.start, ref.stop)
@@ -619,47 +633,101 @@ def compute_thresholds(
 
     With ``given`` thresholds (checked against the plan) nothing is recomputed but the tie quotas.
 
-    Progress is one bar over every read pass 1 may make; reads a group turns out not to need (tie
-    counts where no tie is split) are counted as done when the group ends.
+    Progress is one bar whose total starts at the reads pass 1 expects (:func:`pass1_reads`) and grows
+    when a read beyond them starts; expected reads a group turns out not to need (tie counts where no
+    tie is split) are counted as done when the group ends, so the bar ends at its total exactly.
     """
     if given is not None:
         given.check_fits(plan, inputs)
     blocks = plan_blocks(plan.merged)
     quotas = np.full((len(blocks), plan.n_models), -1, np.int64)
     keyed = _groups(plan, blocks)
-    total = sum(_expected_bytes(plan, b, given) for b in keyed.values())
-    with progress_bar(progress, "pass 1/2: thresholds", total) as bar:
+    expected = {
+        key: sum(r.nbytes for r in _group_reads(plan, b, given is not None) if r.expected) for key, b in keyed.items()
+    }
+    with progress_bar(progress, "pass 1/2: thresholds", sum(expected.values())) as bar:
         runner = _Pass1(plan, inputs, bar)
-        thresholds, guessed = _compute(plan, runner, keyed, quotas, given)
+        thresholds, guessed = _compute(plan, runner, keyed, expected, quotas, given)
     return Pass1Result(thresholds, quotas, runner.bytes_read, guessed)
 
 
-def max_reads(options: MergeOptions, full: int, sample: int, given: bool = False) -> int:
-    """The most pass 1 reads of a group of ``full`` bytes whose sample (:func:`vote_sample`) has
-    ``sample`` bytes, in bytes. This is the one statement of what pass 1 reads; the plan's
-    ``threshold_passes`` and the progress total are both taken from it.
+@dataclass(frozen=True, slots=True)
+class Pass1Read:
+    """One read pass 1 makes, or may make, of a group (see :func:`pass1_reads`)."""
 
-    * Thresholds (density below 1): the sample, one read for both histogram levels, a second read
-      if a threshold lies outside its bracket and a third if it lies outside the bracket's span too;
-      when the sample is the whole group, two reads.
-    * Tie counts (``topk``, density below 1): one read.
-    * The majority sign (``majority``): the sample's votes, and at most the votes of the other blocks
-      (one read in all).
+    what: str
+    """What it reads for, as the dry run names it."""
+    nbytes: int
+    """Bytes it reads."""
+    unless: str = ""
+    """Empty for a read pass 1 expects to make; else the condition under which it is made."""
+
+    @property
+    def expected(self) -> bool:
+        return not self.unless
+
+
+def pass1_reads(options: MergeOptions, full: int, sample: int, given: bool = False) -> tuple[Pass1Read, ...]:
+    """Every read pass 1 makes or may make of a group of ``full`` bytes whose sample
+    (:func:`vote_sample`) has ``sample`` bytes. This is the one statement of what pass 1 reads: the
+    dry run's expected and most reads (``MergePlan.describe``), ``MergePlan.threshold_passes`` and the
+    progress total (the expected reads, grown by the others as they start) are all taken from it.
+
+    * Thresholds (density below 1): the sample, and one read for both histogram levels; a second read
+      if a threshold lies outside its bracket and a third if it lies outside the bracket's span too.
+      When the sample is the whole group (one block), two reads.
+    * Tie counts (``topk``, density below 1): one read, skipped where no tie straddles a cut-off. It is
+      counted as expected: with bf16 or f16 task vectors ties at the cut-off are the rule.
+    * The majority sign (``majority``): the sample's votes; the other blocks vote too (one read in
+      all) only if the sample is not decisive and the open elements it predicts do not fit pass 2's
+      room for them. When the sample is the whole group, one read.
 
     ``given`` thresholds skip the histograms and the vote (the tie counts depend on the block grid).
     """
     trims = options.density < 1.0
-    histograms = sample + full + (2 * full if sample < full else 0) if trims and not given else 0
-    ties = full if trims and options.trim is TrimRule.TOPK else 0
-    vote = full if options.zero_sign is ZeroSign.MAJORITY and not given else 0
-    return histograms + ties + vote
+    reads: list[Pass1Read] = []
+    if trims and not given:
+        if sample < full:
+            reads += [
+                Pass1Read("threshold sample", sample),
+                Pass1Read("one-read thresholds", full),
+                Pass1Read("more threshold reads", 2 * full, "a threshold falls outside its sampled bracket"),
+            ]
+        else:
+            reads.append(Pass1Read("two-read thresholds", 2 * full))
+    if trims and options.trim is TrimRule.TOPK:
+        reads.append(Pass1Read("tie counts", full))
+    if options.zero_sign is ZeroSign.MAJORITY and not given:
+        if sample < full:
+            reads += [
+                Pass1Read("sign-vote sample", sample),
+                Pass1Read("other blocks' sign votes", full - sample, "the majority-sign sample is not decisive"),
+            ]
+        else:
+            reads.append(Pass1Read("sign vote", full))
+    return tuple(reads)
 
 
-def _expected_bytes(plan: MergePlan, blocks: Sequence[BlockRef], given: Thresholds | None) -> int:
-    """The most pass 1 may read for one group (see :func:`max_reads`)."""
+def max_reads(options: MergeOptions, full: int, sample: int, given: bool = False) -> int:
+    """The most pass 1 reads of a group, in bytes: every read of :func:`pass1_reads`."""
+    return sum(r.nbytes for r in pass1_reads(options, full, sample, given))
+
+
+def plan_reads(plan: MergePlan, given: bool = False) -> tuple[Pass1Read, ...]:
+    """The reads of :func:`pass1_reads` over every group of ``plan``, added up by what they are for, in
+    the order pass 1 makes them; reads of no bytes are left out."""
+    total: dict[tuple[str, str], int] = {}
+    for group in _groups(plan, plan_blocks(plan.merged)).values():
+        for read in _group_reads(plan, group, given):
+            total[read.what, read.unless] = total.get((read.what, read.unless), 0) + read.nbytes
+    return tuple(Pass1Read(what, nbytes, unless) for (what, unless), nbytes in total.items() if nbytes)
+
+
+def _group_reads(plan: MergePlan, blocks: Sequence[BlockRef], given: bool) -> tuple[Pass1Read, ...]:
+    """:func:`pass1_reads` of one group."""
     full = sum(b.in_nbytes for b in blocks)
     sample = sum(b.in_nbytes for b in vote_sample(blocks))
-    return max_reads(plan.options, full, sample, given is not None)
+    return pass1_reads(plan.options, full, sample, given)
 
 
 def _groups(plan: MergePlan, blocks: list[BlockRef]) -> dict[str, list[BlockRef]]:
@@ -676,6 +744,7 @@ def _compute(
     plan: MergePlan,
     runner: _Pass1,
     keyed: dict[str, list[BlockRef]],
+    expected: Mapping[str, int],
     quotas: np.ndarray,
     given: Thresholds | None,
 ) -> tuple[Thresholds, frozenset[str]]:
@@ -684,7 +753,7 @@ def _compute(
     majority: dict[str, int] = {}
     guessed: set[str] = set()
     for key, group_blocks in keyed.items():
-        before = runner.bytes_read
+        runner.budget = runner.bytes_read + expected[key]
         label = "" if key == GLOBAL else f"{key}: "
         group, sign, guess = runner.group(key, group_blocks, quotas, label, given)
         groups[key] = group
@@ -693,9 +762,9 @@ def _compute(
         if guess:
             guessed.add(key)
         if bar is not None:
-            bar.advance(_expected_bytes(plan, group_blocks, given) - (runner.bytes_read - before))
+            bar.advance(runner.budget - runner.bytes_read)  # expected reads the group did not need
     basis = ThresholdBasis.of(plan.options, plan.n_models)
     thresholds = Thresholds(
-        basis, types.MappingProxyType(groups), types.MappingProxyType(majority), runner.inputs.fingerprint() or ""
+        basis, types.MappingProxyType(groups), types.MappingProxyType(majority), runner.inputs.identity()
     )
     return thresholds, frozenset(guessed)

@@ -110,7 +110,7 @@ def test_output_folder_is_a_loadable_hf_model(tiny_models: Models, tmp_path: Pat
     base, fts = tiny_models
     result = merge(base, fts, tmp_path / "out", PRESETS["paper"])
     names = sorted(p.name for p in result.output.iterdir())
-    assert names == ["config.json", "generation_config.json", "model.safetensors", "ooc_ties_recipe.json"]
+    assert names == ["README.md", "config.json", "generation_config.json", "model.safetensors", "ooc_ties_recipe.json"]
     raw = (result.output / "model.safetensors").read_bytes()
     # The safetensors package validates the header and layout (contiguous, in bounds) when it parses.
     tensors = dict(safetensors.deserialize(raw))
@@ -242,7 +242,7 @@ def test_thresholds_from_other_options_or_models_are_refused(
     with pytest.raises(OptionError, match="computed for 3 fine-tuned models; this merge has 2"):
         merge(base, fts[:2], tmp_path / "z", PRESETS["paper"], thresholds=thresholds)
     other_base, other_fts = sharded_models  # same shapes and count, other files
-    with pytest.raises(OptionError, match="other input files"):
+    with pytest.raises(OptionError, match="computed for other inputs"):
         merge(other_base, other_fts, tmp_path / "w", PRESETS["paper"], thresholds=thresholds)
     (tmp_path / "bad.json").write_text('{"format": "something else"}')
     with pytest.raises(OptionError, match=r"bad\.json"):

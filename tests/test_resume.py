@@ -12,6 +12,7 @@ test again on demo-sized ones (about 20M parameters, some 1300 blocks).
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -167,7 +168,7 @@ def test_a_resume_with_other_options_or_inputs_is_refused(models: Models, tmp_pa
         merge(base, fts, out, PRESETS["paper"].with_(density=0.3), resume=True)
     with pytest.raises(OptionError, match=r"other options: .*trim 'threshold' \(now 'topk'\)"):
         merge(base, fts, out, PRESETS["mergekit"], resume=True)
-    with pytest.raises(OptionError, match="other models, or the same in another order"):
+    with pytest.raises(OptionError, match=r"other inputs: fine-tuned model 1 \(.*ft2\): it is .*ft2/.*, not .*ft1/"):
         merge(base, [fts[1], fts[0]], out, PRESETS["paper"], resume=True)
     with pytest.raises(OptionError, match="shard"):
         merge(base, fts, out, PRESETS["paper"], Resources(shard_size=100_000), resume=True)
@@ -185,7 +186,9 @@ def test_a_touched_input_is_refused(models: Models, tmp_path: Path) -> None:
     stat = shard.stat()
     try:
         os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
-        with pytest.raises(OptionError, match=r"cannot resume the merge left at .*input files changed"):
+        changed = rf"cannot resume the merge left at .*other inputs: .*{re.escape(str(shard))} changed since"
+        changed += r" \(modification time differs\)"
+        with pytest.raises(OptionError, match=changed):
             merge(base, fts, out, PRESETS["paper"], resume=True)
     finally:
         os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns))

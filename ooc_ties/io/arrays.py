@@ -17,9 +17,10 @@ import numpy as np
 
 from ooc_ties.errors import CheckpointFormatError, CheckpointNotFoundError
 from ooc_ties.grid import flat_selection
-from ooc_ties.io.checkpoint import files_fingerprint
+from ooc_ties.identity import SourceIdentity, store_identity
+from ooc_ties.io.side_files import SideFile, SideFileLike, as_side_file
 from ooc_ties.io.writer import TensorSpec
-from ooc_ties.io.zarr_format import FILES_ATTRIBUTE, decode_files, dtype_of, is_zarr_array
+from ooc_ties.io.zarr_format import FILES_GROUP, decode_files, dtype_of, is_zarr_array
 
 if TYPE_CHECKING:
     import zarr
@@ -64,6 +65,8 @@ def open_zarr_group(path: str | os.PathLike[str]) -> tuple[zarr.Group, Callable[
 
 def _members(group: zarr.Group, prefix: str = "") -> Iterator[tuple[str, zarr.Array[Any]]]:
     for name, node in group.members():
+        if not prefix and name == FILES_GROUP:  # large side files, not tensors
+            continue
         if is_zarr_array(node):
             yield prefix + name, node
         else:
@@ -98,17 +101,17 @@ class ArraySource:
         arrays: Mapping[str, Array],
         label: str,
         *,
-        side_files: Mapping[str, bytes] | None = None,
+        side_files: Mapping[str, SideFileLike] | None = None,
         root: Path | None = None,
         closer: Callable[[], None] | None = None,
     ) -> None:
         self.label = label
         self._arrays: dict[str, Array] = {}
         self._info: dict[str, TensorSpec] = {}
-        self._side_files = dict(side_files or {})
+        self._side_files = {name: as_side_file(item) for name, item in (side_files or {}).items()}
         self._root = root
         self._closer = closer
-        self._fingerprint: str | None = None
+        self._identity: SourceIdentity | None = None
         for name in sorted(arrays):
             array = arrays[name]
             if not isinstance(name, str):
@@ -132,7 +135,7 @@ class ArraySource:
     ) -> ArraySource:
         """Every array of ``group`` (nested groups joined with ``/``), with its side files."""
         label = label or str(group.store_path)
-        files = decode_files(group.attrs.get(FILES_ATTRIBUTE), label)
+        files = decode_files(group, label)
         try:
             members = dict(_members(group))
         except Exception as exc:  # a node's metadata is missing or malformed: zarr raises many kinds
@@ -198,26 +201,23 @@ class ArraySource:
     def release(self, name: str, start: int, stop: int) -> None:
         """Nothing to release: reads are copies."""
 
-    def fingerprint(self) -> str | None:
-        """Names, sizes and modification times of a local store's files; ``None`` for other stores.
+    def identity(self) -> SourceIdentity | None:
+        """A local store's identity (see :mod:`ooc_ties.identity`); ``None`` for other stores and arrays.
 
         Computed once per open source (a large store has many chunk files to stat)."""
         if self._root is None:
             return None
-        if self._fingerprint is None:
-            self._fingerprint = self._digest(self._root)
-        return self._fingerprint
-
-    @staticmethod
-    def _digest(root: Path) -> str:
-        if root.is_file():
-            return files_fingerprint([(root.name, root)])
-        return files_fingerprint(_files_under(root))
+        if self._identity is None:
+            if self._root.is_file():  # a .zip store
+                self._identity = SourceIdentity.of_files(self.label, [self._root])
+            else:
+                self._identity = store_identity(self.label, self._root, list(_files_under(self._root)))
+        return self._identity
 
     def local_paths(self) -> list[Path]:
         return [self._root] if self._root is not None else []
 
-    def side_files(self) -> dict[str, bytes]:
+    def side_files(self) -> dict[str, SideFile]:
         return dict(self._side_files)
 
     def close(self) -> None:

@@ -7,38 +7,26 @@ shard is opened (validated, memory-mapped) up front so that a bad file fails bef
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
 import numpy as np
 
 from ooc_ties.errors import CheckpointFormatError, CheckpointNotFoundError
-from ooc_ties.io.safetensors import SafetensorsFile, TensorInfo
+from ooc_ties.identity import SourceIdentity
+from ooc_ties.io.safetensors import SafetensorsFile, TensorInfo, pytorch_conversion
+from ooc_ties.io.side_files import SideFile, collect_side_files
 from ooc_ties.io.writer import INDEX_NAME
 
-__all__ = ["SIDE_FILES", "Checkpoint", "files_fingerprint"]
+__all__ = ["Checkpoint"]
 
-
-SIDE_FILES = (
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "tokenizer.model",
-    "vocab.json",
-    "merges.txt",
-    "chat_template.jinja",
-    "chat_template.json",
-)
-"""Files copied from the base model folder to the output, when present."""
 
 _OTHER_FORMATS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "consolidated.00.pth")
+"""PyTorch weight files a folder without safetensors may hold; the first one found is named with the
+command that converts it (:func:`~ooc_ties.io.safetensors.pytorch_conversion`)."""
 
 
 def _index_shards(index_path: Path) -> dict[str, str]:
@@ -57,15 +45,6 @@ def _index_shards(index_path: Path) -> dict[str, str]:
     return weight_map
 
 
-def files_fingerprint(files: Iterable[tuple[str, Path]]) -> str:
-    """A digest of ``(name, path)`` pairs by name, size and modification time, in the order given."""
-    entries = []
-    for name, path in files:
-        stat = path.stat()
-        entries.append(f"{name}:{stat.st_size}:{stat.st_mtime_ns}")
-    return hashlib.sha256("\n".join(entries).encode()).hexdigest()[:32]
-
-
 class Checkpoint:
     """The tensors of one model, memory-mapped.
 
@@ -78,6 +57,7 @@ class Checkpoint:
             raise CheckpointNotFoundError(f"{self.path}: no such file or folder")
         self.folder: Path | None = self.path if self.path.is_dir() else None
         self.files: list[SafetensorsFile] = []
+        self._identity: SourceIdentity | None = None
         self._where: dict[str, tuple[SafetensorsFile, TensorInfo]] = {}
         try:
             if self.folder is None:
@@ -103,7 +83,9 @@ class Checkpoint:
         found = sorted(p for p in folder.glob("*.safetensors") if p.is_file())
         if not found:
             others = [name for name in _OTHER_FORMATS if (folder / name).exists()]
-            hint = f" (found {', '.join(others)}; convert it to safetensors first)" if others else ""
+            hint = ""
+            if others:
+                hint = f" (found {', '.join(others)}; convert it first: {pytorch_conversion(folder / others[0])})"
             raise CheckpointNotFoundError(
                 f"{folder}: no .safetensors file in this folder; ooc-ties reads only safetensors{hint}"
             )
@@ -168,11 +150,10 @@ class Checkpoint:
         """The path, as error messages name the checkpoint."""
         return str(self.path)
 
-    def side_files(self) -> dict[str, bytes]:
-        """The config and tokenizer files beside the weights, by name (empty for a bare file)."""
-        if self.folder is None:
-            return {}
-        return {name: (self.folder / name).read_bytes() for name in SIDE_FILES if (self.folder / name).is_file()}
+    def side_files(self) -> dict[str, SideFile]:
+        """Every non-weight file under the folder, by relative path (see :mod:`ooc_ties.io.side_files`;
+        empty for a bare file)."""
+        return collect_side_files(self.folder) if self.folder is not None else {}
 
     def paths(self) -> list[Path]:
         """Every file this checkpoint reads."""
@@ -183,11 +164,13 @@ class Checkpoint:
         """The file or folder given (the output must not lie inside it)."""
         return [self.path]
 
-    def fingerprint(self) -> str | None:
-        """A digest of every file's name, size and modification time: it tells whether results computed
-        earlier (thresholds, an interrupted merge) belong to this checkpoint, without reading it.
-        Moving the folder keeps it; rewriting or touching a file changes it."""
-        return files_fingerprint((path.name, path) for path in self.paths())
+    def identity(self) -> SourceIdentity:
+        """Every file's resolved path, size, time, inode and sampled content (see :mod:`ooc_ties.identity`):
+        it tells whether results computed earlier (thresholds, an interrupted merge) belong to this
+        checkpoint, reading only a few pages of each file. Computed once per open checkpoint."""
+        if self._identity is None:
+            self._identity = SourceIdentity.of_files(self.label, self.paths())
+        return self._identity
 
     def close(self) -> None:
         for file in self.files:

@@ -23,7 +23,7 @@ import numpy as np
 from ooc_ties.kernels.convert import decode_oracle, encode_oracle, load_f32, store_f32, stored_finite
 from ooc_ties.kernels.jit import helper, kernel
 
-__all__ = ["TILE", "elect_count", "elect_count_oracle", "merge", "merge_oracle", "trim_oracle"]
+__all__ = ["TILE", "elect_count", "elect_count_oracle", "kept_oracle", "merge", "merge_oracle", "trim_oracle"]
 
 _ZERO = np.float32(0.0)
 _ONE = np.float32(1.0)
@@ -40,39 +40,49 @@ cannot prove the index non-negative, so the wrap test stays in the loop and keep
 
 
 @helper
-def _trim_tile(ft: Any, b: np.ndarray, m: int, thr: np.float32, quota: int, seen: int, out: np.ndarray) -> int:
+def _trim_tile(
+    ft: Any, b: np.ndarray, m: int, thr: np.float32, quota: int, seen: int, out: np.ndarray
+) -> tuple[int, int]:
     """``out[:m]`` = trimmed task values of one model for the tile ``ft`` (``m`` elements, a slice of
-    the block); returns ``seen``.
+    the block); returns ``seen`` and how many values the tile kept.
 
     ``seen`` counts the values equal to ``thr`` met so far in the block (only used when ``quota >= 0``).
     """
+    kept = np.int32(0)  # m <= TILE fits, and int32 lanes are twice as many as int64's
     if quota < 0:  # every tie kept: a branch-free loop the compiler vectorises
         for j in range(m):
             tau = load_f32(ft, j) - b[j]
-            out[j] = tau if abs(tau) >= thr else tau * _ZERO
-        return seen
+            keep = abs(tau) >= thr
+            out[j] = tau if keep else tau * _ZERO
+            kept += np.int32(keep)
+        return seen, int(kept)
     ties = 0
     for j in range(m):
         ties += abs(load_f32(ft, j) - b[j]) == thr
     if seen + ties <= quota:  # every tie of this tile is within the quota
         for j in range(m):
             tau = load_f32(ft, j) - b[j]
-            out[j] = tau if abs(tau) >= thr else tau * _ZERO
+            keep = abs(tau) >= thr
+            out[j] = tau if keep else tau * _ZERO
+            kept += np.int32(keep)
     elif seen >= quota:  # the quota is used up: no tie kept
         for j in range(m):
             tau = load_f32(ft, j) - b[j]
-            out[j] = tau if abs(tau) > thr else tau * _ZERO
+            keep = abs(tau) > thr
+            out[j] = tau if keep else tau * _ZERO
+            kept += np.int32(keep)
     else:  # the one tile where the quota runs out: keep ties in order until it does
-        kept = seen
+        used = seen
         for j in range(m):
             tau = load_f32(ft, j) - b[j]
             a = abs(tau)
             keep = a > thr
             if a == thr:
-                keep = kept < quota
-                kept += 1
+                keep = used < quota
+                used += 1
             out[j] = tau if keep else tau * _ZERO
-    return seen + ties
+            kept += np.int32(keep)
+    return seen + ties, int(kept)
 
 
 @helper
@@ -85,13 +95,15 @@ def _vote_tile(
     quota: np.ndarray,
     weights: np.ndarray,
     seen: np.ndarray,
+    kept: np.ndarray,
     b: np.ndarray,
     s: np.ndarray,
     v: np.ndarray,
     nonzero: np.ndarray,
 ) -> None:
     """Decode the base tile into ``b``, sum the weighted trimmed values (``v_t = w_t * trimmed_t``)
-    into ``s`` (step 2), and mark in ``nonzero`` the elements with some non-zero weighted value.
+    into ``s`` (step 2), mark in ``nonzero`` the elements with some non-zero weighted value, and add
+    each model's count of kept values to ``kept[t]``.
 
     Each model's trimmed values are left in the row ``v[t % len(v)]``: give ``v`` one row per model to
     keep them all (``merge`` reuses them), or a single row when only the sums are wanted (one row stays
@@ -103,7 +115,8 @@ def _vote_tile(
         nonzero[j] = False
     for t in range(len(fts)):
         vt = v[t % v.shape[0]]
-        seen[t] = _trim_tile(fts[t][start : start + m], b, m, thr[t], quota[t], seen[t], vt)
+        seen[t], tile_kept = _trim_tile(fts[t][start : start + m], b, m, thr[t], quota[t], seen[t], vt)
+        kept[t] += tile_kept
         w = weights[t]
         for j in range(m):
             vj = w * vt[j]
@@ -119,6 +132,7 @@ def elect_count(
     the majority sign; *open* elements are defined at :func:`merge`)."""
     n = base.size
     seen = np.zeros(len(fts), np.int64)
+    kept = np.zeros(len(fts), np.int64)
     b = np.empty(TILE, np.float32)
     s = np.empty(TILE, np.float32)
     v = np.empty((1, TILE), np.float32)  # one row shared by the models: only the sums are wanted
@@ -128,7 +142,7 @@ def elect_count(
     open_ = 0
     for start in range(0, n, TILE):
         m = min(TILE, n - start)
-        _vote_tile(base, fts, start, m, thr, quota, weights, seen, b, s, v, nonzero)
+        _vote_tile(base, fts, start, m, thr, quota, weights, seen, kept, b, s, v, nonzero)
         for j in range(m):
             pos += s[j] > _ZERO
             neg += s[j] < _ZERO
@@ -186,10 +200,14 @@ def merge(
     zero_positive: bool,
     out: Any,
     votes: np.ndarray,
+    kept: np.ndarray,
     open_at: np.ndarray,
     open_alt: Any,
 ) -> int:
     """Merge one block into ``out``; return the first index whose stored result is not finite, or -1.
+
+    ``kept[t]`` receives how many values of model ``t`` the trim kept (step 1): pass 2 checks their
+    sum over a group against pass 1's count, which catches inputs that are not those pass 1 read.
 
     ``votes`` receives ``#{S > 0}``, ``#{S < 0}``, the number of *open* elements (``S == 0`` with
     some non-zero ``v_t``: values of both signs that cancel exactly, the only elements whose result
@@ -227,7 +245,7 @@ def merge(
     other = _ONE if not zero_positive else -_ONE
     for start in range(0, n, TILE):
         m = min(TILE, n - start)
-        _vote_tile(base, fts, start, m, thr, quota, weights, seen, b, s, v, nonzero)
+        _vote_tile(base, fts, start, m, thr, quota, weights, seen, kept, b, s, v, nonzero)
         tile_open = 0
         for j in range(m):
             sj = s[j]
@@ -284,17 +302,34 @@ def merge(
 # NumPy oracles: the same arithmetic, vectorised over the block, float32 throughout.
 
 
-def trim_oracle(tau: np.ndarray, thr: np.float32, quota: int) -> np.ndarray:
-    """``tau * keep`` for one model's block (see the module docstring, step 1)."""
+def _keep_oracle(tau: np.ndarray, thr: np.float32, quota: int) -> np.ndarray:
+    """``keep`` of one model's block (see the module docstring, step 1)."""
     a = np.abs(tau)
     equal = a == thr
-    keep = a > thr
+    keep: np.ndarray = a > thr
     if quota < 0:
         keep |= equal
     else:
         keep |= equal & (np.cumsum(equal) <= quota)
-    trimmed: np.ndarray = tau * keep.astype(np.float32)
+    return keep
+
+
+def trim_oracle(tau: np.ndarray, thr: np.float32, quota: int) -> np.ndarray:
+    """``tau * keep`` for one model's block (see the module docstring, step 1)."""
+    trimmed: np.ndarray = tau * _keep_oracle(tau, thr, quota).astype(np.float32)
     return trimmed
+
+
+def kept_oracle(base: np.ndarray, fts: tuple[np.ndarray, ...], thr: np.ndarray, quota: np.ndarray) -> np.ndarray:
+    """NumPy oracle of :func:`merge`'s ``kept`` counts for a fresh array."""
+    b = decode_oracle(base)
+    return np.array(
+        [
+            np.count_nonzero(_keep_oracle(decode_oracle(ft) - b, np.float32(thr[t]), int(quota[t])))
+            for t, ft in enumerate(fts)
+        ],
+        np.int64,
+    )
 
 
 def _votes_oracle(
