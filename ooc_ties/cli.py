@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from ooc_ties import __version__
+from ooc_ties._version import __version__
 from ooc_ties.config import PRESETS, Resources, Scope, TrimRule, ZeroSign, parse_preset, parse_size, parse_threads
 from ooc_ties.errors import OocTiesError
 from ooc_ties.merge import MergeResult, merge, plan_merge
@@ -44,9 +44,16 @@ def _choices(kind: type[Scope] | type[TrimRule] | type[ZeroSign]) -> click.Choic
     return click.Choice([m.value for m in kind])
 
 
+def _throughput(nbytes: int, seconds: float) -> str:
+    """``nbytes`` over ``seconds`` as a rate: in GB/s from 1 GB/s up, in MB/s below (SI units)."""
+    rate = nbytes / max(seconds, 1e-9)
+    if rate >= 1e9:
+        return f"{rate / 1e9:.2f} GB/s"
+    return f"{rate / 1e6:.0f} MB/s" if rate >= 1e8 else f"{rate / 1e6:.3g} MB/s"
+
+
 def _rate(result: MergeResult) -> str:
-    gbps = result.bytes_read / max(result.seconds, 1e-9) / 1e9
-    return f"{result.seconds:.1f} s, {gbps:.2f} GB/s of input read"
+    return f"{result.seconds:.1f} s, {_throughput(result.bytes_read, result.seconds)} of input read"
 
 
 # Options that merge and convert share.
@@ -254,10 +261,9 @@ def convert_command(
         progress=None if quiet else tqdm_progress,
     )
     if not quiet:
-        gbps = result.nbytes / max(result.seconds, 1e-9) / 1e9
         click.echo(
             f"copied {result.tensors} tensors ({result.nbytes:,} bytes) into {result.output} "
-            f"in {result.seconds:.1f} s, {gbps:.2f} GB/s",
+            f"in {result.seconds:.1f} s, {_throughput(result.nbytes, result.seconds)}",
             err=True,
         )
 
