@@ -5,6 +5,7 @@ Slow (it writes ~2.5 GB under the temp dir): run with ``pytest -m slow``.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -98,7 +99,10 @@ def test_interrupt_keeps_a_resumable_partial_merge(big_models: list[Path], tmp_p
     """Ctrl-C in pass 1 or pass 2: exit 130 at once, one line, nothing at the destination; the hidden
     partial merge stays, and ``--resume`` finishes it."""
     out = tmp_path / "out"
-    process = subprocess.Popen(_merge_command(big_models, out), stderr=subprocess.PIPE)
+    # SIGINT must reach Python's handler even where this test was started with it ignored (nohup, a
+    # background job of a script): an ignored signal stays ignored in children, and the merge would finish.
+    restore = functools.partial(signal.signal, signal.SIGINT, signal.SIG_DFL)
+    process = subprocess.Popen(_merge_command(big_models, out), stderr=subprocess.PIPE, preexec_fn=restore)
     assert process.stderr is not None
     seen = b""
     while phase.encode() not in seen:  # the progress bars name the pass as soon as it starts
