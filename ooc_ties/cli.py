@@ -75,7 +75,10 @@ def cli() -> None:
 @cli.command("merge")
 @click.argument("finetuned", nargs=-1, required=True)
 @click.option(
-    "--base", "-b", required=True, help="Base model: .safetensors file, HF folder or Zarr group (path or URL)."
+    "--base",
+    "-b",
+    required=True,
+    help="Base model: .safetensors file, HF folder, Zarr group (path or URL) or cached Hub ID (org/name).",
 )
 @click.option(
     "--output",
@@ -157,8 +160,8 @@ def merge_command(
 ) -> None:
     """TIES-merge FINETUNED models onto --base and write the result to --output.
 
-    Models are safetensors files, Hugging Face folders (single or sharded) or Zarr v3 groups (a folder,
-    a .zip file or a URL).
+    Models are safetensors files, Hugging Face folders (single or sharded), Zarr v3 groups (a folder,
+    a .zip file or a URL), or Hugging Face Hub IDs (org/name[@revision]) already in the local cache.
     """
     _setup_logging(verbose, quiet)
     options = parse_preset(preset).with_(
