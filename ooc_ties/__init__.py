@@ -32,9 +32,9 @@ if TYPE_CHECKING:
     )
     from ooc_ties.io.zarr_view import open_zarr
     from ooc_ties.merge import MergeResult, merge, plan_merge
+    from ooc_ties.pass1.thresholds import GroupThreshold, ThresholdBasis, Thresholds
     from ooc_ties.plan import MergePlan
     from ooc_ties.sources import TensorSource, open_source
-    from ooc_ties.thresholds import GroupThreshold, ThresholdBasis, Thresholds
 
 __all__ = [
     "PRESETS",
@@ -85,7 +85,7 @@ _HOMES = {
     "ooc_ties.merge": ("MergeResult", "merge", "plan_merge"),
     "ooc_ties.plan": ("MergePlan",),
     "ooc_ties.sources": ("TensorSource", "open_source"),
-    "ooc_ties.thresholds": ("GroupThreshold", "ThresholdBasis", "Thresholds"),
+    "ooc_ties.pass1.thresholds": ("GroupThreshold", "ThresholdBasis", "Thresholds"),
 }
 _MODULE_OF = {name: module for module, names in _HOMES.items() for name in names}
 

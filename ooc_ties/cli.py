@@ -20,9 +20,9 @@ from ooc_ties._version import __version__
 from ooc_ties.config import PRESETS, Resources, Scope, TrimRule, ZeroSign, parse_preset, parse_size, parse_threads
 from ooc_ties.errors import OocTiesError
 from ooc_ties.merge import MergeResult, merge, plan_merge
+from ooc_ties.pass1.thresholds import Thresholds
 from ooc_ties.plan import MAX_BLOCK_ELEMENTS
 from ooc_ties.progress import tqdm_progress
-from ooc_ties.thresholds import Thresholds
 
 __all__ = ["cli", "main"]
 

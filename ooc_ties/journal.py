@@ -36,8 +36,9 @@ import numpy as np
 from ooc_ties._version import __version__
 from ooc_ties.errors import OptionError
 from ooc_ties.identity import InputsIdentity
+from ooc_ties.pass1.run import Pass1Result
+from ooc_ties.pass1.thresholds import Thresholds
 from ooc_ties.plan import MergePlan
-from ooc_ties.thresholds import Pass1Result, Thresholds
 
 __all__ = ["SYNC_INTERVAL", "Journal", "check_resumable", "journal_header", "read_header"]
 

@@ -18,7 +18,7 @@ from ooc_ties.errors import IncompatibleCheckpointsError, OptionError
 from ooc_ties.grid import ChunkGrid
 from ooc_ties.io.direct import ALIGNMENT, BOUNCE_BYTES
 from ooc_ties.io.writer import ShardLayout, layout_shards
-from ooc_ties.kernels.histogram import HIGH_BINS, LOW_BINS
+from ooc_ties.pass1.costs import SAMPLE_STRIDE, max_reads, pass1_memory, plan_reads
 from ooc_ties.sources import TensorSource
 
 __all__ = ["MAX_BLOCK_ELEMENTS", "MergePlan", "TensorKind", "TensorPlan", "make_plan"]
@@ -106,10 +106,8 @@ class MergePlan:
     @property
     def threshold_passes(self) -> float:
         """The most reads of the inputs before pass 2 for a group of many blocks, in whole reads, a sample
-        (every 8th block) counted as an eighth: :func:`ooc_ties.thresholds.max_reads`. :meth:`describe`
-        counts this plan's own groups, from the same statement (:func:`ooc_ties.thresholds.pass1_reads`)."""
-        from ooc_ties.thresholds import SAMPLE_STRIDE, max_reads  # a cycle: thresholds imports this module
-
+        (every 8th block) counted as an eighth: :func:`ooc_ties.pass1.costs.max_reads`. :meth:`describe`
+        counts this plan's own groups, from the same statement (:func:`ooc_ties.pass1.costs.pass1_reads`)."""
         return max_reads(self.options, SAMPLE_STRIDE, 1) / SAMPLE_STRIDE
 
     @property
@@ -144,8 +142,6 @@ class MergePlan:
 
     def _describe_reads(self) -> str:
         """The reads pass 1 expects and the most it may make, over this plan's groups, and pass 2's."""
-        from ooc_ties.thresholds import plan_reads  # a cycle: thresholds imports this module
-
         reads = plan_reads(self)
         one = max(1, self.merge_input_bytes)
         expected = 1 + sum(r.nbytes for r in reads if r.expected) / one
@@ -172,21 +168,10 @@ def _human(n: int) -> str:
 
 
 def _fixed_bytes(n_models: int, threads: int, total_blocks: int) -> int:
-    """Pass-1 histograms, per-block tie quotas, votes and kept counts, and the bounce buffer of direct writes.
-
-    Per worker, the one-read select's int64 counts (both levels, ``BRACKET_BINS`` low-bits histograms,
-    and a page of slack to place them, see ``bracket_counts``) and the scratch the two-read kernels
-    allocate; once, its lookup table and the totals held between reads (high-bits and low-bits
-    histograms, twice for their sums).
-    """
-    from ooc_ties.kernels.histogram import LANES, bracket_width
-    from ooc_ties.thresholds import BRACKET_BINS  # a cycle: thresholds imports this module
-
-    per_worker = n_models * bracket_width(BRACKET_BINS) * 8 + 4096 + LANES * (LOW_BINS + 1) * 4
-    shared = n_models * (LANES * HIGH_BINS * 8 + 2 * (HIGH_BINS + LOW_BINS) * 8)
-    bounce = BOUNCE_BYTES + ALIGNMENT
+    """Pass 1's histograms (:func:`~ooc_ties.pass1.costs.pass1_memory`), the per-block tie quotas, votes and
+    kept counts, and the bounce buffer of direct writes."""
     per_block = (2 * n_models + 4) * 8  # tie quotas and kept counts per model, four vote counts
-    return threads * per_worker + shared + total_blocks * per_block + bounce
+    return pass1_memory(n_models, threads) + total_blocks * per_block + BOUNCE_BYTES + ALIGNMENT
 
 
 def _check_inputs(base: TensorSource, fts: Sequence[TensorSource]) -> None:

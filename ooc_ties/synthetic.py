@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ooc_ties.dtypes import BF16
+from ooc_ties.errors import OptionError
 from ooc_ties.grid import ChunkGrid
 from ooc_ties.io.staging import StagedDirectory
 from ooc_ties.io.writer import SafetensorsOutput, TensorSpec, layout_shards
@@ -209,8 +210,6 @@ def generate(
 ) -> tuple[Path, list[Path]]:
     """:func:`generate_model` for a named shape in :data:`SHAPES`."""
     if preset not in SHAPES:
-        from ooc_ties.errors import OptionError
-
         allowed = ", ".join(f'"{p}"' for p in SHAPES)
         raise OptionError(f'model preset "{preset}" is invalid (expected one of: {allowed})')
     return generate_model(SHAPES[preset], folder, n_finetuned=n_finetuned, seed=seed, shard_size=shard_size)

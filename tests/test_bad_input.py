@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import collections
 import errno
-import importlib
 import json
 import os
 import shutil
@@ -32,10 +31,6 @@ from conftest import tree_digest
 from ooc_ties.cli import main
 from ooc_ties.io.direct import DirectWriter
 from ooc_ties.io.writer import INDEX_NAME
-
-# ``ooc_ties.merge`` as an attribute is the merge *function* (re-exported by the package), so a dotted
-# monkeypatch target "ooc_ties.merge.shutil.disk_usage" cannot be resolved; patch through the module.
-MERGE_MODULE = importlib.import_module("ooc_ties.merge")
 
 ST = "model.safetensors"
 PREFIX = "ooc-ties: error: "
@@ -759,7 +754,7 @@ def test_not_enough_disk(env: Env, capsys: pytest.CaptureFixture[str], monkeypat
         seen.append(Path(path))
         return usage(10**12, 10**12, 0)
 
-    monkeypatch.setattr(MERGE_MODULE.shutil, "disk_usage", fake_disk_usage)
+    monkeypatch.setattr(shutil, "disk_usage", fake_disk_usage)
     message = expect_failure(env, env.argv(), capsys, "disk")
     assert seen
     assert str(seen[0]) in message
@@ -769,7 +764,7 @@ def test_not_enough_disk(env: Env, capsys: pytest.CaptureFixture[str], monkeypat
 def test_just_too_little_disk(env: Env, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """Free space for the tensors but not the margin: still refused up front."""
     usage = collections.namedtuple("usage", "total used free")
-    monkeypatch.setattr(MERGE_MODULE.shutil, "disk_usage", lambda path: usage(10**12, 0, 300_000))
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**12, 0, 300_000))
     expect_failure(env, env.argv(), capsys, "disk", "300,000")
 
 

@@ -11,10 +11,10 @@ import pytest
 import safetensors
 from conftest import tree_digest
 
-import ooc_ties.thresholds
 from ooc_ties import PRESETS, MergeOptions, OptionError, Resources, Thresholds, merge
 from ooc_ties.cli import main
 from ooc_ties.io.checkpoint import Checkpoint
+from ooc_ties.pass1 import votes
 from ooc_ties.reference import reference_merge
 
 Models = tuple[Path, list[Path]]
@@ -272,9 +272,9 @@ def test_a_wrong_majority_guess_is_corrected(
     """Pass 1 guesses the majority sign from every 8th block; pass 2 must settle it exactly, by
     correcting the recorded open elements in place, or (where none could be recorded) merging again."""
     from ooc_ties.convert import convert
-    from ooc_ties.thresholds import SAMPLE_STRIDE
+    from ooc_ties.pass1.costs import SAMPLE_STRIDE
 
-    monkeypatch.setattr(ooc_ties.thresholds, "OPEN_CAPACITY", capacity)  # the one setting pass 1 and pass 2 read
+    monkeypatch.setattr(votes, "OPEN_CAPACITY", capacity)  # the one setting pass 1 and pass 2 read
     n_blocks = 8 * SAMPLE_STRIDE  # a sample of 8 blocks: decisive, and wrong
     sampled = (np.arange(n_blocks * block) // block) % SAMPLE_STRIDE == 0
     sign = np.where(sampled, 1.0, -1.0).astype(np.float32)  # the sample votes +, the whole model votes -
@@ -284,7 +284,7 @@ def test_a_wrong_majority_guess_is_corrected(
     base = np.zeros(n_blocks * block, np.float32)
     paths = write_models(tmp_path, base, base + tau1, base + tau2)
     options = PRESETS["paper"].with_(density=1.0)
-    with caplog.at_level("INFO", logger="ooc_ties.merge"):
+    with caplog.at_level("INFO", logger="ooc_ties.pass2"):
         result = merge(paths[0], paths[1:], tmp_path / output, options, Resources(max_block_elements=block, threads=2))
     assert "guessed +1, exact -1" in caplog.text
     assert how in caplog.text
@@ -306,7 +306,7 @@ def test_the_open_capacity_decides_whether_pass_1_guesses(
     """The capacity is one setting that both passes read: 1% of open elements (41 a block) fit the
     default room pass 2 has to record them, so pass 1 guesses the sign from its sample (which is not
     decisive); a capacity of 16 does not, so pass 1 counts every block's votes."""
-    monkeypatch.setattr(ooc_ties.thresholds, "OPEN_CAPACITY", capacity)
+    monkeypatch.setattr(votes, "OPEN_CAPACITY", capacity)
     block = 4096
     rng = np.random.default_rng(12)
     tau1 = rng.choice(np.array([-1.0, 1.0], np.float32), 16 * block)
@@ -314,7 +314,7 @@ def test_the_open_capacity_decides_whether_pass_1_guesses(
     base = np.zeros(tau1.size, np.float32)
     paths = write_models(tmp_path, base, base + tau1, base + tau2)
     options = PRESETS["paper"].with_(density=1.0)
-    with caplog.at_level("DEBUG", logger="ooc_ties.thresholds"):
+    with caplog.at_level("DEBUG", logger="ooc_ties.pass1"):
         result = merge(paths[0], paths[1:], tmp_path / "out", options, Resources(max_block_elements=block))
     assert f"open elements ({decision})" in caplog.text
     assert read_all(result.output) == expected_bytes(paths[0], paths[1:], options)
@@ -329,7 +329,7 @@ def test_too_many_open_elements_to_record_means_a_full_vote(tmp_path: Path, capl
     base = np.zeros(16 * block, np.float32)
     paths = write_models(tmp_path, base, base + tau1, base + tau2)
     options = PRESETS["paper"].with_(density=1.0)
-    with caplog.at_level("DEBUG", logger="ooc_ties.thresholds"):
+    with caplog.at_level("DEBUG", logger="ooc_ties.pass1"):
         result = merge(paths[0], paths[1:], tmp_path / "out", options, Resources(max_block_elements=block))
     assert "too many to record: full vote" in caplog.text
     assert "guessed" not in caplog.text
@@ -339,7 +339,7 @@ def test_too_many_open_elements_to_record_means_a_full_vote(tmp_path: Path, capl
 def test_the_full_vote_counts_the_sampled_blocks_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Only the sampled blocks tip the majority (the others tie exactly), and not decisively enough to
     guess from: the full vote must add the sample's votes to those of the other blocks."""
-    from ooc_ties.thresholds import SAMPLE_STRIDE
+    from ooc_ties.pass1.costs import SAMPLE_STRIDE
 
     block, blocks = 1 << 14, 16
     rng = np.random.default_rng(11)
@@ -359,7 +359,7 @@ def test_the_full_vote_counts_the_sampled_blocks_once(tmp_path: Path, caplog: py
     base = np.zeros(blocks * block, np.float32)
     paths = write_models(tmp_path, base, base + tau1, base + tau2)
     options = PRESETS["paper"].with_(density=1.0)
-    with caplog.at_level("DEBUG", logger="ooc_ties.thresholds"):
+    with caplog.at_level("DEBUG", logger="ooc_ties.pass1"):
         result = merge(paths[0], paths[1:], tmp_path / "out", options, Resources(max_block_elements=block))
     assert "full vote" in caplog.text
     assert read_all(result.output) == expected_bytes(paths[0], paths[1:], options)

@@ -27,15 +27,17 @@ import pytest
 from safetensors.numpy import save_file
 
 from ooc_ties import PRESETS, Resources, merge, plan_merge
+from ooc_ties.blocks import plan_blocks
 from ooc_ties.cli import _throughput, main
 from ooc_ties.errors import CheckpointFormatError, CheckpointNotFoundError
 from ooc_ties.inputs import MergeInputs
 from ooc_ties.io.arrays import ArraySource
 from ooc_ties.io.hub import HubId, hub_cache, parse_hub_id
 from ooc_ties.io.safetensors import SafetensorsFile
+from ooc_ties.pass1.costs import SAMPLE_STRIDE, plan_reads
+from ooc_ties.pass1.run import compute_thresholds
 from ooc_ties.plan import make_plan
 from ooc_ties.sources import open_source
-from ooc_ties.thresholds import SAMPLE_STRIDE, compute_thresholds, plan_blocks, plan_reads
 
 Models = tuple[Path, list[Path]]
 PREFIX = "ooc-ties: error: "

@@ -23,15 +23,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import save_file
 
-from ooc_ties import PRESETS, MergeOptions, Resources, merge, plan_merge, thresholds
+from ooc_ties import PRESETS, MergeOptions, Resources, merge, plan_merge
 from ooc_ties.dtypes import BF16
 from ooc_ties.inputs import MergeInputs
 from ooc_ties.io.arrays import ArraySource
 from ooc_ties.io.checkpoint import Checkpoint
 from ooc_ties.kernels.histogram import HIGH_BINS
+from ooc_ties.pass1 import order
+from ooc_ties.pass1.costs import BRACKET_BINS, SAMPLE_STRIDE
+from ooc_ties.pass1.order import choose_bracket
+from ooc_ties.pass1.run import Pass1Result, compute_thresholds
 from ooc_ties.plan import make_plan
 from ooc_ties.reference import reference_merge
-from ooc_ties.thresholds import BRACKET_BINS, SAMPLE_STRIDE, Pass1Result, choose_bracket, compute_thresholds
 
 # The histograms only: no tie counts (threshold rule), no vote (positive zero sign).
 ONLY_HISTOGRAMS = PRESETS["paper"].with_(zero_sign="positive")
@@ -115,7 +118,7 @@ def test_a_representative_sample_needs_one_read(caplog: pytest.LogCaptureFixture
     base = (rng.standard_normal(n) * 0.02).astype(np.float32)
     # The 80% rank lies in the middle of the third level: any fair sample brackets it.
     fts = [base + _levels(rng, n, [0.0, 0.25, 0.5, 0.75], [0.3, 0.3, 0.35, 0.05]) for _ in range(2)]
-    with caplog.at_level(logging.DEBUG, logger="ooc_ties.thresholds"):
+    with caplog.at_level(logging.DEBUG, logger="ooc_ties.pass1"):
         result, reads = _pass1(base, fts, ONLY_HISTOGRAMS, block)
     assert SECOND_READ not in caplog.text
     assert "threshold sample over" in caplog.text
@@ -138,7 +141,7 @@ def test_a_misleading_sample_costs_more_reads_not_exactness(caplog: pytest.LogCa
     base = np.zeros(n_blocks * block, np.float32)
     fair = _levels(rng, base.size, [0.0, 0.25, 0.5, 0.75], [0.3, 0.3, 0.35, 0.05])
     fts = [base + _unrepresentative(rng, n_blocks, block), base + fair]
-    with caplog.at_level(logging.DEBUG, logger="ooc_ties.thresholds"):
+    with caplog.at_level(logging.DEBUG, logger="ooc_ties.pass1"):
         result, reads = _pass1(base, fts, ONLY_HISTOGRAMS, block)
     # the threshold lies far below the span the sample chose: the two-read select runs for model 1
     assert "model 1: threshold below the span of the bracket" in caplog.text
@@ -160,8 +163,8 @@ def test_a_threshold_between_bracket_bins_costs_one_more_read(
     fts = [base + _levels(rng, n, [0.0, 0.25, 0.5, 0.75], [0.3, 0.3, 0.35, 0.05]) + noise]
     wanted = _exact(base, fts[0], ONLY_HISTOGRAMS)[0] >> 16
     far = np.array([wanted - 40, wanted + 40])
-    monkeypatch.setattr(thresholds, "choose_bracket", lambda sampled, rank, size: (far, 0.5))
-    with caplog.at_level(logging.DEBUG, logger="ooc_ties.thresholds"):
+    monkeypatch.setattr(order, "choose_bracket", lambda sampled, rank, size: (far, 0.5))
+    with caplog.at_level(logging.DEBUG, logger="ooc_ties.pass1"):
         result, reads = _pass1(base, fts, ONLY_HISTOGRAMS, block)
     assert f"model 1: threshold bin {wanted:#x} outside the bracket" in caplog.text
     assert SECOND_READ in caplog.text and "third read" not in caplog.text

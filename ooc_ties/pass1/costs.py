@@ -1,0 +1,135 @@
+"""What pass 1 reads and holds: the one statement of its reads, and the constants that size them.
+
+The dry run's expected and most reads, the plan's ``threshold_passes``, pass 1's progress total and the
+plan's memory estimate all come from here, so this module depends on nothing of pass 1's machinery
+(the plan imports it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ooc_ties.blocks import BlockRef, group_blocks, plan_blocks
+from ooc_ties.config import MergeOptions, TrimRule, ZeroSign
+from ooc_ties.kernels.histogram import HIGH_BINS, LANES, LOW_BINS, bracket_width
+
+if TYPE_CHECKING:
+    from ooc_ties.plan import MergePlan
+
+__all__ = [
+    "BRACKET_BINS",
+    "SAMPLE_STRIDE",
+    "Pass1Read",
+    "group_reads",
+    "max_reads",
+    "pass1_memory",
+    "pass1_reads",
+    "plan_reads",
+    "vote_sample",
+]
+
+SAMPLE_STRIDE = 8
+"""Pass 1 samples every 8th block of a group (the first block at least): its high-bits histogram
+brackets the thresholds, and its votes guess the majority sign."""
+BRACKET_BINS = 8
+"""High bins whose low bits the one-read select counts, per model: ``8 * 512 KiB`` of int64 counts per
+model and worker (see :func:`pass1_memory`)."""
+
+
+def vote_sample(blocks: Sequence[BlockRef]) -> list[BlockRef]:
+    """The blocks of a group pass 1 samples: to bracket the thresholds and to guess the majority sign."""
+    return list(blocks[::SAMPLE_STRIDE])
+
+
+@dataclass(frozen=True, slots=True)
+class Pass1Read:
+    """One read pass 1 makes, or may make, of a group (see :func:`pass1_reads`)."""
+
+    what: str
+    """What it reads for, as the dry run names it."""
+    nbytes: int
+    """Bytes it reads."""
+    unless: str = ""
+    """Empty for a read pass 1 expects to make; else the condition under which it is made."""
+
+    @property
+    def expected(self) -> bool:
+        return not self.unless
+
+
+def pass1_reads(options: MergeOptions, full: int, sample: int, given: bool = False) -> tuple[Pass1Read, ...]:
+    """Every read pass 1 makes or may make of a group of ``full`` bytes whose sample
+    (:func:`vote_sample`) has ``sample`` bytes. This is the one statement of what pass 1 reads: the
+    dry run's expected and most reads (``MergePlan.describe``), ``MergePlan.threshold_passes`` and the
+    progress total (the expected reads, grown by the others as they start) are all taken from it.
+
+    * Thresholds (density below 1): the sample, and one read for both histogram levels; a second read
+      if a threshold lies outside its bracket and a third if it lies outside the bracket's span too.
+      When the sample is the whole group (one block), two reads.
+    * Tie counts (``topk``, density below 1): one read, skipped where no tie straddles a cut-off. It is
+      counted as expected: with bf16 or f16 task vectors ties at the cut-off are the rule.
+    * The majority sign (``majority``): the sample's votes; the other blocks vote too (one read in
+      all) only if the sample is not decisive and the open elements it predicts do not fit pass 2's
+      room for them. When the sample is the whole group, one read.
+
+    ``given`` thresholds skip the histograms and the vote (the tie counts depend on the block grid).
+    """
+    trims = options.density < 1.0
+    reads: list[Pass1Read] = []
+    if trims and not given:
+        if sample < full:
+            reads += [
+                Pass1Read("threshold sample", sample),
+                Pass1Read("one-read thresholds", full),
+                Pass1Read("more threshold reads", 2 * full, "a threshold falls outside its sampled bracket"),
+            ]
+        else:
+            reads.append(Pass1Read("two-read thresholds", 2 * full))
+    if trims and options.trim is TrimRule.TOPK:
+        reads.append(Pass1Read("tie counts", full))
+    if options.zero_sign is ZeroSign.MAJORITY and not given:
+        if sample < full:
+            reads += [
+                Pass1Read("sign-vote sample", sample),
+                Pass1Read("other blocks' sign votes", full - sample, "the majority-sign sample is not decisive"),
+            ]
+        else:
+            reads.append(Pass1Read("sign vote", full))
+    return tuple(reads)
+
+
+def max_reads(options: MergeOptions, full: int, sample: int, given: bool = False) -> int:
+    """The most pass 1 reads of a group, in bytes: every read of :func:`pass1_reads`."""
+    return sum(r.nbytes for r in pass1_reads(options, full, sample, given))
+
+
+def plan_reads(plan: MergePlan, given: bool = False) -> tuple[Pass1Read, ...]:
+    """The reads of :func:`pass1_reads` over every group of ``plan``, added up by what they are for, in
+    the order pass 1 makes them; reads of no bytes are left out."""
+    total: dict[tuple[str, str], int] = {}
+    for group in group_blocks(plan, plan_blocks(plan.merged)).values():
+        for read in group_reads(plan, group, given):
+            total[read.what, read.unless] = total.get((read.what, read.unless), 0) + read.nbytes
+    return tuple(Pass1Read(what, nbytes, unless) for (what, unless), nbytes in total.items() if nbytes)
+
+
+def group_reads(plan: MergePlan, blocks: Sequence[BlockRef], given: bool) -> tuple[Pass1Read, ...]:
+    """:func:`pass1_reads` of one group."""
+    full = sum(b.in_nbytes for b in blocks)
+    sample = sum(b.in_nbytes for b in vote_sample(blocks))
+    return pass1_reads(plan.options, full, sample, given)
+
+
+def pass1_memory(n_models: int, threads: int) -> int:
+    """Bytes pass 1 allocates at most (see ``MergePlan.peak_memory_estimate``).
+
+    Per worker, the one-read select's int64 counts (both levels, :data:`BRACKET_BINS` low-bits
+    histograms, and a page of slack to place them, see ``bracket_counts``) and the scratch the two-read
+    kernels allocate; once, its lookup table and the totals held between reads (high-bits and low-bits
+    histograms, twice for their sums).
+    """
+    per_worker = n_models * bracket_width(BRACKET_BINS) * 8 + 4096 + LANES * (LOW_BINS + 1) * 4
+    shared = n_models * (LANES * HIGH_BINS * 8 + 2 * (HIGH_BINS + LOW_BINS) * 8)
+    return threads * per_worker + shared

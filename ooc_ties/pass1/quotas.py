@@ -1,0 +1,48 @@
+"""Tie quotas: under the ``topk`` rule, how many values equal to a threshold each block keeps.
+
+The ``topk`` rule keeps exactly ``m`` values, so when some values equal to the threshold must be
+dropped, the number of such values in every block is counted, and a running sum over the group's blocks
+(in block order) tells each block how many of its own to keep, lowest flat index first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from ooc_ties.blocks import BlockRef
+from ooc_ties.kernels.histogram import count_equal
+from ooc_ties.pass1.scan import Scan
+from ooc_ties.pass1.thresholds import GroupThreshold
+
+__all__ = ["tie_quotas"]
+
+
+def tie_quotas(
+    scan: Scan, blocks: Sequence[BlockRef], groups: tuple[GroupThreshold, ...], quotas: np.ndarray, label: str
+) -> None:
+    """Write into ``quotas`` (rows: block ordinals) the ties each block of the group keeps (-1: all)."""
+    ordinals = [b.ordinal for b in blocks]
+    quotas[ordinals] = -1
+    split = [t for t, g in enumerate(groups) if g.keep_equal >= 0]
+    if not split:
+        return
+    patterns = np.array([g.pattern if g.keep_equal >= 0 else -1 for g in groups], np.int64)
+    counts = equal_counts(scan, f"{label}tie counts", blocks, patterns)
+    for t in split:
+        per_block = counts[:, t]
+        before = np.cumsum(per_block) - per_block
+        quotas[ordinals, t] = np.clip(groups[t].keep_equal - before, 0, per_block)
+
+
+def equal_counts(scan: Scan, label: str, blocks: Sequence[BlockRef], patterns: np.ndarray) -> np.ndarray:
+    """``(len(blocks), models)``: values equal to each model's pattern, per block of the group."""
+    rows = {ref.ordinal: row for row, ref in enumerate(blocks)}
+    out = np.zeros((len(blocks), scan.n), np.int64)
+
+    def work(ref: BlockRef, base: np.ndarray, fts: tuple[np.ndarray, ...], _: None) -> None:
+        count_equal(base, fts, patterns, out[rows[ref.ordinal]])
+
+    scan.run(label, blocks, work, lambda: None)
+    return out

@@ -1,0 +1,69 @@
+"""A scan: one of pass 1's reads, a kernel run over some blocks of the inputs on the plan's threads.
+
+Every read of pass 1 (histograms, tie counts, sign votes) goes through :meth:`Scan.run`, which counts
+the bytes read (a merge reports them), grows the progress bar when a read goes beyond the ones pass 1
+expected (:mod:`ooc_ties.pass1.costs`), and hands each worker its own accumulator
+(:func:`ooc_ties.schedule.run_blocks`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from ooc_ties.blocks import BlockRef
+from ooc_ties.errors import NonFiniteValueError
+from ooc_ties.inputs import MergeInputs
+from ooc_ties.plan import MergePlan
+from ooc_ties.progress import Progress
+from ooc_ties.schedule import run_blocks
+
+__all__ = ["Scan"]
+
+logger = logging.getLogger(__name__)
+
+
+class Scan:
+    """Runs pass 1's reads of one merge's inputs and accounts for them."""
+
+    def __init__(self, plan: MergePlan, inputs: MergeInputs, bar: Progress | None) -> None:
+        self.plan = plan
+        self.inputs = inputs
+        self.bar = bar
+        self.bytes_read = 0
+        self.budget = 0
+        """Bytes the progress total covers: read so far, and what the current group is expected to read."""
+        self.n = plan.n_models
+        self.threads = plan.resources.threads
+        self.weights = plan.options.model_weights(self.n)
+
+    def run(
+        self,
+        label: str,
+        blocks: Sequence[BlockRef],
+        work: Callable[[BlockRef, np.ndarray, tuple[np.ndarray, ...], Any], None],
+        new_state: Callable[[], Any],
+    ) -> list[Any]:
+        """Run ``work(ref, base, fts, state)`` on every block's inputs; return the worker states."""
+        logger.debug("pass 1: %s over %d blocks", label, len(blocks))
+        nbytes = sum(b.in_nbytes for b in blocks)
+        if self.bar is not None and self.bytes_read + nbytes > self.budget:  # a read beyond the expected ones
+            self.bar.grow(self.bytes_read + nbytes - self.budget)
+            self.budget = self.bytes_read + nbytes
+        self.bytes_read += nbytes
+
+        def task(ref: BlockRef, state: Any) -> None:
+            base, fts = self.inputs.block(ref.tensor.name, ref.start, ref.stop)
+            work(ref, base, fts, state)
+            self.inputs.release(ref.tensor.name, ref.start, ref.stop)
+
+        return run_blocks(blocks, task, new_state, threads=self.threads, cost=lambda b: b.in_nbytes, progress=self.bar)
+
+    def check_finite(self, ref: BlockRef, bad: np.ndarray) -> None:
+        for t in range(self.n):
+            if bad[t] >= 0:
+                index = ref.start + int(bad[t])
+                raise NonFiniteValueError(self.inputs.describe_nonfinite(ref.tensor.name, index, t))
