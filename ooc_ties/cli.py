@@ -20,6 +20,7 @@ from ooc_ties._version import __version__
 from ooc_ties.config import PRESETS, Resources, Scope, TrimRule, ZeroSign, parse_preset, parse_size, parse_threads
 from ooc_ties.errors import OocTiesError
 from ooc_ties.merge import MergeResult, merge, plan_merge
+from ooc_ties.methods import METHODS
 from ooc_ties.pass1.thresholds import Thresholds
 from ooc_ties.plan import MAX_BLOCK_ELEMENTS
 from ooc_ties.progress import tqdm_progress
@@ -88,17 +89,31 @@ def cli() -> None:
     help="Output folder (safetensors), or OUT.zarr for a Zarr v3 group. Must not exist.",
 )
 @click.option(
+    "--method",
+    type=click.Choice(list(METHODS)),
+    default="ties",
+    show_default=True,
+    help="The merge method (docs/methods.md).",
+)
+@click.option(
     "--preset",
     type=click.Choice(sorted(PRESETS)),
     default="paper",
     show_default=True,
     help="paper: the TIES reference code; mergekit: mergekit's ties.",
 )
-@click.option("--density", type=float, help="Fraction of task-vector magnitudes kept, in (0, 1]. [default: 0.2]")
+@click.option(
+    "--density", type=float, help="Fraction of task-vector magnitudes kept, in (0, 1]. [ties: 0.2; others: 1]"
+)
 @click.option("--lambda", "lam", type=float, help="Scale of the merged task vector. [default: 1.0]")
 @click.option("--scope", type=_choices(Scope), help="Top-k over the whole model or per tensor. [preset]")
 @click.option("--trim", type=_choices(TrimRule), help="threshold: keep all ties (paper); topk: exactly k. [preset]")
 @click.option("--zero-sign", type=_choices(ZeroSign), help="Sign where the vote is exactly 0. [preset]")
+@click.option(
+    "--normalize/--no-normalize",
+    default=None,
+    help="Divide by the sum of the (agreeing) weights. [ties: yes; task_arithmetic: no]",
+)
 @click.option("--weights", help="Per-model weights, space- or comma-separated, one per fine-tuned model.")
 @click.option("--dtype", type=click.Choice(["bf16", "f16", "f32"]), help="Output dtype of merged tensors. [base's]")
 @click.option("--memory-budget", default="2GiB", show_default=True, help="Working memory for blocks and histograms.")
@@ -136,12 +151,14 @@ def merge_command(
     finetuned: Sequence[str],
     base: str,
     output: Path,
+    method: str,
     preset: str,
     density: float | None,
     lam: float | None,
     scope: str | None,
     trim: str | None,
     zero_sign: str | None,
+    normalize: bool | None,
     weights: str | None,
     dtype: str | None,
     memory_budget: str,
@@ -158,18 +175,20 @@ def merge_command(
     quiet: bool,
     verbose: int,
 ) -> None:
-    """TIES-merge FINETUNED models onto --base and write the result to --output.
+    """Merge FINETUNED models onto --base (TIES by default) and write the result to --output.
 
     Models are safetensors files, Hugging Face folders (single or sharded), Zarr v3 groups (a folder,
     a .zip file or a URL), or Hugging Face Hub IDs (org/name[@revision]) already in the local cache.
     """
     _setup_logging(verbose, quiet)
     options = parse_preset(preset).with_(
+        method=method,
         density=density,
         lam=lam,
         scope=scope,
         trim=trim,
         zero_sign=zero_sign,
+        normalize=normalize,
         out_dtype=dtype,
         weights=_split_numbers(weights) if weights is not None else None,
     )

@@ -18,6 +18,7 @@ import numpy as np
 
 from ooc_ties.dtypes import DType, parse_output_dtype
 from ooc_ties.errors import OptionError
+from ooc_ties.methods import TIES, Method, parse_method
 
 __all__ = [
     "PRESETS",
@@ -147,8 +148,11 @@ def parse_threads(value: int | None) -> int:
 class MergeOptions:
     """Everything that decides the merged bytes. Presets: :data:`PRESETS`."""
 
-    density: float = 0.2
-    """Fraction ``k`` of task-vector magnitudes kept by the trim, in ``(0, 1]``; 1 keeps all."""
+    method: Method = TIES
+    """The merge method (:mod:`ooc_ties.methods`; by name or as the declaration)."""
+    density: float | None = None
+    """Fraction ``k`` of task-vector magnitudes kept by the trim, in ``(0, 1]``; 1 keeps all. ``None``:
+    the method's default (0.2 for TIES, the paper's; 1 for methods that do not trim, and only 1)."""
     lam: float = 1.0
     """``lambda``: the merged task vector is scaled by it (as a float32) before adding to the base."""
     scope: Scope = Scope.GLOBAL
@@ -156,24 +160,53 @@ class MergeOptions:
     trim: TrimRule = TrimRule.THRESHOLD
     """How ties at the threshold are treated."""
     zero_sign: ZeroSign = ZeroSign.MAJORITY
-    """The elected sign where the vote is exactly zero."""
+    """The elected sign where the vote is exactly zero (methods with a consensus)."""
     weights: tuple[float, ...] | None = None
     """Per fine-tuned model weights (as float32), or ``None`` for all ones."""
+    normalize: bool | None = None
+    """Divide by the sum of the (agreeing) weights; ``None``: the method's default."""
     out_dtype: DType | None = None
     """Dtype of merged tensors; ``None`` keeps each tensor's base dtype."""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "density", parse_density(self.density))
+        method = parse_method(self.method)
+        object.__setattr__(self, "method", method)
+        density = parse_density(method.default_density if self.density is None else self.density)
+        if not method.trims and density != 1.0:
+            raise OptionError(
+                f"density {density} does not apply to {method.name}, which keeps every value (use ties to trim)"
+            )
+        object.__setattr__(self, "density", density)
         object.__setattr__(self, "lam", parse_lambda(self.lam))
         object.__setattr__(self, "scope", _parse_enum(Scope, self.scope, "scope"))
         object.__setattr__(self, "trim", _parse_enum(TrimRule, self.trim, "trim rule"))
         object.__setattr__(self, "zero_sign", _parse_enum(ZeroSign, self.zero_sign, "zero sign"))
         object.__setattr__(self, "weights", parse_weights(self.weights))
+        object.__setattr__(self, "normalize", method.normalize if self.normalize is None else bool(self.normalize))
         object.__setattr__(self, "out_dtype", parse_output_dtype(self.out_dtype))
 
     def with_(self, **changes: Any) -> MergeOptions:
-        """A copy with some fields changed (``None`` values are ignored), validated again."""
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+        """A copy with some fields changed (``None`` values are ignored), validated again. Another method
+        brings its own default density and normalization unless they are given too."""
+        given = {k: v for k, v in changes.items() if v is not None}
+        if "method" in given and parse_method(given["method"]) is not self.method:
+            given = {"density": None, "normalize": None, **given}
+        return replace(self, **given)
+
+    @property
+    def trims(self) -> bool:
+        """Whether pass 1 computes thresholds (the method trims, and keeps less than everything)."""
+        return self.method.trims and self.kept_share < 1.0
+
+    @property
+    def kept_share(self) -> float:
+        """The density, resolved (the field is typed optional only for the constructor)."""
+        return 1.0 if self.density is None else self.density  # (never None after __post_init__)
+
+    @property
+    def majority_vote(self) -> bool:
+        """Whether pass 1 counts the majority sign (a consensus method under the ``majority`` rule)."""
+        return self.method.consensus and self.zero_sign is ZeroSign.MAJORITY
 
     def model_weights(self, n_models: int) -> np.ndarray:
         """The float32 weights for ``n_models`` fine-tuned models."""
@@ -186,12 +219,13 @@ class MergeOptions:
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready description (the recipe stored with the output)."""
         return {
-            "method": "ties",
+            "method": self.method.name,
             "density": self.density,
             "lambda": self.lam,
             "scope": self.scope.value,
             "trim": self.trim.value,
             "zero_sign": self.zero_sign.value,
+            "normalize": self.normalize,
             "weights": list(self.weights) if self.weights is not None else None,
             "dtype": self.out_dtype.code if self.out_dtype else None,
         }

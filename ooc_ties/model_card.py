@@ -23,6 +23,7 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from ooc_ties.config import PRESETS
+from ooc_ties.methods import METHODS, TIES, Method
 
 __all__ = ["CARD_NAME", "TAGS", "card_recipe", "hub_name", "library_name", "model_card"]
 
@@ -31,7 +32,6 @@ CARD_NAME = "README.md"
 TAGS = ("merge", "ooc-ties")
 """The tags every card carries."""
 
-_TIES_PAPER = "https://arxiv.org/abs/2306.01708"
 _SNAPSHOT = re.compile(r"(?:^|/)models--([^/]+)/snapshots/[^/]+/?$")
 
 
@@ -113,22 +113,34 @@ def _yaml(value: str) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
+def _recipe_method(recipe: Mapping[str, Any]) -> Method:
+    """The method a recipe names (TIES for recipes from before methods were named)."""
+    options: Mapping[str, Any] = recipe.get("options") or {}
+    return METHODS.get(str(options.get("method")), TIES)
+
+
 def _method(recipe: Mapping[str, Any]) -> list[str]:
     options: Mapping[str, Any] = recipe.get("options") or {}
-    preset = _preset(options)
+    method = _recipe_method(recipe)
+    preset = _preset(options) if method.trims else None
     weights = options.get("weights")
     preset_note = f" (preset {_code(preset)} of ooc-ties)" if preset else ""
     lines = [
-        f"The fine-tuned models were merged onto the base model with [TIES-Merging]({_TIES_PAPER}){preset_note}: "
-        "each task vector (fine-tuned minus base) is trimmed to its largest magnitudes, a sign is elected per "
-        "parameter, and the values that agree with it are averaged (weighted, if weights are given), scaled by "
-        "lambda and added to the base.",
+        f"The fine-tuned models were merged onto the base model with [{method.title}]({method.paper}){preset_note}: "
+        f"{method.summary}.",
         "",
-        f"- density: {options.get('density')} (the share of each task vector kept)",
+    ]
+    if method.trims:
+        lines += [
+            f"- density: {options.get('density')} (the share of each task vector kept)",
+            f"- scope: {options.get('scope')} (what a threshold is counted over)",
+            f"- trim: {options.get('trim')}",
+        ]
+    if method.consensus:
+        lines.append(f"- zero sign: {options.get('zero_sign')} (the sign elected where the votes cancel)")
+    lines += [
         f"- lambda: {options.get('lambda')} (the scale of the merged task vector)",
-        f"- scope: {options.get('scope')} (what a threshold is counted over)",
-        f"- trim: {options.get('trim')}",
-        f"- zero sign: {options.get('zero_sign')} (the sign elected where the votes cancel)",
+        f"- normalize: {options.get('normalize', method.normalize)} (divided by the sum of the weights)",
         f"- weights: {', '.join(str(w) for w in weights) if weights else 'equal'}",
         f"- dtype: {options.get('dtype') or 'as the inputs'}",
     ]
@@ -157,10 +169,10 @@ def model_card(recipe: Mapping[str, Any], *, library: str | None = None) -> str:
     fence = _fence(shown)
     version = f" {recipe['version']}" if recipe.get("version") else ""
     body = [
-        f"# TIES merge onto {base.rstrip('/').rsplit('/', 1)[-1]}",
+        f"# {_recipe_method(recipe).title} merge onto {base.rstrip('/').rsplit('/', 1)[-1]}",
         "",
         f"This model is a merge of pre-trained language models made with ooc-ties{version}, an out-of-core "
-        "implementation of TIES-Merging.",
+        "model merger.",
         "",
         "## Merge details",
         "",

@@ -73,6 +73,8 @@ class Pass2:
         options = plan.options
         self.weights = options.model_weights(plan.n_models)
         self.lam = np.float32(options.lam)
+        self.consensus = options.method.consensus
+        self.normalize = bool(options.normalize)
         self.thr: dict[str, np.ndarray] = {
             key: np.array([g.value for g in groups], np.float32) for key, groups in thresholds.groups.items()
         }
@@ -140,6 +142,8 @@ class Pass2:
             self.weights,
             self.lam,
             self.zero_positive[key],
+            self.consensus,
+            self.normalize,
             out,
             votes,
             kept,

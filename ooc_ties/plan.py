@@ -31,7 +31,7 @@ MIN_BLOCK_ELEMENTS = 1 << 12
 
 class TensorKind(enum.Enum):
     MERGE = "merge"
-    """A float tensor, merged with TIES."""
+    """A float tensor, merged."""
     COPY = "copy"
     """A non-float tensor (an integer buffer, a mask), copied from the base; all inputs must agree."""
 
@@ -127,8 +127,7 @@ class MergePlan:
         merged = self.merged
         copied = [t for t in self.tensors if t.kind is TensorKind.COPY]
         lines = [
-            f"merge: TIES, {self.n_models} fine-tuned models, density {o.density}, lambda {o.lam}, "
-            f"scope {o.scope.value}, trim {o.trim.value}, zero sign {o.zero_sign.value}",
+            f"merge: {o.method.title}, {_count(self.n_models, 'fine-tuned model')}, {_describe_options(o)}",
             f"tensors: {len(merged)} merged ({self.merged_parameters:,} parameters), {len(copied)} copied",
             f"blocks: {self.total_blocks:,} of up to {self.block_elements:,} elements, "
             f"{_count(self.resources.threads, 'thread')}",
@@ -150,6 +149,17 @@ class MergePlan:
         line = f"reads: {_count(expected, 'pass', 'passes')} over {_human(self.merge_input_bytes)} expected ({names})"
         extra = [r.unless for r in reads if not r.expected]
         return f"{line}, at most {most:.3g} if {' or '.join(extra)}" if extra else line
+
+
+def _describe_options(o: MergeOptions) -> str:
+    """The options that matter for the method, as the plan states them."""
+    parts = []
+    if o.method.trims:
+        parts += [f"density {o.density}", f"scope {o.scope.value}", f"trim {o.trim.value}"]
+    if o.method.consensus:
+        parts.append(f"zero sign {o.zero_sign.value}")
+    parts += [f"lambda {o.lam}", "normalized" if o.normalize else "not normalized"]
+    return ", ".join(parts)
 
 
 def _count(n: float, one: str, many: str | None = None) -> str:
@@ -207,7 +217,7 @@ def make_plan(
 ) -> MergePlan:
     """Validate that the checkpoints line up and plan the merge."""
     if not fts:
-        raise OptionError("no fine-tuned model given: TIES needs at least one")
+        raise OptionError(f"no fine-tuned model given: {options.method.name} needs at least one")
     options.model_weights(len(fts))  # checks the number of weights
     _check_inputs(base, fts)
     n = len(fts)

@@ -58,25 +58,32 @@ def _trim_masks(tau: np.ndarray, density: float, trim: TrimRule) -> np.ndarray:
 
 
 def ties_vectors(tau: np.ndarray, base: np.ndarray, options: MergeOptions, weights: np.ndarray) -> np.ndarray:
-    """TIES on flat vectors: ``tau`` (models x values) and ``base`` (values); float32 result."""
-    trimmed = tau * _trim_masks(tau, options.density, options.trim).astype(np.float32)
+    """The merge on flat vectors: ``tau`` (models x values) and ``base`` (values); float32 result. TIES
+    trims, elects and takes the disjoint mean; task arithmetic adds every weighted task vector."""
+    trimmed = tau * _trim_masks(tau, options.kept_share, options.trim).astype(np.float32)
     v = weights[:, None] * trimmed
-    vote = np.zeros(base.shape, np.float32)
-    for row in v:  # in the order the models were given
-        vote = vote + row
-    if options.zero_sign is ZeroSign.MAJORITY:
-        majority = np.sign(np.count_nonzero(vote > 0) - np.count_nonzero(vote < 0))
-        positive = (vote > 0) | ((vote == 0) & (majority > 0))
-    else:
-        positive = vote >= 0
+    agrees = np.ones(tau.shape, bool)
+    if options.method.consensus:
+        vote = np.zeros(base.shape, np.float32)
+        for row in v:  # in the order the models were given
+            vote = vote + row
+        if options.zero_sign is ZeroSign.MAJORITY:
+            majority = np.sign(np.count_nonzero(vote > 0) - np.count_nonzero(vote < 0))
+            positive = (vote > 0) | ((vote == 0) & (majority > 0))
+        else:
+            positive = vote >= 0
+        agrees = np.stack([np.where(positive, row > 0, row < 0) for row in v])
     num = np.zeros(base.shape, np.float32)
     den = np.zeros(base.shape, np.float32)
     for t, row in enumerate(v):
-        agree = np.where(positive, row > 0, row < 0).astype(np.float32)
-        num = num + row * agree
-        den = den + weights[t] * agree
-    den[den == 0] = 1
-    result: np.ndarray = base + np.float32(options.lam) * (num / den)
+        num = num + row * agrees[t].astype(np.float32)
+        den = den + weights[t] * agrees[t].astype(np.float32)
+    if options.method.consensus:
+        den[den == 0] = 1
+    else:
+        den[np.abs(den) < np.float32(1e-8)] = 1
+    mixed = num / den if options.normalize else num
+    result: np.ndarray = base + np.float32(options.lam) * mixed
     return result
 
 

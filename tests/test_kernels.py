@@ -383,7 +383,8 @@ def test_merge_matches_oracle(every: bool, data: st.DataObject, params: dict) ->
     open_at = np.full(capacity, -1, np.int64)
     open_alt = np.empty(capacity, storage)
     kept = np.zeros(len(fts), np.int64)
-    bad = ties.merge(base, fts, thr, quota, weights, lam, zero_positive, out, votes, kept, open_at, open_alt)
+    flags = (zero_positive, True, True)  # zero sign, consensus, normalize: TIES
+    bad = ties.merge(base, fts, thr, quota, weights, lam, *flags, out, votes, kept, open_at, open_alt)
     expected, expected_votes = ties.merge_oracle(base, fts, thr, quota, weights, lam, zero_positive, storage)
     np.testing.assert_array_equal(out.view(np.uint8), expected.view(np.uint8))
     np.testing.assert_array_equal(votes[:3], expected_votes)
@@ -425,9 +426,9 @@ def test_exact_zero_sums_follow_the_zero_sign_rule() -> None:
     negative = np.empty(4, np.float32)
     votes = np.zeros(4, np.int64)
     at, alt = np.zeros(2, np.int64), np.empty(2, np.float32)
-    ties.merge(base, fts, *args, True, positive, votes, np.zeros(len(fts), np.int64), at, alt)
+    ties.merge(base, fts, *args, True, True, True, positive, votes, np.zeros(len(fts), np.int64), at, alt)
     assert at.tolist() == [0, 1] and alt.tolist() == [-1, -2]  # capacity 2: the third is lost
-    ties.merge(base, fts, *args, False, negative, votes, np.zeros(len(fts), np.int64), at, alt)
+    ties.merge(base, fts, *args, False, True, True, negative, votes, np.zeros(len(fts), np.int64), at, alt)
     assert positive.tolist() == [1, 2, 0, 3]
     assert negative.tolist() == [-1, -2, 0, -3]
     assert votes.tolist() == [0, 0, 6, 2]  # three open elements (index 2 has no non-zero value), twice
@@ -438,7 +439,8 @@ def test_quota_keeps_the_first_ties_in_block_order() -> None:
     out = np.empty(6, np.float32)
     votes = np.zeros(4, np.int64)
     thr, quota, weights = np.array([1.0], np.float32), np.array([2]), np.ones(1, np.float32)
-    ties.merge(base, (ft,), thr, quota, weights, np.float32(1), True, out, votes, np.zeros(1, np.int64), *_no_record())
+    kept = np.zeros(1, np.int64)
+    ties.merge(base, (ft,), thr, quota, weights, np.float32(1), True, True, True, out, votes, kept, *_no_record())
     # |tau| > 1 is always kept; of the four values equal to 1 only the first two (indices 0 and 1).
     assert out.tolist() == [1, -1, 0, 2, 0, 0]
     assert votes.tolist() == [2, 1, 0, 0]
@@ -456,7 +458,8 @@ def test_an_open_element_decided_by_a_tie_quota_is_not_recorded() -> None:
     votes = np.zeros(4, np.int64)
     at, alt = np.zeros(4, np.int64), np.empty(4, np.float32)
     kept = np.zeros(len(fts), np.int64)
-    ties.merge(base, fts, thr, quota, weights, np.float32(1), True, np.empty(2, np.float32), votes, kept, at, alt)
+    out = np.empty(2, np.float32)
+    ties.merge(base, fts, thr, quota, weights, np.float32(1), True, True, True, out, votes, kept, at, alt)
     assert votes.tolist() == [0, 0, 2, 1]  # element 0 has a value at model 0's threshold, under a quota
     assert at[0] == 1 and alt[0] == -2.0
 
@@ -470,7 +473,8 @@ def test_merge_reports_overflow_in_the_output_dtype() -> None:
     )
     out = np.empty(3, np.int16)  # float16
     args = (np.zeros(3, np.float32), np.full(3, -1), np.ones(3, np.float32), np.float32(1), True)
-    bad = ties.merge(base, (ft, ft, ft), *args, out, np.zeros(4, np.int64), np.zeros(3, np.int64), *_no_record(out))
+    counts = (np.zeros(4, np.int64), np.zeros(3, np.int64))
+    bad = ties.merge(base, (ft, ft, ft), *args, True, True, out, *counts, *_no_record(out))
     assert bad == 1
 
 
@@ -498,7 +502,8 @@ def test_open_elements_are_recorded_with_their_other_result(
     capacity = params["capacity"]
     out, votes = np.empty(n, storage), np.zeros(4, np.int64)
     at, alt = np.full(capacity, -1, np.int64), np.empty(capacity, storage)
-    ties.merge(base, fts, thr, quota, weights, lam, zero_positive, out, votes, np.zeros(len(fts), np.int64), at, alt)
+    kept = np.zeros(len(fts), np.int64)
+    ties.merge(base, fts, thr, quota, weights, lam, zero_positive, True, True, out, votes, kept, at, alt)
     flipped, _ = ties.merge_oracle(base, fts, thr, quota, weights, lam, not zero_positive, storage)
     recorded = int(votes[2] - votes[3])
     expected_at = _recorded_oracle(base, fts, thr, quota, weights, capacity)

@@ -6,10 +6,13 @@ Per element ``i`` with base ``b`` and fine-tuned values ``x_t`` (t in the order 
    first ``quota_t`` such elements of the block (``quota_t < 0``: all of them);
    ``trimmed_t = tau_t * keep_t`` (so a dropped negative value is -0.0, as in the reference code).
 2. ``v_t = w_t * trimmed_t``; ``S = ((0 + v_0) + v_1) + ...``.
-3. Elected sign positive iff ``S > 0``, or ``S == 0`` and ``zero_positive``.
-4. ``agree_t = v_t > 0`` if positive else ``v_t < 0``;
+3. With a *consensus* (TIES): elected sign positive iff ``S > 0``, or ``S == 0`` and ``zero_positive``;
+   ``agree_t = v_t > 0`` if positive else ``v_t < 0``;
    ``num = ((0 + v_0*agree_0) + v_1*agree_1) + ...``, ``den`` likewise with ``w_t``; ``den == 0 -> 1``.
-5. ``out = b + lam * (num / den)``, encoded to the output's storage (see ``convert``).
+   Without (task arithmetic): ``num = ((0 + v_0) + v_1) + ...``, ``den`` likewise with ``w_t``;
+   ``|den| < 1e-8 -> 1`` (mergekit's rule).
+4. ``out = b + lam * (num / den)`` if ``normalize``, else ``b + lam * num``, encoded to the output's
+   storage (see ``convert``).
 
 No fused multiply-add (fastmath is off), no reassociation. docs/numerics.md explains each choice.
 """
@@ -27,6 +30,8 @@ __all__ = ["TILE", "elect_count", "elect_count_oracle", "kept_oracle", "merge", 
 
 _ZERO = np.float32(0.0)
 _ONE = np.float32(1.0)
+_TINY_DIVISOR = np.float32(1e-8)
+"""Without a consensus, a sum of weights smaller than this in magnitude divides as 1 (mergekit's rule)."""
 
 TILE = 2048
 """Elements per tile: the kernels sweep a tile once per model, with every scratch row in L1/L2 cache.
@@ -171,6 +176,7 @@ def _alternate(
     quota: np.ndarray,
     weights: np.ndarray,
     lam: np.float32,
+    normalize: bool,
     sign: np.float32,
     alt: Any,
     k: int,
@@ -194,8 +200,11 @@ def _alternate(
         agree = vj * sign > _ZERO
         num = num + (vj if agree else vj * _ZERO)
         den = den + (w if agree else w * _ZERO)
-    d = den if den != _ZERO else _ONE
-    store_f32(alt, k, bj + lam * (num / d))
+    if normalize:
+        d = den if den != _ZERO else _ONE
+        store_f32(alt, k, bj + lam * (num / d))
+    else:
+        store_f32(alt, k, bj + lam * num)
     return True
 
 
@@ -208,6 +217,8 @@ def merge(
     weights: np.ndarray,
     lam: np.float32,
     zero_positive: bool,
+    consensus: bool,
+    normalize: bool,
     out: Any,
     votes: np.ndarray,
     kept: np.ndarray,
@@ -261,7 +272,7 @@ def merge(
             sj = s[j]
             pos += sj > _ZERO
             neg += sj < _ZERO
-            tile_open += (sj == _ZERO) & nonzero[j]
+            tile_open += (sj == _ZERO) & nonzero[j] & consensus
             # +1 or -1: the elected sign; v * sign > 0 is "v agrees" (multiplying by +-1 is exact)
             sign[j] = _ONE if (sj > _ZERO or (sj == _ZERO and zero_positive)) else -_ONE
             num[j] = _ZERO
@@ -269,17 +280,32 @@ def merge(
         for t in range(n_models):
             vt = v[t]
             w = weights[t]
-            for j in range(m):
-                vj = w * vt[j]
-                agree = vj * sign[j] > _ZERO
-                num[j] = num[j] + (vj if agree else vj * _ZERO)
-                den[j] = den[j] + (w if agree else w * _ZERO)
+            if consensus:
+                for j in range(m):
+                    vj = w * vt[j]
+                    agree = vj * sign[j] > _ZERO
+                    num[j] = num[j] + (vj if agree else vj * _ZERO)
+                    den[j] = den[j] + (w if agree else w * _ZERO)
+            else:  # every model counts
+                for j in range(m):
+                    num[j] = num[j] + w * vt[j]
+                    den[j] = den[j] + w
         bad = 0
         dest = out[start : start + m]
-        for j in range(m):
-            d = den[j] if den[j] != _ZERO else _ONE
-            store_f32(dest, j, b[j] + lam * (num[j] / d))
-            bad += not stored_finite(dest, j)
+        if not normalize:
+            for j in range(m):
+                store_f32(dest, j, b[j] + lam * num[j])
+                bad += not stored_finite(dest, j)
+        elif consensus:
+            for j in range(m):
+                d = den[j] if den[j] != _ZERO else _ONE
+                store_f32(dest, j, b[j] + lam * (num[j] / d))
+                bad += not stored_finite(dest, j)
+        else:
+            for j in range(m):
+                d = den[j] if abs(den[j]) >= _TINY_DIVISOR else _ONE
+                store_f32(dest, j, b[j] + lam * (num[j] / d))
+                bad += not stored_finite(dest, j)
         if tile_open and open_ - lost < capacity:
             found = 0
             for j in range(m):  # branch-free: the open elements' indices to the front of ``where``
@@ -288,7 +314,9 @@ def merge(
             for q in range(found):
                 j = where[q]
                 k = open_ - lost
-                if k < capacity and _alternate(fts, start + j, b[j], thr, quota, weights, lam, other, open_alt, k):
+                if k < capacity and _alternate(
+                    fts, start + j, b[j], thr, quota, weights, lam, normalize, other, open_alt, k
+                ):
                     open_at[k] = start + j
                 else:
                     lost += 1
@@ -376,21 +404,27 @@ def merge_oracle(
     lam: np.float32,
     zero_positive: bool,
     out_dtype: np.dtype,
+    *,
+    consensus: bool = True,
+    normalize: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """NumPy oracle of :func:`merge`: the encoded output block and the first three vote counts.
 
     The recorded open elements are checked against this oracle with ``zero_positive`` flipped."""
     b, v, s = _votes_oracle(base, fts, thr, quota, weights)
-    open_ = (s == 0) & (v != 0).any(axis=0)
+    open_ = (s == 0) & (v != 0).any(axis=0) & consensus
     votes = np.array([np.count_nonzero(s > 0), np.count_nonzero(s < 0), np.count_nonzero(open_)], np.int64)
     positive = (s > 0) | ((s == 0) & zero_positive)
     num = np.zeros(b.shape, np.float32)
     den = np.zeros(b.shape, np.float32)
     for t in range(len(fts)):
-        agree = np.where(positive, v[t] > 0, v[t] < 0).astype(np.float32)
-        num = num + v[t] * agree
-        den = den + np.float32(weights[t]) * agree
-    den[den == 0] = 1
+        agree = np.where(positive, v[t] > 0, v[t] < 0) if consensus else np.ones(b.shape, bool)
+        num = num + v[t] * agree.astype(np.float32)
+        den = den + np.float32(weights[t]) * agree.astype(np.float32)
+    if consensus:
+        den[den == 0] = 1
+    else:
+        den[np.abs(den) < np.float32(1e-8)] = 1
     with np.errstate(over="ignore"):
-        result = b + np.float32(lam) * (num / den)
+        result = b + np.float32(lam) * (num / den) if normalize else b + np.float32(lam) * num
     return encode_oracle(result, out_dtype), votes

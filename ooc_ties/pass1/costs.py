@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ooc_ties.blocks import BlockRef, group_blocks, plan_blocks
-from ooc_ties.config import MergeOptions, TrimRule, ZeroSign
+from ooc_ties.config import MergeOptions, TrimRule
 from ooc_ties.kernels.histogram import HIGH_BINS, LANES, LOW_BINS, bracket_width
 
 if TYPE_CHECKING:
@@ -76,7 +76,7 @@ def pass1_reads(options: MergeOptions, full: int, sample: int, given: bool = Fal
 
     ``given`` thresholds skip the histograms and the vote (the tie counts depend on the block grid).
     """
-    trims = options.density < 1.0
+    trims = options.trims
     reads: list[Pass1Read] = []
     if trims and not given:
         if sample < full:
@@ -89,7 +89,7 @@ def pass1_reads(options: MergeOptions, full: int, sample: int, given: bool = Fal
             reads.append(Pass1Read("two-read thresholds", 2 * full))
     if trims and options.trim is TrimRule.TOPK:
         reads.append(Pass1Read("tie counts", full))
-    if options.zero_sign is ZeroSign.MAJORITY and not given:
+    if options.majority_vote and not given:
         if sample < full:
             reads += [
                 Pass1Read("sign-vote sample", sample),

@@ -72,7 +72,7 @@ def group_thresholds(
 ) -> tuple[GroupThreshold, ...]:
     """The threshold of every model over one group of ``blocks``."""
     size = sum(b.stop - b.start for b in blocks)
-    wanted = wanted_rank(size, options.density, options.trim) if size else None
+    wanted = wanted_rank(size, options.kept_share, options.trim) if size else None
     if wanted is None:
         return tuple(GroupThreshold.keep_all(size) for _ in range(scan.n))
     rank, m = wanted

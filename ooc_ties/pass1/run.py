@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from ooc_ties.blocks import GLOBAL, BlockRef, group_blocks, plan_blocks
-from ooc_ties.config import ZeroSign
 from ooc_ties.inputs import MergeInputs
 from ooc_ties.pass1.costs import group_reads
 from ooc_ties.pass1.order import group_thresholds
@@ -78,7 +77,7 @@ def _group(
     options = scan.plan.options
     result = given.groups[key] if given is not None else group_thresholds(scan, blocks, options, label)
     tie_quotas(scan, blocks, result, quotas, label)
-    if options.zero_sign is not ZeroSign.MAJORITY:
+    if not options.majority_vote:
         return result, None, False
     if given is not None:
         return result, given.majority[key], False

@@ -76,7 +76,7 @@ class ThresholdBasis:
     @classmethod
     def of(cls, options: MergeOptions, n_models: int) -> ThresholdBasis:
         weights = tuple(float(w) for w in options.model_weights(n_models))
-        return cls(options.scope, options.density, options.trim, options.zero_sign, weights)
+        return cls(options.scope, options.kept_share, options.trim, options.zero_sign, weights)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -1,0 +1,142 @@
+"""Merge methods as data: every declared method against its in-RAM reference, whatever the blocks and
+threads, and its kernel flags against the kernel's oracle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ooc_ties import PRESETS, MergeOptions, OptionError, Resources, merge, plan_merge
+from ooc_ties.cli import main
+from ooc_ties.io.checkpoint import Checkpoint
+from ooc_ties.kernels import ties
+from ooc_ties.methods import METHODS, TASK_ARITHMETIC, TIES
+from ooc_ties.reference import reference_merge
+
+Models = tuple[Path, list[Path]]
+
+CASES = [
+    pytest.param(MergeOptions(method="task_arithmetic", lam=0.4), id="task_arithmetic"),
+    pytest.param(MergeOptions(method="task_arithmetic", weights=(0.5, 1.5, -0.25), normalize=True), id="ta-normalized"),
+    pytest.param(PRESETS["paper"].with_(normalize=False, lam=0.7), id="ties-paper-not-normalized"),
+    pytest.param(PRESETS["mergekit"].with_(density=0.4, weights=(1.0, 0.5, 2.0)), id="ties-mergekit"),
+]
+
+
+def _read_all(folder: Path) -> dict[str, bytes]:
+    with Checkpoint(folder) as checkpoint:
+        return {name: checkpoint.read(name).tobytes() for name in checkpoint.names}
+
+
+@pytest.mark.parametrize("options", CASES)
+@pytest.mark.parametrize(("block", "threads"), [(None, 2), (1000, 1), (4096, 2)])
+def test_every_method_matches_its_reference(
+    tiny_models: Models, tmp_path: Path, options: MergeOptions, block: int | None, threads: int
+) -> None:
+    base, fts = tiny_models
+    result = merge(base, fts, tmp_path / "out", options, Resources(max_block_elements=block, threads=threads))
+    assert result.output is not None
+    expected = reference_merge(base, fts, options)
+    got = _read_all(result.output)
+    assert set(got) == set(expected)
+    for name, data in got.items():
+        assert data == expected[name].tobytes(), name
+
+
+def test_task_arithmetic_reads_its_inputs_once(tiny_models: Models, tmp_path: Path) -> None:
+    base, fts = tiny_models
+    options = MergeOptions(method="task_arithmetic")
+    plan = plan_merge(base, fts, options)
+    assert "reads: 1 pass over" in plan.describe() and "Task Arithmetic" in plan.describe()
+    result = merge(base, fts, tmp_path / "out", options)
+    assert result.bytes_read == plan.merge_input_bytes
+    assert result.thresholds.majority == {}  # no vote: no consensus
+
+
+def test_task_arithmetic_is_the_weighted_sum_of_task_vectors(tiny_models: Models, tmp_path: Path) -> None:
+    """Independent of the reference: f32 output, lambda 1, weights (1, 1, 1): base + the three task
+    vectors, added in model order, in float32."""
+    base, fts = tiny_models
+    result = merge(base, fts, tmp_path / "out", MergeOptions(method="task_arithmetic", out_dtype="f32"))
+    assert result.output is not None
+    name = "model.layers.0.mlp.up_proj.weight"
+    with Checkpoint(base) as b, Checkpoint(result.output) as out:
+        b32 = (np.array(b.read(name)).astype(np.uint32) << 16).view(np.float32)
+        total = np.zeros_like(b32)
+        for ft in fts:
+            with Checkpoint(ft) as f:
+                total = total + ((np.array(f.read(name)).astype(np.uint32) << 16).view(np.float32) - b32)
+        np.testing.assert_array_equal(np.array(out.read(name)), b32 + total)
+
+
+def test_options_follow_the_method() -> None:
+    assert MergeOptions().method is TIES and MergeOptions().density == 0.2 and MergeOptions().normalize
+    ta = MergeOptions(method="task_arithmetic")
+    assert ta.method is TASK_ARITHMETIC and ta.density == 1.0 and not ta.normalize and not ta.trims
+    assert PRESETS["paper"].with_(method="task_arithmetic").density == 1.0  # the method's own default
+    assert ta.with_(method="ties").density == 0.2
+    assert ta.to_json()["method"] == "task_arithmetic" and ta.to_json()["normalize"] is False
+    with pytest.raises(OptionError, match=r"density 0\.3 does not apply to task_arithmetic"):
+        MergeOptions(method="task_arithmetic", density=0.3)
+    invalid = r'merge method "dare" is invalid \(expected one of: "task_arithmetic", "ties"\)'
+    with pytest.raises(OptionError, match=invalid):
+        MergeOptions(method="dare")
+    assert set(METHODS) == {"task_arithmetic", "ties"}
+
+
+def test_cli_method_and_normalize(tiny_models: Models, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base, fts = tiny_models
+    out = tmp_path / "out"
+    main(["merge", "-q", "--method", "task_arithmetic", "--lambda", "0.4", "--normalize", "--base", str(base),
+          *map(str, fts), "-o", str(out)])
+    expected = reference_merge(base, fts, MergeOptions(method="task_arithmetic", lam=0.4, normalize=True))
+    assert _read_all(out) == {name: value.tobytes() for name, value in expected.items()}
+    card = (out / "README.md").read_text()
+    assert "# Task Arithmetic merge" in card and "- normalize: True" in card and "- density:" not in card
+    with pytest.raises(SystemExit):
+        main(["merge", "--method", "task_arithmetic", "--density", "0.5", "--base", str(base), str(fts[0]),
+              "-o", str(tmp_path / "bad")])
+    assert "does not apply to task_arithmetic" in capsys.readouterr().err
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(1, 5000),
+    models=st.integers(1, 4),
+    consensus=st.booleans(),
+    normalize=st.booleans(),
+    weights=st.sampled_from(["ones", "random", "cancelling"]),
+)
+def test_kernel_flags_match_the_oracle(
+    seed: int, n: int, models: int, consensus: bool, normalize: bool, weights: str
+) -> None:
+    """The merge kernel with and without a consensus, normalized or not, against its NumPy oracle, on
+    float32 blocks (bf16 storage is covered by tests/test_kernels.py's shared layouts)."""
+    rng = np.random.default_rng(seed)
+    base = rng.standard_normal(n).astype(np.float32)
+    fts = tuple((base + rng.standard_normal(n).astype(np.float32) * np.float32(0.01)) for _ in range(models))
+    w = {
+        "ones": np.ones(models),
+        "random": rng.uniform(-1, 2, models),
+        "cancelling": np.array([1.0, -1.0, 0.5, -0.5][:models]),  # sums of weights that are exactly 0
+    }[weights].astype(np.float32)
+    thr = np.zeros(models, np.float32)
+    quota = np.full(models, -1, np.int64)
+    lam = np.float32(0.7)
+    out = np.empty(n, np.float32)
+    votes, kept = np.zeros(4, np.int64), np.zeros(models, np.int64)
+    at, alt = np.zeros(16, np.int64), np.empty(16, np.float32)
+    ties.merge(base, fts, thr, quota, w, lam, True, consensus, normalize, out, votes, kept, at, alt)
+    expected, expected_votes = ties.merge_oracle(
+        base, fts, thr, quota, w, lam, True, np.dtype(np.float32), consensus=consensus, normalize=normalize
+    )
+    np.testing.assert_array_equal(out.view(np.uint32), expected.view(np.uint32))
+    np.testing.assert_array_equal(votes[:3], expected_votes)
+    if not consensus:
+        assert votes[2] == 0  # nothing depends on an elected sign
+    assert kept.tolist() == [n] * models  # threshold 0 keeps every value
