@@ -76,7 +76,7 @@ def recipe(plan: MergePlan, inputs: MergeInputs, thresholds: Thresholds) -> dict
         "base": inputs.base.label,
         "models": [ft.label for ft in inputs.fts],
         "options": plan.options.to_json(),
-        "thresholds": thresholds.to_json(),
+        "thresholds": thresholds.to_json(samples=False),
         "merged_parameters": plan.merged_parameters,
     }
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ooc_ties import PRESETS, IncompatibleCheckpointsError, OptionError, Thresholds, merge
+from ooc_ties import PRESETS, IncompatibleCheckpointsError, OptionError, Resources, Thresholds, merge
 from ooc_ties.cli import main
 from ooc_ties.identity import FileIdentity, InputsIdentity, SourceIdentity
 from ooc_ties.io.checkpoint import Checkpoint
@@ -145,14 +145,23 @@ def _arrays(folder: Path) -> dict[str, np.ndarray]:
                 for name in checkpoint.names}
 
 
+@pytest.mark.parametrize(
+    ("preset", "refused"),
+    [
+        # no sign vote in pass 1: pass 2 counts every block, against the exact totals of each tensor
+        ("mergekit", r"<model 2>: the merge kept [\d,]+ values of tensor '.*' where pass 1 counted [\d,]+"),
+        # a sign-vote sample: pass 2 counts the same sample blocks only
+        ("paper", r"<model 2>: the merge kept [\d,]+ values of the sample blocks of the model where pass 1 counted"),
+    ],
+)
 def test_kept_counts_catch_other_inputs_without_an_identity(
-    same_dates: tuple[Path, list[Path]], tmp_path: Path, caplog: pytest.LogCaptureFixture
+    same_dates: tuple[Path, list[Path]], tmp_path: Path, caplog: pytest.LogCaptureFixture, preset: str, refused: str
 ) -> None:
     """In-memory inputs have no identity: thresholds computed for ft2 and used with ft3 are caught by
     pass 2's kept counts, and nothing is published."""
     base, (ft1, ft2, ft3) = same_dates
-    options = PRESETS["mergekit"]  # per tensor, so the error names the tensor
-    given = merge(base, [ft1, ft2], tmp_path / "a", options).thresholds
+    options = PRESETS[preset]
+    given = merge(base, [ft1, ft2], tmp_path / "a", options, Resources(max_block_elements=4096)).thresholds
 
     def bf16(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import ml_dtypes
@@ -160,14 +169,14 @@ def test_kept_counts_catch_other_inputs_without_an_identity(
         return {k: v.view(ml_dtypes.bfloat16) for k, v in arrays.items()}
 
     models = [bf16(_arrays(p)) for p in (base, ft1, ft3)]
-    refused = r"<model 2>: the merge kept [\d,]+ values of tensor '.*' where"
+    resources = Resources(max_block_elements=4096)  # the grid the thresholds' samples were counted on
     with pytest.raises(IncompatibleCheckpointsError, match=refused):
-        merge(models[0], models[1:], tmp_path / "b", options, thresholds=given)
+        merge(models[0], models[1:], tmp_path / "b", options, resources, thresholds=given)
     assert "only pass 2's kept counts check" in caplog.text
     assert not (tmp_path / "b").exists()
     # the same arrays as the thresholds' inputs pass
     same = [bf16(_arrays(p)) for p in (base, ft1, ft2)]
-    merge(same[0], same[1:], tmp_path / "c", options, thresholds=given)
+    merge(same[0], same[1:], tmp_path / "c", options, resources, thresholds=given)
 
 
 def test_resume_checks_the_kept_counts_of_journaled_blocks(
@@ -205,5 +214,6 @@ def test_resume_checks_the_kept_counts_of_journaled_blocks(
     first = lines.index(" ".join(merged[0]))
     lines[first] = " ".join([*merged[0][:-1], str(int(merged[0][-1]) + 1)])  # one value more of model 2
     log.write_text("\n".join(lines) + "\n")
-    with pytest.raises(IncompatibleCheckpointsError, match=r"the merge kept [\d,]+ values of the model where"):
+    tampered = r"the merge kept [\d,]+ values of the sample blocks of the model where pass 1 counted"
+    with pytest.raises(IncompatibleCheckpointsError, match=tampered):
         merge(base, [ft1, ft2], out, PRESETS["paper"], resources, resume=True)

@@ -411,7 +411,13 @@ def test_elect_count_matches_oracle(every: bool, data: st.DataObject, params: di
     seed, (base, fts) = data.draw(blocks(every))
     thr, quota, weights, _, _ = _merge_args(seed, fts, base, params)
     counts = np.zeros(3, np.int64)
-    ties.elect_count(base, fts, thr, quota, weights, counts)
+    kept = np.zeros(len(fts), np.int64)
+    ties.elect_count(base, fts, thr, quota, weights, counts, kept)
+    np.testing.assert_array_equal(counts, ties.elect_count_oracle(base, fts, thr, quota, weights))
+    np.testing.assert_array_equal(kept, ties.kept_oracle(base, fts, thr, quota))
+    no_count = np.zeros(0, np.int64)  # an empty ``kept``: nothing counted, the votes the same
+    counts[:] = 0
+    ties.elect_count(base, fts, thr, quota, weights, counts, no_count)
     np.testing.assert_array_equal(counts, ties.elect_count_oracle(base, fts, thr, quota, weights))
 
 

@@ -53,9 +53,10 @@ def _trim_tile(
     is kept).
 
     ``seen`` counts the values equal to ``thr`` met so far in the block (only used when ``quota >= 0``).
-    Counting the kept values costs 0.3 ns per parameter of a 3-model merge (2.64 -> 2.95 ns on a
-    4 Mi-element bf16 block, whichever way it is counted: int16/int32/int64 sums, or nonzeros of
-    ``out`` afterwards), and 50% of the vote's time, so only pass 2, which checks the counts, asks.
+    Counting the kept values costs 0.3 ns per parameter of a 3-model merge (2.43 -> 2.81 ns on a
+    4 Mi-element bf16 block, whichever way it is counted: int16/int32/int64 sums, nonzeros of ``out``
+    afterwards, or inside the disjoint-mean sweep), about 10% of a warm-cache 1B merge: so only the
+    blocks of pass 1's sample are counted (see ``ooc_ties.pass2``).
     """
     kept = np.int32(0)  # m <= TILE fits
     if quota < 0:  # every tie kept: a branch-free loop the compiler vectorises
@@ -141,13 +142,20 @@ def _vote_tile(
 
 @kernel
 def elect_count(
-    base: Any, fts: Any, thr: np.ndarray, quota: np.ndarray, weights: np.ndarray, counts: np.ndarray
+    base: Any,
+    fts: Any,
+    thr: np.ndarray,
+    quota: np.ndarray,
+    weights: np.ndarray,
+    counts: np.ndarray,
+    kept: np.ndarray,
 ) -> None:
     """``counts[0] += #{S > 0}``, ``counts[1] += #{S < 0}``, ``counts[2] += #open`` over the block (for
-    the majority sign; *open* elements are defined at :func:`merge`)."""
+    the majority sign; *open* elements are defined at :func:`merge`), and, if ``kept`` is not empty,
+    ``kept[t] +=`` the values of model ``t`` the trim keeps (as :func:`merge` counts them)."""
     n = base.size
     seen = np.zeros(len(fts), np.int64)
-    kept = np.zeros(len(fts), np.int64)  # (not counted here: only pass 2 checks kept counts)
+    count = kept.size > 0
     b = np.empty(TILE, np.float32)
     s = np.empty(TILE, np.float32)
     v = np.empty((1, TILE), np.float32)  # one row shared by the models: only the sums are wanted
@@ -157,7 +165,7 @@ def elect_count(
     open_ = 0
     for start in range(0, n, TILE):
         m = min(TILE, n - start)
-        _vote_tile(base, fts, start, m, thr, quota, weights, seen, kept, b, s, v, nonzero, False)
+        _vote_tile(base, fts, start, m, thr, quota, weights, seen, kept, b, s, v, nonzero, count)
         for j in range(m):
             pos += s[j] > _ZERO
             neg += s[j] < _ZERO
@@ -227,8 +235,9 @@ def merge(
 ) -> int:
     """Merge one block into ``out``; return the first index whose stored result is not finite, or -1.
 
-    ``kept[t]`` receives how many values of model ``t`` the trim kept (step 1): pass 2 checks their
-    sum over a group against pass 1's count, which catches inputs that are not those pass 1 read.
+    ``kept[t]`` receives how many values of model ``t`` the trim kept (step 1), unless ``kept`` is
+    empty: pass 2 counts them in the blocks pass 1 sampled and checks them against pass 1's counts of
+    the same blocks, which catches inputs that are not those pass 1 read.
 
     ``votes`` receives ``#{S > 0}``, ``#{S < 0}``, the number of *open* elements (``S == 0`` with
     some non-zero ``v_t``: values of both signs that cancel exactly, the only elements whose result
@@ -263,10 +272,11 @@ def merge(
     open_ = 0
     lost = 0
     capacity = len(open_at)
+    count = kept.size > 0
     other = _ONE if not zero_positive else -_ONE
     for start in range(0, n, TILE):
         m = min(TILE, n - start)
-        _vote_tile(base, fts, start, m, thr, quota, weights, seen, kept, b, s, v, nonzero, True)
+        _vote_tile(base, fts, start, m, thr, quota, weights, seen, kept, b, s, v, nonzero, count)
         tile_open = 0
         for j in range(m):
             sj = s[j]

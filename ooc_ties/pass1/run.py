@@ -7,6 +7,7 @@ sign (:mod:`~ooc_ties.pass1.votes`), each only where the options need it.
 
 from __future__ import annotations
 
+import dataclasses
 import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from ooc_ties.pass1.order import group_thresholds
 from ooc_ties.pass1.quotas import tie_quotas
 from ooc_ties.pass1.scan import Scan
 from ooc_ties.pass1.thresholds import GroupThreshold, ThresholdBasis, Thresholds
-from ooc_ties.pass1.votes import majority
+from ooc_ties.pass1.votes import majority, sample_vote
 from ooc_ties.plan import MergePlan
 from ooc_ties.progress import ProgressFactory, progress_bar
 
@@ -77,11 +78,14 @@ def _group(
     options = scan.plan.options
     result = given.groups[key] if given is not None else group_thresholds(scan, blocks, options, label)
     tie_quotas(scan, blocks, result, quotas, label)
+    if given is not None:
+        return result, given.majority.get(key) if options.majority_vote else None, False
     if not options.majority_vote:
         return result, None, False
-    if given is not None:
-        return result, given.majority[key], False
-    return (result, *majority(scan, blocks, result, quotas, label))
+    sampled = sample_vote(scan, blocks, result, quotas, label)
+    if options.trims:  # what the sample keeps, for pass 2 to check in the same blocks
+        result = tuple(dataclasses.replace(g, sample_kept=int(sampled.kept[t])) for t, g in enumerate(result))
+    return (result, *majority(scan, blocks, result, quotas, label, sampled))
 
 
 def _compute(
@@ -108,7 +112,11 @@ def _compute(
         if bar is not None:
             bar.advance(runner.budget - runner.bytes_read)  # expected reads the group did not need
     basis = ThresholdBasis.of(plan.options, plan.n_models)
+    if given is not None:
+        grid = given.sample_block_elements  # their sample counts, on the grid they were counted on
+    else:
+        grid = plan.block_elements if plan.options.trims and plan.options.majority_vote else 0
     thresholds = Thresholds(
-        basis, types.MappingProxyType(groups), types.MappingProxyType(majority), runner.inputs.identity()
+        basis, types.MappingProxyType(groups), types.MappingProxyType(majority), runner.inputs.identity(), grid
     )
     return thresholds, frozenset(guessed)

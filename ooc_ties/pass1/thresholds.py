@@ -48,6 +48,11 @@ class GroupThreshold:
     """How many values with ``|tau| == t`` are kept, lowest flat index first; ``-1``: all of them."""
     kept: int
     """Values kept in all."""
+    sample_kept: int = -1
+    """Values kept in the group's sample blocks (``vote_sample``, every 8th block, on the grid of
+    :attr:`Thresholds.sample_block_elements`), counted by pass 1's sign-vote sample: pass 2 counts the
+    same blocks and must agree. -1: not counted (no majority vote, or nothing trimmed); pass 2 then
+    counts every block and checks :attr:`kept`."""
 
     @property
     def value(self) -> float:
@@ -105,6 +110,9 @@ class Thresholds:
     inputs: InputsIdentity | None = None
     """What the inputs were (files, sizes, times, sampled content: :mod:`ooc_ties.identity`); ``None`` if
     an input had no identity (arrays in memory, a remote store)."""
+    sample_block_elements: int = 0
+    """The block size of the grid whose sample blocks ``GroupThreshold.sample_kept`` counts (0: none);
+    a merge on another grid (another memory budget) cannot compare them."""
 
     @property
     def scope(self) -> Scope:
@@ -116,11 +124,14 @@ class Thresholds:
     def for_tensor(self, tensor: str) -> tuple[GroupThreshold, ...]:
         return self.groups[self.key(tensor)]
 
-    def to_json(self) -> dict[str, Any]:
-        return {
+    def to_json(self, *, samples: bool = True) -> dict[str, Any]:
+        """A JSON-ready form; ``samples=False`` leaves out the sample blocks' kept counts, which depend on
+        the block grid (a merge's recipe must not: its bytes are the same whatever the blocks)."""
+        data = {
             "format": _FORMAT,
             "basis": self.basis.to_json(),
             "inputs": self.inputs.to_json() if self.inputs is not None else None,
+            "sample_block_elements": self.sample_block_elements,
             "groups": {
                 k: [
                     {
@@ -129,6 +140,7 @@ class Thresholds:
                         "pattern": g.pattern,
                         "keep_equal": g.keep_equal,
                         "kept": g.kept,
+                        **({"sample_kept": g.sample_kept} if samples else {}),
                     }
                     for g in v
                 ]
@@ -136,6 +148,9 @@ class Thresholds:
             },
             "majority": dict(self.majority),
         }
+        if not samples:
+            del data["sample_block_elements"]
+        return data
 
     @classmethod
     def from_json(cls, data: Any, where: str = "thresholds") -> Thresholds:
@@ -153,16 +168,25 @@ class Thresholds:
             )
             groups = {
                 str(key): tuple(
-                    GroupThreshold(int(g["size"]), int(g["pattern"]), int(g["keep_equal"]), int(g["kept"]))
+                    GroupThreshold(
+                        int(g["size"]),
+                        int(g["pattern"]),
+                        int(g["keep_equal"]),
+                        int(g["kept"]),
+                        int(g.get("sample_kept", -1)),  # (not in a recipe: see to_json)
+                    )
                     for g in entries
                 )
                 for key, entries in data["groups"].items()
             }
             majority = {str(k): int(v) for k, v in data["majority"].items()}
             inputs = InputsIdentity.from_json(data["inputs"]) if data["inputs"] is not None else None
+            sample_block_elements = int(data.get("sample_block_elements", 0))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise OptionError(f"{where}: not a thresholds file ({type(exc).__name__}: {exc})") from None
-        return cls(basis, types.MappingProxyType(groups), types.MappingProxyType(majority), inputs)
+        return cls(
+            basis, types.MappingProxyType(groups), types.MappingProxyType(majority), inputs, sample_block_elements
+        )
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write as JSON."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -22,7 +23,16 @@ from ooc_ties.pass1.costs import vote_sample
 from ooc_ties.pass1.scan import Scan
 from ooc_ties.pass1.thresholds import GroupThreshold
 
-__all__ = ["DECISIVE_MARGIN", "OPEN_CAPACITY", "OPEN_RECORD_BYTES", "PATCH_SHARE", "majority", "vote"]
+__all__ = [
+    "DECISIVE_MARGIN",
+    "OPEN_CAPACITY",
+    "OPEN_RECORD_BYTES",
+    "PATCH_SHARE",
+    "SampleVote",
+    "majority",
+    "sample_vote",
+    "vote",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -36,9 +46,40 @@ DECISIVE_MARGIN = 10.0
 """A sample is *decisive* if ``|pos - neg| >= 10 * sqrt(pos + neg)``: far beyond a coin's chance."""
 
 
-def majority(scan: Scan, blocks: Sequence[BlockRef], result: tuple[GroupThreshold, ...], quotas: np.ndarray, label: str
+@dataclass(frozen=True, slots=True)
+class SampleVote:
+    """What the sample blocks of a group (:func:`~ooc_ties.pass1.costs.vote_sample`) vote, and keep."""
+
+    blocks: tuple[BlockRef, ...]
+    """The sample blocks."""
+    pos: int
+    """Elements whose vote is positive."""
+    neg: int
+    """Elements whose vote is negative."""
+    open: int
+    """Open elements (an exact zero vote between non-zero values)."""
+    kept: np.ndarray
+    """Per model, the values the trim keeps in these blocks (pass 2 must count the same)."""
+
+
+def sample_vote(
+    scan: Scan, blocks: Sequence[BlockRef], result: tuple[GroupThreshold, ...], quotas: np.ndarray, label: str
+) -> SampleVote:
+    """The votes and kept counts of a group's sample blocks under the final trim ``result``."""
+    sample = tuple(vote_sample(blocks))
+    votes, kept = vote(scan, f"{label}majority sign (sample)", sample, _thresholds(result), quotas, count=True)
+    return SampleVote(sample, int(votes[0]), int(votes[1]), int(votes[2]), kept)
+
+
+def majority(
+    scan: Scan,
+    blocks: Sequence[BlockRef],
+    result: tuple[GroupThreshold, ...],
+    quotas: np.ndarray,
+    label: str,
+    sampled: SampleVote,
 ) -> tuple[int, bool]:
-    """The group's majority sign, and whether it is only a guess from a sample of its blocks.
+    """The group's majority sign, and whether it is only a guess from its sample's votes ``sampled``.
 
     Pass 2 counts every block's votes anyway and settles the exact sign. A wrong guess costs
     correcting the *open* elements, which pass 2 records with their other result (see
@@ -47,9 +88,7 @@ def majority(scan: Scan, blocks: Sequence[BlockRef], result: tuple[GroupThreshol
     when the open elements the sample predicts fit the room pass 2 has for them; otherwise every
     block votes here (bf16 models often have a few percent of open elements).
     """
-    thr = np.array([g.value for g in result], np.float32)
-    sample = vote_sample(blocks)
-    pos, neg, open_ = vote(scan, f"{label}majority sign (sample)", sample, thr, quotas)
+    sample, pos, neg, open_ = sampled.blocks, sampled.pos, sampled.neg, sampled.open
     if len(sample) == len(blocks):
         return int(np.sign(pos - neg)), False
     decisive = abs(pos - neg) >= DECISIVE_MARGIN * math.sqrt(max(pos + neg, 1))
@@ -68,20 +107,30 @@ def majority(scan: Scan, blocks: Sequence[BlockRef], result: tuple[GroupThreshol
     if decisive or fits:
         return int(np.sign(pos - neg)), True
     # Every block votes; the sample's blocks have (integer counts add in any order).
-    sampled = {b.ordinal for b in sample}
-    rest = [b for b in blocks if b.ordinal not in sampled]
-    more_pos, more_neg, _ = vote(scan, f"{label}majority sign", rest, thr, quotas)
-    return int(np.sign(pos + more_pos - neg - more_neg)), False
+    done = {b.ordinal for b in sample}
+    rest = [b for b in blocks if b.ordinal not in done]
+    more, _ = vote(scan, f"{label}majority sign", rest, _thresholds(result), quotas, count=False)
+    return int(np.sign(pos + int(more[0]) - neg - int(more[1]))), False
+
+
+def _thresholds(result: tuple[GroupThreshold, ...]) -> np.ndarray:
+    return np.array([g.value for g in result], np.float32)
 
 
 def vote(
-    scan: Scan, label: str, blocks: Sequence[BlockRef], thr: np.ndarray, quotas: np.ndarray
-) -> tuple[int, int, int]:
-    """``(#S > 0, #S < 0, #open)`` over ``blocks``."""
+    scan: Scan, label: str, blocks: Sequence[BlockRef], thr: np.ndarray, quotas: np.ndarray, *, count: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(#S > 0, #S < 0, #open)`` over ``blocks``, and (if ``count``) the values each model keeps."""
 
-    def work(ref: BlockRef, base: np.ndarray, fts: tuple[np.ndarray, ...], counts: np.ndarray) -> None:
-        elect_count(base, fts, thr, quotas[ref.ordinal], scan.weights, counts)
+    def work(
+        ref: BlockRef, base: np.ndarray, fts: tuple[np.ndarray, ...], state: tuple[np.ndarray, np.ndarray]
+    ) -> None:
+        elect_count(base, fts, thr, quotas[ref.ordinal], scan.weights, state[0], state[1])
 
-    states = scan.run(label, blocks, work, lambda: np.zeros(3, np.int64))
-    total = sum(states, np.zeros(3, np.int64))
-    return int(total[0]), int(total[1]), int(total[2])
+    def new_state() -> tuple[np.ndarray, np.ndarray]:
+        return np.zeros(3, np.int64), np.zeros(scan.n if count else 0, np.int64)
+
+    states = scan.run(label, blocks, work, new_state)
+    votes = sum((s[0] for s in states), np.zeros(3, np.int64))
+    kept = sum((s[1] for s in states), np.zeros(scan.n if count else 0, np.int64))
+    return votes, kept
