@@ -7,9 +7,11 @@ relative path of every model each configuration names, and ran mergekit's own pl
 (``MergeConfiguration.model_validate``, ``get_architecture_info``, ``MergePlanner._plan``). For every tensor
 in ``TENSORS`` it took the planned merge task's resolved ``parameters`` (shared) and ``input_parameters``
 (per model, in the planner's model order, without the base model, whose task-arithmetic parameters
-mergekit leaves empty) and printed them with ``repr``; the output is pasted below. mergekit computes the
-``t`` of layer ``i`` as ``i / 6`` here and gives the embeddings, the final norm and ``lm_head`` ``t = 0``,
-which ``layer_t`` must reproduce for the values to match. mergekit is never imported by these tests.
+mergekit leaves empty) and printed them with ``repr``; the output is pasted below, each configuration's
+values written once under ``"*"`` and, for a tensor whose values differ, only the values that differ.
+mergekit computes the ``t`` of layer ``i`` as ``i / 6`` here and gives the embeddings, the final norm and
+``lm_head`` ``t = 0``, which ``layer_t`` must reproduce for the values to match. mergekit is never
+imported by these tests.
 """
 
 from __future__ import annotations
@@ -634,41 +636,21 @@ name: OdiaGenAI/mistral_hindi_7b_base_v1
 }
 
 # EXPECTED[config][tensor] = (shared values, {per-model parameter: its values over the models in order}),
-# computed by mergekit 0.1.5 (see the module docstring); "*" stands for every tensor when all are the same
+# computed by mergekit 0.1.5 (see the module docstring). "*" holds the values of every tensor not listed;
+# a listed tensor holds only the values in which it differs from "*" (see _expected)
 EXPECTED: dict[str, dict[str, tuple[dict[str, object], dict[str, tuple[object, ...]]]]] = {
     "mergekit-ties": {
-        "model.embed_tokens.weight": (
+        "*": (
             {"int8_mask": True, "lambda": 1.0, "normalize": True, "rescale": False},
             {"density": (1.0, 0.5, 0.33), "weight": (1.0, 0.0, 0.0)},
         ),
-        "model.layers.0.input_layernorm.weight": (
-            {"int8_mask": True, "lambda": 1.0, "normalize": True, "rescale": False},
-            {"density": (1.0, 0.5, 0.33), "weight": (1.0, 0.0, 0.0)},
-        ),
-        "model.layers.1.mlp.down_proj.weight": (
-            {"int8_mask": True, "lambda": 1.0, "normalize": True, "rescale": False},
-            {"density": (0.9, 0.5, 0.33), "weight": (1.0, 0.15, 0.5)},
-        ),
-        "model.layers.3.self_attn.q_proj.weight": (
-            {"int8_mask": True, "lambda": 1.0, "normalize": True, "rescale": False},
-            {"density": (0.7, 0.5, 0.33), "weight": (1.0, 0.5, 0.0)},
-        ),
+        "model.layers.1.mlp.down_proj.weight": ({}, {"density": (0.9, 0.5, 0.33), "weight": (1.0, 0.15, 0.5)}),
+        "model.layers.3.self_attn.q_proj.weight": ({}, {"density": (0.7, 0.5, 0.33), "weight": (1.0, 0.5, 0.0)}),
         "model.layers.5.mlp.gate_proj.weight": (
-            {"int8_mask": True, "lambda": 1.0, "normalize": True, "rescale": False},
+            {},
             {"density": (0.29999999999999993, 0.5, 0.33), "weight": (1.0, 0.85, 0.5)},
         ),
-        "model.layers.6.self_attn.o_proj.weight": (
-            {"int8_mask": True, "lambda": 1.0, "normalize": True, "rescale": False},
-            {"density": (0.1, 0.5, 0.33), "weight": (1.0, 1.0, 0.0)},
-        ),
-        "model.norm.weight": (
-            {"int8_mask": True, "lambda": 1.0, "normalize": True, "rescale": False},
-            {"density": (1.0, 0.5, 0.33), "weight": (1.0, 0.0, 0.0)},
-        ),
-        "lm_head.weight": (
-            {"int8_mask": True, "lambda": 1.0, "normalize": True, "rescale": False},
-            {"density": (1.0, 0.5, 0.33), "weight": (1.0, 0.0, 0.0)},
-        ),
+        "model.layers.6.self_attn.o_proj.weight": ({}, {"density": (0.1, 0.5, 0.33), "weight": (1.0, 1.0, 0.0)}),
     },
     "mergekit-bio-merge": {
         "*": (
@@ -686,41 +668,17 @@ EXPECTED: dict[str, dict[str, tuple[dict[str, object], dict[str, tuple[object, .
         ),
     },
     "eggs-rp-pt1": {
-        "model.embed_tokens.weight": (
+        "*": (
             {"int8_mask": True, "lambda": 1.0, "normalize": False, "rescale": True},
             {"density": (0.5, 0.5, 0.5, 0.5, 0.5), "weight": (0.33, 0.0825, 0.0825, 0.0825, 0.0825)},
         ),
-        "model.layers.0.input_layernorm.weight": (
-            {"int8_mask": True, "lambda": 1.0, "normalize": False, "rescale": True},
-            {"density": (0.5, 0.5, 0.5, 0.5, 0.5), "weight": (0.33, 0.0825, 0.0825, 0.0825, 0.0825)},
-        ),
-        "model.layers.1.mlp.down_proj.weight": (
-            {"int8_mask": True, "lambda": 1.0, "normalize": False, "rescale": True},
-            {"density": (0.5, 0.5, 0.5, 0.5, 0.5), "weight": (0.165, 0.2475, 0.0825, 0.0825, 0.0825)},
-        ),
-        "model.layers.3.self_attn.q_proj.weight": (
-            {"int8_mask": True, "lambda": 1.0, "normalize": False, "rescale": True},
-            {"density": (0.5, 0.5, 0.5, 0.5, 0.5), "weight": (0.0825, 0.0825, 0.33, 0.0825, 0.0825)},
-        ),
-        "model.layers.5.mlp.gate_proj.weight": (
-            {"int8_mask": True, "lambda": 1.0, "normalize": False, "rescale": True},
-            {"density": (0.5, 0.5, 0.5, 0.5, 0.5), "weight": (0.0825, 0.0825, 0.0825, 0.2475, 0.16500000000000004)},
-        ),
-        "model.layers.6.self_attn.o_proj.weight": (
-            {"int8_mask": True, "lambda": 1.0, "normalize": False, "rescale": True},
-            {"density": (0.5, 0.5, 0.5, 0.5, 0.5), "weight": (0.0825, 0.0825, 0.0825, 0.0825, 0.33)},
-        ),
-        "model.norm.weight": (
-            {"int8_mask": True, "lambda": 1.0, "normalize": False, "rescale": True},
-            {"density": (0.5, 0.5, 0.5, 0.5, 0.5), "weight": (0.33, 0.0825, 0.0825, 0.0825, 0.0825)},
-        ),
-        "lm_head.weight": (
-            {"int8_mask": True, "lambda": 1.0, "normalize": False, "rescale": True},
-            {"density": (0.5, 0.5, 0.5, 0.5, 0.5), "weight": (0.33, 0.0825, 0.0825, 0.0825, 0.0825)},
-        ),
+        "model.layers.1.mlp.down_proj.weight": ({}, {"weight": (0.165, 0.2475, 0.0825, 0.0825, 0.0825)}),
+        "model.layers.3.self_attn.q_proj.weight": ({}, {"weight": (0.0825, 0.0825, 0.33, 0.0825, 0.0825)}),
+        "model.layers.5.mlp.gate_proj.weight": ({}, {"weight": (0.0825, 0.0825, 0.0825, 0.2475, 0.16500000000000004)}),
+        "model.layers.6.self_attn.o_proj.weight": ({}, {"weight": (0.0825, 0.0825, 0.0825, 0.0825, 0.33)}),
     },
     "eggs-rp-pt2": {
-        "model.embed_tokens.weight": (
+        "*": (
             {"int8_mask": True, "lambda": 1.0, "normalize": False, "rescale": False},
             {
                 "density": (0.9, 0.9, 0.9, 0.9, 0.9),
@@ -728,72 +686,15 @@ EXPECTED: dict[str, dict[str, tuple[dict[str, object], dict[str, tuple[object, .
                 "weight": (0.0825, 0.0825, 0.0825, 0.0825, 0.33),
             },
         ),
-        "model.layers.0.input_layernorm.weight": (
-            {"int8_mask": True, "lambda": 1.0, "normalize": False, "rescale": False},
-            {
-                "density": (0.9, 0.9, 0.9, 0.9, 0.9),
-                "gamma": (0.01, 0.01, 0.01, 0.01, 0.01),
-                "weight": (0.0825, 0.0825, 0.0825, 0.0825, 0.33),
-            },
-        ),
-        "model.layers.1.mlp.down_proj.weight": (
-            {"int8_mask": True, "lambda": 1.0, "normalize": False, "rescale": False},
-            {
-                "density": (0.9, 0.9, 0.9, 0.9, 0.9),
-                "gamma": (0.01, 0.01, 0.01, 0.01, 0.01),
-                "weight": (0.0825, 0.0825, 0.0825, 0.2475, 0.165),
-            },
-        ),
-        "model.layers.3.self_attn.q_proj.weight": (
-            {"int8_mask": True, "lambda": 1.0, "normalize": False, "rescale": False},
-            {
-                "density": (0.9, 0.9, 0.9, 0.9, 0.9),
-                "gamma": (0.01, 0.01, 0.01, 0.01, 0.01),
-                "weight": (0.0825, 0.0825, 0.33, 0.0825, 0.0825),
-            },
-        ),
-        "model.layers.5.mlp.gate_proj.weight": (
-            {"int8_mask": True, "lambda": 1.0, "normalize": False, "rescale": False},
-            {
-                "density": (0.9, 0.9, 0.9, 0.9, 0.9),
-                "gamma": (0.01, 0.01, 0.01, 0.01, 0.01),
-                "weight": (0.16500000000000004, 0.2475, 0.0825, 0.0825, 0.0825),
-            },
-        ),
-        "model.layers.6.self_attn.o_proj.weight": (
-            {"int8_mask": True, "lambda": 1.0, "normalize": False, "rescale": False},
-            {
-                "density": (0.9, 0.9, 0.9, 0.9, 0.9),
-                "gamma": (0.01, 0.01, 0.01, 0.01, 0.01),
-                "weight": (0.33, 0.0825, 0.0825, 0.0825, 0.0825),
-            },
-        ),
-        "model.norm.weight": (
-            {"int8_mask": True, "lambda": 1.0, "normalize": False, "rescale": False},
-            {
-                "density": (0.9, 0.9, 0.9, 0.9, 0.9),
-                "gamma": (0.01, 0.01, 0.01, 0.01, 0.01),
-                "weight": (0.0825, 0.0825, 0.0825, 0.0825, 0.33),
-            },
-        ),
-        "lm_head.weight": (
-            {"int8_mask": True, "lambda": 1.0, "normalize": False, "rescale": False},
-            {
-                "density": (0.9, 0.9, 0.9, 0.9, 0.9),
-                "gamma": (0.01, 0.01, 0.01, 0.01, 0.01),
-                "weight": (0.0825, 0.0825, 0.0825, 0.0825, 0.33),
-            },
-        ),
+        "model.layers.1.mlp.down_proj.weight": ({}, {"weight": (0.0825, 0.0825, 0.0825, 0.2475, 0.165)}),
+        "model.layers.3.self_attn.q_proj.weight": ({}, {"weight": (0.0825, 0.0825, 0.33, 0.0825, 0.0825)}),
+        "model.layers.5.mlp.gate_proj.weight": ({}, {"weight": (0.16500000000000004, 0.2475, 0.0825, 0.0825, 0.0825)}),
+        "model.layers.6.self_attn.o_proj.weight": ({}, {"weight": (0.33, 0.0825, 0.0825, 0.0825, 0.0825)}),
     },
     "eggs-rp-slerp": {
-        "model.embed_tokens.weight": ({"t": 0.5}, {}),
-        "model.layers.0.input_layernorm.weight": ({"t": 0.5}, {}),
+        "*": ({"t": 0.5}, {}),
         "model.layers.1.mlp.down_proj.weight": ({"t": 0.3}, {}),
-        "model.layers.3.self_attn.q_proj.weight": ({"t": 0.5}, {}),
         "model.layers.5.mlp.gate_proj.weight": ({"t": 0.3}, {}),
-        "model.layers.6.self_attn.o_proj.weight": ({"t": 0.5}, {}),
-        "model.norm.weight": ({"t": 0.5}, {}),
-        "lm_head.weight": ({"t": 0.5}, {}),
     },
     "absa-ties": {
         "*": (
@@ -848,16 +749,12 @@ EXPECTED: dict[str, dict[str, tuple[dict[str, object], dict[str, tuple[object, .
         ),
     },
     "crafted-della": {
-        "model.embed_tokens.weight": (
-            {"int8_mask": True, "lambda": 1.0, "normalize": False, "rescale": False},
-            {"density": (0.4, 0.2), "epsilon": (0.3, 0.01), "weight": (0.25, 0.25)},
-        ),
-        "model.layers.0.input_layernorm.weight": (
+        "*": (
             {"int8_mask": True, "lambda": 1.0, "normalize": False, "rescale": False},
             {"density": (0.4, 0.2), "epsilon": (0.3, 0.01), "weight": (0.25, 0.25)},
         ),
         "model.layers.1.mlp.down_proj.weight": (
-            {"int8_mask": True, "lambda": 1.1666666666666667, "normalize": False, "rescale": False},
+            {"lambda": 1.1666666666666667},
             {
                 "density": (0.4, 0.30000000000000004),
                 "epsilon": (0.3, 0.041666666666666664),
@@ -865,11 +762,11 @@ EXPECTED: dict[str, dict[str, tuple[dict[str, object], dict[str, tuple[object, .
             },
         ),
         "model.layers.3.self_attn.q_proj.weight": (
-            {"int8_mask": False, "lambda": 1.5, "normalize": False, "rescale": False},
-            {"density": (0.4, 0.5), "epsilon": (0.3, 0.05), "weight": (0.25, 0.25)},
+            {"int8_mask": False, "lambda": 1.5},
+            {"density": (0.4, 0.5), "epsilon": (0.3, 0.05)},
         ),
         "model.layers.5.mlp.gate_proj.weight": (
-            {"int8_mask": False, "lambda": 1.8333333333333335, "normalize": False, "rescale": False},
+            {"int8_mask": False, "lambda": 1.8333333333333335},
             {
                 "density": (0.4, 0.7000000000000001),
                 "epsilon": (0.3, 0.16833333333333336),
@@ -877,33 +774,18 @@ EXPECTED: dict[str, dict[str, tuple[dict[str, object], dict[str, tuple[object, .
             },
         ),
         "model.layers.6.self_attn.o_proj.weight": (
-            {"int8_mask": True, "lambda": 2.0, "normalize": True, "rescale": False},
-            {"density": (0.4, 0.8), "epsilon": (0.3, 0.05), "weight": (0.25, 0.25)},
-        ),
-        "model.norm.weight": (
-            {"int8_mask": True, "lambda": 1.0, "normalize": False, "rescale": False},
-            {"density": (0.4, 0.2), "epsilon": (0.3, 0.01), "weight": (0.25, 0.25)},
-        ),
-        "lm_head.weight": (
-            {"int8_mask": True, "lambda": 1.0, "normalize": False, "rescale": False},
-            {"density": (0.4, 0.2), "epsilon": (0.3, 0.01), "weight": (0.25, 0.25)},
+            {"lambda": 2.0, "normalize": True},
+            {"density": (0.4, 0.8), "epsilon": (0.3, 0.05)},
         ),
     },
     "crafted-linear": {
-        "model.embed_tokens.weight": ({"normalize": False}, {"weight": (1.0, 2.0)}),
-        "model.layers.0.input_layernorm.weight": ({"normalize": False}, {"weight": (1.0, 1.0)}),
-        "model.layers.1.mlp.down_proj.weight": (
-            {"normalize": False},
-            {"weight": (0.8333333333333334, 0.8333333333333334)},
-        ),
-        "model.layers.3.self_attn.q_proj.weight": ({"normalize": False}, {"weight": (0.5, 0.5)}),
-        "model.layers.5.mlp.gate_proj.weight": (
-            {"normalize": False},
-            {"weight": (0.16666666666666663, 0.16666666666666663)},
-        ),
-        "model.layers.6.self_attn.o_proj.weight": ({"normalize": False}, {"weight": (0.0, 0.0)}),
-        "model.norm.weight": ({"normalize": False}, {"weight": (1.0, 1.0)}),
-        "lm_head.weight": ({"normalize": False}, {"weight": (1.0, 3.0)}),
+        "*": ({"normalize": False}, {"weight": (1.0, 1.0)}),
+        "model.embed_tokens.weight": ({}, {"weight": (1.0, 2.0)}),
+        "model.layers.1.mlp.down_proj.weight": ({}, {"weight": (0.8333333333333334, 0.8333333333333334)}),
+        "model.layers.3.self_attn.q_proj.weight": ({}, {"weight": (0.5, 0.5)}),
+        "model.layers.5.mlp.gate_proj.weight": ({}, {"weight": (0.16666666666666663, 0.16666666666666663)}),
+        "model.layers.6.self_attn.o_proj.weight": ({}, {"weight": (0.0, 0.0)}),
+        "lm_head.weight": ({}, {"weight": (1.0, 3.0)}),
     },
 }
 
@@ -921,9 +803,29 @@ def _columns(per_model: list[dict[str, object]]) -> dict[str, tuple[object, ...]
     return {key: tuple(values[key] for values in per_model) for key in names}
 
 
+def _expected(name: str, tensor: str) -> list[dict[str, object]]:
+    """mergekit's shared and per-model values for ``tensor`` in configuration ``name``: ``EXPECTED[name]["*"]``
+    updated with what ``EXPECTED[name]`` lists for the tensor."""
+    assert set(EXPECTED[name]) <= {"*", *TENSORS}, "EXPECTED lists a tensor that is not in TENSORS"
+    shared, per_model = EXPECTED[name]["*"]
+    own_shared, own_per_model = EXPECTED[name].get(tensor, ({}, {}))
+    assert set(own_shared) <= set(shared) and set(own_per_model) <= set(per_model)
+    return [{**shared, **own_shared}, {**per_model, **own_per_model}]
+
+
 def _exact(value: object) -> str:
     """``value`` spelled so that 1, 1.0 and True differ and floats keep every bit."""
     return json.dumps(value, sort_keys=True)
+
+
+def _assert_round_trips(config: MergekitConfig) -> str:
+    """``to_yaml(config)``, checked to read back equal and to be written again the same (so that each value
+    keeps its type: 1, 1.0 and true)."""
+    text = to_yaml(config)
+    again = parse_config(text, "recipe.yml")
+    assert again == config
+    assert to_yaml(again) == text
+    return text
 
 
 def _one_line_option_error(text: str, where: str = "merge.yml") -> str:
@@ -943,10 +845,7 @@ def _one_line_option_error(text: str, where: str = "merge.yml") -> str:
 def test_published_config_round_trips(name: str) -> None:
     config = _config(name)
     assert config.merge_method in METHODS
-    text = to_yaml(config)
-    again = parse_config(text, "recipe.yml")
-    assert again == config
-    assert to_yaml(again) == text  # also keeps each value's type (1 vs 1.0 vs true)
+    _assert_round_trips(config)
 
 
 @pytest.mark.parametrize(
@@ -956,9 +855,7 @@ def test_published_config_round_trips(name: str) -> None:
 def test_resolution_matches_mergekit(name: str, tensor: str) -> None:
     config = _config(name)
     shared, per_model = resolve(config, METHODS[config.merge_method], tensor, layer_t(tensor, N_LAYERS))
-    expected = EXPECTED[name].get(tensor, EXPECTED[name].get("*"))
-    assert expected is not None
-    assert _exact([shared, _columns(per_model)]) == _exact([expected[0], expected[1]])
+    assert _exact([shared, _columns(per_model)]) == _exact(_expected(name, tensor))
     assert len(per_model) == len(config.models)
 
 
@@ -1019,6 +916,13 @@ models:
 """
 
 
+def _good_with_first_parameters(parameters: str) -> str:
+    """``GOOD`` with the first model's (org/a's) parameters written ``{parameters}`` instead."""
+    first = "{weight: 0.5, density: 0.5}\n  - model: org/b"
+    assert GOOD.count(first) == 1
+    return GOOD.replace(first, f"{{{parameters}}}\n  - model: org/b")
+
+
 @pytest.mark.parametrize(
     ("text", "fragments"),
     [
@@ -1051,22 +955,10 @@ models:
             GOOD.replace("model: org/b\n", "model: org/b\n    layer_range: [0, 32]\n"),
             ("models[1] (org/b)", "layer_range"),
         ),
-        (
-            GOOD.replace("density: 0.5}\n  - model: org/b", "density: []}\n  - model: org/b"),
-            ("models[0] (org/a)", "density"),
-        ),
-        (
-            GOOD.replace("weight: 0.5, density: 0.5}\n  - model: org/b", "weight: null}\n  - model: org/b"),
-            ("models[0] (org/a)", "weight", "None"),
-        ),
-        (
-            GOOD.replace("weight: 0.5, density: 0.5}\n  - model: org/b", "weight: [[1, 2]]}\n  - model: org/b"),
-            ("models[0] (org/a)", "weight"),
-        ),
-        (
-            GOOD.replace("weight: 0.5, density: 0.5}\n  - model: org/b", "weight: 2024-01-01}\n  - model: org/b"),
-            ("models[0] (org/a)", "weight"),
-        ),
+        (_good_with_first_parameters("weight: 0.5, density: []"), ("models[0] (org/a)", "density")),
+        (_good_with_first_parameters("weight: null"), ("models[0] (org/a)", "weight", "None")),
+        (_good_with_first_parameters("weight: [[1, 2]]"), ("models[0] (org/a)", "weight")),
+        (_good_with_first_parameters("weight: 2024-01-01"), ("models[0] (org/a)", "weight")),
         (
             GOOD + "parameters:\n  weight:\n    - pattern: mlp\n      value: 1\n",
             ("parameters.weight[0]", '"pattern"', "every tensor"),
@@ -1123,60 +1015,101 @@ def test_merge_method_is_kept_as_a_string() -> None:
 # check and resolve
 
 
-def test_unknown_parameter_lists_what_the_method_takes() -> None:
-    config = parse_config(GOOD + "parameters:\n  t: 0.5\n", "merge.yml")
+NO_WEIGHT = "merge_method: task_arithmetic\nbase_model: org/base\nmodels:\n  - model: org/a\n  - model: org/b\n"
+MLP_WEIGHT_ONLY = (
+    "merge_method: linear\nmodels:\n  - model: org/a\n    parameters:\n      weight: [{filter: mlp, value: 1}]\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "method", "tensor", "by_check", "message"),
+    [
+        pytest.param(
+            GOOD + "parameters:\n  t: 0.5\n",
+            "ties",
+            "lm_head.weight",
+            True,
+            'm.yml: parameters.t: ties takes no parameter "t" '
+            "(it takes: density, int8_mask, lambda, normalize, rescale, weight)",
+            id="unknown-parameter",
+        ),
+        pytest.param(
+            _good_with_first_parameters("weight: 0.5, gamma: 0.1"),
+            "ties",
+            "lm_head.weight",
+            True,
+            'm.yml: model org/a: parameters.gamma: ties takes no parameter "gamma" '
+            "(it takes: density, int8_mask, lambda, normalize, rescale, weight)",
+            id="unknown-parameter-of-a-model",
+        ),
+        pytest.param(
+            _good_with_first_parameters("weight: 0.5, lambda: 2"),
+            "ties",
+            "lm_head.weight",
+            True,
+            "m.yml: model org/a: parameters.lambda: lambda is shared by all models; "
+            "set it under the top-level parameters",
+            id="shared-parameter-under-a-model",
+        ),
+        pytest.param(
+            GOOD + "parameters:\n  normalize: [true, maybe]\n",
+            "ties",
+            "lm_head.weight",
+            True,
+            "m.yml: parameters.normalize: expected a boolean; got 'maybe'",
+            id="values-validated-before-any-tensor",
+        ),
+        pytest.param(
+            NO_WEIGHT,
+            "task_arithmetic",
+            "model.layers.0.mlp.up_proj.weight",
+            True,
+            "m.yml: model org/a: weight is required by task_arithmetic "
+            "(set it under the model's parameters or the top-level parameters)",
+            id="missing-required-weight-names-the-model",
+        ),
+        pytest.param(
+            MLP_WEIGHT_ONLY,
+            "linear",
+            "model.norm.weight",
+            False,  # the filter matches other tensors: only this one has no weight
+            "m.yml: model org/a: weight is required but no setting matches tensor model.norm.weight "
+            "(add an entry without filter)",
+            id="filter-matches-no-tensor-for-a-required-parameter",
+        ),
+    ],
+)
+def test_check_and_resolve_refuse_in_one_exact_line(
+    text: str, method: str, tensor: str, by_check: bool, message: str
+) -> None:
+    config = parse_config(text, "m.yml")
+    if by_check:
+        with pytest.raises(OptionError) as caught:
+            check(config, METHODS[method])
+        assert str(caught.value) == message
+    else:
+        check(config, METHODS[method])
     with pytest.raises(OptionError) as caught:
-        check(config, METHODS["ties"])
-    assert str(caught.value) == (
-        'merge.yml: parameters.t: ties takes no parameter "t" '
-        "(it takes: density, int8_mask, lambda, normalize, rescale, weight)"
-    )
-    config = parse_config(GOOD.replace("density: 0.5}\n  - model: org/b", "gamma: 0.1}\n  - model: org/b"), "m.yml")
-    with pytest.raises(OptionError, match=r"^m\.yml: model org/a: parameters\.gamma: ties takes no parameter"):
-        resolve(config, METHODS["ties"], "lm_head.weight", 0.0)
+        resolve(config, METHODS[method], tensor, 0.0)
+    assert str(caught.value) == message
+
+
+def test_a_parameter_is_accepted_by_a_method_that_takes_it() -> None:
+    config = parse_config(_good_with_first_parameters("weight: 0.5, gamma: 0.1"), "m.yml")
     check(config, METHODS["breadcrumbs"])  # gamma is a breadcrumbs parameter
 
 
-def test_shared_parameter_under_a_model_is_refused() -> None:
-    config = parse_config(GOOD.replace("density: 0.5}\n  - model: org/b", "lambda: 2}\n  - model: org/b"), "m.yml")
-    with pytest.raises(OptionError) as caught:
-        check(config, METHODS["ties"])
-    assert str(caught.value) == (
-        "m.yml: model org/a: parameters.lambda: lambda is shared by all models; set it under the top-level parameters"
-    )
-
-
-def test_missing_required_weight_names_the_model() -> None:
-    text = "merge_method: task_arithmetic\nbase_model: org/base\nmodels:\n  - model: org/a\n  - model: org/b\n"
-    config = parse_config(text, "m.yml")
-    with pytest.raises(OptionError) as caught:
-        resolve(config, METHODS["task_arithmetic"], "model.layers.0.mlp.up_proj.weight", 0.0)
-    message = str(caught.value)
-    assert message.startswith("m.yml: model org/a: weight is required by task_arithmetic")
-    assert "\n" not in message
-    top = parse_config(text + "parameters:\n  weight: 0.5\n", "m.yml")
+def test_a_required_weight_set_at_the_top_level_serves_every_model() -> None:
+    top = parse_config(NO_WEIGHT + "parameters:\n  weight: 0.5\n", "m.yml")
     assert resolve(top, METHODS["task_arithmetic"], "lm_head.weight", 0.0)[1] == [
         {"weight": 0.5, "density": 1.0},
         {"weight": 0.5, "density": 1.0},
     ]
 
 
-def test_a_filter_that_matches_no_tensor_anywhere_is_an_error_for_a_required_parameter() -> None:
-    text = "merge_method: linear\nmodels:\n  - model: org/a\n    parameters:\n      weight: [{filter: mlp, value: 1}]\n"
-    config = parse_config(text, "m.yml")
+def test_a_filter_list_serves_the_tensors_it_matches() -> None:
+    config = parse_config(MLP_WEIGHT_ONLY, "m.yml")
     assert resolve(config, METHODS["linear"], "model.layers.0.mlp.up_proj.weight", 0.0)[1] == [{"weight": 1.0}]
-    with pytest.raises(OptionError) as caught:
-        resolve(config, METHODS["linear"], "model.norm.weight", 0.0)
-    assert str(caught.value) == (
-        "m.yml: model org/a: weight is required but no setting matches tensor model.norm.weight "
-        "(add an entry without filter)"
-    )
-
-
-def test_values_are_validated_before_any_tensor() -> None:
-    config = parse_config(GOOD + "parameters:\n  normalize: [true, maybe]\n", "m.yml")
-    with pytest.raises(OptionError, match=r"^m\.yml: parameters\.normalize: expected a boolean; got 'maybe'$"):
-        check(config, METHODS["ties"])
 
 
 def test_defaults_and_precedence() -> None:
@@ -1300,7 +1233,7 @@ def test_build_config_from_command_line_values() -> None:
     assert config.model_names == ("org/a", "org/b")
     assert config.models[1].parameters == {"weight": Setting.of(0.7)}
     assert config.parameters == {"density": Setting.of(0.2), "lambda": Setting.of(1.0)}
-    assert parse_config(to_yaml(config), "recipe.yml") == config
+    _assert_round_trips(config)
     again = build_config("ties", ["org/base", "org/a"], base_model="org/base", parameters={"weight": 1.0})
     assert again.model_names == ("org/a",)
 
@@ -1384,10 +1317,7 @@ def test_to_yaml_round_trips(
 ) -> None:
     entries = tuple(ModelEntry(name, model_parameters[i]) for i, name in enumerate(model_names))
     config = MergekitConfig(method, entries, parameters=parameters, out_dtype=dtype, chat_template=template)
-    text = to_yaml(config)
-    again = parse_config(text, "recipe.yml")
-    assert again == config
-    assert to_yaml(again) == text
+    _assert_round_trips(config)
 
 
 def test_load_config(tmp_path: Path) -> None:
@@ -1455,5 +1385,4 @@ def test_apply_chat_template_needs_a_tokenizer() -> None:
 def test_chat_template_in_a_config_round_trips() -> None:
     config = parse_config(GOOD + "chat_template: " + json.dumps(TEMPLATE) + "\n", "m.yml")
     assert config.chat_template == TEMPLATE
-    assert "chat_template: |" in to_yaml(config)
-    assert parse_config(to_yaml(config), "r.yml") == config
+    assert "chat_template: |" in _assert_round_trips(config)
