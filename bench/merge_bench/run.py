@@ -1,0 +1,243 @@
+"""Benchmarking one shape, in order: the models, warm-up reads, dry-run estimates, untimed ``-vv`` phase
+runs, the timed rounds (the I/O floor, then every variant), the output comparison, the report."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .compare import compare_outputs
+from .data import Inputs, Workdir, mergekit_yaml_text
+from .environment import source_digest
+from .measure import RunResult, measure, phase_times
+from .report import Measured, print_footer, print_report, ratios, shape_json, summaries
+from .util import log, parse_size
+from .variants import FLOOR_NAME, KINDS, Spec, Tools, Variant, check_mergekit, floor_command, select_variants
+
+
+@dataclass
+class Bench:
+    """One shape's benchmark under way: its inputs, where it writes, and what it runs."""
+
+    args: argparse.Namespace
+    inputs: Inputs
+    work: Workdir
+    tools: Tools
+    variants: list[Variant]
+    mergekit_env: dict[str, str]
+    """The environment of mergekit-yaml: offline, so it never looks for the models on the Hub."""
+
+    def command(self, v: Variant, extra: list[str], dest: Path | None = None) -> list[str]:
+        return self.tools.command(v, self.inputs.dirs, dest or self.work.out, extra)
+
+    def warm(self) -> float:
+        """Read every input file once (untimed); return the seconds it took.
+
+        Before *every* timed run, not once: the page cache does not keep idle files for long on every
+        machine (a long mergekit run, or a proactive reclaimer such as DAMON's, which pages out file
+        pages idle for about a minute on the machines these figures come from), and a run that found
+        its inputs on disk would be compared with one that found them in memory."""
+        t0 = time.perf_counter()
+        subprocess.run(["sh", "-c", self.inputs.read_once()], check=True)
+        return time.perf_counter() - t0
+
+    def repeats(self, v: Variant) -> int:
+        if v.kind == "mergekit-yaml" and self.args.mergekit_repeat:
+            return self.args.mergekit_repeat
+        return self.args.repeat
+
+
+def _python(ooc: str) -> str:
+    """The Python beside the ooc-ties executable (it has ooc_ties and NumPy), else this one."""
+    pyexe = Path(ooc).with_name("python")
+    return str(pyexe) if pyexe.exists() else sys.executable
+
+
+def _warm_up(b: Bench) -> None:
+    log("warm-up read of the inputs (untimed)")
+    log(f"warm-up read took {b.warm():.1f} s")
+    exe = b.tools.mergekit
+    if exe is not None:  # loads torch/mergekit once, so the first timed run does not read them from disk
+        t0 = time.perf_counter()
+        r = subprocess.run([str(exe), "--help"], capture_output=True, text=True, env=b.mergekit_env)
+        if r.returncode != 0:
+            sys.exit(f"bench: {exe} --help failed:\n{r.stderr[-2000:]}")
+        log(f"mergekit-yaml --help (untimed warm-up) took {time.perf_counter() - t0:.1f} s")
+
+
+def _estimates(b: Bench) -> dict[str, str]:
+    """The engine's own memory estimate and block size per ooc-ties variant (dry run: reads headers only)."""
+    estimates: dict[str, str] = {}
+    for v in b.variants:
+        if not v.engine:
+            continue
+        r = subprocess.run(b.command(v, ["--dry-run"]), capture_output=True, text=True)
+        m = re.search(r"peak memory \(engine\): (.+)", r.stdout)
+        estimates[v.name] = m.group(1) if m else (r.stdout + r.stderr).strip()[:200]
+        blocks = re.search(r"blocks: (.+)", r.stdout)
+        if blocks:
+            estimates[v.name] += f"; blocks: {blocks.group(1)}"
+    return estimates
+
+
+def _phase_run(b: Bench, v: Variant) -> dict[str, Any]:
+    """One untimed ``-vv`` run of ``v`` with progress bars: its phases, peak RssAnon and ooc_ties log lines."""
+    b.work.clean_out()
+    lines: list[tuple[float, str]] = []
+    cmd = b.command(v, ["-vv"])
+    log(f"phase run (untimed): {shlex.join(cmd)}")
+    res = measure(cmd, b.inputs.input_bytes, v.name, -1, stderr_lines=lines)
+    if res.returncode != 0:
+        print("\n".join(line for _, line in lines[-30:]), file=sys.stderr)
+        sys.exit(f"bench: phase run of {v.name} failed with exit code {res.returncode}")
+    phases = phase_times(lines, res.wall_s)
+    phases["rss_anon_peak_mib"] = res.rss_anon_peak_kib / 1024
+    phases["log"] = [f"{t:8.3f} {line}" for t, line in lines if "ooc_ties" in line][:200]
+    log(f"  {v.name}: " + ", ".join(f"{k} {val:.2f}" for k, val in phases.items() if isinstance(val, float)))
+    b.work.clean_out()
+    return phases
+
+
+def _floor_run(b: Bench, rnd: int, rounds: int) -> RunResult:
+    warm_s = b.warm()
+    res = measure(floor_command(b.inputs.read_once()), b.inputs.input_bytes, FLOOR_NAME, rnd)
+    res.warm_read_s = warm_s
+    if res.returncode != 0:
+        sys.exit(f"bench: the I/O floor command failed with exit code {res.returncode}")
+    log(f"round {rnd + 1}/{rounds}: {FLOOR_NAME}: {res.wall_s:.2f} s (warm-up read before it {warm_s:.1f} s)")
+    return res
+
+
+def _report_failure(v: Variant, res: RunResult, cmd: list[str], err_path: Path | None, rnd: int) -> None:
+    """A failed ooc-ties run stops the benchmark; a failed mergekit-yaml or reference run is logged."""
+    if v.engine:
+        sys.exit(f"bench: {shlex.join(cmd)} failed with exit code {res.returncode}")
+    tail = err_path.read_text(errors="replace")[-3000:] if err_path and err_path.exists() else ""
+    log(
+        f"round {rnd + 1}: {v.name} {res.status} after {res.wall_s:.1f} s ({res.note}); "
+        f"peak RssAnon {res.rss_anon_peak_kib / 1024:.0f} MiB, maxrss {res.maxrss_kib / 1024:.0f} MiB"
+        + (f"\n{tail}" if tail else "")
+    )
+
+
+def _keep_or_clean(b: Bench, v: Variant, last: bool) -> None:
+    """After a successful run: keep its output for --compare-output or --keep-output, else delete it."""
+    args, work = b.args, b.work
+    if args.compare_output and last and v.kind == "mergekit-yaml":
+        work.out.rename(work.kept_mergekit)
+    elif args.compare_output and last and v.engine and v.preset == "mergekit" and not work.kept_ooc.exists():
+        work.out.rename(work.kept_ooc)
+    elif not (args.keep_output and last and v is b.variants[-1]):
+        work.clean_out()
+
+
+def _timed_run(b: Bench, v: Variant, rnd: int, rounds: int) -> RunResult:
+    b.work.clean_out()
+    cmd = b.command(v, ["-q"])
+    if rnd == 0:
+        log(f"  command: {shlex.join(cmd)}")
+    err_path = b.work.mergekit_stderr if v.kind == "mergekit-yaml" else None
+    warm_s = b.warm()
+    res = measure(
+        cmd,
+        b.inputs.input_bytes,
+        v.name,
+        rnd,
+        stderr_path=err_path,
+        env=b.mergekit_env if v.kind == "mergekit-yaml" else None,
+        timeout=b.args.timeout if not v.engine else None,
+        oom_first=not v.engine,
+    )
+    res.warm_read_s = warm_s
+    if res.status != "ok":
+        _report_failure(v, res, cmd, err_path, rnd)
+        b.work.clean_out()
+        return res
+    if KINDS[v.kind].writes_output and not any(b.work.out.glob("*.safetensors")):
+        sys.exit(f"bench: {b.work.out} holds no .safetensors after {v.name}")
+    log(
+        f"round {rnd + 1}/{rounds}: {v.name}: {res.wall_s:.2f} s, cpu {res.cpu_s:.2f} s, "
+        f"maxrss {res.maxrss_kib / 1024:.0f} MiB, RssAnon peak {res.rss_anon_peak_kib / 1024:.0f} MiB, "
+        f"load {res.loadavg_before:.2f}, warm-up read before it {warm_s:.1f} s"
+    )
+    _keep_or_clean(b, v, rnd == b.repeats(v) - 1)
+    return res
+
+
+def _timed_rounds(b: Bench) -> list[RunResult]:
+    """The timed rounds, in alternation: the floor (``--repeat`` rounds), then each variant."""
+    runs: list[RunResult] = []
+    given_up: set[str] = set()  # a variant that timed out or was killed is not run again
+    rounds = max([b.args.repeat, *(b.repeats(v) for v in b.variants)])
+    for rnd in range(rounds):
+        if rnd < b.args.repeat:
+            runs.append(_floor_run(b, rnd, rounds))
+        for v in b.variants:
+            if rnd >= b.repeats(v) or v.name in given_up:
+                continue
+            res = _timed_run(b, v, rnd, rounds)
+            if res.status != "ok":
+                given_up.add(v.name)
+            runs.append(res)
+    return runs
+
+
+def _prepare(args: argparse.Namespace, shape: str, models: Path, specs: list[Spec]) -> tuple[Bench, dict[str, str]]:
+    """The models (generated if absent), the variants that run on them, mergekit's config; the skipped variants."""
+    work = Workdir(args.workdir)
+    inputs = Inputs.prepare(args.ooc_ties, shape, models)
+    variants, skipped = select_variants(specs, args.budget, inputs.parameters)
+    mk_exe = check_mergekit(args.mergekit_venv) if any(v.kind == "mergekit-yaml" for v in variants) else None
+    if mk_exe is not None:
+        work.mergekit_config.write_text(mergekit_yaml_text(inputs.dirs, args.mergekit_density))
+    tools = Tools(args.ooc_ties, _python(args.ooc_ties), mk_exe, work.mergekit_config)
+    mk_env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    return Bench(args, inputs, work, tools, variants, mk_env), skipped
+
+
+def _measure_all(b: Bench, skipped: dict[str, str]) -> Measured:
+    b.work.clear_kept()
+    b.work.clean_out()
+    _warm_up(b)
+    estimates = _estimates(b)
+    phases = {} if b.args.no_phases else {v.name: _phase_run(b, v) for v in b.variants if v.engine}
+    runs = _timed_rounds(b)
+    comparison = None
+    if b.args.compare_output:
+        comparison = compare_outputs(b.tools, b.inputs.dirs, b.work, b.args.keep_output)
+    return Measured(
+        inputs=b.inputs,
+        variants=b.variants,
+        commands={v.name: b.tools.command_text(v, b.inputs.dirs, b.work.out) for v in b.variants},
+        skipped=skipped,
+        mergekit_config=b.work.mergekit_config.read_text() if b.tools.mergekit is not None else None,
+        runs=runs,
+        estimates=estimates,
+        phases=phases,
+        comparison=comparison,
+    )
+
+
+def run_shape(args: argparse.Namespace, shape: str, models: Path, specs: list[Spec]) -> dict[str, Any]:
+    """Generate (if needed) and benchmark one shape; print the tables; return the report."""
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    budget_bytes = parse_size(args.budget) if args.budget else None
+    started = time.perf_counter()
+    digest_before = source_digest()
+    b, skipped = _prepare(args, shape, models, specs)
+    m = _measure_all(b, skipped)
+    summary = summaries(m)
+    rt = ratios(m, summary)
+    print_report(args, m, summary, rt, budget_bytes)
+    total = time.perf_counter() - started
+    digest_after = source_digest()
+    print_footer(total, digest_before, digest_after)
+    return shape_json(args, m, summary, rt, total, (digest_before, digest_after))
