@@ -276,6 +276,11 @@ def measure(
     )
 
 
+# the debug line of each pass-1 read, whichever ooc_ties module logs it (ooc_ties.pass1.scan, before it
+# ooc_ties.thresholds); a per-tensor scope puts "TENSOR: " before the label
+_SUBPASS = re.compile(r"ooc_ties\.[\w.]+: pass 1: (?:.*: )?(.+?) over \d+ blocks")
+
+
 def phase_times(lines: list[tuple[float, str]], wall: float) -> dict[str, Any]:
     """Startup / pass 1 / pass 2 / finish times from a timestamped ``-vv`` + progress-bar stderr."""
     first: dict[str, float] = {}
@@ -288,7 +293,7 @@ def phase_times(lines: list[tuple[float, str]], wall: float) -> dict[str, Any]:
             first.setdefault("pass2", t)
             if "100%" in line:
                 first.setdefault("pass2_done", t)
-        m = re.search(r"ooc_ties\.thresholds: pass 1: (?:.*: )?(.+?) over \d+ blocks", line)
+        m = _SUBPASS.search(line)
         if m:
             sub_events.append((t, m.group(1)))
         if "ooc_ties.merge: plan:" in line:
@@ -305,7 +310,7 @@ def phase_times(lines: list[tuple[float, str]], wall: float) -> dict[str, Any]:
             out["pass2_s"] = first["pass2_done"] - p2
             out["finish_s"] = wall - first["pass2_done"]
     # sub-passes of pass 1: from each "pass 1: X over N blocks" line to the next one (or pass 2)
-    ends = [t for t, _ in sub_events[1:]] + [p2 if p2 is not None else wall]
+    ends = [t for t, _ in sub_events[1:]] + ([p2 if p2 is not None else wall] if sub_events else [])
     for (t, label), end in zip(sub_events, ends, strict=True):
         subpasses[label] = subpasses.get(label, 0.0) + (end - t)
     if subpasses:
