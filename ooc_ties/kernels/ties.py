@@ -132,7 +132,8 @@ def _vote_tile(
     for t in range(len(fts)):
         vt = v[t % v.shape[0]]
         seen[t], tile_kept = _trim_tile(fts[t][start : start + m], b, m, thr[t], quota[t], seen[t], vt, count)
-        kept[t] += tile_kept
+        if count:  # (``kept`` may be empty then: numba does not check bounds)
+            kept[t] += tile_kept
         w = weights[t]
         for j in range(m):
             vj = w * vt[j]
