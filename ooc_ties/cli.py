@@ -103,7 +103,9 @@ def cli() -> None:
     help="paper: the TIES reference code; mergekit: mergekit's ties.",
 )
 @click.option(
-    "--density", type=float, help="Fraction of task-vector magnitudes kept, in (0, 1]. [ties: 0.2; others: 1]"
+    "--density",
+    help="Fraction of task-vector magnitudes kept, in (0, 1]: one, or one per model (comma-separated). "
+    "[ties: 0.2; others: 1]",
 )
 @click.option("--lambda", "lam", type=float, help="Scale of the merged task vector. [default: 1.0]")
 @click.option("--scope", type=_choices(Scope), help="Top-k over the whole model or per tensor. [preset]")
@@ -153,7 +155,7 @@ def merge_command(
     output: Path,
     method: str,
     preset: str,
-    density: float | None,
+    density: str | None,
     lam: float | None,
     scope: str | None,
     trim: str | None,
@@ -183,7 +185,7 @@ def merge_command(
     _setup_logging(verbose, quiet)
     options = parse_preset(preset).with_(
         method=method,
-        density=density,
+        density=_densities(density),
         lam=lam,
         scope=scope,
         trim=trim,
@@ -226,6 +228,18 @@ def merge_command(
             f"{result.plan.n_models} models into {result.output} in {_rate(result)}",
             err=True,
         )
+
+
+def _densities(text: str | None) -> float | list[float] | None:
+    """``--density``: one number, or one per fine-tuned model (their range is ``MergeOptions``' to check)."""
+    if text is None:
+        return None
+    values = _split_numbers(text)
+    if not values or not all(_is_number(v) for v in values):
+        message = f"{text!r} is not a number or a comma-separated list of numbers"
+        raise click.BadParameter(message, param_hint="'--density'")
+    numbers = [float(v) for v in values]
+    return numbers[0] if len(numbers) == 1 else numbers
 
 
 def _split_numbers(text: str) -> list[str]:

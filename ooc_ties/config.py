@@ -27,6 +27,7 @@ __all__ = [
     "Scope",
     "TrimRule",
     "ZeroSign",
+    "parse_densities",
     "parse_density",
     "parse_lambda",
     "parse_preset",
@@ -71,6 +72,16 @@ def _parse_enum(kind: type[enum.Enum], value: Any, option: str) -> Any:
     except ValueError:
         allowed = ", ".join(f'"{m.value}"' for m in kind)
         raise OptionError(f'{option} "{value}" is invalid (expected one of: {allowed})') from None
+
+
+def parse_densities(value: Any) -> float | tuple[float, ...]:
+    """One density for every model, or one per fine-tuned model (a sequence): each in ``(0, 1]``."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        return parse_density(value)
+    densities = tuple(parse_density(v) for v in value)
+    if not densities:
+        raise OptionError("densities must not be empty (give one density, or one per fine-tuned model)")
+    return densities
 
 
 def parse_density(value: float) -> float:
@@ -144,15 +155,20 @@ def parse_threads(value: int | None) -> int:
     return value
 
 
+def _as_tuple(density: float | tuple[float, ...] | None) -> tuple[float, ...]:
+    return density if isinstance(density, tuple) else (1.0 if density is None else density,)
+
+
 @dataclass(frozen=True, slots=True)
 class MergeOptions:
     """Everything that decides the merged bytes. Presets: :data:`PRESETS`."""
 
     method: Method = TIES
     """The merge method (:mod:`ooc_ties.methods`; by name or as the declaration)."""
-    density: float | None = None
-    """Fraction ``k`` of task-vector magnitudes kept by the trim, in ``(0, 1]``; 1 keeps all. ``None``:
-    the method's default (0.2 for TIES, the paper's; 1 for methods that do not trim, and only 1)."""
+    density: float | tuple[float, ...] | None = None
+    """Fraction ``k`` of task-vector magnitudes kept by the trim, in ``(0, 1]``; 1 keeps all. One for
+    every model, or one per fine-tuned model. ``None``: the method's default (0.2 for TIES, the paper's;
+    1 for methods that do not trim, and only 1)."""
     lam: float = 1.0
     """``lambda``: the merged task vector is scaled by it (as a float32) before adding to the base."""
     scope: Scope = Scope.GLOBAL
@@ -171,8 +187,8 @@ class MergeOptions:
     def __post_init__(self) -> None:
         method = parse_method(self.method)
         object.__setattr__(self, "method", method)
-        density = parse_density(method.default_density if self.density is None else self.density)
-        if not method.trims and density != 1.0:
+        density = parse_densities(method.default_density if self.density is None else self.density)
+        if not method.trims and density not in (1.0, (1.0,) * len(_as_tuple(density))):
             raise OptionError(
                 f"density {density} does not apply to {method.name}, which keeps every value (use ties to trim)"
             )
@@ -195,13 +211,17 @@ class MergeOptions:
 
     @property
     def trims(self) -> bool:
-        """Whether pass 1 computes thresholds (the method trims, and keeps less than everything)."""
-        return self.method.trims and self.kept_share < 1.0
+        """Whether pass 1 computes thresholds (the method trims, and some model keeps less than all)."""
+        return self.method.trims and min(_as_tuple(self.density)) < 1.0
 
-    @property
-    def kept_share(self) -> float:
-        """The density, resolved (the field is typed optional only for the constructor)."""
-        return 1.0 if self.density is None else self.density  # (never None after __post_init__)
+    def model_densities(self, n_models: int) -> tuple[float, ...]:
+        """The density of each of ``n_models`` fine-tuned models."""
+        densities = _as_tuple(self.density)
+        if len(densities) == 1:
+            return densities * n_models
+        if len(densities) != n_models:
+            raise OptionError(f"{len(densities)} densities given for {n_models} fine-tuned models")
+        return densities
 
     @property
     def majority_vote(self) -> bool:
@@ -220,7 +240,7 @@ class MergeOptions:
         """A JSON-ready description (the recipe stored with the output)."""
         return {
             "method": self.method.name,
-            "density": self.density,
+            "density": list(self.density) if isinstance(self.density, tuple) else self.density,
             "lambda": self.lam,
             "scope": self.scope.value,
             "trim": self.trim.value,

@@ -155,7 +155,8 @@ def _describe_options(o: MergeOptions) -> str:
     """The options that matter for the method, as the plan states them."""
     parts = []
     if o.method.trims:
-        parts += [f"density {o.density}", f"scope {o.scope.value}", f"trim {o.trim.value}"]
+        density = "/".join(f"{d:g}" for d in o.density) if isinstance(o.density, tuple) else f"{o.density}"
+        parts += [f"density {density}", f"scope {o.scope.value}", f"trim {o.trim.value}"]
     if o.method.consensus:
         parts.append(f"zero sign {o.zero_sign.value}")
     parts += [f"lambda {o.lam}", "normalized" if o.normalize else "not normalized"]

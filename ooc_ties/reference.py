@@ -37,17 +37,19 @@ def _from_f32(values: np.ndarray, dtype: DType) -> np.ndarray:
     return values.astype(np.float32)
 
 
-def _trim_masks(tau: np.ndarray, density: float, trim: TrimRule) -> np.ndarray:
-    """Which entries of each row of ``tau`` (models x values) survive the trim."""
+def _trim_masks(tau: np.ndarray, densities: tuple[float, ...], trim: TrimRule) -> np.ndarray:
+    """Which entries of each row of ``tau`` (models x values) survive the trim (row ``t`` at density
+    ``densities[t]``)."""
     n_models, d = tau.shape
     magnitude = np.abs(tau)
-    m = int(d * density)
-    if trim is TrimRule.TOPK:
-        m = max(1, m)
-    if m >= d:
-        return np.ones(tau.shape, bool)
-    masks = np.zeros(tau.shape, bool)
+    masks = np.ones(tau.shape, bool)
     for t in range(n_models):
+        m = int(d * densities[t])
+        if trim is TrimRule.TOPK:
+            m = max(1, m)
+        if m >= d:
+            continue
+        masks[t] = False
         if trim is TrimRule.THRESHOLD:
             kth = np.sort(magnitude[t])[d - m - 1]  # the (d - m)-th smallest, 1-based
             masks[t] = magnitude[t] >= kth
@@ -60,7 +62,7 @@ def _trim_masks(tau: np.ndarray, density: float, trim: TrimRule) -> np.ndarray:
 def ties_vectors(tau: np.ndarray, base: np.ndarray, options: MergeOptions, weights: np.ndarray) -> np.ndarray:
     """The merge on flat vectors: ``tau`` (models x values) and ``base`` (values); float32 result. TIES
     trims, elects and takes the disjoint mean; task arithmetic adds every weighted task vector."""
-    trimmed = tau * _trim_masks(tau, options.kept_share, options.trim).astype(np.float32)
+    trimmed = tau * _trim_masks(tau, options.model_densities(len(tau)), options.trim).astype(np.float32)
     v = weights[:, None] * trimmed
     agrees = np.ones(tau.shape, bool)
     if options.method.consensus:

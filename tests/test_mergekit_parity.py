@@ -34,24 +34,36 @@ MAX_ULP = 4
 
 @pytest.fixture(scope="module")
 def f32_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
-    """A float32 Llama-shaped base and three fine-tunes with continuous task vectors (no magnitude ties)."""
+    """A float32 Llama-shaped base and three fine-tunes whose task vectors have no two equal magnitudes
+    in any tensor (where mergekit keeps one of two tied values is up to torch.argsort). Random float32
+    task vectors tie now and then, so they are made tie-free by construction: the base is a multiple of
+    2**-10 below 2**-4, a task value is +-k * 2**-20 with every k distinct, and their sum is exact."""
     root = tmp_path_factory.mktemp("f32")
     rng = np.random.default_rng(5)
     shapes = TINY.tensors()
-    base = {name: (rng.standard_normal(shape) * 0.02).astype(np.float32) for name, shape in shapes}
+    base = {
+        name: (np.round(rng.standard_normal(shape) * 20).clip(-60, 60) / 1024).astype(np.float32)
+        for name, shape in shapes
+    }
     config = dict(TINY.config(), torch_dtype="float32")
     folders = []
     for i in range(4):
         folder = root / ("base" if i == 0 else f"ft{i}")
         folder.mkdir()
-        tensors = base if i == 0 else {
-            name: (value + rng.standard_normal(value.shape).astype(np.float32) * np.float32(1e-3)).astype(np.float32)
-            for name, value in base.items()
-        }
+        tensors = base if i == 0 else {name: _untied(base[name], rng) for name in base}
         save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
         (folder / "config.json").write_text(json.dumps(config))
         folders.append(folder)
     return folders[0], folders[1:]
+
+
+def _untied(base: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``base`` plus a task vector of distinct magnitudes ``k * 2**-20`` (up to about 0.03), random signs."""
+    k = rng.permutation(base.size).reshape(base.shape) + 1
+    tau = (k * rng.choice([-1, 1], base.shape)).astype(np.float64) * 2.0**-20
+    tuned = (base.astype(np.float64) + tau).astype(np.float32)
+    assert np.array_equal(tuned.astype(np.float64) - base, tau)  # exact: the sum needs < 24 bits
+    return tuned
 
 
 def _mergekit(config: str, out: Path) -> None:
@@ -119,6 +131,13 @@ CASES = [
         {},
         PRESETS["mergekit"].with_(density=0.3, weights=(1.0, 0.5, 0.8), out_dtype="f32"),
         id="ties",
+    ),
+    pytest.param(
+        "ties",
+        [{"weight": 1.0, "density": 0.1}, {"weight": 0.9, "density": 0.4}, {"weight": 1.2, "density": 0.7}],
+        {},
+        PRESETS["mergekit"].with_(density=(0.1, 0.4, 0.7), weights=(1.0, 0.9, 1.2), out_dtype="f32"),
+        id="ties-per-model-density",
     ),
     pytest.param(
         "ties",

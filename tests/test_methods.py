@@ -24,6 +24,8 @@ CASES = [
     pytest.param(MergeOptions(method="task_arithmetic", weights=(0.5, 1.5, -0.25), normalize=True), id="ta-normalized"),
     pytest.param(PRESETS["paper"].with_(normalize=False, lam=0.7), id="ties-paper-not-normalized"),
     pytest.param(PRESETS["mergekit"].with_(density=0.4, weights=(1.0, 0.5, 2.0)), id="ties-mergekit"),
+    pytest.param(PRESETS["paper"].with_(density=(0.1, 0.5, 1.0)), id="ties-paper-per-model-density"),
+    pytest.param(PRESETS["mergekit"].with_(density=(0.3, 0.05, 0.6)), id="ties-mergekit-per-model-density"),
 ]
 
 
@@ -82,6 +84,13 @@ def test_options_follow_the_method() -> None:
     assert ta.to_json()["method"] == "task_arithmetic" and ta.to_json()["normalize"] is False
     with pytest.raises(OptionError, match=r"density 0\.3 does not apply to task_arithmetic"):
         MergeOptions(method="task_arithmetic", density=0.3)
+    per_model = MergeOptions(density=(0.5, "0.25"))
+    assert per_model.density == (0.5, 0.25) and per_model.model_densities(2) == (0.5, 0.25)
+    assert per_model.to_json()["density"] == [0.5, 0.25]
+    with pytest.raises(OptionError, match="2 densities given for 3 fine-tuned models"):
+        per_model.model_densities(3)
+    with pytest.raises(OptionError, match=r"density must be in \(0, 1\]; got 1.5"):
+        MergeOptions(density=(0.5, 1.5))
     invalid = r'merge method "dare" is invalid \(expected one of: "task_arithmetic", "ties"\)'
     with pytest.raises(OptionError, match=invalid):
         MergeOptions(method="dare")

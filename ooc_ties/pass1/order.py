@@ -70,14 +70,18 @@ def wanted_rank(size: int, density: float, trim: TrimRule) -> tuple[int, int] | 
 def group_thresholds(
     scan: Scan, blocks: Sequence[BlockRef], options: MergeOptions, label: str
 ) -> tuple[GroupThreshold, ...]:
-    """The threshold of every model over one group of ``blocks``."""
+    """The threshold of every model over one group of ``blocks`` (each model with its own density)."""
     size = sum(b.stop - b.start for b in blocks)
-    wanted = wanted_rank(size, options.kept_share, options.trim) if size else None
-    if wanted is None:
+    wanted = [wanted_rank(size, d, options.trim) if size else None for d in options.model_densities(scan.n)]
+    if all(w is None for w in wanted):
         return tuple(GroupThreshold.keep_all(size) for _ in range(scan.n))
-    rank, m = wanted
+    ranks = np.array([1 if w is None else w[0] for w in wanted], np.int64)  # (1: any rank, unused)
     groups = []
-    for high_bin, below_high, low in levels(scan, blocks, rank, size, label):
+    for want, (high_bin, below_high, low) in zip(wanted, levels(scan, blocks, ranks, size, label), strict=True):
+        if want is None:
+            groups.append(GroupThreshold.keep_all(size))
+            continue
+        rank, m = want
         low_bin, below_low = _select(low, rank - below_high)
         equal = int(low[low_bin])
         less = below_high + below_low
@@ -91,14 +95,14 @@ def group_thresholds(
 
 
 def levels(
-    scan: Scan, blocks: Sequence[BlockRef], rank: int, size: int, label: str
+    scan: Scan, blocks: Sequence[BlockRef], ranks: np.ndarray, size: int, label: str
 ) -> list[tuple[int, int, np.ndarray]]:
-    """Per model: the high bin holding the ``rank``-th smallest ``|tau|`` of the group, how many values
-    lie below that bin, and the bin's low-bits histogram (exactly the two-read select's)."""
+    """Per model ``t``: the high bin holding the ``ranks[t]``-th smallest ``|tau|`` of the group, how
+    many values lie below that bin, and the bin's low-bits histogram (exactly the two-read select's)."""
     sample = vote_sample(blocks)
     if len(sample) == len(blocks):  # the sample would be the whole group: the two-read select
         high = read_high(scan, f"{label}thresholds", blocks)
-        picks = [_select(high[t], rank) for t in range(scan.n)]
+        picks = [_select(high[t], int(ranks[t])) for t in range(scan.n)]
         bins = np.array([b for b, _ in picks], np.int64)
         low = read_low(scan, f"{label}thresholds, second read", blocks, bins)
         return [(b, below, low[t]) for t, (b, below) in enumerate(picks)]
@@ -107,7 +111,7 @@ def levels(
     slots = np.full((scan.n, HIGH_BINS), -1, np.int32)
     chance = []
     for t in range(scan.n):
-        bins, p = choose_bracket(sampled[t], rank, size)
+        bins, p = choose_bracket(sampled[t], int(ranks[t]), size)
         slots[t, bins] = np.arange(len(bins))
         chance.append(p)
     del sampled
@@ -115,7 +119,7 @@ def levels(
     states = read_bracketed(scan, f"{label}thresholds", blocks, slots, span)
     split = [bracket_split(counts, slots) for counts in states]
     high = sum((h for h, _ in split), np.zeros((scan.n, HIGH_BINS), np.int64))
-    picks = [_select(high[t], rank) for t in range(scan.n)]
+    picks = [_select(high[t], int(ranks[t])) for t in range(scan.n)]
     lows: list[np.ndarray] = []
     outside = np.full(scan.n, -1, np.int64)  # a bin in the span but not in the bracket: its low bits
     unknown = np.zeros(scan.n, np.bool_)  # beyond the span: the bin itself is not known
@@ -138,7 +142,7 @@ def levels(
     if unknown.any():  # the two-read select; only the models that need it are kept
         full = read_high(scan, f"{label}thresholds, second read", blocks)
         for t in np.flatnonzero(unknown).tolist():
-            picks[t] = _select(full[t], rank)
+            picks[t] = _select(full[t], int(ranks[t]))
             outside[t] = picks[t][0]
     if (outside >= 0).any():
         label_low = "third read" if unknown.any() else "second read"

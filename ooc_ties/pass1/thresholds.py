@@ -69,8 +69,8 @@ class ThresholdBasis:
 
     scope: Scope
     """Global (one group) or per tensor (one group per tensor)."""
-    density: float
-    """Density of the trim."""
+    density: tuple[float, ...]
+    """Density of the trim, per fine-tuned model."""
     trim: TrimRule
     """The tie rule at the threshold."""
     zero_sign: ZeroSign
@@ -81,12 +81,12 @@ class ThresholdBasis:
     @classmethod
     def of(cls, options: MergeOptions, n_models: int) -> ThresholdBasis:
         weights = tuple(float(w) for w in options.model_weights(n_models))
-        return cls(options.scope, options.kept_share, options.trim, options.zero_sign, weights)
+        return cls(options.scope, options.model_densities(n_models), options.trim, options.zero_sign, weights)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "scope": self.scope.value,
-            "density": self.density,
+            "density": list(self.density),
             "trim": self.trim.value,
             "zero_sign": self.zero_sign.value,
             "weights": list(self.weights),
@@ -161,7 +161,7 @@ class Thresholds:
             b = data["basis"]
             basis = ThresholdBasis(
                 Scope(b["scope"]),
-                float(b["density"]),
+                tuple(float(d) for d in b["density"]),
                 TrimRule(b["trim"]),
                 ZeroSign(b["zero_sign"]),
                 tuple(float(w) for w in b["weights"]),
