@@ -29,7 +29,7 @@ from ooc_ties.journal import Journal
 from ooc_ties.kernels.convert import decode_oracle
 from ooc_ties.kernels.ties import merge as merge_kernel
 from ooc_ties.outputs import Output
-from ooc_ties.pass1 import votes
+from ooc_ties.pass1 import votes as sign_votes
 from ooc_ties.pass1.costs import vote_sample
 from ooc_ties.pass1.run import Pass1Result
 from ooc_ties.pass1.thresholds import Thresholds
@@ -90,9 +90,9 @@ class Pass2:
         self.kept = np.zeros((len(quotas), plan.n_models), np.int64)
         self.counted = _counted_blocks(plan, thresholds)
         self.guessed = guessed
-        self.open_capacity = votes.OPEN_CAPACITY  # read where pass 1 reads it (one setting)
+        self.open_capacity = sign_votes.OPEN_CAPACITY  # read where pass 1 reads it (one setting)
         self.patches: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        self.patch_room = plan.resources.memory_budget // votes.PATCH_SHARE
+        self.patch_room = plan.resources.memory_budget // sign_votes.PATCH_SHARE
         self._patch_lock = threading.Lock()
         self.redoing = False
         self.bytes_read = 0

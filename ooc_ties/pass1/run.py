@@ -98,7 +98,7 @@ def _compute(
 ) -> tuple[Thresholds, frozenset[str]]:
     bar = runner.bar
     groups: dict[str, tuple[GroupThreshold, ...]] = {}
-    majority: dict[str, int] = {}
+    signs: dict[str, int] = {}
     guessed: set[str] = set()
     for key, members in keyed.items():
         runner.budget = runner.bytes_read + expected[key]
@@ -106,7 +106,7 @@ def _compute(
         group, sign, guess = _group(runner, key, members, quotas, label, given)
         groups[key] = group
         if sign is not None:
-            majority[key] = sign
+            signs[key] = sign
         if guess:
             guessed.add(key)
         if bar is not None:
@@ -117,6 +117,6 @@ def _compute(
     else:
         grid = plan.block_elements if plan.options.trims and plan.options.majority_vote else 0
     thresholds = Thresholds(
-        basis, types.MappingProxyType(groups), types.MappingProxyType(majority), runner.inputs.identity(), grid
+        basis, types.MappingProxyType(groups), types.MappingProxyType(signs), runner.inputs.identity(), grid
     )
     return thresholds, frozenset(guessed)
