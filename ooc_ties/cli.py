@@ -19,7 +19,9 @@ import click
 from ooc_ties._version import __version__
 from ooc_ties.config import PRESETS, Resources, Scope, TrimRule, ZeroSign, parse_preset, parse_size, parse_threads
 from ooc_ties.errors import OocTiesError
+from ooc_ties.from_config import configured_merge
 from ooc_ties.merge import MergeResult, merge, plan_merge
+from ooc_ties.mergekit_yaml import load_config
 from ooc_ties.methods import METHODS
 from ooc_ties.pass1.thresholds import Thresholds
 from ooc_ties.plan import MAX_BLOCK_ELEMENTS
@@ -74,12 +76,18 @@ def cli() -> None:
 
 
 @cli.command("merge")
-@click.argument("finetuned", nargs=-1, required=True)
+@click.argument("finetuned", nargs=-1)
 @click.option(
     "--base",
     "-b",
-    required=True,
     help="Base model: .safetensors file, HF folder, Zarr group (path or URL) or cached Hub ID (org/name).",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    help="A mergekit YAML configuration: its models, method and parameters (instead of --base, FINETUNED "
+    "and the method's options).",
 )
 @click.option(
     "--output",
@@ -91,9 +99,7 @@ def cli() -> None:
 @click.option(
     "--method",
     type=click.Choice(list(METHODS)),
-    default="ties",
-    show_default=True,
-    help="The merge method (docs/methods.md).",
+    help="The merge method (docs/methods.md). [default: ties]",
 )
 @click.option(
     "--preset",
@@ -151,9 +157,10 @@ def cli() -> None:
 @click.option("--verbose", "-v", count=True, help="More logging (-vv for debug).")
 def merge_command(
     finetuned: Sequence[str],
-    base: str,
+    base: str | None,
+    config_path: Path | None,
     output: Path,
-    method: str,
+    method: str | None,
     preset: str,
     density: str | None,
     lam: float | None,
@@ -183,17 +190,36 @@ def merge_command(
     a .zip file or a URL), or Hugging Face Hub IDs (org/name[@revision]) already in the local cache.
     """
     _setup_logging(verbose, quiet)
-    options = parse_preset(preset).with_(
-        method=method,
-        density=_densities(density),
-        lam=lam,
-        scope=scope,
-        trim=trim,
-        zero_sign=zero_sign,
-        normalize=normalize,
-        out_dtype=dtype,
-        weights=_split_numbers(weights) if weights is not None else None,
-    )
+    if config_path is not None:
+        flags = {
+            "FINETUNED": finetuned,
+            "--base": base,
+            "--method": method,
+            "--density": density,
+            "--lambda": lam,
+            "--normalize": normalize,
+            "--weights": weights,
+        }
+        clash = [name for name, value in flags.items() if value not in (None, ())]
+        if clash:
+            raise click.UsageError(f"--config names the models, the method and its parameters: drop {clash[0]}")
+        configured = configured_merge(load_config(config_path))
+        base, finetuned = configured.base, configured.models
+        options = configured.options.with_(scope=scope, trim=trim, zero_sign=zero_sign, out_dtype=dtype)
+    else:
+        if base is None or not finetuned:
+            raise click.UsageError("give --base and the FINETUNED models, or --config merge.yml")
+        options = parse_preset(preset).with_(
+            method=method,
+            density=_densities(density),
+            lam=lam,
+            scope=scope,
+            trim=trim,
+            zero_sign=zero_sign,
+            normalize=normalize,
+            out_dtype=dtype,
+            weights=_split_numbers(weights) if weights is not None else None,
+        )
     resources = Resources(
         memory_budget=parse_size(memory_budget, "memory budget"),
         threads=parse_threads(threads),

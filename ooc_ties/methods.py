@@ -19,12 +19,60 @@ order given (docs/methods.md has each formula and how it differs from mergekit a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from ooc_ties.errors import OptionError
 
-__all__ = ["METHODS", "TASK_ARITHMETIC", "TIES", "Method", "parse_method"]
+__all__ = ["METHODS", "TASK_ARITHMETIC", "TIES", "Method", "Parameter", "parse_method"]
+
+
+def _number(value: object, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
+        raise OptionError(f"{where}: expected a finite number, got {value!r}")
+    return float(value)
+
+
+def _density(value: object, where: str) -> float:
+    number = _number(value, where)
+    if not 0.0 < number <= 1.0:
+        raise OptionError(f"{where}: a density must be in (0, 1], got {value!r}")
+    return number
+
+
+def _flag(value: object, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise OptionError(f"{where}: expected true or false, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Parameter:
+    """One parameter of a method, as mergekit names it in a configuration's ``parameters``."""
+
+    name: str
+    """Its key (``weight``, ``density``, ``lambda``, ...)."""
+    per_model: bool
+    """Each fine-tuned model has its own value, or all share one."""
+    default: object
+    """The value when nothing sets it; ``None``: required."""
+    check: Callable[[object, str], object]
+    """Validates a value (``where`` names it in the message) and returns it."""
+
+    def parse(self, value: object, where: str) -> object:
+        return self.check(value, where)
+
+
+TASK_ARITHMETIC_PARAMETERS = (
+    Parameter("weight", True, None, _number),
+    Parameter("density", True, 1.0, _density),
+    Parameter("lambda", False, 1.0, _number),
+    Parameter("rescale", False, False, _flag),
+    Parameter("int8_mask", False, False, _flag),
+)
+"""mergekit's parameters of the task-arithmetic family (``normalize`` is added with each method's
+default); ``int8_mask`` only changes how mergekit stores a mask, never a value."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +95,11 @@ class Method:
     """The density when none is given (1 keeps every value)."""
     summary: str
     """What it does, in a sentence (model cards)."""
+
+    @property
+    def parameters(self) -> tuple[Parameter, ...]:
+        """Its parameters in a mergekit configuration, with its own default for ``normalize``."""
+        return (*TASK_ARITHMETIC_PARAMETERS, Parameter("normalize", False, self.normalize, _flag))
 
 
 TASK_ARITHMETIC = Method(

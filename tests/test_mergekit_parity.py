@@ -167,3 +167,24 @@ def test_matches_mergekit(
     worst = {name: _ulp_distance(theirs[name], ours[name]) for name in ours}
     assert max(worst.values()) <= MAX_ULP, sorted(worst.items(), key=lambda kv: -kv[1])[:5]
     shutil.rmtree(tmp_path / "mergekit")
+
+
+def test_the_same_config_file_in_both_tools(f32_models: tuple[Path, list[Path]], tmp_path: Path) -> None:
+    """``ooc-ties merge --config`` and ``mergekit-yaml`` on one file, as mergekit's examples write them (the
+    base listed again under ``models``, top-level parameters)."""
+    from ooc_ties.cli import main
+
+    base, fts = f32_models
+    lines = ["models:", f"  - model: {json.dumps(str(base))}"]
+    for ft, (density, weight) in zip(fts, [(0.3, 1.0), (0.6, 0.4), (0.2, 0.8)], strict=True):
+        lines += [f"  - model: {json.dumps(str(ft))}", f"    parameters: {{density: {density}, weight: {weight}}}"]
+    lines += ["merge_method: ties", f"base_model: {json.dumps(str(base))}", "parameters: {normalize: true}"]
+    lines += ["dtype: float32", ""]
+    config = "\n".join(lines)
+    _mergekit(config, tmp_path / "mergekit")
+    (tmp_path / "merge.yml").write_text(config)
+    main(["merge", "-q", "--config", str(tmp_path / "merge.yml"), "-o", str(tmp_path / "ooc")])
+    theirs, ours = _tensors(tmp_path / "mergekit"), _tensors(tmp_path / "ooc")
+    assert set(theirs) == set(ours)
+    worst = max(_ulp_distance(theirs[name], ours[name]) for name in ours)
+    assert worst <= MAX_ULP

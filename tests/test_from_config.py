@@ -1,0 +1,147 @@
+"""``ooc-ties merge --config merge.yml``: a mergekit configuration merged as mergekit would, and what is
+not supported yet refused in one line naming the key."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ooc_ties import PRESETS, OptionError, merge
+from ooc_ties.cli import main
+from ooc_ties.from_config import configured_merge
+from ooc_ties.io.checkpoint import Checkpoint
+from ooc_ties.mergekit_yaml import parse_config
+from ooc_ties.methods import TASK_ARITHMETIC, TIES
+
+Models = tuple[Path, list[Path]]
+
+
+def _ties_yaml(base: Path, fts: list[Path]) -> str:
+    """Shaped like mergekit's own examples/ties.yml: the base listed again without parameters, per-model
+    weights and densities, top-level normalize, dtype."""
+    return f"""
+models:
+  - model: {base}
+  - model: {fts[0]}
+    parameters:
+      density: 0.5
+      weight: 0.5
+  - model: {fts[1]}
+    parameters:
+      density: 0.3
+      weight: 0.7
+merge_method: ties
+base_model: {base}
+parameters:
+  normalize: true
+dtype: bfloat16
+"""
+
+
+def _read(folder: Path) -> dict[str, bytes]:
+    with Checkpoint(folder) as checkpoint:
+        return {name: checkpoint.read(name).tobytes() for name in checkpoint.names}
+
+
+def test_a_ties_config_merges_as_the_mergekit_preset(
+    tiny_models: Models, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base, fts = tiny_models
+    config = tmp_path / "ties.yml"
+    config.write_text(_ties_yaml(base, fts))
+    main(["merge", "-q", "--config", str(config), "-o", str(tmp_path / "from-config")])
+    expected = PRESETS["mergekit"].with_(density=(0.5, 0.3), weights=(0.5, 0.7), out_dtype="bf16")
+    merge(base, fts[:2], tmp_path / "from-flags", expected)
+    assert _read(tmp_path / "from-config") == _read(tmp_path / "from-flags")
+    recipe = json.loads((tmp_path / "from-config" / "ooc_ties_recipe.json").read_text())
+    assert recipe["options"] == expected.to_json() and recipe["models"] == [str(fts[0]), str(fts[1])]
+
+
+def test_a_task_arithmetic_config(tiny_models: Models, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    base, fts = tiny_models
+    text = f"""
+merge_method: task_arithmetic
+base_model: {base}
+models:
+  - model: {fts[0]}
+    parameters: {{weight: 1.0, density: 0.5}}
+  - model: {fts[2]}
+    parameters: {{weight: -0.5}}
+parameters:
+  lambda: 0.6
+out_dtype: float32
+"""
+    configured = configured_merge(parse_config(text, "ta.yml"))
+    assert configured.base == str(base) and configured.models == (str(fts[0]), str(fts[2]))
+    options = configured.options
+    assert options.method is TASK_ARITHMETIC and options.weights == (1.0, -0.5) and options.lam == 0.6
+    assert options.density == (1.0,) and options.out_dtype is not None and options.out_dtype.code == "F32"
+    assert "density has no effect on task_arithmetic" in caplog.text  # as mergekit, which ignores it
+
+
+def test_defaults_are_mergekits(tiny_models: Models) -> None:
+    """No density: mergekit keeps everything (its default density is 1, not the paper's 0.2)."""
+    base, fts = tiny_models
+    text = f"merge_method: ties\nbase_model: {base}\nmodels:\n  - model: {fts[0]}\n    parameters: {{weight: 1}}\n"
+    options = configured_merge(parse_config(text, "m.yml")).options
+    assert options.method is TIES and options.density == (1.0,) and options.normalize and options.lam == 1.0
+    assert not options.trims
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("merge_method: ties", "merge_method: dare_ties", "merge_method 'dare_ties' is not supported yet"),
+        (
+            "  normalize: true",
+            "  normalize: [true, false]",
+            "parameters: normalize: gradients and filters (values per tensor) are not supported yet",
+        ),
+        (
+            "      density: 0.5",
+            "      density: [0.5, 0.2]",
+            "density: gradients and filters (values per tensor) are not supported yet",
+        ),
+        ("  normalize: true", "  normalize: true\n  rescale: true", "rescale: true is not supported yet for ties"),
+        (
+            "dtype: bfloat16",
+            "dtype: bfloat16\nchat_template: '{% for m in messages %}{{ m.content }}{% endfor %}'",
+            "chat_template is not supported yet",
+        ),
+        ("      weight: 0.7\n", "", "weight"),  # a required parameter missing
+    ],
+)
+def test_what_is_not_supported_is_refused_in_one_line(
+    tiny_models: Models, tmp_path: Path, capsys: pytest.CaptureFixture[str], old: str, new: str, message: str
+) -> None:
+    base, fts = tiny_models
+    text = _ties_yaml(base, fts)
+    assert old in text
+    config = tmp_path / "bad.yml"
+    config.write_text(text.replace(old, new, 1))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["merge", "--config", str(config), "-o", str(tmp_path / "out")])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(config) in err[0] and message in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+def test_config_and_models_on_the_command_line_do_not_mix(
+    tiny_models: Models, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base, fts = tiny_models
+    config = tmp_path / "ties.yml"
+    config.write_text(_ties_yaml(base, fts))
+    for extra in ([str(fts[2])], ["--base", str(base)], ["--density", "0.2"], ["--method", "ties"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["merge", "--config", str(config), *extra, "-o", str(tmp_path / "out")])
+        assert exit_info.value.code == 2
+        assert "--config names the models, the method and its parameters" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["merge", "-o", str(tmp_path / "out")])
+    assert exit_info.value.code == 2 and "give --base and the FINETUNED models, or --config" in capsys.readouterr().err
+    with pytest.raises(OptionError, match="base_model is required"):
+        configured_merge(parse_config(f"merge_method: ties\nmodels:\n  - model: {fts[0]}\n", "x.yml"))
