@@ -11,18 +11,24 @@ never ignored.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence, Set
 from dataclasses import dataclass
 
 from ooc_ties.config import PRESETS, MergeOptions
 from ooc_ties.errors import OptionError
-from ooc_ties.mergekit_yaml import MergekitConfig, check, resolve
+from ooc_ties.io.side_files import MERGEKIT_CONFIG_NAME
+from ooc_ties.mergekit_yaml import MergekitConfig, build_config, check, resolve
 from ooc_ties.methods import METHODS, TASK_ARITHMETIC
 
-__all__ = ["ConfiguredMerge", "configured_merge"]
+__all__ = ["CONFIG_NAME", "ConfiguredMerge", "configured_merge", "mergekit_config"]
 
 logger = logging.getLogger(__name__)
 
 _DTYPES = {"bfloat16": "bf16", "float16": "f16", "float32": "f32"}
+_MERGEKIT_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
+
+CONFIG_NAME = MERGEKIT_CONFIG_NAME
+"""The configuration written beside an output whose merge mergekit can express (mergekit's own name)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +78,39 @@ def configured_merge(config: MergekitConfig) -> ConfiguredMerge:
         out_dtype=_DTYPES[dtype] if dtype is not None else None,
     )
     return ConfiguredMerge(config.base_model, tuple(entry.model for entry in config.models), options)
+
+
+def mergekit_config(
+    options: MergeOptions, base: str, models: Sequence[str], out_dtypes: Set[str]
+) -> MergekitConfig | None:
+    """The mergekit configuration of a merge with ``options`` of ``base`` and ``models`` (paths as given)
+    whose merged tensors are written in ``out_dtypes`` (dtype codes), or ``None`` if mergekit cannot
+    express it: TIES under other rules than mergekit's (the ``paper`` preset's whole-model thresholds,
+    ties kept at the cut, majority zero sign), or merged tensors written in several dtypes.
+    :func:`configured_merge` of it gives the same merge (tested), and ``mergekit-yaml`` runs it."""
+    mergekit = PRESETS["mergekit"]
+    if options.method.trims and (options.scope, options.trim, options.zero_sign) != (
+        mergekit.scope,
+        mergekit.trim,
+        mergekit.zero_sign,
+    ):
+        return None
+    if len(out_dtypes) > 1:
+        return None
+    per_model: dict[str, Sequence[float]] = {"weight": [float(w) for w in options.model_weights(len(models))]}
+    if options.method.trims:
+        per_model["density"] = list(options.model_densities(len(models)))
+    dtype = next(iter(out_dtypes), None)
+    return build_config(
+        options.method.name,
+        models,
+        base_model=base,
+        model_parameters=per_model,
+        parameters={"lambda": options.lam, "normalize": bool(options.normalize)},
+        dtype="float32",  # what ooc-ties computes in; mergekit computes in its dtype
+        out_dtype=_MERGEKIT_DTYPES[dtype] if dtype is not None else None,
+        where=CONFIG_NAME,
+    )
 
 
 def _refuse_per_tensor_values(config: MergekitConfig) -> None:

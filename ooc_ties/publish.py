@@ -14,12 +14,14 @@ from ooc_ties._version import __version__
 from ooc_ties.config import MergeOptions
 from ooc_ties.dtypes import DType
 from ooc_ties.errors import OutputPathError
+from ooc_ties.from_config import CONFIG_NAME, mergekit_config
 from ooc_ties.identity import InputsIdentity
 from ooc_ties.inputs import MergeInputs
 from ooc_ties.io.side_files import SideFileLike
 from ooc_ties.io.staging import STATE_DIR, staging_path
 from ooc_ties.io.writer import RECIPE_NAME
 from ooc_ties.io.zarr_format import RECIPE_ATTRIBUTE
+from ooc_ties.mergekit_yaml import to_yaml
 from ooc_ties.model_card import CARD_NAME, library_name, model_card
 from ooc_ties.pass1.thresholds import Thresholds
 from ooc_ties.plan import MergePlan
@@ -83,14 +85,22 @@ def recipe(plan: MergePlan, inputs: MergeInputs, thresholds: Thresholds) -> dict
 
 def side_files(plan: MergePlan, inputs: MergeInputs, recipe: dict[str, Any]) -> dict[str, SideFileLike]:
     """The base's side files (everything but weights: :mod:`ooc_ties.io.side_files`), with ``torch_dtype``
-    in ``config.json`` set to the output dtype if one was chosen, and a model card made from ``recipe``
-    as ``README.md`` in place of the base's."""
+    in ``config.json`` set to the output dtype if one was chosen, a model card made from ``recipe`` as
+    ``README.md`` in place of the base's, and the merge as a mergekit configuration (``mergekit_config.yml``)
+    where mergekit can express it (:func:`~ooc_ties.from_config.mergekit_config`)."""
     base_files = inputs.base.side_files()
     files: dict[str, SideFileLike] = dict(base_files)
     config = base_files["config.json"].read() if "config.json" in base_files else None
     if config is not None and plan.options.out_dtype is not None:
         files["config.json"] = _retyped_config(config, plan.options.out_dtype)
     files[CARD_NAME] = model_card(recipe, library=library_name(base_files.keys(), config)).encode()
+    files.pop(CONFIG_NAME, None)  # the base's own, if a Zarr base carried one: not this merge's
+    if all(source.local_paths() for source in inputs.all):  # (arrays in memory have no name to give)
+        merged_dtypes = {t.out_dtype.code for t in plan.merged}
+        labels = [ft.label for ft in inputs.fts]
+        written = mergekit_config(plan.options, inputs.base.label, labels, merged_dtypes)
+        if written is not None:
+            files[CONFIG_NAME] = to_yaml(written).encode()
     return files
 
 

@@ -4,11 +4,12 @@ not supported yet refused in one line naming the key."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
-from ooc_ties import PRESETS, OptionError, merge
+from ooc_ties import PRESETS, MergeOptions, OptionError, merge
 from ooc_ties.cli import main
 from ooc_ties.from_config import configured_merge
 from ooc_ties.io.checkpoint import Checkpoint
@@ -145,3 +146,40 @@ def test_config_and_models_on_the_command_line_do_not_mix(
     assert exit_info.value.code == 2 and "give --base and the FINETUNED models, or --config" in capsys.readouterr().err
     with pytest.raises(OptionError, match="base_model is required"):
         configured_merge(parse_config(f"merge_method: ties\nmodels:\n  - model: {fts[0]}\n", "x.yml"))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        pytest.param(PRESETS["mergekit"].with_(density=(0.5, 0.2, 0.9), weights=(1.0, 0.5, 0.25)), id="ties"),
+        pytest.param(
+            PRESETS["mergekit"].with_(method="task_arithmetic", lam=0.4, out_dtype="f32"), id="task_arithmetic"
+        ),
+    ],
+)
+def test_the_config_written_beside_an_output_reproduces_it(
+    tiny_models: Models, tmp_path: Path, options: MergeOptions
+) -> None:
+    base, fts = tiny_models
+    first = merge(base, fts, tmp_path / "first", options).output
+    assert first is not None
+    written = first / "mergekit_config.yml"
+    text = written.read_text()
+    assert f"merge_method: {options.method.name}" in text and "dtype: float32" in text
+    main(["merge", "-q", "--config", str(written), "-o", str(tmp_path / "again")])
+    assert _read(tmp_path / "again") == _read(first)
+    assert (tmp_path / "again" / "mergekit_config.yml").read_text() == text
+
+
+def test_no_config_where_mergekit_cannot_express_the_merge(tiny_models: Models, tmp_path: Path) -> None:
+    """The paper preset's whole-model thresholds (and ties kept at the cut, and the majority zero sign)
+    are not mergekit's: no mergekit_config.yml, rather than one that would merge differently. A base's
+    own mergekit_config.yml is never copied."""
+    base, fts = tiny_models
+    copy = tmp_path / "base"
+    shutil.copytree(base, copy)
+    (copy / "mergekit_config.yml").write_text("merge_method: linear\n")
+    out = merge(copy, fts, tmp_path / "paper", PRESETS["paper"]).output
+    assert out is not None and not (out / "mergekit_config.yml").exists()
+    out = merge(copy, fts, tmp_path / "mk", PRESETS["mergekit"]).output
+    assert out is not None and "merge_method: ties" in (out / "mergekit_config.yml").read_text()

@@ -165,7 +165,8 @@ def test_a_bert_base_from_the_hub_cache_keeps_its_tokenizer(tiny_models: Models,
     assert result.output is not None
     got = _files(result.output)
     assert not any(p.is_symlink() for p in result.output.iterdir())
-    assert set(got) == {*_files(plain), "README.md", "ooc_ties_recipe.json"}
+    # the mergekit preset's merge is also written as a mergekit configuration (ooc_ties.from_config)
+    assert set(got) == {*_files(plain), "README.md", "ooc_ties_recipe.json", "mergekit_config.yml"}
     for name, data in BERT_SIDE_FILES.items():
         assert got[name] == data
     assert got["generation_config.json"] == (plain / "generation_config.json").read_bytes()

@@ -36,6 +36,7 @@ from typing import TypeAlias
 from ooc_ties.errors import CheckpointFormatError
 
 __all__ = [
+    "MERGEKIT_CONFIG_NAME",
     "PIECE",
     "RECIPE_NAME",
     "WEIGHT_SUFFIXES",
@@ -70,6 +71,9 @@ INDEX_SUFFIX = ".index.json"
 """Weight index files (``model.safetensors.index.json``, ``pytorch_model.bin.index.json``, ...)."""
 RECIPE_NAME = "ooc_ties_recipe.json"
 """The file in a merged folder that records how it was made."""
+MERGEKIT_CONFIG_NAME = "mergekit_config.yml"
+"""The mergekit configuration of a merged folder (mergekit's name; ooc-ties writes one where mergekit can
+express the merge): a base's own is not the output's, so it is never copied."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,16 +139,17 @@ def skip_reason(name: str, modules: frozenset[str] = frozenset()) -> str | None:
         len(parts) > 1 and parts[0] in modules
     ):
         return "weights"
-    if name == RECIPE_NAME:
+    if name in (RECIPE_NAME, MERGEKIT_CONFIG_NAME):
         return "recipe"
     return None
 
 
 def clashes_with_output(name: str) -> bool:
     """Whether a side file named ``name`` would be hidden, lie outside the output folder, or stand where
-    the output's own weights, index or recipe go (the top level): such a name is refused."""
+    the output's own weights, index or recipe go (the top level): such a name is refused. (The merge
+    itself may write a ``mergekit_config.yml``: :mod:`ooc_ties.publish` drops the base's.)"""
     reason = skip_reason(name)
-    return reason == "hidden" or (reason is not None and "/" not in name)
+    return reason == "hidden" or (reason is not None and "/" not in name and name != MERGEKIT_CONFIG_NAME)
 
 
 def sentence_transformers_modules(folder: Path) -> frozenset[str]:
