@@ -20,6 +20,7 @@ __all__ = [
     "F32",
     "F64",
     "OUTPUT_DTYPES",
+    "TORCH_NAMES",
     "DType",
     "parse_dtype",
     "parse_output_dtype",
@@ -73,6 +74,10 @@ DTYPES: dict[str, DType] = {
 OUTPUT_DTYPES: dict[str, DType] = {"bf16": BF16, "f16": F16, "f32": F32}
 """The names accepted by ``--dtype`` for merged (float) tensors."""
 
+TORCH_NAMES: dict[DType, str] = {BF16: "bfloat16", F16: "float16", F32: "float32"}
+"""The output dtypes as torch (``config.json``'s ``torch_dtype``) and mergekit configurations name them;
+:func:`parse_output_dtype` accepts these names too."""
+
 
 def parse_dtype(code: object, where: str) -> DType:
     """The :class:`DType` for a safetensors dtype code; ``where`` names the file and tensor for errors."""
@@ -89,7 +94,7 @@ def parse_output_dtype(name: str | DType | None) -> DType | None:
             raise OptionError(f"output dtype {name} is not supported (expected one of: bf16, f16, f32)")
         return name
     key = name.lower()
-    aliases = {"bfloat16": "bf16", "float16": "f16", "half": "f16", "float32": "f32", "float": "f32"}
+    aliases = {"half": "f16", "float": "f32", **{TORCH_NAMES[d]: short for short, d in OUTPUT_DTYPES.items()}}
     key = aliases.get(key, key)
     if key not in OUTPUT_DTYPES:
         raise OptionError(f'output dtype "{name}" is invalid (expected one of: "bf16", "f16", "f32")')

@@ -15,6 +15,7 @@ from collections.abc import Sequence, Set
 from dataclasses import dataclass
 
 from ooc_ties.config import PRESETS, MergeOptions
+from ooc_ties.dtypes import TORCH_NAMES, DType
 from ooc_ties.errors import OptionError
 from ooc_ties.io.side_files import MERGEKIT_CONFIG_NAME
 from ooc_ties.mergekit_yaml import MergekitConfig, build_config, check, resolve
@@ -24,8 +25,6 @@ __all__ = ["CONFIG_NAME", "ConfiguredMerge", "configured_merge", "mergekit_confi
 
 logger = logging.getLogger(__name__)
 
-_DTYPES = {"bfloat16": "bf16", "float16": "f16", "float32": "f32"}
-_MERGEKIT_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
 
 CONFIG_NAME = MERGEKIT_CONFIG_NAME
 """The configuration written beside an output whose merge mergekit can express (mergekit's own name)."""
@@ -75,16 +74,16 @@ def configured_merge(config: MergekitConfig) -> ConfiguredMerge:
         weights=tuple(float(values["weight"]) for values in per_model),  # type: ignore[arg-type]
         lam=float(shared["lambda"]),  # type: ignore[arg-type]
         normalize=bool(shared["normalize"]),
-        out_dtype=_DTYPES[dtype] if dtype is not None else None,
+        out_dtype=dtype,  # (parse_output_dtype takes mergekit's names)
     )
     return ConfiguredMerge(config.base_model, tuple(entry.model for entry in config.models), options)
 
 
 def mergekit_config(
-    options: MergeOptions, base: str, models: Sequence[str], out_dtypes: Set[str]
+    options: MergeOptions, base: str, models: Sequence[str], out_dtypes: Set[DType]
 ) -> MergekitConfig | None:
     """The mergekit configuration of a merge with ``options`` of ``base`` and ``models`` (paths as given)
-    whose merged tensors are written in ``out_dtypes`` (dtype codes), or ``None`` if mergekit cannot
+    whose merged tensors are written in ``out_dtypes``, or ``None`` if mergekit cannot
     express it: TIES under other rules than mergekit's (the ``paper`` preset's whole-model thresholds,
     ties kept at the cut, majority zero sign), or merged tensors written in several dtypes.
     :func:`configured_merge` of it gives the same merge (tested), and ``mergekit-yaml`` runs it."""
@@ -108,7 +107,7 @@ def mergekit_config(
         model_parameters=per_model,
         parameters={"lambda": options.lam, "normalize": bool(options.normalize)},
         dtype="float32",  # what ooc-ties computes in; mergekit computes in its dtype
-        out_dtype=_MERGEKIT_DTYPES[dtype] if dtype is not None else None,
+        out_dtype=TORCH_NAMES[dtype] if dtype is not None else None,
         where=CONFIG_NAME,
     )
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from ooc_ties._version import __version__
 from ooc_ties.config import MergeOptions
-from ooc_ties.dtypes import DType
+from ooc_ties.dtypes import TORCH_NAMES, DType
 from ooc_ties.errors import OutputPathError
 from ooc_ties.from_config import CONFIG_NAME, mergekit_config
 from ooc_ties.identity import InputsIdentity
@@ -96,7 +96,7 @@ def side_files(plan: MergePlan, inputs: MergeInputs, recipe: dict[str, Any]) -> 
     files[CARD_NAME] = model_card(recipe, library=library_name(base_files.keys(), config)).encode()
     files.pop(CONFIG_NAME, None)  # the base's own, if a Zarr base carried one: not this merge's
     if all(source.local_paths() for source in inputs.all):  # (arrays in memory have no name to give)
-        merged_dtypes = {t.out_dtype.code for t in plan.merged}
+        merged_dtypes = {t.out_dtype for t in plan.merged}
         labels = [ft.label for ft in inputs.fts]
         written = mergekit_config(plan.options, inputs.base.label, labels, merged_dtypes)
         if written is not None:
@@ -112,8 +112,7 @@ def _retyped_config(source: bytes, dtype: DType) -> bytes:
         return source
     if not isinstance(config, dict):
         return source
-    names = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
     for key in ("torch_dtype", "dtype"):
         if key in config:
-            config[key] = names[dtype.code]
+            config[key] = TORCH_NAMES[dtype]
     return (json.dumps(config, indent=2) + "\n").encode()
