@@ -17,7 +17,17 @@ from pathlib import Path
 import click
 
 from ooc_ties._version import __version__
-from ooc_ties.config import PRESETS, Resources, Scope, TrimRule, ZeroSign, parse_preset, parse_size, parse_threads
+from ooc_ties.config import (
+    PRESETS,
+    RescaleRule,
+    Resources,
+    Scope,
+    TrimRule,
+    ZeroSign,
+    parse_preset,
+    parse_size,
+    parse_threads,
+)
 from ooc_ties.errors import OocTiesError
 from ooc_ties.from_config import configured_merge
 from ooc_ties.merge import MergeResult, merge, plan_merge
@@ -43,7 +53,7 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     root.setLevel(level)
 
 
-def _choices(kind: type[Scope] | type[TrimRule] | type[ZeroSign]) -> click.Choice[str]:
+def _choices(kind: type[Scope] | type[TrimRule] | type[ZeroSign] | type[RescaleRule]) -> click.Choice[str]:
     return click.Choice([m.value for m in kind])
 
 
@@ -110,9 +120,28 @@ def cli() -> None:
 )
 @click.option(
     "--density",
-    help="Fraction of task-vector magnitudes kept, in (0, 1]: one, or one per model (comma-separated). "
-    "[ties: 0.2; others: 1]",
+    help="Fraction of each task vector kept (largest magnitudes for ties, a band for breadcrumbs, a random "
+    "drop for dare/della), in (0, 1]: one, or one per model (comma-separated). [ties: 0.2; others: 1]",
 )
+@click.option(
+    "--gamma",
+    help="breadcrumbs: fraction of largest magnitudes dropped as outliers; one, or one per model. [0.01]",
+)
+@click.option(
+    "--epsilon",
+    help="della: keep probabilities run from density - epsilon to density + epsilon; one, or one per model. [0.15]",
+)
+@click.option(
+    "--rescale/--no-rescale",
+    default=None,
+    help="Rescale the values a random drop keeps (dare_*, della*). [those: yes]",
+)
+@click.option(
+    "--rescale-rule",
+    type=_choices(RescaleRule),
+    help="l1: keep each tensor's L1 norm (mergekit); density: times 1/density (DARE paper). [l1]",
+)
+@click.option("--seed", type=click.IntRange(min=0), help="Seed of the random drops (dare_*, della*). [0]")
 @click.option("--lambda", "lam", type=float, help="Scale of the merged task vector. [default: 1.0]")
 @click.option("--scope", type=_choices(Scope), help="Top-k over the whole model or per tensor. [preset]")
 @click.option("--trim", type=_choices(TrimRule), help="threshold: keep all ties (paper); topk: exactly k. [preset]")
@@ -120,7 +149,7 @@ def cli() -> None:
 @click.option(
     "--normalize/--no-normalize",
     default=None,
-    help="Divide by the sum of the (agreeing) weights. [ties: yes; task_arithmetic: no]",
+    help="Divide by the sum of the (agreeing) weights. [linear, ties, della: yes; others: no]",
 )
 @click.option("--weights", help="Per-model weights, space- or comma-separated, one per fine-tuned model.")
 @click.option("--dtype", type=click.Choice(["bf16", "f16", "f32"]), help="Output dtype of merged tensors. [base's]")
@@ -163,6 +192,11 @@ def merge_command(
     method: str | None,
     preset: str,
     density: str | None,
+    gamma: str | None,
+    epsilon: str | None,
+    rescale: bool | None,
+    rescale_rule: str | None,
+    seed: int | None,
     lam: float | None,
     scope: str | None,
     trim: str | None,
@@ -196,6 +230,9 @@ def merge_command(
             "--base": base,
             "--method": method,
             "--density": density,
+            "--gamma": gamma,
+            "--epsilon": epsilon,
+            "--rescale": rescale,
             "--lambda": lam,
             "--normalize": normalize,
             "--weights": weights,
@@ -205,13 +242,20 @@ def merge_command(
             raise click.UsageError(f"--config names the models, the method and its parameters: drop {clash[0]}")
         configured = configured_merge(load_config(config_path))
         base, finetuned = configured.base, configured.models
-        options = configured.options.with_(scope=scope, trim=trim, zero_sign=zero_sign, out_dtype=dtype)
+        options = configured.options.with_(
+            scope=scope, trim=trim, zero_sign=zero_sign, out_dtype=dtype, seed=seed, rescale_rule=rescale_rule
+        )
     else:
         if base is None or not finetuned:
             raise click.UsageError("give --base and the FINETUNED models, or --config merge.yml")
         options = parse_preset(preset).with_(
             method=method,
-            density=_densities(density),
+            density=_numbers(density, "--density"),
+            gamma=_numbers(gamma, "--gamma"),
+            epsilon=_numbers(epsilon, "--epsilon"),
+            rescale=rescale,
+            rescale_rule=rescale_rule,
+            seed=seed,
             lam=lam,
             scope=scope,
             trim=trim,
@@ -256,14 +300,15 @@ def merge_command(
         )
 
 
-def _densities(text: str | None) -> float | list[float] | None:
-    """``--density``: one number, or one per fine-tuned model (their range is ``MergeOptions``' to check)."""
+def _numbers(text: str | None, flag: str) -> float | list[float] | None:
+    """``--density`` and the like: one number, or one per fine-tuned model (their range is
+    ``MergeOptions``' to check)."""
     if text is None:
         return None
     values = _split_numbers(text)
     if not values or not all(_is_number(v) for v in values):
         message = f"{text!r} is not a number or a comma-separated list of numbers"
-        raise click.BadParameter(message, param_hint="'--density'")
+        raise click.BadParameter(message, param_hint=f"'{flag}'")
     numbers = [float(v) for v in values]
     return numbers[0] if len(numbers) == 1 else numbers
 

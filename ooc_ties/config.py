@@ -18,11 +18,13 @@ import numpy as np
 
 from ooc_ties.dtypes import DType, parse_output_dtype
 from ooc_ties.errors import OptionError
-from ooc_ties.methods import TIES, Method, parse_method
+from ooc_ties.kernels.drop import parse_della_epsilon
+from ooc_ties.methods import TIES, Method, Sparsify, parse_method
 
 __all__ = [
     "PRESETS",
     "MergeOptions",
+    "RescaleRule",
     "Resources",
     "Scope",
     "TrimRule",
@@ -64,6 +66,15 @@ class ZeroSign(enum.Enum):
     """Always positive (mergekit)."""
 
 
+class RescaleRule(enum.Enum):
+    """How a method that rescales (``rescale``) scales the values it keeps."""
+
+    L1 = "l1"
+    """Each tensor's kept values are scaled so that their L1 norm is the whole task vector's (mergekit)."""
+    DENSITY = "density"
+    """Each kept value is multiplied by ``float32(1 / density)`` (the DARE paper; random drops only)."""
+
+
 def _parse_enum(kind: type[enum.Enum], value: Any, option: str) -> Any:
     if isinstance(value, kind):
         return value
@@ -93,6 +104,26 @@ def parse_density(value: float) -> float:
     if not (0.0 < density <= 1.0):
         raise OptionError(f"density must be in (0, 1]; got {value!r}")
     return density
+
+
+def _parse_fractions(value: Any, what: str) -> float | tuple[float, ...]:
+    """One fraction in ``[0, 1]`` for every model, or one per fine-tuned model."""
+
+    def one(v: Any) -> float:
+        try:
+            number = float(v)
+        except (TypeError, ValueError):
+            raise OptionError(f"{what} must be a number in [0, 1]; got {v!r}") from None
+        if not 0.0 <= number <= 1.0:
+            raise OptionError(f"{what} must be in [0, 1]; got {v!r}")
+        return number
+
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        return one(value)
+    values = tuple(one(v) for v in value)
+    if not values:
+        raise OptionError(f"{what} must not be empty (give one value, or one per fine-tuned model)")
+    return values
 
 
 def _finite_f32(value: Any, what: str) -> float:
@@ -159,6 +190,15 @@ def _as_tuple(density: float | tuple[float, ...] | None) -> tuple[float, ...]:
     return density if isinstance(density, tuple) else (1.0 if density is None else density,)
 
 
+def _per_model(value: float | tuple[float, ...] | None, n_models: int, what: str) -> tuple[float, ...]:
+    values = _as_tuple(value)
+    if len(values) == 1:
+        return values * n_models
+    if len(values) != n_models:
+        raise OptionError(f"{len(values)} {what} given for {n_models} fine-tuned models")
+    return values
+
+
 @dataclass(frozen=True, slots=True)
 class MergeOptions:
     """Everything that decides the merged bytes. Presets: :data:`PRESETS`."""
@@ -183,16 +223,31 @@ class MergeOptions:
     """Divide by the sum of the (agreeing) weights; ``None``: the method's default."""
     out_dtype: DType | None = None
     """Dtype of merged tensors; ``None`` keeps each tensor's base dtype."""
+    gamma: float | tuple[float, ...] | None = None
+    """Breadcrumbs: the fraction of largest magnitudes dropped as outliers, in ``[0, 1]``, one for every
+    model or one per model; ``None``: 0.01 (mergekit's default) for breadcrumbs, unused otherwise."""
+    epsilon: float | tuple[float, ...] | None = None
+    """DELLA: the keep probabilities run from ``density - epsilon`` to ``density + epsilon``; ``None``:
+    0.15 (mergekit's default) for DELLA, unused otherwise."""
+    rescale: bool | None = None
+    """Rescale each task vector's kept values (:class:`RescaleRule`); ``None``: the method's default."""
+    rescale_rule: RescaleRule = RescaleRule.L1
+    """How they are rescaled."""
+    seed: int = 0
+    """The seed of the random drops (DARE, DELLA): with the model's index, the tensor's name and the
+    element's index it decides each drop (``ooc_ties.kernels.drop``), so the same seed gives the same
+    bytes on any machine, block size and thread count."""
 
     def __post_init__(self) -> None:
         method = parse_method(self.method)
         object.__setattr__(self, "method", method)
         density = parse_densities(method.default_density if self.density is None else self.density)
-        if not method.trims and density not in (1.0, (1.0,) * len(_as_tuple(density))):
+        if not method.sparsifies and density not in (1.0, (1.0,) * len(_as_tuple(density))):
             raise OptionError(
                 f"density {density} does not apply to {method.name}, which keeps every value (use ties to trim)"
             )
         object.__setattr__(self, "density", density)
+        self._set_method_parameters(method)
         object.__setattr__(self, "lam", parse_lambda(self.lam))
         object.__setattr__(self, "scope", _parse_enum(Scope, self.scope, "scope"))
         object.__setattr__(self, "trim", _parse_enum(TrimRule, self.trim, "trim rule"))
@@ -201,12 +256,47 @@ class MergeOptions:
         object.__setattr__(self, "normalize", method.normalize if self.normalize is None else bool(self.normalize))
         object.__setattr__(self, "out_dtype", parse_output_dtype(self.out_dtype))
 
+    def _set_method_parameters(self, method: Method) -> None:
+        """Validate ``gamma``, ``epsilon``, ``rescale`` and ``seed`` against the method."""
+        for name, wanted, default in (
+            ("gamma", Sparsify.BAND, 0.01),
+            ("epsilon", Sparsify.DELLA, 0.15),
+        ):
+            value = getattr(self, name)
+            if value is None:
+                object.__setattr__(self, name, default if method.sparsify is wanted else None)
+            elif method.sparsify is not wanted:
+                raise OptionError(f"{name} does not apply to {method.name}")
+            else:
+                object.__setattr__(self, name, _parse_fractions(value, name))
+        if self.epsilon is not None:
+            densities, epsilons = _as_tuple(self.density), _as_tuple(self.epsilon)
+            if len(densities) > 1 and len(epsilons) > 1 and len(densities) != len(epsilons):
+                raise OptionError(f"{len(densities)} densities and {len(epsilons)} epsilons given")
+            width = max(len(densities), len(epsilons))
+            for d, e in zip(densities * (width // len(densities)), epsilons * (width // len(epsilons)), strict=True):
+                parse_della_epsilon(d, e)
+        rescale = method.rescale if self.rescale is None else bool(self.rescale)
+        object.__setattr__(self, "rescale", rescale)
+        rule = _parse_enum(RescaleRule, self.rescale_rule, "rescale rule")
+        object.__setattr__(self, "rescale_rule", rule)
+        if rescale and not method.sparsify.random:
+            kind = "keeps every value" if not method.sparsifies else "trims by magnitude"
+            raise OptionError(
+                f"rescale does not apply to {method.name}, which {kind} (only the random drops, DARE and DELLA, "
+                "are rescaled by ooc-ties)"
+            )
+        if rescale and rule is RescaleRule.DENSITY and method.sparsify is not Sparsify.RANDOM:
+            raise OptionError(f"rescale rule density applies to DARE's drop only, not to {method.name}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**64:
+            raise OptionError(f"seed must be an integer in [0, 2**64); got {self.seed!r}")
+
     def with_(self, **changes: Any) -> MergeOptions:
         """A copy with some fields changed (``None`` values are ignored), validated again. Another method
         brings its own default density and normalization unless they are given too."""
         given = {k: v for k, v in changes.items() if v is not None}
         if "method" in given and parse_method(given["method"]) is not self.method:
-            given = {"density": None, "normalize": None, **given}
+            given = {"density": None, "normalize": None, "rescale": None, "gamma": None, "epsilon": None, **given}
         return replace(self, **given)
 
     @property
@@ -216,12 +306,15 @@ class MergeOptions:
 
     def model_densities(self, n_models: int) -> tuple[float, ...]:
         """The density of each of ``n_models`` fine-tuned models."""
-        densities = _as_tuple(self.density)
-        if len(densities) == 1:
-            return densities * n_models
-        if len(densities) != n_models:
-            raise OptionError(f"{len(densities)} densities given for {n_models} fine-tuned models")
-        return densities
+        return _per_model(self.density, n_models, "densities")
+
+    def model_gammas(self, n_models: int) -> tuple[float, ...]:
+        """Breadcrumbs' ``gamma`` of each of ``n_models`` fine-tuned models (empty for other methods)."""
+        return _per_model(self.gamma, n_models, "gammas") if self.gamma is not None else ()
+
+    def model_epsilons(self, n_models: int) -> tuple[float, ...]:
+        """DELLA's ``epsilon`` of each of ``n_models`` fine-tuned models (empty for other methods)."""
+        return _per_model(self.epsilon, n_models, "epsilons") if self.epsilon is not None else ()
 
     @property
     def majority_vote(self) -> bool:
@@ -238,9 +331,18 @@ class MergeOptions:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready description (the recipe stored with the output)."""
+
+        def listed(value: float | tuple[float, ...] | None) -> float | list[float] | None:
+            return list(value) if isinstance(value, tuple) else value
+
         return {
             "method": self.method.name,
-            "density": list(self.density) if isinstance(self.density, tuple) else self.density,
+            "density": listed(self.density),
+            "gamma": listed(self.gamma),
+            "epsilon": listed(self.epsilon),
+            "rescale": self.rescale,
+            "rescale_rule": self.rescale_rule.value,
+            "seed": self.seed,
             "lambda": self.lam,
             "scope": self.scope.value,
             "trim": self.trim.value,

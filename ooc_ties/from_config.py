@@ -14,12 +14,12 @@ import logging
 from collections.abc import Sequence, Set
 from dataclasses import dataclass
 
-from ooc_ties.config import PRESETS, MergeOptions
+from ooc_ties.config import PRESETS, MergeOptions, RescaleRule
 from ooc_ties.dtypes import TORCH_NAMES, DType
 from ooc_ties.errors import OptionError
 from ooc_ties.io.side_files import MERGEKIT_CONFIG_NAME
 from ooc_ties.mergekit_yaml import MergekitConfig, build_config, check, resolve
-from ooc_ties.methods import METHODS, TASK_ARITHMETIC
+from ooc_ties.methods import METHODS
 
 __all__ = ["CONFIG_NAME", "ConfiguredMerge", "configured_merge", "mergekit_config"]
 
@@ -48,22 +48,40 @@ def configured_merge(config: MergekitConfig) -> ConfiguredMerge:
     method = METHODS.get(config.merge_method)
     if method is None:
         allowed = ", ".join(f'"{name}"' for name in METHODS)
-        raise OptionError(
-            f"{where}: merge_method {config.merge_method!r} is not supported yet (supported: {allowed})"
-        )
-    if config.base_model is None:
+        raise OptionError(f"{where}: merge_method {config.merge_method!r} is not supported yet (supported: {allowed})")
+    models = tuple(entry.model for entry in config.models)
+    if not method.uses_base:
+        if config.base_model is not None and config.base_model not in models:
+            raise OptionError(
+                f"{where}: base_model: {method.name} merges the models listed under models and has no base: list "
+                f"{config.base_model} there with a weight, or remove base_model"
+            )
+        base = config.base_model or models[0]  # (the layout, config and tokenizer files of the output)
+    elif config.base_model is None:
         raise OptionError(f"{where}: base_model is required for {method.name} (the task vectors are taken from it)")
+    else:
+        base = config.base_model
     if config.chat_template is not None:
         raise OptionError(f"{where}: chat_template is not supported yet (remove it, and set the template afterwards)")
     check(config, method.parameters)
     _refuse_per_tensor_values(config)
     shared, per_model = resolve(config, method.parameters, "", 0.0)
-    if shared["rescale"]:
-        raise OptionError(f"{where}: parameters: rescale: true is not supported yet for {method.name}")
-    densities = tuple(float(values["density"]) for values in per_model)  # type: ignore[arg-type]
-    if method is TASK_ARITHMETIC:
+
+    def each(name: str) -> tuple[float, ...] | None:
+        if not any(p.name == name for p in method.parameters):
+            return None
+        return tuple(float(values[name]) for values in per_model)  # type: ignore[arg-type]
+
+    rescale = bool(shared.get("rescale", False))
+    if rescale and not method.sparsify.random:
+        raise OptionError(
+            f"{where}: parameters: rescale: true is not supported yet for {method.name} (ooc-ties rescales the "
+            "random drops of dare_* and della*)"
+        )
+    densities = each("density")
+    if densities is not None and not method.sparsifies:
         if any(d != 1.0 for d in densities):
-            logger.warning("%s: density has no effect on task_arithmetic (mergekit ignores it too)", where)
+            logger.warning("%s: density has no effect on %s (mergekit ignores it too)", where, method.name)
         densities = (1.0,)
     dtype = config.out_dtype or config.dtype  # mergekit writes in dtype unless out_dtype says otherwise
     if config.dtype not in (None, "float32"):
@@ -71,12 +89,15 @@ def configured_merge(config: MergekitConfig) -> ConfiguredMerge:
     options = PRESETS["mergekit"].with_(
         method=method,
         density=densities,
-        weights=tuple(float(values["weight"]) for values in per_model),  # type: ignore[arg-type]
-        lam=float(shared["lambda"]),  # type: ignore[arg-type]
+        gamma=each("gamma"),
+        epsilon=each("epsilon"),
+        rescale=rescale,
+        weights=each("weight"),
+        lam=float(shared.get("lambda", 1.0)),  # type: ignore[arg-type]
         normalize=bool(shared["normalize"]),
         out_dtype=dtype,  # (parse_output_dtype takes mergekit's names)
     )
-    return ConfiguredMerge(config.base_model, tuple(entry.model for entry in config.models), options)
+    return ConfiguredMerge(base, models, options)
 
 
 def mergekit_config(
@@ -96,16 +117,31 @@ def mergekit_config(
         return None
     if len(out_dtypes) > 1:
         return None
-    per_model: dict[str, Sequence[float]] = {"weight": [float(w) for w in options.model_weights(len(models))]}
-    if options.method.trims:
-        per_model["density"] = list(options.model_densities(len(models)))
+    method = options.method
+    if method.sparsify.random and (options.seed != 0 or options.rescale_rule is not RescaleRule.L1):
+        return None  # (a configuration has no seed, and mergekit rescales by the L1 rule only)
+    n = len(models)
+    per_model: dict[str, Sequence[float]] = {"weight": [float(w) for w in options.model_weights(n)]}
+    if method.sparsifies:
+        per_model["density"] = list(options.model_densities(n))
+    if options.gamma is not None:
+        per_model["gamma"] = list(options.model_gammas(n))
+    if options.epsilon is not None:
+        per_model["epsilon"] = list(options.model_epsilons(n))
+    shared: dict[str, float | bool] = {"normalize": bool(options.normalize)}
+    if method.uses_base:
+        shared["lambda"] = options.lam
+    elif options.lam != 1.0:
+        return None  # (mergekit's linear has no lambda)
+    if method.sparsifies:
+        shared["rescale"] = bool(options.rescale)
     dtype = next(iter(out_dtypes), None)
     return build_config(
-        options.method.name,
+        method.name,
         models,
-        base_model=base,
+        base_model=base if method.uses_base else None,
         model_parameters=per_model,
-        parameters={"lambda": options.lam, "normalize": bool(options.normalize)},
+        parameters=shared,
         dtype="float32",  # what ooc-ties computes in; mergekit computes in its dtype
         out_dtype=TORCH_NAMES[dtype] if dtype is not None else None,
         where=CONFIG_NAME,
@@ -120,6 +156,5 @@ def _refuse_per_tensor_values(config: MergekitConfig) -> None:
         for name, setting in settings.items():
             if setting.is_gradient or any(rule.filter not in (None, "*") for rule in setting.rules):
                 raise OptionError(
-                    f"{config.source}: {where}: {name}: gradients and filters (values per tensor) are not "
-                    "supported yet"
+                    f"{config.source}: {where}: {name}: gradients and filters (values per tensor) are not supported yet"
                 )

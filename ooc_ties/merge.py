@@ -242,9 +242,3 @@ def _check_copies(plan: MergePlan, inputs: MergeInputs) -> None:
                         f"{ft.where(tensor.name)}: this {tensor.in_dtypes[0]} tensor is copied, not merged, "
                         f"but differs from the base at element {index}"
                     )
-
-
-
-
-
-

@@ -36,6 +36,7 @@ from ooc_ties.pass1.thresholds import Thresholds
 from ooc_ties.plan import MergePlan, TensorKind, TensorPlan
 from ooc_ties.progress import Progress, ProgressFactory, progress_bar
 from ooc_ties.schedule import run_blocks
+from ooc_ties.sparsity import Sparsity, needs_sparsity
 from ooc_ties.write_queue import WriteQueue
 
 __all__ = ["Pass2", "run_pass2"]
@@ -84,6 +85,12 @@ class Pass2:
             for key in thresholds.groups
         }
         self.key = thresholds.key
+        self.n = plan.n_models
+        self.sparsity = (
+            Sparsity(options, plan.n_models, thresholds.key, thresholds.outliers, thresholds.scales)
+            if needs_sparsity(options)
+            else None
+        )
         # per block: #S>0, #S<0, open elements, open elements not recorded in ``patches``
         self.votes = np.zeros((len(quotas), 4), np.int64)
         # per block and model: values the trim kept, checked against pass 1's counts (see _counted_blocks)
@@ -137,11 +144,14 @@ class Pass2:
         # Open elements are recorded only where the majority sign is a guess that may need correcting.
         capacity = self.open_capacity if key in self.guessed and not self.redoing else 0
         at, alt = buffers["at"][:capacity], buffers[("alt", storage)][:capacity]
+        quota, sparsity = self.quotas[ref.ordinal], None
+        if self.sparsity is not None:
+            quota, sparsity = self.sparsity.block_args(ref, base, fts, quota)
         bad = merge_kernel(
             base,
             fts,
             self.thr[key],
-            self.quotas[ref.ordinal],
+            quota,
             self.weights,
             self.lam,
             self.zero_positive[key],
@@ -152,6 +162,7 @@ class Pass2:
             kept,
             at,
             alt,
+            sparsity,
         )
         if bad >= 0:
             message = self.inputs.describe_nonfinite(name, ref.start + bad, None, ref.tensor.out_dtype)
@@ -265,8 +276,11 @@ def _check_kept(
         if ref.ordinal in counted:
             totals[key] = totals.get(key, 0) + kept[ref.ordinal]
     for key, total in totals.items():
+        outliers = thresholds.outliers.get(key)
         for t, group in enumerate(thresholds.groups[key]):
             expected = group.kept if whole[key] else group.sample_kept
+            if whole[key] and outliers is not None:  # the band: the lower cut's values less the upper's
+                expected -= outliers[t].kept
             if int(total[t]) != expected:
                 what = "the model" if key == GLOBAL else f"tensor {key!r}"
                 where = what if whole[key] else f"the sample blocks of {what}"

@@ -18,6 +18,7 @@ from ooc_ties.errors import IncompatibleCheckpointsError, OptionError
 from ooc_ties.grid import ChunkGrid
 from ooc_ties.io.direct import ALIGNMENT, BOUNCE_BYTES
 from ooc_ties.io.writer import ShardLayout, layout_shards
+from ooc_ties.methods import Sparsify, row_length
 from ooc_ties.pass1.costs import SAMPLE_STRIDE, max_reads, pass1_memory, plan_reads
 from ooc_ties.sources import TensorSource
 
@@ -230,6 +231,8 @@ def make_plan(
     # writing: write_queue pools buffers per dtype), and decodes each input to float32 when the
     # fine-tuned models of a tensor come in different dtypes (the kernels need one dtype for all).
     per_element = 2 * sum(d.itemsize for d in out_dtypes) + (4 * (n + 1) if mixed else 0)
+    if options.method.sparsify.random:
+        per_element += n  # each worker's drop masks: a byte per element and model
     fixed = _fixed_bytes(n, resources.threads, 0)
     room = resources.memory_budget - fixed
     block = min(MAX_BLOCK_ELEMENTS, room // max(1, resources.threads * per_element))
@@ -242,6 +245,14 @@ def make_plan(
             f"{resources.threads} threads (need at least {_human(need)})"
         )
 
+    if options.method.sparsify is Sparsify.DELLA and floats:
+        widest = max(floats, key=lambda name: row_length(base.info(name).shape))
+        row = row_length(base.info(widest).shape)
+        if block < row:
+            raise OptionError(
+                f"memory budget {_human(resources.memory_budget)} gives blocks of {block:,} values, but DELLA "
+                f"ranks whole rows and {widest} has rows of {row:,} (raise --memory)"
+            )
     tensors = []
     for name in base.names:
         b = base.info(name)

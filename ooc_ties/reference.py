@@ -11,14 +11,23 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Sequence
+from fractions import Fraction
 
 import numpy as np
 
-from ooc_ties.config import PRESETS, MergeOptions, Scope, TrimRule, ZeroSign
+from ooc_ties.config import PRESETS, MergeOptions, RescaleRule, Scope, TrimRule, ZeroSign
 from ooc_ties.dtypes import BF16, F16, F32, F64, DType
 from ooc_ties.io.checkpoint import Checkpoint
+from ooc_ties.kernels.drop import (
+    dare_probability,
+    della_keep_oracle,
+    random_keep_oracle,
+    stream_key,
+    tensor_key,
+)
+from ooc_ties.methods import Sparsify, row_length
 
-__all__ = ["reference_merge", "ties_vectors"]
+__all__ = ["reference_merge", "sparsified", "ties_vectors"]
 
 
 def _to_f32(raw: np.ndarray, dtype: DType) -> np.ndarray:
@@ -37,32 +46,119 @@ def _from_f32(values: np.ndarray, dtype: DType) -> np.ndarray:
     return values.astype(np.float32)
 
 
-def _trim_masks(tau: np.ndarray, densities: tuple[float, ...], trim: TrimRule) -> np.ndarray:
-    """Which entries of each row of ``tau`` (models x values) survive the trim (row ``t`` at density
-    ``densities[t]``)."""
+def _top_masks(magnitude: np.ndarray, m: int, trim: TrimRule, exact: bool = False) -> np.ndarray:
+    """The ``m`` largest of ``magnitude`` under the trim rule: ``topk`` exactly ``m``, equal magnitudes by
+    lowest index first; ``threshold`` every value at least the ``(d - m)``-th smallest (1-based), so
+    ``m = 0`` keeps the largest unless the count is ``exact`` (the band's cuts)."""
+    d = magnitude.size
+    if m >= d:
+        return np.ones(d, bool)
+    if m <= 0 and (exact or trim is TrimRule.TOPK):
+        return np.zeros(d, bool)
+    if trim is TrimRule.THRESHOLD:
+        kth = np.sort(magnitude)[d - m - 1]
+        keep: np.ndarray = magnitude >= kth
+        return keep
+    keep = np.zeros(d, bool)
+    keep[np.argsort(-magnitude, kind="stable")[:m]] = True  # largest first, ties by lowest index
+    return keep
+
+
+def _trim_masks(tau: np.ndarray, options: MergeOptions) -> np.ndarray:
+    """Which entries of each row of ``tau`` (models x values) the magnitude trim or the band keeps."""
     n_models, d = tau.shape
-    magnitude = np.abs(tau)
+    densities = options.model_densities(n_models)
     masks = np.ones(tau.shape, bool)
     for t in range(n_models):
-        m = int(d * densities[t])
-        if trim is TrimRule.TOPK:
-            m = max(1, m)
-        if m >= d:
+        if densities[t] >= 1.0:
             continue
-        masks[t] = False
-        if trim is TrimRule.THRESHOLD:
-            kth = np.sort(magnitude[t])[d - m - 1]  # the (d - m)-th smallest, 1-based
-            masks[t] = magnitude[t] >= kth
+        magnitude = np.abs(tau[t])
+        if options.method.sparsify is Sparsify.BAND:  # mergekit's magnitude_outliers, in counts
+            target = int(densities[t] * d)
+            top = int(options.model_gammas(n_models)[t] * d)
+            bottom = max(0, d - target - top)
+            masks[t] = _top_masks(magnitude, d - bottom, options.trim, exact=True)
+            masks[t] &= ~_top_masks(magnitude, d - bottom - target, options.trim, exact=True)
         else:
-            order = np.argsort(-magnitude[t], kind="stable")  # largest first, ties by lowest index
-            masks[t, order[:m]] = True
+            m = int(d * densities[t])
+            masks[t] = _top_masks(magnitude, max(1, m) if options.trim is TrimRule.TOPK else m, options.trim)
     return masks
 
 
-def ties_vectors(tau: np.ndarray, base: np.ndarray, options: MergeOptions, weights: np.ndarray) -> np.ndarray:
-    """The merge on flat vectors: ``tau`` (models x values) and ``base`` (values); float32 result. TIES
-    trims, elects and takes the disjoint mean; task arithmetic adds every weighted task vector."""
-    trimmed = tau * _trim_masks(tau, options.model_densities(len(tau)), options.trim).astype(np.float32)
+def _exact_l1(values: np.ndarray) -> np.float32:
+    """``sum |values|`` exactly (rational arithmetic), rounded once to float32 (nearest, ties to even)."""
+    total = sum((Fraction(float(x)) for x in np.abs(values).tolist()), Fraction(0))
+    nearest = np.float32(float(total))  # float64 first: exact for these sums, or off by < 1/2 ulp of float64
+    for candidate in (np.nextafter(nearest, np.float32(-np.inf)), np.nextafter(nearest, np.float32(np.inf))):
+        if abs(Fraction(float(candidate)) - total) < abs(Fraction(float(nearest)) - total):
+            nearest = candidate
+    return nearest
+
+
+def _drop_masks(tau: np.ndarray, name: str, shape: tuple[int, ...], options: MergeOptions) -> np.ndarray:
+    """DARE's or DELLA's keep masks of one tensor's task vectors (models x values)."""
+    n_models = len(tau)
+    densities = options.model_densities(n_models)
+    masks = np.ones(tau.shape, bool)
+    for t in range(n_models):
+        if densities[t] >= 1.0:
+            continue
+        key = stream_key(options.seed, t, tensor_key(name))
+        if options.method.sparsify is Sparsify.RANDOM:
+            masks[t] = random_keep_oracle(key, 0, tau.shape[1], dare_probability(densities[t]))
+        else:
+            epsilon = options.model_epsilons(n_models)[t]
+            masks[t] = della_keep_oracle(key, 0, tau[t], row_length(shape), densities[t], epsilon)
+    return masks
+
+
+def _rescale(tau: np.ndarray, masks: np.ndarray, options: MergeOptions) -> np.ndarray:
+    """Each model's rescale factor of one tensor (float32), or all ones."""
+    n_models = len(tau)
+    scales = np.ones(n_models, np.float32)
+    if not options.rescale:
+        return scales
+    for t in range(n_models):
+        if options.rescale_rule is RescaleRule.DENSITY:
+            scales[t] = np.float32(1.0 / options.model_densities(n_models)[t])
+            continue
+        if masks[t].all():
+            continue  # nothing dropped: mergekit returns the task vector as it is
+        whole, kept = _exact_l1(tau[t]), _exact_l1(tau[t][masks[t]])
+        if whole >= np.float32(1e-7) and kept >= np.float32(1e-7):  # mergekit's eps
+            scales[t] = np.float32(whole / kept)
+    return scales
+
+
+def sparsified(tau: np.ndarray, tensors: Sequence[tuple[str, tuple[int, ...]]], options: MergeOptions) -> np.ndarray:
+    """Each model's task vector (rows of ``tau``, the ``tensors`` one after another) as the method
+    sparsifies and rescales it: ``(tau * keep) * scale`` in float32."""
+    if options.method.trims:
+        return tau * _trim_masks(tau, options).astype(np.float32)
+    if not options.method.sparsify.random:
+        return tau
+    out = np.empty_like(tau)
+    offset = 0
+    for name, shape in tensors:
+        size = int(np.prod(shape, dtype=np.int64))
+        part = tau[:, offset : offset + size]
+        masks = _drop_masks(part, name, shape, options)
+        scales = _rescale(part, masks, options)
+        out[:, offset : offset + size] = (part * masks.astype(np.float32)) * scales[:, None]
+        offset += size
+    return out
+
+
+def ties_vectors(
+    tau: np.ndarray,
+    base: np.ndarray,
+    options: MergeOptions,
+    weights: np.ndarray,
+    tensors: Sequence[tuple[str, tuple[int, ...]]] = (),
+) -> np.ndarray:
+    """The merge on flat vectors: ``tau`` (models x values) and ``base`` (values); float32 result.
+    ``tensors``: the names and shapes of the tensors the values are (the random drops need them)."""
+    trimmed = sparsified(tau, tensors, options)
     v = weights[:, None] * trimmed
     agrees = np.ones(tau.shape, bool)
     if options.method.consensus:
@@ -108,10 +204,12 @@ def reference_merge(
         groups = [floats] if options.scope is Scope.GLOBAL else [[n] for n in floats]
         for names in groups:
             base_flat = np.concatenate([load(b, n) for n in names]) if names else np.zeros(0, np.float32)
+            if not options.method.uses_base:  # linear: the models' own values, merged onto zeros
+                base_flat = np.zeros_like(base_flat)
             tau = np.stack(
                 [np.concatenate([load(ft, n) for n in names]) - base_flat if names else base_flat for ft in fts]
             )
-            merged = ties_vectors(tau, base_flat, options, weights)
+            merged = ties_vectors(tau, base_flat, options, weights, [(n, b.info(n).shape) for n in names])
             offset = 0
             for n in names:
                 size = b.info(n).numel

@@ -94,7 +94,7 @@ def test_defaults_are_mergekits(tiny_models: Models) -> None:
 @pytest.mark.parametrize(
     ("old", "new", "message"),
     [
-        ("merge_method: ties", "merge_method: dare_ties", "merge_method 'dare_ties' is not supported yet"),
+        ("merge_method: ties", "merge_method: slerp", "merge_method 'slerp' is not supported yet"),
         (
             "  normalize: true",
             "  normalize: [true, false]",

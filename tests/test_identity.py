@@ -48,12 +48,36 @@ def test_thresholds_from_other_fine_tunes_are_refused_naming_the_file(
 ) -> None:
     base, (ft1, ft2, ft3) = same_dates
     saved = tmp_path / "th.json"
-    main(["merge", "-q", "--base", str(base), str(ft1), str(ft2), "-o", str(tmp_path / "a"),
-          "--save-thresholds", str(saved)])
+    main(
+        [
+            "merge",
+            "-q",
+            "--base",
+            str(base),
+            str(ft1),
+            str(ft2),
+            "-o",
+            str(tmp_path / "a"),
+            "--save-thresholds",
+            str(saved),
+        ]
+    )
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
-        main(["merge", "-q", "--base", str(base), str(ft1), str(ft3), "-o", str(tmp_path / "b"),
-              "--thresholds", str(saved)])
+        main(
+            [
+                "merge",
+                "-q",
+                "--base",
+                str(base),
+                str(ft1),
+                str(ft3),
+                "-o",
+                str(tmp_path / "b"),
+                "--thresholds",
+                str(saved),
+            ]
+        )
     assert exit_info.value.code == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0
@@ -97,11 +121,18 @@ def test_a_file_rewritten_in_place_with_its_old_size_and_date_is_refused(
         f.write((ft3 / "model.safetensors").read_bytes())
     os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert (target.stat().st_size, target.stat().st_mtime_ns, target.stat().st_ino) == (
-        stat.st_size, stat.st_mtime_ns, stat.st_ino
+        stat.st_size,
+        stat.st_mtime_ns,
+        stat.st_ino,
     )
     with pytest.raises(OptionError, match=r"fine-tuned model 2 .*model\.safetensors changed since \(content differs\)"):
-        merge(inputs / "base", [inputs / "ft1", inputs / "ft2"], tmp_path / "b", PRESETS["paper"],
-              thresholds=Thresholds.load(saved))
+        merge(
+            inputs / "base",
+            [inputs / "ft1", inputs / "ft2"],
+            tmp_path / "b",
+            PRESETS["paper"],
+            thresholds=Thresholds.load(saved),
+        )
 
 
 def test_a_moved_model_is_another_input(same_dates: tuple[Path, list[Path]], tmp_path: Path) -> None:
@@ -141,8 +172,7 @@ def test_identity_round_trips_through_json(same_dates: tuple[Path, list[Path]]) 
 
 def _arrays(folder: Path) -> dict[str, np.ndarray]:
     with Checkpoint(folder) as checkpoint:
-        return {name: np.array(checkpoint.read(name)).reshape(checkpoint.info(name).shape)
-                for name in checkpoint.names}
+        return {name: np.array(checkpoint.read(name)).reshape(checkpoint.info(name).shape) for name in checkpoint.names}
 
 
 @pytest.mark.parametrize(
@@ -179,9 +209,7 @@ def test_kept_counts_catch_other_inputs_without_an_identity(
     merge(same[0], same[1:], tmp_path / "c", options, resources, thresholds=given)
 
 
-def test_resume_checks_the_kept_counts_of_journaled_blocks(
-    same_dates: tuple[Path, list[Path]], tmp_path: Path
-) -> None:
+def test_resume_checks_the_kept_counts_of_journaled_blocks(same_dates: tuple[Path, list[Path]], tmp_path: Path) -> None:
     """A resumed merge adds the kept counts its journal holds for the blocks done before: a journal
     whose counts disagree with pass 1's (as if an input changed between the runs) is refused."""
     from ooc_ties import Resources

@@ -26,6 +26,25 @@ CASES = [
     pytest.param(PRESETS["mergekit"].with_(density=0.4, weights=(1.0, 0.5, 2.0)), id="ties-mergekit"),
     pytest.param(PRESETS["paper"].with_(density=(0.1, 0.5, 1.0)), id="ties-paper-per-model-density"),
     pytest.param(PRESETS["mergekit"].with_(density=(0.3, 0.05, 0.6)), id="ties-mergekit-per-model-density"),
+    pytest.param(MergeOptions(method="linear", weights=(0.5, 0.3, 0.2)), id="linear"),
+    pytest.param(MergeOptions(method="linear", weights=(1.0, 2.0, 1.0), normalize=False), id="linear-sum"),
+    pytest.param(MergeOptions(method="dare_linear", density=0.3, weights=(0.5, 1.0, 0.7)), id="dare_linear"),
+    pytest.param(
+        PRESETS["mergekit"].with_(method="dare_ties", density=(0.2, 0.5, 0.9), seed=7), id="dare_ties-mergekit"
+    ),
+    pytest.param(MergeOptions(method="dare_ties", density=0.4, seed=3), id="dare_ties-majority"),
+    pytest.param(
+        MergeOptions(method="dare_linear", density=0.25, rescale_rule="density", lam=0.8), id="dare_linear-paper"
+    ),
+    pytest.param(MergeOptions(method="dare_linear", density=0.5, rescale=False), id="dare_linear-no-rescale"),
+    pytest.param(PRESETS["mergekit"].with_(method="breadcrumbs", density=0.5, gamma=0.05), id="breadcrumbs-mergekit"),
+    pytest.param(MergeOptions(method="breadcrumbs_ties", density=0.3, gamma=(0.01, 0.1, 0.0)), id="breadcrumbs_ties"),
+    pytest.param(
+        PRESETS["mergekit"].with_(method="breadcrumbs_ties", density=0.9, gamma=0.2), id="breadcrumbs_ties-thin-bottom"
+    ),
+    pytest.param(PRESETS["mergekit"].with_(method="della", density=0.4, epsilon=0.1, seed=11), id="della-mergekit"),
+    pytest.param(MergeOptions(method="della", density=0.5, epsilon=(0.1, 0.2, 0.3)), id="della-majority"),
+    pytest.param(MergeOptions(method="della_linear", density=0.6, epsilon=0.05, lam=1.5), id="della_linear"),
 ]
 
 
@@ -91,24 +110,60 @@ def test_options_follow_the_method() -> None:
         per_model.model_densities(3)
     with pytest.raises(OptionError, match=r"density must be in \(0, 1\]; got 1.5"):
         MergeOptions(density=(0.5, 1.5))
-    invalid = r'merge method "dare" is invalid \(expected one of: "task_arithmetic", "ties"\)'
+    invalid = r'merge method "dare" is invalid \(expected one of: "linear", "task_arithmetic", "ties", "dare_ties",'
     with pytest.raises(OptionError, match=invalid):
         MergeOptions(method="dare")
-    assert set(METHODS) == {"task_arithmetic", "ties"}
+    assert set(METHODS) == {
+        "linear",
+        "task_arithmetic",
+        "ties",
+        "dare_ties",
+        "dare_linear",
+        "breadcrumbs",
+        "breadcrumbs_ties",
+        "della",
+        "della_linear",
+    }
 
 
 def test_cli_method_and_normalize(tiny_models: Models, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     base, fts = tiny_models
     out = tmp_path / "out"
-    main(["merge", "-q", "--method", "task_arithmetic", "--lambda", "0.4", "--normalize", "--base", str(base),
-          *map(str, fts), "-o", str(out)])
+    main(
+        [
+            "merge",
+            "-q",
+            "--method",
+            "task_arithmetic",
+            "--lambda",
+            "0.4",
+            "--normalize",
+            "--base",
+            str(base),
+            *map(str, fts),
+            "-o",
+            str(out),
+        ]
+    )
     expected = reference_merge(base, fts, MergeOptions(method="task_arithmetic", lam=0.4, normalize=True))
     assert _read_all(out) == {name: value.tobytes() for name, value in expected.items()}
     card = (out / "README.md").read_text()
     assert "# Task Arithmetic merge" in card and "- normalize: True" in card and "- density:" not in card
     with pytest.raises(SystemExit):
-        main(["merge", "--method", "task_arithmetic", "--density", "0.5", "--base", str(base), str(fts[0]),
-              "-o", str(tmp_path / "bad")])
+        main(
+            [
+                "merge",
+                "--method",
+                "task_arithmetic",
+                "--density",
+                "0.5",
+                "--base",
+                str(base),
+                str(fts[0]),
+                "-o",
+                str(tmp_path / "bad"),
+            ]
+        )
     assert "does not apply to task_arithmetic" in capsys.readouterr().err
 
 
@@ -149,3 +204,40 @@ def test_kernel_flags_match_the_oracle(
     if not consensus:
         assert votes[2] == 0  # nothing depends on an elected sign
     assert kept.tolist() == [n] * models  # threshold 0 keeps every value
+
+
+def test_method_parameters_are_checked_against_the_method() -> None:
+    """gamma only for breadcrumbs, epsilon only for DELLA (and inside DELLA's range), rescale only for the
+    random drops; each method brings its own defaults (mergekit's)."""
+    dare = MergeOptions(method="dare_ties", density=0.3)
+    assert dare.rescale and not dare.normalize and dare.gamma is None and dare.epsilon is None
+    assert MergeOptions(method="della").epsilon == 0.15 and MergeOptions(method="della").normalize
+    assert MergeOptions(method="breadcrumbs").gamma == 0.01 and not MergeOptions(method="breadcrumbs").rescale
+    assert MergeOptions(method="linear").normalize and not MergeOptions(method="linear").method.uses_base
+    assert dare.with_(method="ties").rescale is False  # another method: its own rescale default
+    with pytest.raises(OptionError, match="gamma does not apply to ties"):
+        MergeOptions(gamma=0.1)
+    with pytest.raises(OptionError, match="epsilon does not apply to dare_linear"):
+        MergeOptions(method="dare_linear", epsilon=0.1)
+    with pytest.raises(OptionError, match="density - epsilon and density \\+ epsilon inside"):
+        MergeOptions(method="della", density=0.1, epsilon=0.2)
+    with pytest.raises(OptionError, match="rescale does not apply to ties"):
+        MergeOptions(rescale=True)
+    with pytest.raises(OptionError, match="rescale rule density applies to DARE"):
+        MergeOptions(method="della", density=0.5, rescale_rule="density")
+    with pytest.raises(OptionError, match="seed must be an integer"):
+        MergeOptions(method="dare_ties", seed=-1)
+    with pytest.raises(OptionError, match="2 gammas given for 3"):
+        MergeOptions(method="breadcrumbs", gamma=(0.1, 0.2)).model_gammas(3)
+
+
+def test_random_drops_depend_on_the_seed_only(tiny_models: Models, tmp_path: Path) -> None:
+    """Another seed, other bytes; the same seed on another block grid and thread count, the same bytes."""
+    base, fts = tiny_models
+    options = MergeOptions(method="dare_ties", density=0.3, seed=5)
+    first = merge(base, fts, tmp_path / "a", options, Resources(threads=2))
+    again = merge(base, fts, tmp_path / "b", options, Resources(max_block_elements=700, threads=1))
+    other = merge(base, fts, tmp_path / "c", options.with_(seed=6), Resources(threads=2))
+    assert first.output and again.output and other.output
+    assert _read_all(first.output) == _read_all(again.output)
+    assert _read_all(first.output) != _read_all(other.output)

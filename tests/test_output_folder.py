@@ -125,6 +125,7 @@ def test_a_sentence_transformers_base_gives_a_whole_folder(
     assert "TIES" in card and "density: 0.2" in card and "preset `paper`" in card
     assert tree_digest(st_base) == before
 
+
 def test_sentence_transformers_module_weights_are_copied_from_the_base_with_a_warning(
     st_base: Path, tiny_models: Models, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

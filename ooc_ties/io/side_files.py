@@ -135,9 +135,7 @@ def skip_reason(name: str, modules: frozenset[str] = frozenset()) -> str | None:
     if any(not part or part.startswith(".") for part in parts):
         return "hidden"
     last = parts[-1].lower()
-    if (last.endswith(WEIGHT_SUFFIXES) or last.endswith(INDEX_SUFFIX)) and not (
-        len(parts) > 1 and parts[0] in modules
-    ):
+    if (last.endswith(WEIGHT_SUFFIXES) or last.endswith(INDEX_SUFFIX)) and not (len(parts) > 1 and parts[0] in modules):
         return "weights"
     if name in (RECIPE_NAME, MERGEKIT_CONFIG_NAME):
         return "recipe"

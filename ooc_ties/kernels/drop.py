@@ -82,6 +82,7 @@ __all__ = [
     "della_keep",
     "della_keep_block",
     "della_keep_oracle",
+    "della_keep_task",
     "della_probability_oracle",
     "element_bits",
     "parse_della_epsilon",
@@ -367,6 +368,33 @@ def della_keep_block(
     for off in range(0, n, ncols):
         _rank_row(magnitudes[off : off + ncols], ncols, a, b, counts, row_rank)
         kept += _della_row_keep(k, start + off, row_rank, ncols, low, eps, keep[off : off + ncols])
+    return kept
+
+
+@kernel
+def della_keep_task(
+    key: Any,
+    start: int,
+    base: Any,
+    ft: Any,
+    with_base: bool,
+    ncols: int,
+    density: float,
+    epsilon: float,
+    keep: np.ndarray,
+) -> int:
+    """:func:`della_keep_block` of the task vector ``ft - base`` (``ft`` alone without a base), computed
+    a row at a time into an ``O(ncols)`` scratch row: the engine's blocks are whole rows of storage."""
+    n = ft.size
+    if ncols <= 0 or ncols > _MAX_COLS or n % ncols != 0:
+        raise ValueError("della_keep_task: the block must hold whole rows of 0 < ncols < 2**31 elements")
+    row = np.empty(ncols, np.float32)
+    kept = 0
+    for off in range(0, n, ncols):
+        for j in range(ncols):
+            b = load_f32(base, off + j) if with_base else _ZERO32
+            row[j] = load_f32(ft, off + j) - b
+        kept += della_keep_block(key, start + off, row, ncols, density, epsilon, keep[off : off + ncols])
     return kept
 
 

@@ -5,6 +5,11 @@ Per element ``i`` with base ``b`` and fine-tuned values ``x_t`` (t in the order 
 1. ``tau_t = x_t - b``; ``keep_t = |tau_t| > thr_t``, or ``|tau_t| == thr_t`` and this is one of the
    first ``quota_t`` such elements of the block (``quota_t < 0``: all of them);
    ``trimmed_t = tau_t * keep_t`` (so a dropped negative value is -0.0, as in the reference code).
+   Under the general rule (``sparsity``, the methods other than TIES and task arithmetic), ``keep_t``
+   also requires that the value is not in the band's upper cut (``|tau_t| > thr_hi_t``, or equal and
+   one of the first ``quota_hi_t`` such values of the block) and that the drop mask keeps it, and
+   ``trimmed_t = (tau_t * keep_t) * scale_t`` (the rescale factor); without a base (``linear``),
+   ``b = 0`` and ``tau_t = x_t``.
 2. ``v_t = w_t * trimmed_t``; ``S = ((0 + v_0) + v_1) + ...``.
 3. With a *consensus* (TIES): elected sign positive iff ``S > 0``, or ``S == 0`` and ``zero_positive``;
    ``agree_t = v_t > 0`` if positive else ``v_t < 0``;
@@ -26,10 +31,20 @@ import numpy as np
 from ooc_ties.kernels.convert import decode_oracle, encode_oracle, load_f32, store_f32, stored_finite
 from ooc_ties.kernels.jit import helper, kernel
 
-__all__ = ["TILE", "elect_count", "elect_count_oracle", "kept_oracle", "merge", "merge_oracle", "trim_oracle"]
+__all__ = [
+    "TILE",
+    "elect_count",
+    "elect_count_oracle",
+    "kept_oracle",
+    "merge",
+    "merge_oracle",
+    "sparsify_oracle",
+    "trim_oracle",
+]
 
 _ZERO = np.float32(0.0)
 _ONE = np.float32(1.0)
+_INF = np.float32(np.inf)
 _TINY_DIVISOR = np.float32(1e-8)
 """Without a consensus, a sum of weights smaller than this in magnitude divides as 1 (mergekit's rule)."""
 
@@ -101,6 +116,49 @@ def _trim_tile(
 
 
 @helper
+def _sparsify_tile(
+    ft: Any,
+    b: np.ndarray,
+    m: int,
+    thr: np.float32,
+    quota: int,
+    seen: int,
+    thr_hi: np.float32,
+    quota_hi: int,
+    seen_hi: int,
+    mask: np.ndarray,
+    scale: np.float32,
+    out: np.ndarray,
+) -> tuple[int, int, int]:
+    """``out[:m]`` = sparsified task values of one model for the tile ``ft`` under the general rule
+    (step 1 with a band, a drop mask and a rescale factor; see the module docstring); returns ``seen``,
+    ``seen_hi`` and how many values the tile kept.
+
+    ``thr_hi``/``quota_hi``: the band's upper cut, the values that are *dropped* for being among the
+    largest (``thr_hi = +inf`` with ``quota_hi = 0``: none); ``mask``: the tile's slice of the model's
+    drop mask (empty: none); ``scale``: the rescale factor (1: none, an exact no-op)."""
+    kept = np.int32(0)
+    masked = mask.size > 0
+    for j in range(m):
+        tau = load_f32(ft, j) - b[j]
+        a = abs(tau)
+        keep = a > thr
+        if a == thr:
+            keep = quota < 0 or seen < quota
+            seen += 1
+        top = a > thr_hi
+        if a == thr_hi:
+            top = quota_hi < 0 or seen_hi < quota_hi
+            seen_hi += 1
+        keep = keep and not top
+        if masked:
+            keep = keep and mask[j] != 0
+        out[j] = (tau if keep else tau * _ZERO) * scale
+        kept += np.int32(keep)
+    return seen, seen_hi, int(kept)
+
+
+@helper
 def _vote_tile(
     base: Any,
     fts: Any,
@@ -116,8 +174,11 @@ def _vote_tile(
     v: np.ndarray,
     nonzero: np.ndarray,
     count: bool,
+    sparsity: Any,
+    seen_hi: np.ndarray,
 ) -> None:
-    """Decode the base tile into ``b``, sum the weighted trimmed values (``v_t = w_t * trimmed_t``)
+    """Decode the base tile into ``b`` (zeros for a method without a base, ``linear``), sum the weighted
+    trimmed values (``v_t = w_t * trimmed_t``)
     into ``s`` (step 2), mark in ``nonzero`` the elements with some non-zero weighted value, and, if
     ``count``, add each model's count of kept values to ``kept[t]``.
 
@@ -125,13 +186,33 @@ def _vote_tile(
     keep them all (``merge`` reuses them), or a single row when only the sums are wanted (one row stays
     in L1 cache: a row per model made ``elect_count`` 20-30% slower on a block streamed from memory)."""
     tile = base[start : start + m]
+    with_base = sparsity is None or sparsity[4]
     for j in range(m):
-        b[j] = load_f32(tile, j)
+        b[j] = load_f32(tile, j) if with_base else _ZERO
         s[j] = _ZERO
         nonzero[j] = False
     for t in range(len(fts)):
         vt = v[t % v.shape[0]]
-        seen[t], tile_kept = _trim_tile(fts[t][start : start + m], b, m, thr[t], quota[t], seen[t], vt, count)
+        ft = fts[t][start : start + m]
+        if sparsity is None:
+            seen[t], tile_kept = _trim_tile(ft, b, m, thr[t], quota[t], seen[t], vt, count)
+        else:
+            thr_hi, quota_hi, masks, scales, _ = sparsity
+            band = thr_hi.size > 0
+            seen[t], seen_hi[t], tile_kept = _sparsify_tile(
+                ft,
+                b,
+                m,
+                thr[t],
+                quota[t],
+                seen[t],
+                thr_hi[t] if band else _INF,
+                quota_hi[t] if band else 0,
+                seen_hi[t],
+                masks[t, start : start + m],  # (no mask: shape (models, 0), an empty slice)
+                scales[t] if scales.size > 0 else _ONE,
+                vt,
+            )
         if count:  # (``kept`` may be empty then: numba does not check bounds)
             kept[t] += tile_kept
         w = weights[t]
@@ -150,12 +231,15 @@ def elect_count(
     weights: np.ndarray,
     counts: np.ndarray,
     kept: np.ndarray,
+    sparsity: Any = None,
 ) -> None:
     """``counts[0] += #{S > 0}``, ``counts[1] += #{S < 0}``, ``counts[2] += #open`` over the block (for
     the majority sign; *open* elements are defined at :func:`merge`), and, if ``kept`` is not empty,
-    ``kept[t] +=`` the values of model ``t`` the trim keeps (as :func:`merge` counts them)."""
+    ``kept[t] +=`` the values of model ``t`` the trim keeps (as :func:`merge` counts them).
+    ``sparsity``: as for :func:`merge`."""
     n = base.size
     seen = np.zeros(len(fts), np.int64)
+    seen_hi = np.zeros(len(fts), np.int64)
     count = kept.size > 0
     b = np.empty(TILE, np.float32)
     s = np.empty(TILE, np.float32)
@@ -166,7 +250,7 @@ def elect_count(
     open_ = 0
     for start in range(0, n, TILE):
         m = min(TILE, n - start)
-        _vote_tile(base, fts, start, m, thr, quota, weights, seen, kept, b, s, v, nonzero, count)
+        _vote_tile(base, fts, start, m, thr, quota, weights, seen, kept, b, s, v, nonzero, count, sparsity, seen_hi)
         for j in range(m):
             pos += s[j] > _ZERO
             neg += s[j] < _ZERO
@@ -233,8 +317,16 @@ def merge(
     kept: np.ndarray,
     open_at: np.ndarray,
     open_alt: Any,
+    sparsity: Any = None,
 ) -> int:
     """Merge one block into ``out``; return the first index whose stored result is not finite, or -1.
+
+    ``sparsity``: ``None`` for the trim of step 1 alone (TIES, task arithmetic), else the tuple
+    ``(thr_hi, quota_hi, masks, scales, with_base)`` of the general rule (:func:`_sparsify_tile`):
+    the band's upper cut per model (empty arrays: no band), the block's drop masks (uint8, one row
+    per model; shape ``(models, 0)``: none), the rescale factor per model (empty: none), and whether
+    the method has a base (``False``: ``b = 0``, the models' own values are merged, ``linear``).
+    Open elements are not recorded under the general rule (:func:`_alternate` cannot tell them).
 
     ``kept[t]`` receives how many values of model ``t`` the trim kept (step 1), unless ``kept`` is
     empty: pass 2 counts them in the blocks pass 1 sampled and checks them against pass 1's counts of
@@ -259,6 +351,7 @@ def merge(
     n = base.size
     n_models = len(fts)
     seen = np.zeros(n_models, np.int64)
+    seen_hi = np.zeros(n_models, np.int64)
     b = np.empty(TILE, np.float32)
     s = np.empty(TILE, np.float32)
     v = np.empty((n_models, TILE), np.float32)
@@ -277,7 +370,7 @@ def merge(
     other = _ONE if not zero_positive else -_ONE
     for start in range(0, n, TILE):
         m = min(TILE, n - start)
-        _vote_tile(base, fts, start, m, thr, quota, weights, seen, kept, b, s, v, nonzero, count)
+        _vote_tile(base, fts, start, m, thr, quota, weights, seen, kept, b, s, v, nonzero, count, sparsity, seen_hi)
         tile_open = 0
         for j in range(m):
             sj = s[j]
@@ -325,8 +418,10 @@ def merge(
             for q in range(found):
                 j = where[q]
                 k = open_ - lost
-                if k < capacity and _alternate(
-                    fts, start + j, b[j], thr, quota, weights, lam, normalize, other, open_alt, k
+                if (
+                    k < capacity
+                    and sparsity is None
+                    and _alternate(fts, start + j, b[j], thr, quota, weights, lam, normalize, other, open_alt, k)
                 ):
                     open_at[k] = start + j
                 else:
@@ -363,6 +458,28 @@ def _keep_oracle(tau: np.ndarray, thr: np.float32, quota: int) -> np.ndarray:
     return keep
 
 
+def sparsify_oracle(
+    tau: np.ndarray,
+    thr: np.float32,
+    quota: int,
+    thr_hi: np.float32 | None = None,
+    quota_hi: int = 0,
+    mask: np.ndarray | None = None,
+    scale: np.float32 | None = None,
+) -> np.ndarray:
+    """The general rule of step 1 for one model's block: keep, minus the band's upper cut, times the
+    drop mask, then the rescale factor."""
+    keep = _keep_oracle(tau, thr, quota)
+    if thr_hi is not None:
+        keep &= ~_keep_oracle(tau, np.float32(thr_hi), quota_hi)
+    if mask is not None and mask.size:
+        keep &= mask != 0
+    trimmed: np.ndarray = tau * keep.astype(np.float32)
+    if scale is not None:
+        trimmed = trimmed * np.float32(scale)
+    return trimmed
+
+
 def trim_oracle(tau: np.ndarray, thr: np.float32, quota: int) -> np.ndarray:
     """``tau * keep`` for one model's block (see the module docstring, step 1)."""
     trimmed: np.ndarray = tau * _keep_oracle(tau, thr, quota).astype(np.float32)
@@ -381,15 +498,38 @@ def kept_oracle(base: np.ndarray, fts: tuple[np.ndarray, ...], thr: np.ndarray, 
     )
 
 
+def _sparsified_oracle(
+    b: np.ndarray, fts: tuple[np.ndarray, ...], thr: np.ndarray, quota: np.ndarray, sparsity: Any, t: int
+) -> np.ndarray:
+    tau = decode_oracle(fts[t]) - b
+    if sparsity is None:
+        return trim_oracle(tau, np.float32(thr[t]), int(quota[t]))
+    thr_hi, quota_hi, masks, scales, _ = sparsity
+    band = len(thr_hi) > 0
+    return sparsify_oracle(
+        tau,
+        np.float32(thr[t]),
+        int(quota[t]),
+        np.float32(thr_hi[t]) if band else None,
+        int(quota_hi[t]) if band else 0,
+        masks[t] if masks.shape[1] else None,
+        np.float32(scales[t]) if len(scales) else None,
+    )
+
+
 def _votes_oracle(
-    base: np.ndarray, fts: tuple[np.ndarray, ...], thr: np.ndarray, quota: np.ndarray, weights: np.ndarray
+    base: np.ndarray,
+    fts: tuple[np.ndarray, ...],
+    thr: np.ndarray,
+    quota: np.ndarray,
+    weights: np.ndarray,
+    sparsity: Any = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     b = decode_oracle(base)
+    if sparsity is not None and not sparsity[4]:
+        b = np.zeros(b.shape, np.float32)
     v = np.stack(
-        [
-            np.float32(weights[t]) * trim_oracle(decode_oracle(ft) - b, np.float32(thr[t]), int(quota[t]))
-            for t, ft in enumerate(fts)
-        ]
+        [np.float32(weights[t]) * _sparsified_oracle(b, fts, thr, quota, sparsity, t) for t in range(len(fts))]
     ).astype(np.float32)
     s = np.zeros(b.shape, np.float32)
     for t in range(len(fts)):
@@ -398,10 +538,15 @@ def _votes_oracle(
 
 
 def elect_count_oracle(
-    base: np.ndarray, fts: tuple[np.ndarray, ...], thr: np.ndarray, quota: np.ndarray, weights: np.ndarray
+    base: np.ndarray,
+    fts: tuple[np.ndarray, ...],
+    thr: np.ndarray,
+    quota: np.ndarray,
+    weights: np.ndarray,
+    sparsity: Any = None,
 ) -> np.ndarray:
     """NumPy oracle of :func:`elect_count` for fresh counts."""
-    _, v, s = _votes_oracle(base, fts, thr, quota, weights)
+    _, v, s = _votes_oracle(base, fts, thr, quota, weights, sparsity)
     open_ = (s == 0) & (v != 0).any(axis=0)
     return np.array([np.count_nonzero(s > 0), np.count_nonzero(s < 0), np.count_nonzero(open_)], np.int64)
 
@@ -418,11 +563,12 @@ def merge_oracle(
     *,
     consensus: bool = True,
     normalize: bool = True,
+    sparsity: Any = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """NumPy oracle of :func:`merge`: the encoded output block and the first three vote counts.
 
     The recorded open elements are checked against this oracle with ``zero_positive`` flipped."""
-    b, v, s = _votes_oracle(base, fts, thr, quota, weights)
+    b, v, s = _votes_oracle(base, fts, thr, quota, weights, sparsity)
     open_ = (s == 0) & (v != 0).any(axis=0) & consensus
     votes = np.array([np.count_nonzero(s > 0), np.count_nonzero(s < 0), np.count_nonzero(open_)], np.int64)
     positive = (s > 0) | ((s == 0) & zero_positive)

@@ -209,7 +209,8 @@ def parse_document(document: object, where: str) -> MergekitConfig:
     template = document.get("chat_template")
     return MergekitConfig(
         merge_method=method,
-        models=_drop_base(entries, base, where),
+        # linear takes no base (mergekit ignores it): every listed model is an input, the base included
+        models=tuple(entries) if method == "linear" else _drop_base(entries, base, where),
         base_model=base,
         parameters=parse_settings(document.get("parameters"), f"{where}: parameters"),
         dtype=None if dtypes["dtype"] is None else parse_dtype_name(dtypes["dtype"], f"{where}: dtype"),

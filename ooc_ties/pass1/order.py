@@ -41,7 +41,7 @@ from ooc_ties.pass1.costs import BRACKET_BINS, vote_sample
 from ooc_ties.pass1.scan import Scan
 from ooc_ties.pass1.thresholds import GroupThreshold
 
-__all__ = ["RANK_SLACK", "choose_bracket", "group_thresholds"]
+__all__ = ["RANK_SLACK", "band_counts", "band_thresholds", "choose_bracket", "group_thresholds", "kept_count"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,30 +58,55 @@ def _select(hist: np.ndarray, rank: int) -> tuple[int, int]:
     return index, int(cumulative[index] - hist[index])
 
 
-def wanted_rank(size: int, density: float, trim: TrimRule) -> tuple[int, int] | None:
-    """``(rank, m)``: the ascending rank of the threshold and the count kept; ``None`` to keep all."""
-    m = int(size * density)  # in double precision, as the reference code does
-    if trim is TrimRule.TOPK:
-        m = max(1, m)  # mergekit keeps at least one value
-        return None if m >= size else (size - m + 1, m)
-    return None if m >= size else (size - m, m)
+def kept_count(size: int, density: float, trim: TrimRule) -> int:
+    """How many of ``size`` values a trim at ``density`` keeps: ``int(size * density)`` in double
+    precision, as the reference code does (at least 1 under ``topk``, as mergekit keeps)."""
+    m = int(size * density)
+    return max(1, m) if trim is TrimRule.TOPK else m
+
+
+def band_counts(size: int, density: float, gamma: float) -> tuple[int, int]:
+    """Breadcrumbs' cuts as mergekit 0.1.5's ``magnitude_outliers`` computes them: ``(m_lo, m_hi)``, the
+    ``m_lo`` largest values less the ``m_hi`` largest are kept (``int(size * density)`` of them). The
+    ``gamma`` outliers are fewer when there are not enough small values to drop."""
+    target = int(density * size)
+    top = int(gamma * size)
+    bottom = max(0, size - target - top)
+    return size - bottom, size - bottom - target
+
+
+def wanted_rank(size: int, m: int, trim: TrimRule, exact: bool = False) -> int | None:
+    """The ascending rank of the threshold that keeps the ``m`` largest of ``size`` values; ``None``
+    to keep all (``m >= size``), ``0`` to keep none (``m == 0`` and an ``exact`` count, the band's cuts;
+    a trim under the ``threshold`` rule keeps the values equal to the largest then, as the reference
+    code does)."""
+    if m >= size:
+        return None
+    if m <= 0 and (exact or trim is TrimRule.TOPK):
+        return 0
+    return size - m + 1 if trim is TrimRule.TOPK else size - m
 
 
 def group_thresholds(
-    scan: Scan, blocks: Sequence[BlockRef], options: MergeOptions, label: str
+    scan: Scan, blocks: Sequence[BlockRef], options: MergeOptions, label: str, counts: Sequence[int] | None = None
 ) -> tuple[GroupThreshold, ...]:
-    """The threshold of every model over one group of ``blocks`` (each model with its own density)."""
+    """The threshold of every model over one group of ``blocks``: the one keeping ``counts[t]`` values
+    (by default, each model's density of the group)."""
     size = sum(b.stop - b.start for b in blocks)
-    wanted = [wanted_rank(size, d, options.trim) if size else None for d in options.model_densities(scan.n)]
-    if all(w is None for w in wanted):
-        return tuple(GroupThreshold.keep_all(size) for _ in range(scan.n))
-    ranks = np.array([1 if w is None else w[0] for w in wanted], np.int64)  # (1: any rank, unused)
+    exact = counts is not None
+    if counts is None:
+        counts = [kept_count(size, d, options.trim) for d in options.model_densities(scan.n)]
+    wanted = [wanted_rank(size, m, options.trim, exact) if size else None for m in counts]
+    if all(w is None or w == 0 for w in wanted):
+        return tuple(_trivial(size, w) for w in wanted)
+    ranks = np.array([1 if not w else w for w in wanted], np.int64)  # (1: any rank, unused)
     groups = []
-    for want, (high_bin, below_high, low) in zip(wanted, levels(scan, blocks, ranks, size, label), strict=True):
-        if want is None:
-            groups.append(GroupThreshold.keep_all(size))
+    for rank, m, (high_bin, below_high, low) in zip(
+        wanted, counts, levels(scan, blocks, ranks, size, label), strict=True
+    ):
+        if not rank:
+            groups.append(_trivial(size, rank))
             continue
-        rank, m = want
         low_bin, below_low = _select(low, rank - below_high)
         equal = int(low[low_bin])
         less = below_high + below_low
@@ -92,6 +117,25 @@ def group_thresholds(
             keep_equal = m - (size - less - equal)
             groups.append(GroupThreshold(size, pattern, -1 if keep_equal == equal else keep_equal, m))
     return tuple(groups)
+
+
+def band_thresholds(
+    scan: Scan, blocks: Sequence[BlockRef], options: MergeOptions, label: str
+) -> tuple[tuple[GroupThreshold, ...], tuple[GroupThreshold, ...]]:
+    """Breadcrumbs' two cuts of every model over one group: the values the lower cut keeps, less those
+    the upper cut keeps, are the band (each cut an exact order statistic, ties by the trim rule)."""
+    size = sum(b.stop - b.start for b in blocks)
+    cuts = [
+        band_counts(size, d, g) if d < 1.0 else (size, 0)
+        for d, g in zip(options.model_densities(scan.n), options.model_gammas(scan.n), strict=True)
+    ]
+    lower = group_thresholds(scan, blocks, options, label, [lo for lo, _ in cuts])
+    upper = group_thresholds(scan, blocks, options, f"{label}outliers: ", [hi for _, hi in cuts])
+    return lower, upper
+
+
+def _trivial(size: int, rank: int | None) -> GroupThreshold:
+    return GroupThreshold.keep_all(size) if rank is None else GroupThreshold.keep_none(size)
 
 
 def levels(

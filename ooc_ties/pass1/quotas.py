@@ -25,7 +25,10 @@ def tie_quotas(
     """Write into ``quotas`` (rows: block ordinals) the ties each block of the group keeps (-1: all)."""
     ordinals = [b.ordinal for b in blocks]
     quotas[ordinals] = -1
-    split = [t for t, g in enumerate(groups) if g.keep_equal >= 0]
+    for t, g in enumerate(groups):
+        if g.kept == 0 and g.keep_equal == 0:  # keeps nothing (``keep_none``): no tie is kept, none counted
+            quotas[ordinals, t] = 0
+    split = [t for t, g in enumerate(groups) if g.keep_equal >= 0 and g.kept > 0]
     if not split:
         return
     patterns = np.array([g.pattern if g.keep_equal >= 0 else -1 for g in groups], np.int64)

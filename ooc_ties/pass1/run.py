@@ -15,15 +15,19 @@ from dataclasses import dataclass
 import numpy as np
 
 from ooc_ties.blocks import GLOBAL, BlockRef, group_blocks, plan_blocks
+from ooc_ties.config import RescaleRule
 from ooc_ties.inputs import MergeInputs
+from ooc_ties.methods import Sparsify
 from ooc_ties.pass1.costs import group_reads
-from ooc_ties.pass1.order import group_thresholds
+from ooc_ties.pass1.norms import rescale_factors
+from ooc_ties.pass1.order import band_thresholds, group_thresholds
 from ooc_ties.pass1.quotas import tie_quotas
 from ooc_ties.pass1.scan import Scan
 from ooc_ties.pass1.thresholds import GroupThreshold, ThresholdBasis, Thresholds
 from ooc_ties.pass1.votes import majority, sample_vote
 from ooc_ties.plan import MergePlan
 from ooc_ties.progress import ProgressFactory, progress_bar
+from ooc_ties.sparsity import Sparsity, needs_sparsity
 
 __all__ = ["Pass1Result", "compute_thresholds"]
 
@@ -35,7 +39,8 @@ class Pass1Result:
     thresholds: Thresholds
     """Thresholds and majority signs (independent of the block grid)."""
     quotas: np.ndarray
-    """``(blocks, models)`` ties to keep per block (``-1``: all), in :func:`plan_blocks` order."""
+    """``(blocks, models)`` ties to keep per block (``-1``: all), in :func:`plan_blocks` order; for
+    breadcrumbs ``(blocks, 2 * models)``, the band's upper cut's after the models' own."""
     bytes_read: int
     """Input bytes pass 1 read."""
     guessed: frozenset[str]
@@ -56,7 +61,8 @@ def compute_thresholds(
     if given is not None:
         given.check_fits(plan, inputs)
     blocks = plan_blocks(plan.merged)
-    quotas = np.full((len(blocks), plan.n_models), -1, np.int64)
+    band = plan.options.method.sparsify is Sparsify.BAND
+    quotas = np.full((len(blocks), plan.n_models * (2 if band else 1)), -1, np.int64)
     keyed = group_blocks(plan, blocks)
     expected = {
         key: sum(r.nbytes for r in group_reads(plan, b, given is not None) if r.expected) for key, b in keyed.items()
@@ -67,25 +73,60 @@ def compute_thresholds(
     return Pass1Result(thresholds, quotas, runner.bytes_read, guessed)
 
 
+@dataclass(frozen=True, slots=True)
+class _GroupResult:
+    thresholds: tuple[GroupThreshold, ...]
+    outliers: tuple[GroupThreshold, ...] | None
+    scales: dict[str, tuple[float, ...]]
+    sign: int | None
+    guessed: bool
+
+
 def _group(
     scan: Scan, key: str, blocks: Sequence[BlockRef], quotas: np.ndarray, label: str, given: Thresholds | None
-) -> tuple[tuple[GroupThreshold, ...], int | None, bool]:
-    """Thresholds of one group, its block quotas (written into ``quotas``), its majority sign, and
-    whether that sign is a guess (see :func:`~ooc_ties.pass1.votes.majority`).
+) -> _GroupResult:
+    """Thresholds of one group (and the band's upper cuts), its block quotas (written into ``quotas``:
+    the band's in columns ``n..2n``), its tensors' rescale factors, its majority sign, and whether that
+    sign is a guess (see :func:`~ooc_ties.pass1.votes.majority`).
 
     With ``given`` thresholds only the block quotas are computed (they depend on the block grid).
     """
     options = scan.plan.options
-    result = given.groups[key] if given is not None else group_thresholds(scan, blocks, options, label)
-    tie_quotas(scan, blocks, result, quotas, label)
+    n = scan.n
+    band = options.method.sparsify is Sparsify.BAND
+    outliers: tuple[GroupThreshold, ...] | None = None
     if given is not None:
-        return result, given.majority.get(key) if options.majority_vote else None, False
+        result = given.groups[key]
+        outliers = given.outliers.get(key)
+    elif band and options.trims:
+        result, outliers = band_thresholds(scan, blocks, options, label)
+    elif options.method.trims:
+        result = group_thresholds(scan, blocks, options, label)
+    else:  # no order statistics: every value passes the trim (a drop, if any, decides)
+        result = tuple(GroupThreshold.keep_all(sum(b.stop - b.start for b in blocks)) for _ in range(n))
+    tie_quotas(scan, blocks, result, quotas[:, :n], label)
+    if outliers is not None:
+        tie_quotas(scan, blocks, outliers, quotas[:, n:], f"{label}outliers: ")
+    general = needs_sparsity(options)
+    band_cut = {key: outliers} if outliers is not None else {}
+    scales: dict[str, tuple[float, ...]] = {}
+    if given is not None:
+        names = {b.tensor.name for b in blocks}
+        scales = {k: v for k, v in given.scales.items() if k in names}
+    elif options.rescale and options.rescale_rule is RescaleRule.L1:
+        drawing = Sparsity(options, n, lambda _: key, band_cut, {})
+        if drawing.draws:
+            scales = rescale_factors(scan, blocks, drawing, label)
+    sparsity = Sparsity(options, n, lambda _: key, band_cut, scales) if general else None
+    if given is not None:
+        return _GroupResult(result, outliers, scales, given.majority.get(key) if options.majority_vote else None, False)
     if not options.majority_vote:
-        return result, None, False
-    sampled = sample_vote(scan, blocks, result, quotas, label)
-    if options.trims:  # what the sample keeps, for pass 2 to check in the same blocks
+        return _GroupResult(result, outliers, scales, None, False)
+    sampled = sample_vote(scan, blocks, result, quotas, label, sparsity)
+    if options.trims or (sparsity is not None and sparsity.draws):  # for pass 2 to check in the same blocks
         result = tuple(dataclasses.replace(g, sample_kept=int(sampled.kept[t])) for t, g in enumerate(result))
-    return (result, *majority(scan, blocks, result, quotas, label, sampled))
+    sign, guessed = majority(scan, blocks, result, quotas, label, sampled, sparsity)
+    return _GroupResult(result, outliers, scales, sign, guessed)
 
 
 def _compute(
@@ -98,16 +139,21 @@ def _compute(
 ) -> tuple[Thresholds, frozenset[str]]:
     bar = runner.bar
     groups: dict[str, tuple[GroupThreshold, ...]] = {}
+    outliers: dict[str, tuple[GroupThreshold, ...]] = {}
+    scales: dict[str, tuple[float, ...]] = {}
     signs: dict[str, int] = {}
     guessed: set[str] = set()
     for key, members in keyed.items():
         runner.budget = runner.bytes_read + expected[key]
         label = "" if key == GLOBAL else f"{key}: "
-        group, sign, guess = _group(runner, key, members, quotas, label, given)
-        groups[key] = group
-        if sign is not None:
-            signs[key] = sign
-        if guess:
+        group = _group(runner, key, members, quotas, label, given)
+        groups[key] = group.thresholds
+        if group.outliers is not None:
+            outliers[key] = group.outliers
+        scales.update(group.scales)
+        if group.sign is not None:
+            signs[key] = group.sign
+        if group.guessed:
             guessed.add(key)
         if bar is not None:
             bar.advance(runner.budget - runner.bytes_read)  # expected reads the group did not need
@@ -115,8 +161,15 @@ def _compute(
     if given is not None:
         grid = given.sample_block_elements  # their sample counts, on the grid they were counted on
     else:
-        grid = plan.block_elements if plan.options.trims and plan.options.majority_vote else 0
+        counted = plan.options.trims or plan.options.method.sparsify.random
+        grid = plan.block_elements if counted and plan.options.majority_vote else 0
     thresholds = Thresholds(
-        basis, types.MappingProxyType(groups), types.MappingProxyType(signs), runner.inputs.identity(), grid
+        basis,
+        types.MappingProxyType(groups),
+        types.MappingProxyType(signs),
+        runner.inputs.identity(),
+        grid,
+        types.MappingProxyType(outliers),
+        types.MappingProxyType(scales),
     )
     return thresholds, frozenset(guessed)

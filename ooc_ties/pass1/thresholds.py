@@ -14,7 +14,7 @@ import logging
 import os
 import types
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -62,6 +62,11 @@ class GroupThreshold:
     def keep_all(cls, size: int) -> GroupThreshold:
         return cls(size, 0, -1, size)
 
+    @classmethod
+    def keep_none(cls, size: int) -> GroupThreshold:
+        """Keeps nothing: the threshold is +inf and none of the values equal to it are kept."""
+        return cls(size, 0x7F800000, 0, 0)
+
 
 @dataclass(frozen=True, slots=True)
 class ThresholdBasis:
@@ -77,20 +82,61 @@ class ThresholdBasis:
     """The zero-sign rule (the majority vote depends on it)."""
     weights: tuple[float, ...]
     """Per-model weights as float32 values (the majority vote is weighted)."""
+    method: str = "ties"
+    """The merge method (its sparsification decides the statistics)."""
+    gamma: tuple[float, ...] = ()
+    """Breadcrumbs' outlier fraction per model (the band's upper cut); empty for other methods."""
+    epsilon: tuple[float, ...] = ()
+    """DELLA's epsilon per model (its drop); empty for other methods."""
+    seed: int = 0
+    """The seed of the random drops (their rescale factors and votes depend on it)."""
+    rescale: str | None = None
+    """The rescale rule if the method rescales, else ``None``."""
 
     @classmethod
     def of(cls, options: MergeOptions, n_models: int) -> ThresholdBasis:
         weights = tuple(float(w) for w in options.model_weights(n_models))
-        return cls(options.scope, options.model_densities(n_models), options.trim, options.zero_sign, weights)
+        return cls(
+            options.scope,
+            options.model_densities(n_models),
+            options.trim,
+            options.zero_sign,
+            weights,
+            options.method.name,
+            options.model_gammas(n_models),
+            options.model_epsilons(n_models),
+            options.seed if options.method.sparsify.random else 0,
+            options.rescale_rule.value if options.rescale else None,
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "method": self.method,
             "scope": self.scope.value,
             "density": list(self.density),
+            "gamma": list(self.gamma),
+            "epsilon": list(self.epsilon),
+            "seed": self.seed,
+            "rescale": self.rescale,
             "trim": self.trim.value,
             "zero_sign": self.zero_sign.value,
             "weights": list(self.weights),
         }
+
+    @classmethod
+    def from_json(cls, b: Any) -> ThresholdBasis:
+        return cls(
+            Scope(b["scope"]),
+            tuple(float(d) for d in b["density"]),
+            TrimRule(b["trim"]),
+            ZeroSign(b["zero_sign"]),
+            tuple(float(w) for w in b["weights"]),
+            str(b.get("method", "ties")),  # (files written before other methods existed)
+            tuple(float(g) for g in b.get("gamma", ())),
+            tuple(float(e) for e in b.get("epsilon", ())),
+            int(b.get("seed", 0)),
+            None if b.get("rescale") is None else str(b["rescale"]),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +159,12 @@ class Thresholds:
     sample_block_elements: int = 0
     """The block size of the grid whose sample blocks ``GroupThreshold.sample_kept`` counts (0: none);
     a merge on another grid (another memory budget) cannot compare them."""
+    outliers: Mapping[str, tuple[GroupThreshold, ...]] = field(default_factory=lambda: types.MappingProxyType({}))
+    """Breadcrumbs: per group key, the band's upper cut per model (the values it keeps are dropped as
+    outliers); empty for other methods."""
+    scales: Mapping[str, tuple[float, ...]] = field(default_factory=lambda: types.MappingProxyType({}))
+    """Per tensor name, the float32 rescale factor of each model (mergekit's L1 rule); empty unless the
+    method rescales that way. A tensor left out is not rescaled."""
 
     @property
     def scope(self) -> Scope:
@@ -132,21 +184,10 @@ class Thresholds:
             "basis": self.basis.to_json(),
             "inputs": self.inputs.to_json() if self.inputs is not None else None,
             "sample_block_elements": self.sample_block_elements,
-            "groups": {
-                k: [
-                    {
-                        "size": g.size,
-                        "threshold": g.value,
-                        "pattern": g.pattern,
-                        "keep_equal": g.keep_equal,
-                        "kept": g.kept,
-                        **({"sample_kept": g.sample_kept} if samples else {}),
-                    }
-                    for g in v
-                ]
-                for k, v in self.groups.items()
-            },
+            "groups": {k: [_group_json(g, samples) for g in v] for k, v in self.groups.items()},
             "majority": dict(self.majority),
+            "outliers": {k: [_group_json(g, samples) for g in v] for k, v in self.outliers.items()},
+            "scales": {k: list(v) for k, v in self.scales.items()},
         }
         if not samples:
             del data["sample_block_elements"]
@@ -158,34 +199,25 @@ class Thresholds:
         try:
             if data["format"] != _FORMAT:
                 raise OptionError(f"{where}: format {data['format']!r} is not {_FORMAT!r}")
-            b = data["basis"]
-            basis = ThresholdBasis(
-                Scope(b["scope"]),
-                tuple(float(d) for d in b["density"]),
-                TrimRule(b["trim"]),
-                ZeroSign(b["zero_sign"]),
-                tuple(float(w) for w in b["weights"]),
-            )
-            groups = {
-                str(key): tuple(
-                    GroupThreshold(
-                        int(g["size"]),
-                        int(g["pattern"]),
-                        int(g["keep_equal"]),
-                        int(g["kept"]),
-                        int(g.get("sample_kept", -1)),  # (not in a recipe: see to_json)
-                    )
-                    for g in entries
-                )
-                for key, entries in data["groups"].items()
+            basis = ThresholdBasis.from_json(data["basis"])
+            groups = {str(key): tuple(map(_group_from_json, entries)) for key, entries in data["groups"].items()}
+            outliers = {
+                str(key): tuple(map(_group_from_json, entries)) for key, entries in data.get("outliers", {}).items()
             }
+            scales = {str(key): tuple(float(x) for x in v) for key, v in data.get("scales", {}).items()}
             majority = {str(k): int(v) for k, v in data["majority"].items()}
             inputs = InputsIdentity.from_json(data["inputs"]) if data["inputs"] is not None else None
             sample_block_elements = int(data.get("sample_block_elements", 0))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise OptionError(f"{where}: not a thresholds file ({type(exc).__name__}: {exc})") from None
         return cls(
-            basis, types.MappingProxyType(groups), types.MappingProxyType(majority), inputs, sample_block_elements
+            basis,
+            types.MappingProxyType(groups),
+            types.MappingProxyType(majority),
+            inputs,
+            sample_block_elements,
+            types.MappingProxyType(outliers),
+            types.MappingProxyType(scales),
         )
 
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -238,6 +270,27 @@ class Thresholds:
                 raise OptionError(f"thresholds for {label} were computed for other sizes or model counts")
             if self.basis.zero_sign is ZeroSign.MAJORITY and key not in self.majority:
                 raise OptionError(f"thresholds lack the majority sign of group {key!r}")
+
+
+def _group_json(g: GroupThreshold, samples: bool) -> dict[str, Any]:
+    return {
+        "size": g.size,
+        "threshold": g.value,
+        "pattern": g.pattern,
+        "keep_equal": g.keep_equal,
+        "kept": g.kept,
+        **({"sample_kept": g.sample_kept} if samples else {}),
+    }
+
+
+def _group_from_json(g: Any) -> GroupThreshold:
+    return GroupThreshold(
+        int(g["size"]),
+        int(g["pattern"]),
+        int(g["keep_equal"]),
+        int(g["kept"]),
+        int(g.get("sample_kept", -1)),  # (not in a recipe: see to_json)
+    )
 
 
 def group_sizes(plan: MergePlan) -> dict[str, int]:

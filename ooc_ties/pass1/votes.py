@@ -22,6 +22,7 @@ from ooc_ties.kernels.ties import elect_count
 from ooc_ties.pass1.costs import vote_sample
 from ooc_ties.pass1.scan import Scan
 from ooc_ties.pass1.thresholds import GroupThreshold
+from ooc_ties.sparsity import Sparsity
 
 __all__ = [
     "DECISIVE_MARGIN",
@@ -63,11 +64,18 @@ class SampleVote:
 
 
 def sample_vote(
-    scan: Scan, blocks: Sequence[BlockRef], result: tuple[GroupThreshold, ...], quotas: np.ndarray, label: str
+    scan: Scan,
+    blocks: Sequence[BlockRef],
+    result: tuple[GroupThreshold, ...],
+    quotas: np.ndarray,
+    label: str,
+    sparsity: Sparsity | None = None,
 ) -> SampleVote:
-    """The votes and kept counts of a group's sample blocks under the final trim ``result``."""
+    """The votes and kept counts of a group's sample blocks under the final trim ``result`` (and the
+    method's general rule, ``sparsity``, if it has one)."""
     sample = tuple(vote_sample(blocks))
-    votes, kept = vote(scan, f"{label}majority sign (sample)", sample, _thresholds(result), quotas, count=True)
+    thr = _thresholds(result)
+    votes, kept = vote(scan, f"{label}majority sign (sample)", sample, thr, quotas, count=True, sparsity=sparsity)
     return SampleVote(sample, int(votes[0]), int(votes[1]), int(votes[2]), kept)
 
 
@@ -78,6 +86,7 @@ def majority(
     quotas: np.ndarray,
     label: str,
     sampled: SampleVote,
+    sparsity: Sparsity | None = None,
 ) -> tuple[int, bool]:
     """The group's majority sign, and whether it is only a guess from its sample's votes ``sampled``.
 
@@ -109,7 +118,7 @@ def majority(
     # Every block votes; the sample's blocks have (integer counts add in any order).
     done = {b.ordinal for b in sample}
     rest = [b for b in blocks if b.ordinal not in done]
-    more, _ = vote(scan, f"{label}majority sign", rest, _thresholds(result), quotas, count=False)
+    more, _ = vote(scan, f"{label}majority sign", rest, _thresholds(result), quotas, count=False, sparsity=sparsity)
     return int(np.sign(pos + int(more[0]) - neg - int(more[1]))), False
 
 
@@ -118,14 +127,25 @@ def _thresholds(result: tuple[GroupThreshold, ...]) -> np.ndarray:
 
 
 def vote(
-    scan: Scan, label: str, blocks: Sequence[BlockRef], thr: np.ndarray, quotas: np.ndarray, *, count: bool
+    scan: Scan,
+    label: str,
+    blocks: Sequence[BlockRef],
+    thr: np.ndarray,
+    quotas: np.ndarray,
+    *,
+    count: bool,
+    sparsity: Sparsity | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(#S > 0, #S < 0, #open)`` over ``blocks``, and (if ``count``) the values each model keeps."""
 
     def work(
         ref: BlockRef, base: np.ndarray, fts: tuple[np.ndarray, ...], state: tuple[np.ndarray, np.ndarray]
     ) -> None:
-        elect_count(base, fts, thr, quotas[ref.ordinal], scan.weights, state[0], state[1])
+        if sparsity is None:
+            elect_count(base, fts, thr, quotas[ref.ordinal], scan.weights, state[0], state[1])
+        else:
+            quota, args = sparsity.block_args(ref, base, fts, quotas[ref.ordinal])
+            elect_count(base, fts, thr, quota, scan.weights, state[0], state[1], args)
 
     def new_state() -> tuple[np.ndarray, np.ndarray]:
         return np.zeros(3, np.int64), np.zeros(scan.n if count else 0, np.int64)
