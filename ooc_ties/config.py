@@ -304,6 +304,11 @@ class MergeOptions:
         """Whether pass 1 computes thresholds (the method trims, and some model keeps less than all)."""
         return self.method.trims and min(_as_tuple(self.density)) < 1.0
 
+    @property
+    def drops(self) -> bool:
+        """Whether the method draws random drops (DARE, DELLA, and some model keeps less than all)."""
+        return self.method.sparsify.random and min(_as_tuple(self.density)) < 1.0
+
     def model_densities(self, n_models: int) -> tuple[float, ...]:
         """The density of each of ``n_models`` fine-tuned models."""
         return _per_model(self.density, n_models, "densities")

@@ -125,17 +125,25 @@ def _method(recipe: Mapping[str, Any]) -> list[str]:
     preset = _preset(options) if method.trims else None
     weights = options.get("weights")
     preset_note = f" (preset {_code(preset)} of ooc-ties)" if preset else ""
+    merged = "merged onto the base model" if method.uses_base else "merged (the base model gives only the layout)"
     lines = [
-        f"The fine-tuned models were merged onto the base model with [{method.title}]({method.paper}){preset_note}: "
-        f"{method.summary}.",
+        f"The fine-tuned models were {merged} with [{method.title}]({method.paper}){preset_note}: {method.summary}.",
         "",
     ]
+    if method.sparsifies:
+        lines.append(f"- density: {options.get('density')} (the share of each task vector kept)")
+    if options.get("gamma") is not None:
+        lines.append(f"- gamma: {options.get('gamma')} (the share of largest magnitudes dropped as outliers)")
+    if options.get("epsilon") is not None:
+        lines.append(f"- epsilon: {options.get('epsilon')} (the spread of the keep probabilities by rank)")
     if method.trims:
         lines += [
-            f"- density: {options.get('density')} (the share of each task vector kept)",
             f"- scope: {options.get('scope')} (what a threshold is counted over)",
             f"- trim: {options.get('trim')}",
         ]
+    if method.sparsify.random:
+        rescale = f"rescaled ({options.get('rescale_rule')})" if options.get("rescale") else "not rescaled"
+        lines.append(f"- seed: {options.get('seed')} (of the random drop, reproducible with ooc-ties); {rescale}")
     if method.consensus:
         lines.append(f"- zero sign: {options.get('zero_sign')} (the sign elected where the votes cancel)")
     lines += [

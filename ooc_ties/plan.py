@@ -154,10 +154,22 @@ class MergePlan:
 
 def _describe_options(o: MergeOptions) -> str:
     """The options that matter for the method, as the plan states them."""
+
+    def listed(value: float | tuple[float, ...] | None) -> str:
+        return "/".join(f"{d:g}" for d in value) if isinstance(value, tuple) else f"{value:g}"
+
     parts = []
+    if o.method.sparsifies:
+        parts.append(f"density {listed(o.density)}")
+    if o.gamma is not None:
+        parts.append(f"gamma {listed(o.gamma)}")
+    if o.epsilon is not None:
+        parts.append(f"epsilon {listed(o.epsilon)}")
     if o.method.trims:
-        density = "/".join(f"{d:g}" for d in o.density) if isinstance(o.density, tuple) else f"{o.density}"
-        parts += [f"density {density}", f"scope {o.scope.value}", f"trim {o.trim.value}"]
+        parts += [f"scope {o.scope.value}", f"trim {o.trim.value}"]
+    if o.method.sparsify.random:
+        parts.append(f"seed {o.seed}")
+        parts.append(f"rescale {o.rescale_rule.value}" if o.rescale else "no rescale")
     if o.method.consensus:
         parts.append(f"zero sign {o.zero_sign.value}")
     parts += [f"lambda {o.lam}", "normalized" if o.normalize else "not normalized"]

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ooc_ties.blocks import BlockRef, group_blocks, plan_blocks
-from ooc_ties.config import MergeOptions, TrimRule
+from ooc_ties.config import MergeOptions, RescaleRule, TrimRule
 from ooc_ties.kernels.histogram import HIGH_BINS, LANES, LOW_BINS, bracket_width
+from ooc_ties.methods import Sparsify
 
 if TYPE_CHECKING:
     from ooc_ties.plan import MergePlan
@@ -70,6 +71,8 @@ def pass1_reads(options: MergeOptions, full: int, sample: int, given: bool = Fal
       When the sample is the whole group (one block), two reads.
     * Tie counts (``topk``, density below 1): one read, skipped where no tie straddles a cut-off. It is
       counted as expected: with bf16 or f16 task vectors ties at the cut-off are the rule.
+    * Breadcrumbs' band: the thresholds and tie counts twice, once per cut.
+    * Rescale norms (a random drop under mergekit's L1 rule): one read.
     * The majority sign (``majority``): the sample's votes; the other blocks vote too (one read in
       all) only if the sample is not decisive and the open elements it predicts do not fit pass 2's
       room for them. When the sample is the whole group, one read.
@@ -77,18 +80,21 @@ def pass1_reads(options: MergeOptions, full: int, sample: int, given: bool = Fal
     ``given`` thresholds skip the histograms and the vote (the tie counts depend on the block grid).
     """
     trims = options.trims
+    cuts = 2 if options.method.sparsify is Sparsify.BAND else 1  # breadcrumbs: the band's two cuts
     reads: list[Pass1Read] = []
     if trims and not given:
         if sample < full:
             reads += [
-                Pass1Read("threshold sample", sample),
-                Pass1Read("one-read thresholds", full),
-                Pass1Read("more threshold reads", 2 * full, "a threshold falls outside its sampled bracket"),
+                Pass1Read("threshold sample", cuts * sample),
+                Pass1Read("one-read thresholds", cuts * full),
+                Pass1Read("more threshold reads", cuts * 2 * full, "a threshold falls outside its sampled bracket"),
             ]
         else:
-            reads.append(Pass1Read("two-read thresholds", 2 * full))
+            reads.append(Pass1Read("two-read thresholds", cuts * 2 * full))
     if trims and options.trim is TrimRule.TOPK:
-        reads.append(Pass1Read("tie counts", full))
+        reads.append(Pass1Read("tie counts", cuts * full))
+    if options.drops and options.rescale and options.rescale_rule is RescaleRule.L1 and not given:
+        reads.append(Pass1Read("rescale norms", full))
     if options.majority_vote and not given:
         if sample < full:
             reads += [
