@@ -36,6 +36,7 @@ from ooc_ties.methods import METHODS
 from ooc_ties.pass1.thresholds import Thresholds
 from ooc_ties.plan import MAX_BLOCK_ELEMENTS
 from ooc_ties.progress import tqdm_progress
+from ooc_ties.sources import open_source
 
 __all__ = ["cli", "main"]
 
@@ -240,7 +241,7 @@ def merge_command(
         clash = [name for name, value in flags.items() if value not in (None, ())]
         if clash:
             raise click.UsageError(f"--config names the models, the method and its parameters: drop {clash[0]}")
-        configured = configured_merge(load_config(config_path))
+        configured = configured_merge(load_config(config_path), _tensor_names)
         base, finetuned = configured.base, configured.models
         options = configured.options.with_(
             scope=scope, trim=trim, zero_sign=zero_sign, out_dtype=dtype, seed=seed, rescale_rule=rescale_rule
@@ -311,6 +312,15 @@ def _numbers(text: str | None, flag: str) -> float | list[float] | None:
         raise click.BadParameter(message, param_hint=f"'{flag}'")
     numbers = [float(v) for v in values]
     return numbers[0] if len(numbers) == 1 else numbers
+
+
+def _tensor_names(model: str) -> list[str]:
+    """A model's tensor names, from its header (a configuration's values per tensor are resolved on them)."""
+    source = open_source(model, model)
+    try:
+        return list(source.names)
+    finally:
+        source.close()
 
 
 def _split_numbers(text: str) -> list[str]:

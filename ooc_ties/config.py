@@ -11,6 +11,8 @@ import enum
 import math
 import os
 import re
+import types
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -27,6 +29,7 @@ __all__ = [
     "RescaleRule",
     "Resources",
     "Scope",
+    "TensorValues",
     "TrimRule",
     "ZeroSign",
     "parse_densities",
@@ -190,6 +193,24 @@ def _as_tuple(density: float | tuple[float, ...] | None) -> tuple[float, ...]:
     return density if isinstance(density, tuple) else (1.0 if density is None else density,)
 
 
+@dataclass(frozen=True, slots=True)
+class TensorValues:
+    """One tensor's own per-model values, where they differ from the merge's (a mergekit configuration's
+    gradients and filters); ``None`` keeps the merge's value."""
+
+    weights: tuple[float, ...] | None = None
+    density: tuple[float, ...] | None = None
+    gamma: tuple[float, ...] | None = None
+    epsilon: tuple[float, ...] | None = None
+
+    def to_json(self) -> dict[str, list[float]]:
+        return {k: list(v) for k in ("weights", "density", "gamma", "epsilon") if (v := getattr(self, k)) is not None}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TensorValues:
+        return cls(**{k: tuple(float(x) for x in v) for k, v in data.items()})
+
+
 def _per_model(value: float | tuple[float, ...] | None, n_models: int, what: str) -> tuple[float, ...]:
     values = _as_tuple(value)
     if len(values) == 1:
@@ -237,6 +258,9 @@ class MergeOptions:
     """The seed of the random drops (DARE, DELLA): with the model's index, the tensor's name and the
     element's index it decides each drop (``ooc_ties.kernels.drop``), so the same seed gives the same
     bytes on any machine, block size and thread count."""
+    per_tensor: Mapping[str, TensorValues] | None = None
+    """Values of single tensors that differ from the merge's (:class:`TensorValues`, by tensor name;
+    :meth:`for_tensor`); only with the ``tensor`` scope. ``None``: every tensor has the merge's values."""
 
     def __post_init__(self) -> None:
         method = parse_method(self.method)
@@ -255,6 +279,7 @@ class MergeOptions:
         object.__setattr__(self, "weights", parse_weights(self.weights))
         object.__setattr__(self, "normalize", method.normalize if self.normalize is None else bool(self.normalize))
         object.__setattr__(self, "out_dtype", parse_output_dtype(self.out_dtype))
+        self._set_per_tensor()
 
     def _set_method_parameters(self, method: Method) -> None:
         """Validate ``gamma``, ``epsilon``, ``rescale`` and ``seed`` against the method."""
@@ -290,6 +315,35 @@ class MergeOptions:
             raise OptionError(f"rescale rule density applies to DARE's drop only, not to {method.name}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**64:
             raise OptionError(f"seed must be an integer in [0, 2**64); got {self.seed!r}")
+
+    def _set_per_tensor(self) -> None:
+        if self.per_tensor is None:
+            return
+        table = {
+            str(name): v if isinstance(v, TensorValues) else TensorValues(**v) for name, v in self.per_tensor.items()
+        }
+        if table and self.scope is not Scope.TENSOR:
+            raise OptionError("values per tensor (gradients, filters) need the tensor scope (--scope tensor)")
+        object.__setattr__(self, "per_tensor", types.MappingProxyType(table) if table else None)
+        for name in table:
+            self.for_tensor(name)  # validates its values against the method
+
+    def for_tensor(self, name: str) -> MergeOptions:
+        """The options of one tensor: its own values (:attr:`per_tensor`) in place of the merge's."""
+        values = self.per_tensor.get(name) if self.per_tensor is not None else None
+        if values is None:
+            return self
+        try:
+            return replace(
+                self,
+                weights=values.weights if values.weights is not None else self.weights,
+                density=values.density if values.density is not None else self.density,
+                gamma=values.gamma if values.gamma is not None else self.gamma,
+                epsilon=values.epsilon if values.epsilon is not None else self.epsilon,
+                per_tensor=None,
+            )
+        except OptionError as error:
+            raise OptionError(f"tensor {name}: {error}") from None
 
     def with_(self, **changes: Any) -> MergeOptions:
         """A copy with some fields changed (``None`` values are ignored), validated again. Another method
@@ -355,6 +409,11 @@ class MergeOptions:
             "normalize": self.normalize,
             "weights": list(self.weights) if self.weights is not None else None,
             "dtype": self.out_dtype.code if self.out_dtype else None,
+            **(
+                {"per_tensor": {name: v.to_json() for name, v in self.per_tensor.items()}}
+                if self.per_tensor is not None
+                else {}
+            ),
         }
 
 

@@ -11,14 +11,14 @@ never ignored.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence, Set
+from collections.abc import Callable, Sequence, Set
 from dataclasses import dataclass
 
-from ooc_ties.config import PRESETS, MergeOptions, RescaleRule
+from ooc_ties.config import PRESETS, MergeOptions, RescaleRule, TensorValues
 from ooc_ties.dtypes import TORCH_NAMES, DType
 from ooc_ties.errors import OptionError
 from ooc_ties.io.side_files import MERGEKIT_CONFIG_NAME
-from ooc_ties.mergekit_yaml import MergekitConfig, build_config, check, resolve
+from ooc_ties.mergekit_yaml import MergekitConfig, build_config, check, layer_count, layer_t, resolve
 from ooc_ties.methods import METHODS
 
 __all__ = ["CONFIG_NAME", "ConfiguredMerge", "configured_merge", "mergekit_config"]
@@ -42,8 +42,14 @@ class ConfiguredMerge:
     """The method and its parameters."""
 
 
-def configured_merge(config: MergekitConfig) -> ConfiguredMerge:
-    """The merge ``config`` describes; an ``OptionError`` naming the key for what is not supported."""
+def configured_merge(
+    config: MergekitConfig, tensor_names: Callable[[str], Sequence[str]] | None = None
+) -> ConfiguredMerge:
+    """The merge ``config`` describes; an ``OptionError`` naming the key for what is not supported.
+
+    Gradients and filters give single tensors values of their own: ``tensor_names(base)`` lists the
+    base model's tensors (from its header) so that each is resolved as mergekit resolves it (at its
+    layer's ``t``, the first matching filter); without it such a configuration is refused."""
     where = config.source
     method = METHODS.get(config.merge_method)
     if method is None:
@@ -64,13 +70,28 @@ def configured_merge(config: MergekitConfig) -> ConfiguredMerge:
     if config.chat_template is not None:
         raise OptionError(f"{where}: chat_template is not supported yet (remove it, and set the template afterwards)")
     check(config, method.parameters)
-    _refuse_per_tensor_values(config)
-    shared, per_model = resolve(config, method.parameters, "", 0.0)
+    names: Sequence[str] = ("",)
+    if _varies_per_tensor(config):
+        if tensor_names is None:
+            raise OptionError(f"{where}: gradients and filters (values per tensor) need the base model's tensor names")
+        names = tensor_names(base)
+    n_layers = layer_count(names)
+    values = {
+        name: resolve(config, method.parameters, name, layer_t(name, n_layers) if config.uses_t else 0.0)
+        for name in names
+    }
+    shared, per_model = values[names[0]]
+    if any(values[name][0] != shared for name in names):
+        varying = next(p for p in shared if any(values[name][0][p] != shared[p] for name in names))
+        raise OptionError(f"{where}: parameters: {varying}: a shared parameter must be the same for every tensor")
 
-    def each(name: str) -> tuple[float, ...] | None:
+    def each_of(models: list[dict[str, object]], name: str) -> tuple[float, ...] | None:
         if not any(p.name == name for p in method.parameters):
             return None
-        return tuple(float(values[name]) for values in per_model)  # type: ignore[arg-type]
+        return tuple(float(values[name]) for values in models)  # type: ignore[arg-type]
+
+    def each(name: str) -> tuple[float, ...] | None:
+        return each_of(per_model, name)
 
     rescale = bool(shared.get("rescale", False))
     if rescale and not method.sparsify.random:
@@ -97,6 +118,18 @@ def configured_merge(config: MergekitConfig) -> ConfiguredMerge:
         normalize=bool(shared["normalize"]),
         out_dtype=dtype,  # (parse_output_dtype takes mergekit's names)
     )
+    own = {}
+    keys = (("weights", "weight"), ("density", "density"), ("gamma", "gamma"), ("epsilon", "epsilon"))
+    for name in names[1:]:
+        theirs = values[name][1]
+        if theirs != per_model:
+            fields = {field: each_of(theirs, key) if each_of(theirs, key) != each(key) else None for field, key in keys}
+            if not method.sparsifies:
+                fields["density"] = None  # (no effect, as in mergekit)
+            if any(v is not None for v in fields.values()):
+                own[name] = TensorValues(**fields)
+    if own:
+        options = options.with_(per_tensor=own)
     return ConfiguredMerge(base, models, options)
 
 
@@ -121,13 +154,15 @@ def mergekit_config(
     if method.sparsify.random and (options.seed != 0 or options.rescale_rule is not RescaleRule.L1):
         return None  # (a configuration has no seed, and mergekit rescales by the L1 rule only)
     n = len(models)
-    per_model: dict[str, Sequence[float]] = {"weight": [float(w) for w in options.model_weights(n)]}
+    per_model: dict[str, Sequence[object]] = {
+        "weight": _with_filters(options, "weights", [float(w) for w in options.model_weights(n)])
+    }
     if method.sparsifies:
-        per_model["density"] = list(options.model_densities(n))
+        per_model["density"] = _with_filters(options, "density", list(options.model_densities(n)))
     if options.gamma is not None:
-        per_model["gamma"] = list(options.model_gammas(n))
+        per_model["gamma"] = _with_filters(options, "gamma", list(options.model_gammas(n)))
     if options.epsilon is not None:
-        per_model["epsilon"] = list(options.model_epsilons(n))
+        per_model["epsilon"] = _with_filters(options, "epsilon", list(options.model_epsilons(n)))
     shared: dict[str, float | bool] = {"normalize": bool(options.normalize)}
     if method.uses_base:
         shared["lambda"] = options.lam
@@ -148,13 +183,27 @@ def mergekit_config(
     )
 
 
-def _refuse_per_tensor_values(config: MergekitConfig) -> None:
-    """Gradients and filters give each tensor its own values; the engine takes one value per model."""
-    places = [("parameters", config.parameters)]
-    places += [(f"model {entry.model}: parameters", entry.parameters) for entry in config.models]
-    for where, settings in places:
-        for name, setting in settings.items():
-            if setting.is_gradient or any(rule.filter not in (None, "*") for rule in setting.rules):
-                raise OptionError(
-                    f"{config.source}: {where}: {name}: gradients and filters (values per tensor) are not supported yet"
-                )
+def _with_filters(options: MergeOptions, field: str, merged: list[float]) -> list[object]:
+    """Each model's value of a parameter; where single tensors have their own (``per_tensor``), a filter
+    list naming each such tensor, longest names first (a name that holds a shorter one must match
+    first: mergekit takes the first filter found in the name), then the merge's value."""
+    own = sorted((options.per_tensor or {}).items(), key=lambda item: (-len(item[0]), item[0]))
+    values: list[object] = []
+    for t, value in enumerate(merged):
+        rules = [
+            {"filter": name, "value": float(theirs[t])}
+            for name, tensor in own
+            if (theirs := getattr(tensor, field)) is not None and float(theirs[t]) != value
+        ]
+        values.append([*rules, {"value": value}] if rules else value)
+    return values
+
+
+def _varies_per_tensor(config: MergekitConfig) -> bool:
+    """Whether some setting is a gradient or a filter list: values that differ from tensor to tensor."""
+    places = [config.parameters, *(entry.parameters for entry in config.models)]
+    return any(
+        setting.is_gradient or any(rule.filter not in (None, "*") for rule in setting.rules)
+        for settings in places
+        for setting in settings.values()
+    )

@@ -73,7 +73,8 @@ class Pass2:
         self.journal = journal
         self.threads = plan.resources.threads
         options = plan.options
-        self.weights = options.model_weights(plan.n_models)
+        self.options = options
+        self._weights: dict[str, np.ndarray] = {}
         self.lam = np.float32(options.lam)
         self.consensus = options.method.consensus
         self.normalize = bool(options.normalize)
@@ -105,6 +106,13 @@ class Pass2:
         self.bytes_read = 0
         """Input bytes of the blocks merged (or merged again) by :meth:`run`."""
         self.writes = WriteQueue(plan.block_elements, 2 * self.threads)
+
+    def weights(self, name: str) -> np.ndarray:
+        """The float32 weights of one tensor (its own, from a configuration's gradients or filters)."""
+        weights = self._weights.get(name)
+        if weights is None:
+            weights = self._weights[name] = self.options.for_tensor(name).model_weights(self.n)
+        return weights
 
     def new_state(self) -> dict[Any, np.ndarray]:
         return {"at": np.empty(self.open_capacity, np.int64)}
@@ -152,7 +160,7 @@ class Pass2:
             fts,
             self.thr[key],
             quota,
-            self.weights,
+            self.weights(name),
             self.lam,
             self.zero_positive[key],
             self.consensus,

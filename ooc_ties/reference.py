@@ -194,7 +194,6 @@ def reference_merge(
     with contextlib.ExitStack() as stack:
         b = stack.enter_context(Checkpoint(base))
         fts = [stack.enter_context(Checkpoint(p)) for p in finetuned]
-        weights = options.model_weights(len(fts))
         floats = [n for n in b.names if b.info(n).dtype.is_float]
         out: dict[str, np.ndarray] = {n: np.array(b.read(n)) for n in b.names if n not in floats}
 
@@ -209,7 +208,9 @@ def reference_merge(
             tau = np.stack(
                 [np.concatenate([load(ft, n) for n in names]) - base_flat if names else base_flat for ft in fts]
             )
-            merged = ties_vectors(tau, base_flat, options, weights, [(n, b.info(n).shape) for n in names])
+            own = options.for_tensor(names[0]) if len(names) == 1 else options  # (per_tensor: tensor scope)
+            weights = own.model_weights(len(fts))
+            merged = ties_vectors(tau, base_flat, own, weights, [(n, b.info(n).shape) for n in names])
             offset = 0
             for n in names:
                 size = b.info(n).numel

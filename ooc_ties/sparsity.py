@@ -16,6 +16,7 @@ methods hand the kernels (:func:`ooc_ties.kernels.ties.merge`, ``elect_count``) 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -50,6 +51,17 @@ def l1_scale(whole: np.float32, kept: np.float32) -> np.float32:
     return np.float32(np.float32(whole) / np.float32(kept))
 
 
+@dataclass(frozen=True, slots=True)
+class _TensorDraw:
+    """One tensor's values for the drops and the rescale (its own, under a configuration's gradients)."""
+
+    densities: tuple[float, ...]
+    epsilons: tuple[float, ...]
+    probabilities: tuple[float, ...]
+    fixed_scales: np.ndarray | None
+    keys: tuple[int, ...]
+
+
 class Sparsity:
     """The general rule's per-block arguments for one merge (see the module docstring)."""
 
@@ -62,43 +74,52 @@ class Sparsity:
         scales: Mapping[str, tuple[float, ...]],
     ) -> None:
         self.n = n_models
+        self.options = options
         self.method = options.method
         self.key = key
-        self.seed = options.seed
-        self.densities = options.model_densities(n_models)
-        self.epsilons = options.model_epsilons(n_models)
-        self.probabilities = tuple(dare_probability(d) for d in self.densities)
         self.outliers = {k: np.array([g.value for g in v], np.float32) for k, v in outliers.items()}
         self.scales = {k: np.array(v, np.float32) for k, v in scales.items()}
-        if options.rescale and options.rescale_rule is RescaleRule.DENSITY:
-            self.fixed_scales: np.ndarray | None = np.array([1.0 / d for d in self.densities], np.float32)
-        else:
-            self.fixed_scales = None
-        self._keys: dict[str, tuple[int, ...]] = {}
+        self._tensors: dict[str, _TensorDraw] = {}
+
+    def _tensor(self, name: str) -> _TensorDraw:
+        draw = self._tensors.get(name)
+        if draw is None:
+            options = self.options.for_tensor(name)
+            densities = options.model_densities(self.n)
+            fixed = None
+            if options.rescale and options.rescale_rule is RescaleRule.DENSITY:
+                fixed = np.array([1.0 / d for d in densities], np.float32)
+            tk = tensor_key(name)
+            draw = self._tensors[name] = _TensorDraw(
+                densities,
+                options.model_epsilons(self.n),
+                tuple(dare_probability(d) for d in densities),
+                fixed,
+                tuple(stream_key(options.seed, t, tk) for t in range(self.n)),
+            )
+        return draw
 
     @property
     def draws(self) -> bool:
-        """Whether blocks get drop masks."""
-        return self.method.sparsify.random and min(self.densities) < 1.0
-
-    def stream_keys(self, name: str) -> tuple[int, ...]:
-        keys = self._keys.get(name)
-        if keys is None:
-            tk = tensor_key(name)
-            keys = self._keys[name] = tuple(stream_key(self.seed, t, tk) for t in range(self.n))
-        return keys
+        """Whether blocks get drop masks (some tensor of some model keeps less than all)."""
+        if not self.method.sparsify.random:
+            return False
+        tables = [self.options, *(self.options.for_tensor(name) for name in self.options.per_tensor or ())]
+        return any(o.drops for o in tables)
 
     def masks(self, ref: BlockRef, base: Any, fts: tuple[Any, ...]) -> np.ndarray:
         """The block's drop masks, one uint8 row per model (shape ``(models, 0)`` if nothing is drawn)."""
-        if not self.draws:
+        if not self.method.sparsify.random:
+            return np.empty((self.n, 0), np.uint8)
+        draw = self._tensor(ref.tensor.name)
+        if min(draw.densities) >= 1.0:  # every model keeps all of this tensor
             return np.empty((self.n, 0), np.uint8)
         size = ref.stop - ref.start
         masks = np.empty((self.n, size), np.uint8)
-        keys = self.stream_keys(ref.tensor.name)
         for t in range(self.n):
-            key = np.uint64(keys[t])
+            key = np.uint64(draw.keys[t])
             if self.method.sparsify is Sparsify.RANDOM:
-                random_keep(key, ref.start, self.probabilities[t], masks[t])
+                random_keep(key, ref.start, draw.probabilities[t], masks[t])
             else:
                 ncols = row_length(ref.tensor.shape)
                 if ref.start % ncols or size % ncols:
@@ -112,8 +133,8 @@ class Sparsity:
                     fts[t],
                     self.method.uses_base,
                     ncols,
-                    self.densities[t],
-                    self.epsilons[t],
+                    draw.densities[t],
+                    draw.epsilons[t],
                     masks[t],
                 )
         return masks
@@ -124,11 +145,12 @@ class Sparsity:
         """The block's ``(quota, sparsity)`` kernel arguments; ``quotas``: the block's row of pass 1's
         quotas (the band's upper cut in columns ``n..2n``); ``masks``: already drawn, or drawn here."""
         quota = quotas[: self.n]
-        key = self.key(ref.tensor.name)
-        band = self.outliers.get(key)
+        name = ref.tensor.name
+        band = self.outliers.get(self.key(name))
         if masks is None:
             masks = self.masks(ref, base, fts)
-        scales = self.fixed_scales if self.fixed_scales is not None else self.scales.get(ref.tensor.name)
+        fixed = self._tensor(name).fixed_scales if self.method.sparsify.random else None
+        scales = fixed if fixed is not None else self.scales.get(name)
         return quota, (
             band if band is not None else _EMPTY_F32,
             quotas[self.n :] if band is not None else _EMPTY_I64,

@@ -15,6 +15,7 @@ from ooc_ties.from_config import configured_merge
 from ooc_ties.io.checkpoint import Checkpoint
 from ooc_ties.mergekit_yaml import parse_config
 from ooc_ties.methods import TASK_ARITHMETIC, TIES
+from ooc_ties.reference import reference_merge
 
 Models = tuple[Path, list[Path]]
 
@@ -98,12 +99,7 @@ def test_defaults_are_mergekits(tiny_models: Models) -> None:
         (
             "  normalize: true",
             "  normalize: [true, false]",
-            "parameters: normalize: gradients and filters (values per tensor) are not supported yet",
-        ),
-        (
-            "      density: 0.5",
-            "      density: [0.5, 0.2]",
-            "density: gradients and filters (values per tensor) are not supported yet",
+            "parameters: normalize: a shared parameter must be the same for every tensor",
         ),
         ("  normalize: true", "  normalize: true\n  rescale: true", "rescale: true is not supported yet for ties"),
         (
@@ -183,3 +179,56 @@ def test_no_config_where_mergekit_cannot_express_the_merge(tiny_models: Models, 
     assert out is not None and not (out / "mergekit_config.yml").exists()
     out = merge(copy, fts, tmp_path / "mk", PRESETS["mergekit"]).output
     assert out is not None and "merge_method: ties" in (out / "mergekit_config.yml").read_text()
+
+
+@pytest.mark.parametrize("method", ["ties", "dare_ties", "breadcrumbs_ties", "della_linear"])
+def test_gradients_and_filters_give_tensors_their_own_values(tiny_models: Models, tmp_path: Path, method: str) -> None:
+    """A weight gradient over the layers and a density filter list, resolved per tensor as mergekit does
+    (t = i / (layers - 1) in layer i, 0 outside the layers; the first matching filter), then merged byte
+    for byte as the in-RAM reference merges the same per-tensor values."""
+    base, fts = tiny_models
+    extra = {"breadcrumbs_ties": "\n      gamma: 0.05", "della_linear": "\n      epsilon: 0.1"}.get(method, "")
+    text = f"""
+merge_method: {method}
+base_model: {base}
+models:
+  - model: {fts[0]}
+    parameters:
+      weight: [1.0, 0.2]
+      density:
+        - filter: mlp
+          value: 0.3
+        - value: 0.6{extra}
+  - model: {fts[1]}
+    parameters:
+      weight: 0.5
+      density: 0.5{extra}
+"""
+    config = tmp_path / "merge.yml"
+    config.write_text(text)
+    with Checkpoint(base) as checkpoint:
+        names = list(checkpoint.names)
+    configured = configured_merge(parse_config(text, str(config)), lambda _: names)
+    options = configured.options
+    layer0, layer1 = "model.layers.0.mlp.up_proj.weight", "model.layers.1.self_attn.q_proj.weight"
+    assert options.for_tensor(layer0).weights == (1.0, 0.5) and options.for_tensor(layer0).density == (0.3, 0.5)
+    assert options.for_tensor(layer1).weights == (0.2, 0.5) and options.for_tensor(layer1).density == (0.6, 0.5)
+    assert options.for_tensor("lm_head.weight").weights == (1.0, 0.5)  # t = 0 after the layers, as mergekit
+    main(["merge", "--config", str(config), "-o", str(tmp_path / "out"), "-q"])
+    expected = reference_merge(base, [fts[0], fts[1]], options)
+    with Checkpoint(tmp_path / "out") as out:
+        for name in out.names:
+            assert out.read(name).tobytes() == expected[name].tobytes(), name
+    recipe = json.loads((tmp_path / "out" / "ooc_ties_recipe.json").read_text())
+    assert recipe["options"]["per_tensor"][layer1]["weights"] == [0.2, 0.5]
+    # the configuration written beside the output (filters naming each tensor) reproduces the merge
+    main(["merge", "--config", str(tmp_path / "out" / "mergekit_config.yml"), "-o", str(tmp_path / "again"), "-q"])
+    with Checkpoint(tmp_path / "out") as out, Checkpoint(tmp_path / "again") as again:
+        assert all(out.read(name).tobytes() == again.read(name).tobytes() for name in out.names)
+
+
+def test_values_per_tensor_need_the_tensor_names(tiny_models: Models) -> None:
+    base, fts = tiny_models
+    text = f"merge_method: ties\nbase_model: {base}\nmodels:\n  - model: {fts[0]}\n    parameters: {{weight: [0, 1]}}\n"
+    with pytest.raises(OptionError, match="need the base model's tensor names"):
+        configured_merge(parse_config(text, "g.yml"))

@@ -36,16 +36,38 @@ EXPECTED: dict[str, str] = {
     "mergekit_chipalign_tokenizer.yml": "tokenizer: a tokenizer block",  # tokenizer block (and nuslerp)
     "mergekit_gradient_slerp.yml": "slices",  # slices (and slerp)
     "mergekit_linear.yml": ACCEPTED,  # linear, no base_model
-    # not yet (issue 13): values per tensor (gradients, filters) reach the configuration, not the engine
-    "mergekit_ties.yml": "gradients and filters",  # gradients, a filter list, normalize, int8_mask
+    "mergekit_ties.yml": ACCEPTED,  # gradients, a filter list, normalize, int8_mask
     "midnight_miqu_dare_linear.yml": ACCEPTED,  # dare_linear, weight only at the top level
     "nemomix_della_linear.yml": ACCEPTED,  # della_linear, top-level epsilon and lambda, tokenizer_source: base
     "psyfighter2_task_arithmetic.yml": ACCEPTED,  # task_arithmetic, base listed again
     "starcannon_ties.yml": "is the base model and has parameters",  # the base listed again with a weight
-    "umbral_mind_breadcrumbs_ties.yml": "gradients and filters",  # breadcrumbs_ties, gamma, weight gradients
-    "umbral_mind_dare_ties.yml": "gradients and filters",  # dare_ties, weight gradients, normalize: false
+    "umbral_mind_breadcrumbs_ties.yml": ACCEPTED,  # breadcrumbs_ties, gamma, weight gradients
+    "umbral_mind_dare_ties.yml": ACCEPTED,  # dare_ties, weight gradients, normalize: false
     "umbral_mind_slerp.yml": "merge_method 'slerp'",  # slerp over models, filter lists of t
 }
+
+
+LLAMA_NAMES = [
+    "model.embed_tokens.weight",
+    *(
+        f"model.layers.{i}.{part}.weight"
+        for i in range(32)
+        for part in (
+            "input_layernorm",
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "self_attn.o_proj",
+            "post_attention_layernorm",
+            "mlp.gate_proj",
+            "mlp.up_proj",
+            "mlp.down_proj",
+        )
+    ),
+    "model.norm.weight",
+    "lm_head.weight",
+]
+"""The tensor names of a 32-layer Llama (Llama-3-8B, Mistral-7B): values per tensor are resolved on them."""
 
 
 def _merged_model_count(path: Path) -> int:
@@ -65,7 +87,7 @@ def test_published_config(name: str) -> None:
     assert path.read_text(encoding="utf-8").startswith("# source: ")
     expected = EXPECTED[name]
     try:
-        result = configured_merge(load_config(path))
+        result = configured_merge(load_config(path), lambda _: LLAMA_NAMES)
     except OptionError as error:
         message = str(error)
         assert "\n" not in message, f"the refusal is not one line: {message!r}"

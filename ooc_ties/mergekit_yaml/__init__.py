@@ -36,7 +36,7 @@ from ooc_ties.mergekit_yaml.config import (
     parse_model_reference,
 )
 from ooc_ties.mergekit_yaml.reader import load_config, parse_config
-from ooc_ties.mergekit_yaml.resolution import LAYER_PREFIXES, ParameterSpec, check, layer_t, resolve
+from ooc_ties.mergekit_yaml.resolution import LAYER_PREFIXES, ParameterSpec, check, layer_count, layer_t, resolve
 from ooc_ties.mergekit_yaml.settings import Rule, Scalar, Setting, Value
 from ooc_ties.mergekit_yaml.writer import to_yaml
 
@@ -56,6 +56,7 @@ __all__ = [
     "apply_chat_template",
     "build_config",
     "check",
+    "layer_count",
     "layer_t",
     "load_config",
     "parse_chat_template",

@@ -226,7 +226,7 @@ def build_config(
     models: Sequence[str],
     *,
     base_model: str | None = None,
-    model_parameters: Mapping[str, Sequence[Scalar]] | None = None,
+    model_parameters: Mapping[str, Sequence[object]] | None = None,
     parameters: Mapping[str, Scalar] | None = None,
     dtype: str | None = None,
     out_dtype: str | None = None,
@@ -236,7 +236,8 @@ def build_config(
 ) -> MergekitConfig:
     """A configuration from plain values, validated as a YAML one is (a merge given on the command line).
 
-    ``model_parameters`` maps a per-model parameter to one value per model (``{"weight": [0.3, 0.7]}``);
+    ``model_parameters`` maps a per-model parameter to one value per model (``{"weight": [0.3, 0.7]}``;
+    a value may be a setting as YAML writes it, e.g. a filter list);
     ``parameters`` holds the top-level ones, shared or the same for every model (``{"density": 0.2}``).
     """
     per_model = dict(model_parameters or {})

@@ -21,7 +21,7 @@ from ooc_ties.errors import OptionError
 from ooc_ties.mergekit_yaml.config import MergekitConfig
 from ooc_ties.mergekit_yaml.settings import Setting
 
-__all__ = ["LAYER_PREFIXES", "ParameterSpec", "check", "layer_t", "resolve"]
+__all__ = ["LAYER_PREFIXES", "ParameterSpec", "check", "layer_count", "layer_t", "resolve"]
 
 LAYER_PREFIXES = (
     "model.layers.",
@@ -154,6 +154,13 @@ def resolve(
             }
         )
     return shared, per_model
+
+
+def layer_count(tensor_names: Sequence[str]) -> int:
+    """The number of layers a model's tensor names show: one more than the highest layer index under
+    :data:`LAYER_PREFIXES` (1 if no name is in a layer)."""
+    indices = [int(m.group(1)) for m in map(_LAYER.match, tensor_names) if m is not None]
+    return max(indices) + 1 if indices else 1
 
 
 def layer_t(tensor_name: str, n_layers: int) -> float:

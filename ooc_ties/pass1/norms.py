@@ -28,6 +28,8 @@ def rescale_factors(
 
     def work(ref: BlockRef, base: np.ndarray, fts: tuple[np.ndarray, ...], counts: dict[str, np.ndarray]) -> None:
         masks = sparsity.masks(ref, base, fts)
+        if masks.shape[1] == 0:  # nothing dropped in this tensor: its factor is 1
+            return
         mine = counts.get(ref.tensor.name)
         if mine is None:
             mine = counts[ref.tensor.name] = np.zeros((scan.n, 2, EXPONENTS), np.int64)

@@ -91,7 +91,7 @@ def _group(
 
     With ``given`` thresholds only the block quotas are computed (they depend on the block grid).
     """
-    options = scan.plan.options
+    options = scan.plan.options.for_tensor(key)  # (a tensor's own values, under the tensor scope)
     n = scan.n
     band = options.method.sparsify is Sparsify.BAND
     outliers: tuple[GroupThreshold, ...] | None = None

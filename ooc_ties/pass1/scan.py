@@ -38,7 +38,14 @@ class Scan:
         """Bytes the progress total covers: read so far, and what the current group is expected to read."""
         self.n = plan.n_models
         self.threads = plan.resources.threads
-        self.weights = plan.options.model_weights(self.n)
+        self._weights: dict[str, np.ndarray] = {}
+
+    def weights(self, name: str) -> np.ndarray:
+        """The float32 weights of one tensor (its own, from a configuration's gradients or filters)."""
+        weights = self._weights.get(name)
+        if weights is None:
+            weights = self._weights[name] = self.plan.options.for_tensor(name).model_weights(self.n)
+        return weights
 
     def run(
         self,

@@ -9,6 +9,7 @@ reads them back and skips pass 1's reads (see :meth:`Thresholds.check_fits`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -92,6 +93,8 @@ class ThresholdBasis:
     """The seed of the random drops (their rescale factors and votes depend on it)."""
     rescale: str | None = None
     """The rescale rule if the method rescales, else ``None``."""
+    per_tensor: str = ""
+    """A digest of the values single tensors have of their own (``MergeOptions.per_tensor``); empty: none."""
 
     @classmethod
     def of(cls, options: MergeOptions, n_models: int) -> ThresholdBasis:
@@ -107,6 +110,7 @@ class ThresholdBasis:
             options.model_epsilons(n_models),
             options.seed if options.method.sparsify.random else 0,
             options.rescale_rule.value if options.rescale else None,
+            _digest(options.to_json().get("per_tensor")),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -118,6 +122,7 @@ class ThresholdBasis:
             "epsilon": list(self.epsilon),
             "seed": self.seed,
             "rescale": self.rescale,
+            "per_tensor": self.per_tensor,
             "trim": self.trim.value,
             "zero_sign": self.zero_sign.value,
             "weights": list(self.weights),
@@ -136,6 +141,7 @@ class ThresholdBasis:
             tuple(float(e) for e in b.get("epsilon", ())),
             int(b.get("seed", 0)),
             None if b.get("rescale") is None else str(b["rescale"]),
+            str(b.get("per_tensor", "")),
         )
 
 
@@ -270,6 +276,12 @@ class Thresholds:
                 raise OptionError(f"thresholds for {label} were computed for other sizes or model counts")
             if self.basis.zero_sign is ZeroSign.MAJORITY and key not in self.majority:
                 raise OptionError(f"thresholds lack the majority sign of group {key!r}")
+
+
+def _digest(values: Any) -> str:
+    if not values:
+        return ""
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _group_json(g: GroupThreshold, samples: bool) -> dict[str, Any]:

@@ -142,10 +142,10 @@ def vote(
         ref: BlockRef, base: np.ndarray, fts: tuple[np.ndarray, ...], state: tuple[np.ndarray, np.ndarray]
     ) -> None:
         if sparsity is None:
-            elect_count(base, fts, thr, quotas[ref.ordinal], scan.weights, state[0], state[1])
+            elect_count(base, fts, thr, quotas[ref.ordinal], scan.weights(ref.tensor.name), state[0], state[1])
         else:
             quota, args = sparsity.block_args(ref, base, fts, quotas[ref.ordinal])
-            elect_count(base, fts, thr, quota, scan.weights, state[0], state[1], args)
+            elect_count(base, fts, thr, quota, scan.weights(ref.tensor.name), state[0], state[1], args)
 
     def new_state() -> tuple[np.ndarray, np.ndarray]:
         return np.zeros(3, np.int64), np.zeros(scan.n if count else 0, np.int64)
