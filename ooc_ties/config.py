@@ -305,12 +305,8 @@ class MergeOptions:
         object.__setattr__(self, "rescale", rescale)
         rule = _parse_enum(RescaleRule, self.rescale_rule, "rescale rule")
         object.__setattr__(self, "rescale_rule", rule)
-        if rescale and not method.sparsify.random:
-            kind = "keeps every value" if not method.sparsifies else "trims by magnitude"
-            raise OptionError(
-                f"rescale does not apply to {method.name}, which {kind} (only the random drops, DARE and DELLA, "
-                "are rescaled by ooc-ties)"
-            )
+        if rescale and not method.sparsifies:
+            raise OptionError(f"rescale does not apply to {method.name}, which keeps every value")
         if rescale and rule is RescaleRule.DENSITY and method.sparsify is not Sparsify.RANDOM:
             raise OptionError(f"rescale rule density applies to DARE's drop only, not to {method.name}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**64:

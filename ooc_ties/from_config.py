@@ -94,11 +94,9 @@ def configured_merge(
         return each_of(per_model, name)
 
     rescale = bool(shared.get("rescale", False))
-    if rescale and not method.sparsify.random:
-        raise OptionError(
-            f"{where}: parameters: rescale: true is not supported yet for {method.name} (ooc-ties rescales the "
-            "random drops of dare_* and della*)"
-        )
+    if rescale and not method.sparsifies:
+        logger.warning("%s: rescale has no effect on %s (mergekit ignores it too)", where, method.name)
+        rescale = False
     densities = each("density")
     if densities is not None and not method.sparsifies:
         if any(d != 1.0 for d in densities):

@@ -133,16 +133,20 @@ def _rescale(tau: np.ndarray, masks: np.ndarray, options: MergeOptions) -> np.nd
 def sparsified(tau: np.ndarray, tensors: Sequence[tuple[str, tuple[int, ...]]], options: MergeOptions) -> np.ndarray:
     """Each model's task vector (rows of ``tau``, the ``tensors`` one after another) as the method
     sparsifies and rescales it: ``(tau * keep) * scale`` in float32."""
-    if options.method.trims:
+    if options.method.trims and not options.rescale:
         return tau * _trim_masks(tau, options).astype(np.float32)
-    if not options.method.sparsify.random:
+    if not options.method.sparsifies:
         return tau
+    trim = _trim_masks(tau, options) if options.method.trims else None  # (over the whole group)
     out = np.empty_like(tau)
     offset = 0
     for name, shape in tensors:
         size = int(np.prod(shape, dtype=np.int64))
         part = tau[:, offset : offset + size]
-        masks = _drop_masks(part, name, shape, options)
+        if trim is not None:
+            masks = trim[:, offset : offset + size]
+        else:
+            masks = _drop_masks(part, name, shape, options)
         scales = _rescale(part, masks, options)
         out[:, offset : offset + size] = (part * masks.astype(np.float32)) * scales[:, None]
         offset += size

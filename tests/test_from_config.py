@@ -101,7 +101,6 @@ def test_defaults_are_mergekits(tiny_models: Models) -> None:
             "  normalize: [true, false]",
             "parameters: normalize: a shared parameter must be the same for every tensor",
         ),
-        ("  normalize: true", "  normalize: true\n  rescale: true", "rescale: true is not supported yet for ties"),
         (
             "dtype: bfloat16",
             "dtype: bfloat16\nchat_template: '{% for m in messages %}{{ m.content }}{% endfor %}'",

@@ -45,6 +45,12 @@ CASES = [
     pytest.param(PRESETS["mergekit"].with_(method="della", density=0.4, epsilon=0.1, seed=11), id="della-mergekit"),
     pytest.param(MergeOptions(method="della", density=0.5, epsilon=(0.1, 0.2, 0.3)), id="della-majority"),
     pytest.param(MergeOptions(method="della_linear", density=0.6, epsilon=0.05, lam=1.5), id="della_linear"),
+    pytest.param(PRESETS["mergekit"].with_(density=(0.3, 1.0, 0.1), rescale=True), id="ties-mergekit-rescale"),
+    pytest.param(PRESETS["paper"].with_(rescale=True), id="ties-paper-rescale"),
+    pytest.param(
+        PRESETS["mergekit"].with_(method="breadcrumbs_ties", density=0.4, gamma=0.1, rescale=True),
+        id="breadcrumbs_ties-rescale",
+    ),
 ]
 
 
@@ -208,7 +214,7 @@ def test_kernel_flags_match_the_oracle(
 
 def test_method_parameters_are_checked_against_the_method() -> None:
     """gamma only for breadcrumbs, epsilon only for DELLA (and inside DELLA's range), rescale only for the
-    random drops; each method brings its own defaults (mergekit's)."""
+    methods that sparsify; each method brings its own defaults (mergekit's)."""
     dare = MergeOptions(method="dare_ties", density=0.3)
     assert dare.rescale and not dare.normalize and dare.gamma is None and dare.epsilon is None
     assert MergeOptions(method="della").epsilon == 0.15 and MergeOptions(method="della").normalize
@@ -221,8 +227,8 @@ def test_method_parameters_are_checked_against_the_method() -> None:
         MergeOptions(method="dare_linear", epsilon=0.1)
     with pytest.raises(OptionError, match="density - epsilon and density \\+ epsilon inside"):
         MergeOptions(method="della", density=0.1, epsilon=0.2)
-    with pytest.raises(OptionError, match="rescale does not apply to ties"):
-        MergeOptions(rescale=True)
+    with pytest.raises(OptionError, match="rescale does not apply to task_arithmetic"):
+        MergeOptions(method="task_arithmetic", rescale=True)
     with pytest.raises(OptionError, match="rescale rule density applies to DARE"):
         MergeOptions(method="della", density=0.5, rescale_rule="density")
     with pytest.raises(OptionError, match="seed must be an integer"):

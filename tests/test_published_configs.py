@@ -31,8 +31,7 @@ EXPECTED: dict[str, str] = {
     "etheria_dare_ties_union.yml": "tokenizer_source",  # union
     "gemma_moon_dare_ties.yml": "tokenizer_source",  # a model's vocabulary (and chat_template: auto)
     "llama_polyglot_dare_ties.yml": ACCEPTED,  # top-level density/weight, tokenizer_source: base
-    # not yet (issue 13): mergekit's L1 rescale of a magnitude trim needs one more read of pass 1
-    "lunaris_ties.yml": "rescale: true is not supported yet for ties",  # rescale: true, int8_mask
+    "lunaris_ties.yml": ACCEPTED,  # rescale: true, int8_mask, base listed again
     "mergekit_chipalign_tokenizer.yml": "tokenizer: a tokenizer block",  # tokenizer block (and nuslerp)
     "mergekit_gradient_slerp.yml": "slices",  # slices (and slerp)
     "mergekit_linear.yml": ACCEPTED,  # linear, no base_model

@@ -35,6 +35,8 @@ __all__ = [
     "TILE",
     "elect_count",
     "elect_count_oracle",
+    "keep_flags",
+    "keep_flags_oracle",
     "kept_oracle",
     "merge",
     "merge_oracle",
@@ -442,6 +444,41 @@ def merge(
     return first_bad
 
 
+@kernel
+def keep_flags(
+    base: Any,
+    ft: Any,
+    with_base: bool,
+    thr: np.float32,
+    quota: int,
+    thr_hi: np.float32,
+    quota_hi: int,
+    keep: np.ndarray,
+) -> int:
+    """``keep[i]`` = whether step 1 keeps element ``i`` of one model's block under the trim (``thr``,
+    ``quota``) less the band's upper cut (``thr_hi``, ``quota_hi``; ``+inf`` and 0 for none), exactly as
+    :func:`merge` decides it; returns how many are kept. (Pass 1 counts the L1 norm of the kept values
+    with it, for mergekit's rescale of a magnitude trim.)"""
+    seen = 0
+    seen_hi = 0
+    kept = 0
+    for i in range(ft.size):
+        b = load_f32(base, i) if with_base else _ZERO
+        a = abs(load_f32(ft, i) - b)
+        k = a > thr
+        if a == thr:
+            k = quota < 0 or seen < quota
+            seen += 1
+        top = a > thr_hi
+        if a == thr_hi:
+            top = quota_hi < 0 or seen_hi < quota_hi
+            seen_hi += 1
+        k = k and not top
+        keep[i] = k
+        kept += k
+    return kept
+
+
 # ---------------------------------------------------------------------------------------------------
 # NumPy oracles: the same arithmetic, vectorised over the block, float32 throughout.
 
@@ -478,6 +515,16 @@ def sparsify_oracle(
     if scale is not None:
         trimmed = trimmed * np.float32(scale)
     return trimmed
+
+
+def keep_flags_oracle(
+    base: np.ndarray, ft: np.ndarray, with_base: bool, thr: np.float32, quota: int, thr_hi: np.float32, quota_hi: int
+) -> np.ndarray:
+    """NumPy oracle of :func:`keep_flags` (bool)."""
+    b = decode_oracle(base) if with_base else np.zeros(ft.shape, np.float32)
+    tau = decode_oracle(ft) - b
+    keep: np.ndarray = _keep_oracle(tau, np.float32(thr), quota) & ~_keep_oracle(tau, np.float32(thr_hi), quota_hi)
+    return keep
 
 
 def trim_oracle(tau: np.ndarray, thr: np.float32, quota: int) -> np.ndarray:

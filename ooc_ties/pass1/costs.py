@@ -72,7 +72,7 @@ def pass1_reads(options: MergeOptions, full: int, sample: int, given: bool = Fal
     * Tie counts (``topk``, density below 1): one read, skipped where no tie straddles a cut-off. It is
       counted as expected: with bf16 or f16 task vectors ties at the cut-off are the rule.
     * Breadcrumbs' band: the thresholds and tie counts twice, once per cut.
-    * Rescale norms (a random drop under mergekit's L1 rule): one read.
+    * Rescale norms (mergekit's L1 rule, where a drop or a trim keeps less than all): one read.
     * The majority sign (``majority``): the sample's votes; the other blocks vote too (one read in
       all) only if the sample is not decisive and the open elements it predicts do not fit pass 2's
       room for them. When the sample is the whole group, one read.
@@ -93,7 +93,7 @@ def pass1_reads(options: MergeOptions, full: int, sample: int, given: bool = Fal
             reads.append(Pass1Read("two-read thresholds", cuts * 2 * full))
     if trims and options.trim is TrimRule.TOPK:
         reads.append(Pass1Read("tie counts", cuts * full))
-    if options.drops and options.rescale and options.rescale_rule is RescaleRule.L1 and not given:
+    if (options.drops or trims) and options.rescale and options.rescale_rule is RescaleRule.L1 and not given:
         reads.append(Pass1Read("rescale norms", full))
     if options.majority_vote and not given:
         if sample < full:

@@ -19,7 +19,7 @@ from ooc_ties.config import RescaleRule
 from ooc_ties.inputs import MergeInputs
 from ooc_ties.methods import Sparsify
 from ooc_ties.pass1.costs import group_reads
-from ooc_ties.pass1.norms import rescale_factors
+from ooc_ties.pass1.norms import rescale_factors, trim_masks
 from ooc_ties.pass1.order import band_thresholds, group_thresholds
 from ooc_ties.pass1.quotas import tie_quotas
 from ooc_ties.pass1.scan import Scan
@@ -114,9 +114,14 @@ def _group(
         names = {b.tensor.name for b in blocks}
         scales = {k: v for k, v in given.scales.items() if k in names}
     elif options.rescale and options.rescale_rule is RescaleRule.L1:
-        drawing = Sparsity(options, n, lambda _: key, band_cut, {})
-        if drawing.draws:
-            scales = rescale_factors(scan, blocks, drawing, label)
+        if options.method.trims:
+            if options.trims:
+                masks = trim_masks(n, options.method.uses_base, result, outliers, quotas)
+                scales = rescale_factors(scan, blocks, masks, label)
+        else:
+            drawing = Sparsity(options, n, lambda _: key, band_cut, {})
+            if drawing.draws:
+                scales = rescale_factors(scan, blocks, drawing.masks, label)
     sparsity = Sparsity(options, n, lambda _: key, band_cut, scales) if general else None
     if given is not None:
         return _GroupResult(result, outliers, scales, given.majority.get(key) if options.majority_vote else None, False)
