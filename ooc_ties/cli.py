@@ -242,13 +242,14 @@ def merge_command(
         if clash:
             raise click.UsageError(f"--config names the models, the method and its parameters: drop {clash[0]}")
         configured = configured_merge(load_config(config_path), _tensor_names)
-        base, finetuned = configured.base, configured.models
+        base, finetuned, template = configured.base, configured.models, configured.chat_template
         options = configured.options.with_(
             scope=scope, trim=trim, zero_sign=zero_sign, out_dtype=dtype, seed=seed, rescale_rule=rescale_rule
         )
     else:
         if base is None or not finetuned:
             raise click.UsageError("give --base and the FINETUNED models, or --config merge.yml")
+        template = None
         options = parse_preset(preset).with_(
             method=method,
             density=_numbers(density, "--density"),
@@ -288,6 +289,7 @@ def merge_command(
         progress=None if quiet else tqdm_progress,
         thresholds=given,
         resume=resume,
+        chat_template=template,
     )
     if thresholds_out is not None:
         result.thresholds.save(thresholds_out)

@@ -40,6 +40,8 @@ class ConfiguredMerge:
     """The fine-tuned models, in the configuration's order (the base listed again is left out)."""
     options: MergeOptions
     """The method and its parameters."""
+    chat_template: str | None = None
+    """The output's chat template (a literal Jinja template), if the configuration sets one."""
 
 
 def configured_merge(
@@ -67,8 +69,6 @@ def configured_merge(
         raise OptionError(f"{where}: base_model is required for {method.name} (the task vectors are taken from it)")
     else:
         base = config.base_model
-    if config.chat_template is not None:
-        raise OptionError(f"{where}: chat_template is not supported yet (remove it, and set the template afterwards)")
     check(config, method.parameters)
     names: Sequence[str] = ("",)
     if _varies_per_tensor(config):
@@ -128,11 +128,11 @@ def configured_merge(
                 own[name] = TensorValues(**fields)
     if own:
         options = options.with_(per_tensor=own)
-    return ConfiguredMerge(base, models, options)
+    return ConfiguredMerge(base, models, options, config.chat_template)
 
 
 def mergekit_config(
-    options: MergeOptions, base: str, models: Sequence[str], out_dtypes: Set[DType]
+    options: MergeOptions, base: str, models: Sequence[str], out_dtypes: Set[DType], chat_template: str | None = None
 ) -> MergekitConfig | None:
     """The mergekit configuration of a merge with ``options`` of ``base`` and ``models`` (paths as given)
     whose merged tensors are written in ``out_dtypes``, or ``None`` if mergekit cannot
@@ -175,6 +175,7 @@ def mergekit_config(
         base_model=base if method.uses_base else None,
         model_parameters=per_model,
         parameters=shared,
+        chat_template=chat_template,
         dtype="float32",  # what ooc-ties computes in; mergekit computes in its dtype
         out_dtype=TORCH_NAMES[dtype] if dtype is not None else None,
         where=CONFIG_NAME,

@@ -30,6 +30,7 @@ from ooc_ties.io.zarr_format import is_zarr_group
 from ooc_ties.io.zarr_output import ChunkedSpec
 from ooc_ties.journal import Journal, check_resumable, journal_header, read_header
 from ooc_ties.lint import lint_inputs
+from ooc_ties.mergekit_yaml import TOKENIZER_CONFIG, parse_chat_template
 from ooc_ties.outputs import OutputLike, check_output_path, open_output, output_format
 from ooc_ties.pass1.run import compute_thresholds
 from ooc_ties.pass1.thresholds import Thresholds
@@ -104,6 +105,7 @@ def merge(
     progress: ProgressFactory | None = None,
     thresholds: Thresholds | None = None,
     resume: bool = False,
+    chat_template: str | None = None,
 ) -> MergeResult:
     """TIES-merge ``finetuned`` models onto ``base`` and write the result to ``output``.
 
@@ -125,6 +127,9 @@ def merge(
     :meth:`Thresholds.load`) skip pass 1's reads; they are refused unless they were computed under the
     same density, scope, trim rule, zero-sign rule and weights, for the same tensors. ``lambda`` and the
     output dtype may differ.
+
+    ``chat_template``: a Jinja chat template for the output's tokenizer, applied as mergekit applies a
+    configuration's ``chat_template`` (:func:`~ooc_ties.mergekit_yaml.apply_chat_template`).
     """
     started = time.perf_counter()
     resources = resources or Resources()
@@ -162,6 +167,13 @@ def merge(
                     target.abort()
                 raise
             stack.push(_leave_on_exit(target))
+        if chat_template is not None:  # checked before any tensor is read
+            parse_chat_template(chat_template, "chat_template")
+            if TOKENIZER_CONFIG not in inputs.base.side_files():
+                raise OptionError(
+                    f"{inputs.base.label}: chat_template is set but this base model has no tokenizer "
+                    f"({TOKENIZER_CONFIG})"
+                )
         logger.info("plan:\n%s", plan.describe())
         _check_copies(plan, inputs)
         lint_inputs(plan, inputs)
@@ -184,7 +196,7 @@ def merge(
         for t, g in enumerate(pass1.thresholds.groups.get(GLOBAL, ())):
             logger.info("model %d: threshold %g keeps %d of %d values", t + 1, g.value, g.kept, g.size)
         final, resumed_blocks, merge_read = run_pass2(plan, inputs, pass1, sink, progress, journal)
-        recipe = publish.recipe(plan, inputs, final)
+        recipe = publish.recipe(plan, inputs, final, chat_template)
         sink.finish(publish.side_files(plan, inputs, recipe), recipe)
         if journal is not None:
             journal.complete()

@@ -17,11 +17,11 @@ from ooc_ties.errors import OutputPathError
 from ooc_ties.from_config import CONFIG_NAME, mergekit_config
 from ooc_ties.identity import InputsIdentity
 from ooc_ties.inputs import MergeInputs
-from ooc_ties.io.side_files import SideFileLike
+from ooc_ties.io.side_files import SideFileLike, as_side_file
 from ooc_ties.io.staging import STATE_DIR, staging_path
 from ooc_ties.io.writer import RECIPE_NAME
 from ooc_ties.io.zarr_format import RECIPE_ATTRIBUTE
-from ooc_ties.mergekit_yaml import to_yaml
+from ooc_ties.mergekit_yaml import CHAT_TEMPLATE_FILE, TOKENIZER_CONFIG, apply_chat_template, to_yaml
 from ooc_ties.model_card import CARD_NAME, library_name, model_card
 from ooc_ties.pass1.thresholds import Thresholds
 from ooc_ties.plan import MergePlan
@@ -71,7 +71,9 @@ def recipe_metadata(plan: MergePlan) -> dict[str, str]:
     return {"format": "pt", "ooc_ties": json.dumps({"version": __version__, **plan.options.to_json()})}
 
 
-def recipe(plan: MergePlan, inputs: MergeInputs, thresholds: Thresholds) -> dict[str, Any]:
+def recipe(
+    plan: MergePlan, inputs: MergeInputs, thresholds: Thresholds, chat_template: str | None = None
+) -> dict[str, Any]:
     return {
         "tool": "ooc-ties",
         "version": __version__,
@@ -80,16 +82,27 @@ def recipe(plan: MergePlan, inputs: MergeInputs, thresholds: Thresholds) -> dict
         "options": plan.options.to_json(),
         "thresholds": thresholds.to_json(samples=False),
         "merged_parameters": plan.merged_parameters,
+        **({"chat_template": chat_template} if chat_template is not None else {}),
     }
 
 
 def side_files(plan: MergePlan, inputs: MergeInputs, recipe: dict[str, Any]) -> dict[str, SideFileLike]:
     """The base's side files (everything but weights: :mod:`ooc_ties.io.side_files`), with ``torch_dtype``
-    in ``config.json`` set to the output dtype if one was chosen, a model card made from ``recipe`` as
-    ``README.md`` in place of the base's, and the merge as a mergekit configuration (``mergekit_config.yml``)
-    where mergekit can express it (:func:`~ooc_ties.from_config.mergekit_config`)."""
+    in ``config.json`` set to the output dtype if one was chosen, the recipe's chat template applied as
+    mergekit applies it (:func:`~ooc_ties.mergekit_yaml.apply_chat_template`), a model card made from
+    ``recipe`` as ``README.md`` in place of the base's, and the merge as a mergekit configuration
+    (``mergekit_config.yml``) where mergekit can express it (:func:`~ooc_ties.from_config.mergekit_config`)."""
     base_files = inputs.base.side_files()
     files: dict[str, SideFileLike] = dict(base_files)
+    template = recipe.get("chat_template")
+    if template is not None:
+        names: dict[str, bytes] = dict.fromkeys(files, b"")  # (only the tokenizer's config is read)
+        if TOKENIZER_CONFIG in files:
+            names[TOKENIZER_CONFIG] = as_side_file(files[TOKENIZER_CONFIG]).read()
+        templated = apply_chat_template(template, names)
+        files = {name: f for name, f in files.items() if name in templated}
+        for name in (TOKENIZER_CONFIG, CHAT_TEMPLATE_FILE):
+            files[name] = templated[name]
     config = base_files["config.json"].read() if "config.json" in base_files else None
     if config is not None and plan.options.out_dtype is not None:
         files["config.json"] = _retyped_config(config, plan.options.out_dtype)
@@ -98,7 +111,7 @@ def side_files(plan: MergePlan, inputs: MergeInputs, recipe: dict[str, Any]) -> 
     if all(source.local_paths() for source in inputs.all):  # (arrays in memory have no name to give)
         merged_dtypes = {t.out_dtype for t in plan.merged}
         labels = [ft.label for ft in inputs.fts]
-        written = mergekit_config(plan.options, inputs.base.label, labels, merged_dtypes)
+        written = mergekit_config(plan.options, inputs.base.label, labels, merged_dtypes, template)
         if written is not None:
             files[CONFIG_NAME] = to_yaml(written).encode()
     return files

@@ -101,11 +101,6 @@ def test_defaults_are_mergekits(tiny_models: Models) -> None:
             "  normalize: [true, false]",
             "parameters: normalize: a shared parameter must be the same for every tensor",
         ),
-        (
-            "dtype: bfloat16",
-            "dtype: bfloat16\nchat_template: '{% for m in messages %}{{ m.content }}{% endfor %}'",
-            "chat_template is not supported yet",
-        ),
         ("      weight: 0.7\n", "", "weight"),  # a required parameter missing
     ],
 )
@@ -231,3 +226,42 @@ def test_values_per_tensor_need_the_tensor_names(tiny_models: Models) -> None:
     text = f"merge_method: ties\nbase_model: {base}\nmodels:\n  - model: {fts[0]}\n    parameters: {{weight: [0, 1]}}\n"
     with pytest.raises(OptionError, match="need the base model's tensor names"):
         configured_merge(parse_config(text, "g.yml"))
+
+
+def test_a_chat_template_is_applied_as_mergekit_applies_it(tiny_models: Models, tmp_path: Path) -> None:
+    """The template goes to chat_template.jinja, the tokenizer config loses its own, and the configuration
+    written beside the output carries it too."""
+    base, fts = tiny_models
+    mine = tmp_path / "base"
+    shutil.copytree(base, mine)
+    (mine / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 8, "chat_template": "old {{ x }}"}))
+    template = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"
+    config = tmp_path / "merge.yml"
+    config.write_text(
+        f"merge_method: task_arithmetic\nbase_model: {mine}\nmodels:\n  - model: {fts[0]}\n"
+        f"    parameters: {{weight: 0.5}}\nchat_template: {json.dumps(template)}\n"
+    )
+    main(["merge", "--config", str(config), "-o", str(tmp_path / "out"), "-q"])
+    out = tmp_path / "out"
+    assert (out / "chat_template.jinja").read_text() == template
+    assert json.loads((out / "tokenizer_config.json").read_text()) == {"model_max_length": 8}
+    assert json.loads((out / "ooc_ties_recipe.json").read_text())["chat_template"] == template
+    written = parse_config((out / "mergekit_config.yml").read_text(), "written")
+    assert written.chat_template == template
+
+
+def test_a_chat_template_needs_a_tokenizer(
+    tiny_models: Models, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base, fts = tiny_models
+    config = tmp_path / "merge.yml"
+    config.write_text(
+        f"merge_method: task_arithmetic\nbase_model: {base}\nmodels:\n  - model: {fts[0]}\n"
+        "    parameters: {weight: 1}\n"
+        "chat_template: '{% for m in messages %}{{ m.content }}{% endfor %}'\n"
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        main(["merge", "--config", str(config), "-o", str(tmp_path / "out")])
+    assert exit_info.value.code == 1 and not (tmp_path / "out").exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(base) in err[0] and "has no tokenizer (tokenizer_config.json)" in err[0], err

@@ -23,6 +23,7 @@ from __future__ import annotations
 from ooc_ties.mergekit_yaml.chat_template import (
     BUILTIN_CHAT_TEMPLATES,
     CHAT_TEMPLATE_FILE,
+    TOKENIZER_CONFIG,
     apply_chat_template,
     parse_chat_template,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "DTYPE_NAMES",
     "KEYS",
     "LAYER_PREFIXES",
+    "TOKENIZER_CONFIG",
     "MergekitConfig",
     "ModelEntry",
     "ParameterSpec",

@@ -10,7 +10,13 @@ from collections.abc import Mapping
 from ooc_ties.errors import CheckpointFormatError, OptionError
 from ooc_ties.mergekit_yaml._messages import one_line, show
 
-__all__ = ["BUILTIN_CHAT_TEMPLATES", "CHAT_TEMPLATE_FILE", "apply_chat_template", "parse_chat_template"]
+__all__ = [
+    "BUILTIN_CHAT_TEMPLATES",
+    "CHAT_TEMPLATE_FILE",
+    "TOKENIZER_CONFIG",
+    "apply_chat_template",
+    "parse_chat_template",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -18,7 +24,8 @@ BUILTIN_CHAT_TEMPLATES = ("alpaca", "chatml", "exaone", "llama3", "mistral")
 """mergekit 0.1.5's built-in chat template names (its ``_data/chat_templates``), refused by name here."""
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
 """Where the output's chat template goes (transformers 5, which mergekit 0.1.5 saves through)."""
-_TOKENIZER_CONFIG = "tokenizer_config.json"
+TOKENIZER_CONFIG = "tokenizer_config.json"
+"""The tokenizer's configuration, where transformers 4 kept the template."""
 _OTHER_TEMPLATES = ("chat_template.json", "additional_chat_templates/")
 
 
@@ -56,17 +63,17 @@ def apply_chat_template(template: str, side_files: Mapping[str, bytes]) -> dict[
     Without a ``tokenizer_config.json`` there is no tokenizer to carry it: :class:`OptionError`.
     """
     template = parse_chat_template(template, "chat_template")
-    if _TOKENIZER_CONFIG not in side_files:
-        raise OptionError(f"chat_template is set but the base model has no tokenizer ({_TOKENIZER_CONFIG})")
+    if TOKENIZER_CONFIG not in side_files:
+        raise OptionError(f"chat_template is set but the base model has no tokenizer ({TOKENIZER_CONFIG})")
     files = {name: data for name, data in side_files.items() if not name.startswith(_OTHER_TEMPLATES)}
     for name in sorted(set(side_files) - set(files)):
         logger.info("chat_template: %s left out (the output's template is %s)", name, CHAT_TEMPLATE_FILE)
     try:
-        tokenizer_config = json.loads(files[_TOKENIZER_CONFIG])
+        tokenizer_config = json.loads(files[TOKENIZER_CONFIG])
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CheckpointFormatError(f"{_TOKENIZER_CONFIG}: not valid JSON: {one_line(error)}") from None
+        raise CheckpointFormatError(f"{TOKENIZER_CONFIG}: not valid JSON: {one_line(error)}") from None
     if isinstance(tokenizer_config, dict) and "chat_template" in tokenizer_config:
         del tokenizer_config["chat_template"]
-        files[_TOKENIZER_CONFIG] = (json.dumps(tokenizer_config, indent=2, ensure_ascii=False) + "\n").encode()
+        files[TOKENIZER_CONFIG] = (json.dumps(tokenizer_config, indent=2, ensure_ascii=False) + "\n").encode()
     files[CHAT_TEMPLATE_FILE] = template.encode("utf-8")
     return files
