@@ -143,6 +143,10 @@ def cli() -> None:
     help="l1: keep each tensor's L1 norm (mergekit); density: times 1/density (DARE paper). [l1]",
 )
 @click.option("--seed", type=click.IntRange(min=0), help="Seed of the random drops (dare_*, della*). [0]")
+@click.option(
+    "--sign-from",
+    help="Elect each parameter's sign from this model's task vector (e.g. a multitask model) instead of the vote.",
+)
 @click.option("--lambda", "lam", type=float, help="Scale of the merged task vector. [default: 1.0]")
 @click.option("--scope", type=_choices(Scope), help="Top-k over the whole model or per tensor. [preset]")
 @click.option("--trim", type=_choices(TrimRule), help="threshold: keep all ties (paper); topk: exactly k. [preset]")
@@ -198,6 +202,7 @@ def merge_command(
     rescale: bool | None,
     rescale_rule: str | None,
     seed: int | None,
+    sign_from: str | None,
     lam: float | None,
     scope: str | None,
     trim: str | None,
@@ -244,7 +249,13 @@ def merge_command(
         configured = configured_merge(load_config(config_path), _tensor_names)
         base, finetuned, template = configured.base, configured.models, configured.chat_template
         options = configured.options.with_(
-            scope=scope, trim=trim, zero_sign=zero_sign, out_dtype=dtype, seed=seed, rescale_rule=rescale_rule
+            scope=scope,
+            trim=trim,
+            zero_sign=zero_sign,
+            out_dtype=dtype,
+            seed=seed,
+            rescale_rule=rescale_rule,
+            sign_from=sign_from,
         )
     else:
         if base is None or not finetuned:
@@ -258,6 +269,7 @@ def merge_command(
             rescale=rescale,
             rescale_rule=rescale_rule,
             seed=seed,
+            sign_from=sign_from,
             lam=lam,
             scope=scope,
             trim=trim,

@@ -258,6 +258,10 @@ class MergeOptions:
     """The seed of the random drops (DARE, DELLA): with the model's index, the tensor's name and the
     element's index it decides each drop (``ooc_ties.kernels.drop``), so the same seed gives the same
     bytes on any machine, block size and thread count."""
+    sign_from: str | None = None
+    """The model (a path or cached Hub ID) whose task vector elects the sign of every parameter, in place of
+    the vote (TIES paper, section 7: the sign of a multitask model); the zero-sign rule applies where
+    that task value is 0. Only for methods with a sign election."""
     per_tensor: Mapping[str, TensorValues] | None = None
     """Values of single tensors that differ from the merge's (:class:`TensorValues`, by tensor name;
     :meth:`for_tensor`); only with the ``tensor`` scope. ``None``: every tensor has the merge's values."""
@@ -301,6 +305,10 @@ class MergeOptions:
             width = max(len(densities), len(epsilons))
             for d, e in zip(densities * (width // len(densities)), epsilons * (width // len(epsilons)), strict=True):
                 parse_della_epsilon(d, e)
+        if self.sign_from is not None:
+            if not method.consensus:
+                raise OptionError(f"sign_from applies to methods with a sign election, not to {method.name}")
+            object.__setattr__(self, "sign_from", str(self.sign_from))
         rescale = method.rescale if self.rescale is None else bool(self.rescale)
         object.__setattr__(self, "rescale", rescale)
         rule = _parse_enum(RescaleRule, self.rescale_rule, "rescale rule")
@@ -398,6 +406,7 @@ class MergeOptions:
             "rescale": self.rescale,
             "rescale_rule": self.rescale_rule.value,
             "seed": self.seed,
+            "sign_from": self.sign_from,
             "lambda": self.lam,
             "scope": self.scope.value,
             "trim": self.trim.value,

@@ -28,10 +28,19 @@ class MergeInputs:
     """The model the fine-tunes started from."""
     fts: tuple[TensorSource, ...]
     """The fine-tuned models; their order fixes the order of every float32 sum."""
+    sign: TensorSource | None = None
+    """The model whose task vector elects the sign (``--sign-from``), if not the vote."""
 
     @property
     def all(self) -> tuple[TensorSource, ...]:
-        return (self.base, *self.fts)
+        """The base, the fine-tuned models, and the sign's model if there is one."""
+        return (self.base, *self.fts, *((self.sign,) if self.sign is not None else ()))
+
+    def sign_block(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Elements ``[start, stop)`` of tensor ``name`` of the sign's model (kernel encoding)."""
+        if self.sign is None:
+            raise ValueError("no sign model")
+        return kernel_array(self.sign.read(name, start, stop), self.sign.info(name).dtype)
 
     def block(self, name: str, start: int, stop: int) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
         """Elements ``[start, stop)`` of tensor ``name``: the base and a tuple of fine-tuned blocks.

@@ -70,14 +70,20 @@ class MergeResult:
     """Blocks an interrupted run had already merged (``resume``)."""
 
 
-def _open_all(stack: contextlib.ExitStack, base: SourceLike, fts: Sequence[SourceLike]) -> MergeInputs:
+def _open_all(
+    stack: contextlib.ExitStack, base: SourceLike, fts: Sequence[SourceLike], sign: str | None = None
+) -> MergeInputs:
     def opened(spec: SourceLike, label: str) -> Any:
         source = open_source(spec, label)
         if source is not spec:  # opened here, so closed here
             stack.callback(source.close)
         return source
 
-    return MergeInputs(opened(base, "<base>"), tuple(opened(p, f"<model {i + 1}>") for i, p in enumerate(fts)))
+    return MergeInputs(
+        opened(base, "<base>"),
+        tuple(opened(p, f"<model {i + 1}>") for i, p in enumerate(fts)),
+        opened(sign, "<sign>") if sign is not None else None,
+    )
 
 
 def plan_merge(
@@ -88,8 +94,8 @@ def plan_merge(
 ) -> MergePlan:
     """Open the inputs, check they line up, and plan the merge without reading tensor data."""
     with contextlib.ExitStack() as stack:
-        inputs = _open_all(stack, base, finetuned)
-        plan = make_plan(inputs.base, inputs.fts, options, resources or Resources())
+        inputs = _open_all(stack, base, finetuned, options.sign_from)
+        plan = make_plan(inputs.base, inputs.fts, options, resources or Resources(), inputs.sign)
         lint_inputs(plan, inputs, sample=False)  # a dry run reads no tensor data
         return plan
 
@@ -134,8 +140,8 @@ def merge(
     started = time.perf_counter()
     resources = resources or Resources()
     with contextlib.ExitStack() as stack:
-        inputs = _open_all(stack, base, finetuned)
-        plan = make_plan(inputs.base, inputs.fts, options, resources)
+        inputs = _open_all(stack, base, finetuned, options.sign_from)
+        plan = make_plan(inputs.base, inputs.fts, options, resources, inputs.sign)
         out_format = output_format(output)
         if is_zarr_group(output):
             if resume:
@@ -235,7 +241,7 @@ def _replan_for(theirs: dict[str, Any], plan: MergePlan, inputs: MergeInputs, re
     block = theirs.get("block_elements")
     if isinstance(block, int) and 0 < block < plan.block_elements:
         smaller = dataclasses.replace(resources, max_block_elements=block)
-        return make_plan(inputs.base, inputs.fts, plan.options, smaller)
+        return make_plan(inputs.base, inputs.fts, plan.options, smaller, inputs.sign)
     return plan
 
 

@@ -88,7 +88,14 @@ class Pass2:
         self.key = thresholds.key
         self.n = plan.n_models
         self.sparsity = (
-            Sparsity(options, plan.n_models, thresholds.key, thresholds.outliers, thresholds.scales)
+            Sparsity(
+                options,
+                plan.n_models,
+                thresholds.key,
+                thresholds.outliers,
+                thresholds.scales,
+                inputs.sign_block if inputs.sign is not None else None,
+            )
             if needs_sparsity(options)
             else None
         )

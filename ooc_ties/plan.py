@@ -227,13 +227,20 @@ def _merged_dtype(options: MergeOptions, dtype: DType) -> DType:
 
 
 def make_plan(
-    base: TensorSource, fts: Sequence[TensorSource], options: MergeOptions, resources: Resources
+    base: TensorSource,
+    fts: Sequence[TensorSource],
+    options: MergeOptions,
+    resources: Resources,
+    sign: TensorSource | None = None,
 ) -> MergePlan:
-    """Validate that the checkpoints line up and plan the merge."""
+    """Validate that the checkpoints line up (``sign``: the sign's model, ``--sign-from``) and plan the
+    merge."""
     if not fts:
         raise OptionError(f"no fine-tuned model given: {options.method.name} needs at least one")
     options.model_weights(len(fts))  # checks the number of weights
-    _check_inputs(base, fts)
+    if (sign is None) != (options.sign_from is None):
+        raise OptionError("sign_from names the sign's model, which must be opened with the inputs")
+    _check_inputs(base, [*fts, *((sign,) if sign is not None else ())])
     n = len(fts)
 
     floats = [name for name in base.names if base.info(name).dtype.is_float]

@@ -159,9 +159,11 @@ def ties_vectors(
     options: MergeOptions,
     weights: np.ndarray,
     tensors: Sequence[tuple[str, tuple[int, ...]]] = (),
+    sign: np.ndarray | None = None,
 ) -> np.ndarray:
     """The merge on flat vectors: ``tau`` (models x values) and ``base`` (values); float32 result.
-    ``tensors``: the names and shapes of the tensors the values are (the random drops need them)."""
+    ``tensors``: the names and shapes of the tensors the values are (the random drops need them);
+    ``sign``: the sign's model's task vector (``sign_from``), which elects in place of the vote."""
     trimmed = sparsified(tau, tensors, options)
     v = weights[:, None] * trimmed
     agrees = np.ones(tau.shape, bool)
@@ -169,6 +171,8 @@ def ties_vectors(
         vote = np.zeros(base.shape, np.float32)
         for row in v:  # in the order the models were given
             vote = vote + row
+        if sign is not None:
+            vote = sign
         if options.zero_sign is ZeroSign.MAJORITY:
             majority = np.sign(np.count_nonzero(vote > 0) - np.count_nonzero(vote < 0))
             positive = (vote > 0) | ((vote == 0) & (majority > 0))
@@ -198,6 +202,7 @@ def reference_merge(
     with contextlib.ExitStack() as stack:
         b = stack.enter_context(Checkpoint(base))
         fts = [stack.enter_context(Checkpoint(p)) for p in finetuned]
+        elector = stack.enter_context(Checkpoint(options.sign_from)) if options.sign_from is not None else None
         floats = [n for n in b.names if b.info(n).dtype.is_float]
         out: dict[str, np.ndarray] = {n: np.array(b.read(n)) for n in b.names if n not in floats}
 
@@ -214,7 +219,8 @@ def reference_merge(
             )
             own = options.for_tensor(names[0]) if len(names) == 1 else options  # (per_tensor: tensor scope)
             weights = own.model_weights(len(fts))
-            merged = ties_vectors(tau, base_flat, own, weights, [(n, b.info(n).shape) for n in names])
+            sign = np.concatenate([load(elector, n) for n in names]) - base_flat if elector and names else None
+            merged = ties_vectors(tau, base_flat, own, weights, [(n, b.info(n).shape) for n in names], sign)
             offset = 0
             for n in names:
                 size = b.info(n).numel

@@ -10,12 +10,13 @@ methods hand the kernels (:func:`ooc_ties.kernels.ties.merge`, ``elect_count``) 
   draw the same masks for any block grid;
 * each model's rescale factor for the tensor: from pass 1's exact L1 norms (:func:`l1_scale`,
   mergekit's rule) or ``float32(1 / density)`` (the DARE paper's);
-* whether the method has a base (``linear`` merges the models' own values).
+* whether the method has a base (``linear`` merges the models' own values);
+* the block of the sign's model (``--sign-from``), whose task value elects the sign.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +41,12 @@ _EMPTY_I64 = np.empty(0, np.int64)
 def needs_sparsity(options: MergeOptions) -> bool:
     """Whether the kernels need the general rule (anything but TIES' trim and task arithmetic)."""
     method = options.method
-    return method.sparsify not in (Sparsify.NONE, Sparsify.MAGNITUDE) or not method.uses_base or bool(options.rescale)
+    return (
+        method.sparsify not in (Sparsify.NONE, Sparsify.MAGNITUDE)
+        or not method.uses_base
+        or bool(options.rescale)
+        or options.sign_from is not None
+    )
 
 
 def l1_scale(whole: np.float32, kept: np.float32) -> np.float32:
@@ -62,6 +68,10 @@ class _TensorDraw:
     keys: tuple[int, ...]
 
 
+SignReader = Callable[[str, int, int], np.ndarray]
+"""Reads elements ``[start, stop)`` of a tensor of the sign's model (``MergeInputs.sign_block``)."""
+
+
 class Sparsity:
     """The general rule's per-block arguments for one merge (see the module docstring)."""
 
@@ -72,8 +82,10 @@ class Sparsity:
         key: Any,
         outliers: Mapping[str, tuple[GroupThreshold, ...]],
         scales: Mapping[str, tuple[float, ...]],
+        sign: SignReader | None = None,
     ) -> None:
         self.n = n_models
+        self.sign = sign
         self.options = options
         self.method = options.method
         self.key = key
@@ -157,4 +169,5 @@ class Sparsity:
             masks,
             scales if scales is not None else _EMPTY_F32,
             self.method.uses_base,
+            self.sign(name, ref.start, ref.stop) if self.sign is not None else _EMPTY_F32,
         )

@@ -3,6 +3,7 @@ threads, and its kernel flags against the kernel's oracle."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -247,3 +248,43 @@ def test_random_drops_depend_on_the_seed_only(tiny_models: Models, tmp_path: Pat
     assert first.output and again.output and other.output
     assert _read_all(first.output) == _read_all(again.output)
     assert _read_all(first.output) != _read_all(other.output)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        pytest.param(PRESETS["paper"], id="ties-paper"),
+        pytest.param(PRESETS["mergekit"].with_(density=0.4), id="ties-mergekit"),
+        pytest.param(MergeOptions(method="dare_ties", density=0.5, seed=2), id="dare_ties"),
+    ],
+)
+@pytest.mark.parametrize(("block", "threads"), [(None, 2), (1000, 1)])
+def test_the_sign_from_another_model(
+    tiny_models: Models, tmp_path: Path, options: MergeOptions, block: int | None, threads: int
+) -> None:
+    """--sign-from: the sign of a third model's task vector is elected instead of the vote (the paper's
+    multitask sign); byte for byte as the reference, and not the vote's merge."""
+    base, fts = tiny_models
+    signed = options.with_(sign_from=str(fts[2]))
+    result = merge(base, fts[:2], tmp_path / "out", signed, Resources(max_block_elements=block, threads=threads))
+    assert result.output is not None
+    expected = reference_merge(base, fts[:2], signed)
+    got = _read_all(result.output)
+    assert all(got[name] == expected[name].tobytes() for name in got)
+    voted = reference_merge(base, fts[:2], options)
+    assert any(got[name] != voted[name].tobytes() for name in got)
+
+
+def test_the_sign_from_needs_a_sign_election() -> None:
+    with pytest.raises(OptionError, match="sign_from applies to methods with a sign election, not to dare_linear"):
+        MergeOptions(method="dare_linear", sign_from="model")
+
+
+def test_sign_from_on_the_command_line(tiny_models: Models, tmp_path: Path) -> None:
+    base, fts = tiny_models
+    out = tmp_path / "out"
+    main(["merge", "-b", str(base), str(fts[0]), str(fts[1]), "--sign-from", str(fts[2]), "-o", str(out), "-q"])
+    recipe = json.loads((out / "ooc_ties_recipe.json").read_text())
+    assert recipe["options"]["sign_from"] == str(fts[2])
+    expected = reference_merge(base, fts[:2], PRESETS["paper"].with_(sign_from=str(fts[2])))
+    assert _read_all(out) == {name: a.tobytes() for name, a in expected.items()}

@@ -9,7 +9,8 @@ Per element ``i`` with base ``b`` and fine-tuned values ``x_t`` (t in the order 
    also requires that the value is not in the band's upper cut (``|tau_t| > thr_hi_t``, or equal and
    one of the first ``quota_hi_t`` such values of the block) and that the drop mask keeps it, and
    ``trimmed_t = (tau_t * keep_t) * scale_t`` (the rescale factor); without a base (``linear``),
-   ``b = 0`` and ``tau_t = x_t``.
+   ``b = 0`` and ``tau_t = x_t``; with a sign's model (``--sign-from``), ``S`` of step 3 is its task
+   value ``sign - b`` instead of the vote.
 2. ``v_t = w_t * trimmed_t``; ``S = ((0 + v_0) + v_1) + ...``.
 3. With a *consensus* (TIES): elected sign positive iff ``S > 0``, or ``S == 0`` and ``zero_positive``;
    ``agree_t = v_t > 0`` if positive else ``v_t < 0``;
@@ -199,7 +200,7 @@ def _vote_tile(
         if sparsity is None:
             seen[t], tile_kept = _trim_tile(ft, b, m, thr[t], quota[t], seen[t], vt, count)
         else:
-            thr_hi, quota_hi, masks, scales, _ = sparsity
+            thr_hi, quota_hi, masks, scales, _, _ = sparsity
             band = thr_hi.size > 0
             seen[t], seen_hi[t], tile_kept = _sparsify_tile(
                 ft,
@@ -222,6 +223,10 @@ def _vote_tile(
             vj = w * vt[j]
             s[j] = s[j] + vj
             nonzero[j] = nonzero[j] | (vj != _ZERO)
+    if sparsity is not None and sparsity[5].size > 0:  # the sign's model elects, not the vote
+        sign_tile = sparsity[5][start : start + m]
+        for j in range(m):
+            s[j] = load_f32(sign_tile, j) - b[j]
 
 
 @kernel
@@ -324,10 +329,12 @@ def merge(
     """Merge one block into ``out``; return the first index whose stored result is not finite, or -1.
 
     ``sparsity``: ``None`` for the trim of step 1 alone (TIES, task arithmetic), else the tuple
-    ``(thr_hi, quota_hi, masks, scales, with_base)`` of the general rule (:func:`_sparsify_tile`):
+    ``(thr_hi, quota_hi, masks, scales, with_base, sign)`` of the general rule (:func:`_sparsify_tile`):
     the band's upper cut per model (empty arrays: no band), the block's drop masks (uint8, one row
-    per model; shape ``(models, 0)``: none), the rescale factor per model (empty: none), and whether
-    the method has a base (``False``: ``b = 0``, the models' own values are merged, ``linear``).
+    per model; shape ``(models, 0)``: none), the rescale factor per model (empty: none), whether
+    the method has a base (``False``: ``b = 0``, the models' own values are merged, ``linear``), and
+    the block of the model whose task value ``sign - b`` takes the place of the vote ``S`` (empty: the
+    vote elects).
     Open elements are not recorded under the general rule (:func:`_alternate` cannot tell them).
 
     ``kept[t]`` receives how many values of model ``t`` the trim kept (step 1), unless ``kept`` is
@@ -551,7 +558,7 @@ def _sparsified_oracle(
     tau = decode_oracle(fts[t]) - b
     if sparsity is None:
         return trim_oracle(tau, np.float32(thr[t]), int(quota[t]))
-    thr_hi, quota_hi, masks, scales, _ = sparsity
+    thr_hi, quota_hi, masks, scales, _, _ = sparsity
     band = len(thr_hi) > 0
     return sparsify_oracle(
         tau,
@@ -581,6 +588,8 @@ def _votes_oracle(
     s = np.zeros(b.shape, np.float32)
     for t in range(len(fts)):
         s = s + v[t]
+    if sparsity is not None and sparsity[5].size:
+        s = decode_oracle(sparsity[5]) - b
     return b, v, s
 
 

@@ -122,7 +122,8 @@ def _group(
             drawing = Sparsity(options, n, lambda _: key, band_cut, {})
             if drawing.draws:
                 scales = rescale_factors(scan, blocks, drawing.masks, label)
-    sparsity = Sparsity(options, n, lambda _: key, band_cut, scales) if general else None
+    reader = scan.inputs.sign_block if scan.inputs.sign is not None else None
+    sparsity = Sparsity(options, n, lambda _: key, band_cut, scales, reader) if general else None
     if given is not None:
         return _GroupResult(result, outliers, scales, given.majority.get(key) if options.majority_vote else None, False)
     if not options.majority_vote:
