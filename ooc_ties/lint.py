@@ -95,7 +95,8 @@ def sample_warnings(plan: MergePlan, inputs: MergeInputs) -> list[str]:
     if sampled == 0:
         return []
     lines: list[str] = []
-    for t in np.flatnonzero(zero).tolist():
+    with_base = plan.options.method.uses_base  # (linear's base only gives the layout: one of its models may be it)
+    for t in np.flatnonzero(zero & with_base).tolist():
         lines.append(
             f"{_role(t, inputs)} equals the base at all {sampled:,} sampled values: its task vector is zero "
             "(the base given as a fine-tuned model?)"

@@ -83,3 +83,14 @@ def test_every_weight_zero_is_an_error(
     assert not (tmp_path / "o").exists()
     with pytest.raises(OptionError, match="weights are all 0"):
         MergeOptions(weights=(0.0, 1e-50))  # 1e-50 is 0 as a float32
+
+
+def test_linear_takes_its_base_among_its_models(
+    tiny_models: tuple[Path, list[Path]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """linear has no base: the model giving the layout may be one of the averaged ones, without a warning."""
+    base, fts = tiny_models
+    assert (
+        _merge(capsys, "--method", "linear", "--base", str(base), str(base), str(fts[0]), "-o", str(tmp_path / "o"))
+        == []
+    )
