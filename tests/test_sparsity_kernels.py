@@ -675,3 +675,35 @@ def test_della_keep_task_refuses_partial_rows(n: int, ncols: int) -> None:
     keep = np.zeros(n, np.uint8)
     with pytest.raises(ValueError, match="whole rows"):
         drop.della_keep_task(np.uint64(1), 0, base, ft, True, ncols, 0.5, 0.1, keep)
+
+
+# --------------------------------------------------------------------------------------------------
+# ties.keep_flags (pass 1's masks of a magnitude trim, for the L1 rescale)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**31),
+    n=st.sampled_from([1, 7, 300, 5000]),
+    kind=st.sampled_from(["f32", "bf16"]),
+    with_base=st.booleans(),
+    band=st.booleans(),
+)
+def test_keep_flags_match_the_oracle(seed: int, n: int, kind: str, with_base: bool, band: bool) -> None:
+    """The trim's keep flags, less the band's upper cut, with tie quotas at both cuts, as ``merge`` keeps."""
+    rng = np.random.default_rng(seed)
+    base, (ft,) = _tie_block(rng, n, 1, kind, 4, grid=True, with_base=with_base)
+    a = np.abs(_taus(base, (ft,), with_base)[0])
+    thr = _level(rng, a)
+    quota = _quota(rng, a, thr, "any")
+    thr_hi, quota_hi = np.float32(np.inf), 0
+    if band:
+        thr_hi = _level(rng, a, thr)
+        quota_hi = _quota(rng, a, thr_hi, "any")
+    keep = np.empty(n, np.uint8)
+    kept = ties.keep_flags(base, ft, with_base, thr, quota, np.float32(thr_hi), quota_hi, keep)
+    expected = ties.keep_flags_oracle(base, ft, with_base, thr, quota, np.float32(thr_hi), quota_hi)
+    np.testing.assert_array_equal(keep.astype(bool), expected)
+    assert kept == int(expected.sum())
+    restated = _cut(a, thr, quota) & ~_cut(a, np.float32(thr_hi), quota_hi)
+    np.testing.assert_array_equal(expected, restated)
