@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ooc_ties.blocks import GLOBAL
-from ooc_ties.config import MergeOptions, Scope, TrimRule, ZeroSign
+from ooc_ties.config import MergeOptions, Scope, ZeroSign
 from ooc_ties.errors import OptionError
 from ooc_ties.identity import InputsIdentity
 
@@ -34,7 +34,7 @@ __all__ = ["GroupThreshold", "ThresholdBasis", "Thresholds", "group_sizes"]
 
 logger = logging.getLogger(__name__)
 
-_FORMAT = "ooc-ties-thresholds/2"
+_FORMAT = "ooc-ties-thresholds/3"
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,80 +69,69 @@ class GroupThreshold:
         return cls(size, 0x7F800000, 0, 0)
 
 
+PASS1_OPTIONS = (
+    "method",
+    "scope",
+    "density",
+    "gamma",
+    "epsilon",
+    "seed",
+    "rescale",
+    "rescale_rule",
+    "trim",
+    "zero_sign",
+    "sign_from",
+    "per_tensor",
+)
+"""The options (keys of :meth:`MergeOptions.to_json`) pass 1's results depend on; the weights too, as
+float32 values per model. ``lambda``, ``normalize`` and the output dtype do not."""
+
+
 @dataclass(frozen=True, slots=True)
 class ThresholdBasis:
-    """The options pass 1 depends on: thresholds are valid for another merge only with the same basis."""
+    """The options pass 1 depends on: thresholds are valid for another merge only with the same basis.
 
-    scope: Scope
-    """Global (one group) or per tensor (one group per tensor)."""
-    density: tuple[float, ...]
-    """Density of the trim, per fine-tuned model."""
-    trim: TrimRule
-    """The tie rule at the threshold."""
-    zero_sign: ZeroSign
-    """The zero-sign rule (the majority vote depends on it)."""
+    A projection of the options' one serialised form (:meth:`MergeOptions.to_json`), so that nothing
+    here restates an option."""
+
+    options: Mapping[str, Any]
+    """The :data:`PASS1_OPTIONS` of the options' JSON (``seed`` only for a random drop; ``per_tensor`` as
+    a digest)."""
     weights: tuple[float, ...]
     """Per-model weights as float32 values (the majority vote is weighted)."""
-    method: str = "ties"
-    """The merge method (its sparsification decides the statistics)."""
-    gamma: tuple[float, ...] = ()
-    """Breadcrumbs' outlier fraction per model (the band's upper cut); empty for other methods."""
-    epsilon: tuple[float, ...] = ()
-    """DELLA's epsilon per model (its drop); empty for other methods."""
-    seed: int = 0
-    """The seed of the random drops (their rescale factors and votes depend on it)."""
-    rescale: str | None = None
-    """The rescale rule if the method rescales, else ``None``."""
-    per_tensor: str = ""
-    """A digest of the values single tensors have of their own (``MergeOptions.per_tensor``); empty: none."""
 
     @classmethod
     def of(cls, options: MergeOptions, n_models: int) -> ThresholdBasis:
-        weights = tuple(float(w) for w in options.model_weights(n_models))
-        return cls(
-            options.scope,
-            options.model_densities(n_models),
-            options.trim,
-            options.zero_sign,
-            weights,
-            options.method.name,
-            options.model_gammas(n_models),
-            options.model_epsilons(n_models),
-            options.seed if options.method.sparsify.random else 0,
-            options.rescale_rule.value if options.rescale else None,
-            _digest(options.to_json().get("per_tensor")),
-        )
+        data = options.to_json()
+        basis = {key: data.get(key) for key in PASS1_OPTIONS}
+        if not options.method.sparsify.random:
+            basis["seed"] = None
+        basis["per_tensor"] = _digest(data.get("per_tensor"))
+        return cls(types.MappingProxyType(basis), tuple(float(w) for w in options.model_weights(n_models)))
+
+    @property
+    def scope(self) -> Scope:
+        return Scope(self.options["scope"])
+
+    @property
+    def zero_sign(self) -> ZeroSign:
+        return ZeroSign(self.options["zero_sign"])
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "method": self.method,
-            "scope": self.scope.value,
-            "density": list(self.density),
-            "gamma": list(self.gamma),
-            "epsilon": list(self.epsilon),
-            "seed": self.seed,
-            "rescale": self.rescale,
-            "per_tensor": self.per_tensor,
-            "trim": self.trim.value,
-            "zero_sign": self.zero_sign.value,
-            "weights": list(self.weights),
-        }
+        return {**self.options, "weights": list(self.weights)}
 
     @classmethod
     def from_json(cls, b: Any) -> ThresholdBasis:
-        return cls(
-            Scope(b["scope"]),
-            tuple(float(d) for d in b["density"]),
-            TrimRule(b["trim"]),
-            ZeroSign(b["zero_sign"]),
-            tuple(float(w) for w in b["weights"]),
-            str(b.get("method", "ties")),  # (files written before other methods existed)
-            tuple(float(g) for g in b.get("gamma", ())),
-            tuple(float(e) for e in b.get("epsilon", ())),
-            int(b.get("seed", 0)),
-            None if b.get("rescale") is None else str(b["rescale"]),
-            str(b.get("per_tensor", "")),
-        )
+        basis = {key: b[key] for key in PASS1_OPTIONS}
+        Scope(basis["scope"])  # a ValueError if not valid
+        ZeroSign(basis["zero_sign"])
+        return cls(types.MappingProxyType(basis), tuple(float(w) for w in b["weights"]))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ThresholdBasis) and self.to_json() == other.to_json()
+
+    def __hash__(self) -> int:
+        return hash(json.dumps(self.to_json(), sort_keys=True))
 
 
 @dataclass(frozen=True, slots=True)
