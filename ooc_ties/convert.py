@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from ooc_ties.config import Resources
 from ooc_ties.grid import ChunkGrid
 from ooc_ties.io.staging import StagedDirectory
-from ooc_ties.io.writer import TensorSpec, layout_shards
+from ooc_ties.io.writer import layout_shards
 from ooc_ties.io.zarr_format import is_zarr_group
 from ooc_ties.io.zarr_output import ChunkedSpec
 from ooc_ties.outputs import OutputLike, check_output_path, open_output, output_format
@@ -28,6 +28,7 @@ from ooc_ties.plan import MAX_BLOCK_ELEMENTS
 from ooc_ties.progress import ProgressFactory, progress_bar
 from ooc_ties.schedule import run_blocks
 from ooc_ties.sources import SourceLike, open_source
+from ooc_ties.tensor import Tensor
 
 if TYPE_CHECKING:
     import zarr
@@ -81,10 +82,9 @@ def convert(
             stack.callback(opened.close)
         grids = {n: ChunkGrid.for_block_size(opened.info(n).shape, block_elements) for n in opened.names}
         specs = [
-            ChunkedSpec(TensorSpec(n, opened.info(n).dtype, opened.info(n).shape), grids[n].chunks)
-            for n in opened.names
+            ChunkedSpec(Tensor(n, opened.info(n).dtype, opened.info(n).shape), grids[n].chunks) for n in opened.names
         ]
-        total = sum(s.spec.nbytes for s in specs)
+        total = sum(s.tensor.nbytes for s in specs)
         out_format = output_format(destination)
         target: StagedDirectory | zarr.Group
         if is_zarr_group(destination):
@@ -95,7 +95,7 @@ def convert(
             staged = StagedDirectory(path, overwrite=overwrite, durable=resources.durable, nbytes=total)
             stack.callback(lambda: None if staged.done else staged.abort())
             target = staged
-        shards = layout_shards([(s.spec.name, s.spec.nbytes) for s in specs], resources.shard_size)
+        shards = layout_shards([(s.tensor.name, s.tensor.nbytes) for s in specs], resources.shard_size)
         sink = open_output(target, specs, shards, {"format": "pt"}, out_format, direct=resources.direct_io)
         stack.callback(sink.close)
         blocks = [

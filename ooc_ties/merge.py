@@ -25,7 +25,7 @@ from ooc_ties.config import PRESETS, MergeOptions, Resources
 from ooc_ties.errors import IncompatibleCheckpointsError, OptionError
 from ooc_ties.inputs import MergeInputs
 from ooc_ties.io.staging import StagedDirectory
-from ooc_ties.io.writer import RECIPE_NAME, TensorSpec
+from ooc_ties.io.writer import RECIPE_NAME
 from ooc_ties.io.zarr_format import is_zarr_group
 from ooc_ties.io.zarr_output import ChunkedSpec
 from ooc_ties.journal import Journal, check_resumable, journal_header, read_header
@@ -183,7 +183,7 @@ def merge(
         logger.info("plan:\n%s", plan.describe())
         _check_copies(plan, inputs)
         lint_inputs(plan, inputs)
-        specs = [ChunkedSpec(TensorSpec(t.name, t.out_dtype, t.shape), t.grid.chunks) for t in plan.tensors]
+        specs = [ChunkedSpec(t.output, t.grid.chunks) for t in plan.tensors]
         metadata = publish.recipe_metadata(plan)
         sink = open_output(target, specs, plan.shards, metadata, out_format, direct=resources.direct_io)
         stack.callback(sink.close)

@@ -78,7 +78,7 @@ def open_output(
         return ZarrOutput(target, tensors)
     if not isinstance(target, StagedDirectory):
         raise OptionError("a safetensors output needs a folder path, not a zarr.Group")
-    return SafetensorsOutput(target, [t.spec for t in tensors], shards, metadata, direct=direct)
+    return SafetensorsOutput(target, [t.tensor for t in tensors], shards, metadata, direct=direct)
 
 
 def check_output_path(output: Path, inputs: Sequence[Path]) -> None:

@@ -21,6 +21,7 @@ from ooc_ties.io.writer import ShardLayout, layout_shards
 from ooc_ties.methods import Sparsify, row_length
 from ooc_ties.pass1.costs import SAMPLE_STRIDE, max_reads, pass1_memory, plan_reads
 from ooc_ties.sources import TensorSource
+from ooc_ties.tensor import Tensor
 
 __all__ = ["MAX_BLOCK_ELEMENTS", "MergePlan", "TensorKind", "TensorPlan", "make_plan"]
 
@@ -66,6 +67,11 @@ class TensorPlan:
     @property
     def out_nbytes(self) -> int:
         return self.numel * self.out_dtype.itemsize
+
+    @property
+    def output(self) -> Tensor:
+        """The tensor written."""
+        return Tensor(self.name, self.out_dtype, self.shape)
 
 
 @dataclass(frozen=True, slots=True)

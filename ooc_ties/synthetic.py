@@ -29,8 +29,9 @@ from ooc_ties.dtypes import BF16
 from ooc_ties.errors import OptionError
 from ooc_ties.grid import ChunkGrid
 from ooc_ties.io.staging import StagedDirectory
-from ooc_ties.io.writer import SafetensorsOutput, TensorSpec, layout_shards
+from ooc_ties.io.writer import SafetensorsOutput, layout_shards
 from ooc_ties.kernels.convert import encode_oracle
+from ooc_ties.tensor import Tensor
 
 __all__ = ["SHAPES", "LlamaShape", "generate", "generate_model"]
 
@@ -161,7 +162,7 @@ def generate_model(
     root = Path(folder)
     root.mkdir(parents=True, exist_ok=True)
     names = ["base"] + [f"ft{i + 1}" for i in range(n_finetuned)]
-    specs = [TensorSpec(name, BF16, s) for name, s in shape.tensors()]
+    specs = [Tensor(name, BF16, s) for name, s in shape.tensors()]
     layouts = layout_shards([(s.name, s.nbytes) for s in specs], shard_size)
     stagings: list[StagedDirectory] = []
     try:

@@ -17,7 +17,8 @@ from ooc_ties.errors import OptionError
 from ooc_ties.grid import ChunkGrid
 from ooc_ties.io.checkpoint import Checkpoint
 from ooc_ties.io.safetensors import SafetensorsFile
-from ooc_ties.io.writer import ShardWriter, TensorSpec, layout_shards
+from ooc_ties.io.writer import ShardWriter, layout_shards
+from ooc_ties.tensor import Tensor
 
 CODES = {np.dtype(v.storage): k for k, v in DTYPES.items() if k != "BF16"}
 
@@ -30,7 +31,7 @@ SAMPLE = {
 
 
 def _write(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
-    writer = ShardWriter(path, [TensorSpec(n, DTYPES[CODES[a.dtype]], a.shape) for n, a in tensors.items()], metadata)
+    writer = ShardWriter(path, [Tensor(n, DTYPES[CODES[a.dtype]], a.shape) for n, a in tensors.items()], metadata)
     for name, array in reversed(list(tensors.items())):  # any order: offsets are fixed up front
         writer.write(name, 0, array.reshape(-1))
     writer.close()
@@ -51,7 +52,7 @@ def test_writer_golden_header(tmp_path: Path) -> None:
 
 def test_writer_accepts_blocks_out_of_order(tmp_path: Path) -> None:
     values = np.arange(100, dtype=np.float32)
-    writer = ShardWriter(tmp_path / "o.safetensors", [TensorSpec("v", DTYPES["F32"], (10, 10))], {})
+    writer = ShardWriter(tmp_path / "o.safetensors", [Tensor("v", DTYPES["F32"], (10, 10))], {})
     for start in (70, 0, 30, 90, 10):
         stop = {70: 90, 0: 10, 30: 70, 90: 100, 10: 30}[start]
         writer.write("v", start, values[start:stop])
@@ -76,7 +77,7 @@ def test_reader_matches_the_safetensors_package_and_is_zero_copy(tmp_path: Path)
 def test_bf16_is_read_as_bit_patterns(tmp_path: Path) -> None:
     path = tmp_path / "bf.safetensors"
     bits = np.array([0x3F80, 0xBF80, 0x4000], np.uint16)  # 1.0, -1.0, 2.0
-    writer = ShardWriter(path, [TensorSpec("w", DTYPES["BF16"], (3,))], {})
+    writer = ShardWriter(path, [Tensor("w", DTYPES["BF16"], (3,))], {})
     writer.write("w", 0, bits)
     writer.close()
     with SafetensorsFile(path) as f:

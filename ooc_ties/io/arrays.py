@@ -19,8 +19,8 @@ from ooc_ties.errors import CheckpointFormatError, CheckpointNotFoundError
 from ooc_ties.grid import flat_selection
 from ooc_ties.identity import SourceIdentity, store_identity
 from ooc_ties.io.side_files import SideFile, SideFileLike, as_side_file
-from ooc_ties.io.writer import TensorSpec
 from ooc_ties.io.zarr_format import FILES_GROUP, decode_files, dtype_of, is_zarr_array
+from ooc_ties.tensor import Tensor
 
 if TYPE_CHECKING:
     import zarr
@@ -107,7 +107,7 @@ class ArraySource:
     ) -> None:
         self.label = label
         self._arrays: dict[str, Array] = {}
-        self._info: dict[str, TensorSpec] = {}
+        self._info: dict[str, Tensor] = {}
         self._side_files = {name: as_side_file(item) for name, item in (side_files or {}).items()}
         self._root = root
         self._closer = closer
@@ -126,7 +126,7 @@ class ArraySource:
                 )
             dtype = dtype_of(storage, attributes, f"{label}: tensor {name!r}")
             self._arrays[name] = array
-            self._info[name] = TensorSpec(name, dtype, tuple(int(s) for s in array.shape))
+            self._info[name] = Tensor(name, dtype, tuple(int(s) for s in array.shape))
         self.names: tuple[str, ...] = tuple(self._info)
 
     @classmethod
@@ -163,7 +163,7 @@ class ArraySource:
     def __len__(self) -> int:
         return len(self.names)
 
-    def info(self, name: str) -> TensorSpec:
+    def info(self, name: str) -> Tensor:
         return self._info[name]
 
     def where(self, name: str) -> str:

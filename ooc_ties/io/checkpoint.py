@@ -17,7 +17,7 @@ import numpy as np
 
 from ooc_ties.errors import CheckpointFormatError, CheckpointNotFoundError
 from ooc_ties.identity import SourceIdentity
-from ooc_ties.io.safetensors import SafetensorsFile, TensorInfo, pytorch_conversion
+from ooc_ties.io.safetensors import SafetensorsFile, StoredTensor, pytorch_conversion
 from ooc_ties.io.side_files import SideFile, collect_side_files
 from ooc_ties.io.writer import INDEX_NAME
 
@@ -58,7 +58,7 @@ class Checkpoint:
         self.folder: Path | None = self.path if self.path.is_dir() else None
         self.files: list[SafetensorsFile] = []
         self._identity: SourceIdentity | None = None
-        self._where: dict[str, tuple[SafetensorsFile, TensorInfo]] = {}
+        self._where: dict[str, tuple[SafetensorsFile, StoredTensor]] = {}
         try:
             if self.folder is None:
                 self._add(SafetensorsFile(self.path), None)
@@ -123,7 +123,7 @@ class Checkpoint:
     def __len__(self) -> int:
         return len(self.names)
 
-    def info(self, name: str) -> TensorInfo:
+    def info(self, name: str) -> StoredTensor:
         return self._where[name][1]
 
     def where(self, name: str) -> str:

@@ -26,10 +26,11 @@ from types import TracebackType
 
 import numpy as np
 
-from ooc_ties.dtypes import DType, parse_dtype
+from ooc_ties.dtypes import parse_dtype
 from ooc_ties.errors import CheckpointFormatError, CheckpointNotFoundError
+from ooc_ties.tensor import Tensor
 
-__all__ = ["MAX_HEADER_BYTES", "SafetensorsFile", "TensorInfo", "pytorch_conversion"]
+__all__ = ["MAX_HEADER_BYTES", "SafetensorsFile", "StoredTensor", "pytorch_conversion"]
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 """The largest header accepted (the ``safetensors`` package has the same limit)."""
@@ -55,27 +56,13 @@ def _madvise(address: int, length: int, advice: int) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
-class TensorInfo:
-    """Where one tensor lives in a safetensors file."""
+class StoredTensor(Tensor):
+    """A tensor of a safetensors file, and where its bytes are."""
 
-    name: str
-    """The tensor's name in the header."""
-    dtype: DType
-    """Its dtype."""
-    shape: tuple[int, ...]
-    """Its shape (``()`` for a scalar)."""
     path: Path
     """The file that holds it."""
     offset: int
     """Absolute byte offset of its first byte in the file."""
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-    @property
-    def nbytes(self) -> int:
-        return self.numel * self.dtype.itemsize
 
 
 def _fail(path: Path, message: str) -> CheckpointFormatError:
@@ -144,7 +131,7 @@ def _parse_offsets(path: Path, name: str, value: object) -> tuple[int, int]:
 class SafetensorsFile:
     """One safetensors file, validated and memory-mapped read-only.
 
-    ``tensors`` maps names to :class:`TensorInfo`; :meth:`read` returns zero-copy flat views whose
+    ``tensors`` maps names to :class:`StoredTensor`; :meth:`read` returns zero-copy flat views whose
     memory belongs to the map and stays valid until :meth:`close`.
     """
 
@@ -180,7 +167,7 @@ class SafetensorsFile:
         if hasattr(mmap, "MADV_SEQUENTIAL"):
             self._map.madvise(mmap.MADV_SEQUENTIAL)
 
-    def _parse_header(self) -> tuple[dict[str, str], dict[str, TensorInfo], int]:
+    def _parse_header(self) -> tuple[dict[str, str], dict[str, StoredTensor], int]:
         path = self.path
         kind = _pytorch_kind(self._map[:9])
         if kind is not None:
@@ -206,7 +193,7 @@ class SafetensorsFile:
         ):
             raise _fail(path, "__metadata__ is not a map of strings to strings")
 
-        tensors: dict[str, TensorInfo] = {}
+        tensors: dict[str, StoredTensor] = {}
         spans: list[tuple[int, int, str]] = []
         for name, entry in header.items():
             if not isinstance(entry, dict):
@@ -230,7 +217,7 @@ class SafetensorsFile:
                     f"truncated: tensor {name!r} needs data up to byte {data_start + end}, "
                     f"but the file has {self.size} bytes",
                 )
-            tensors[name] = TensorInfo(name, dtype, shape, path, data_start + begin)
+            tensors[name] = StoredTensor(name, dtype, shape, path, data_start + begin)
             if end > begin:
                 spans.append((begin, end, name))
         spans.sort()
@@ -239,13 +226,13 @@ class SafetensorsFile:
                 raise _fail(path, f"tensors {prev_name!r} and {name!r} overlap in the data buffer")
         return dict(metadata_raw), tensors, data_start
 
-    def read(self, info: TensorInfo, start: int = 0, stop: int | None = None) -> np.ndarray:
+    def read(self, info: StoredTensor, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Flat elements ``[start, stop)`` of a tensor, as a read-only zero-copy view in storage dtype."""
         stop = info.numel if stop is None else stop
         item = info.dtype.itemsize
         return np.frombuffer(self._map, dtype=info.dtype.storage, count=stop - start, offset=info.offset + start * item)
 
-    def _advise(self, info: TensorInfo, start: int, stop: int, advice: int) -> bool:
+    def _advise(self, info: StoredTensor, start: int, stop: int, advice: int) -> bool:
         """``madvise`` the whole pages holding elements ``[start, stop)``; False if the kernel refused."""
         item = info.dtype.itemsize
         first = info.offset + start * item
@@ -256,7 +243,7 @@ class SafetensorsFile:
             return True
         return _madvise(self._address + begin, end - begin, advice)
 
-    def release(self, info: TensorInfo, start: int, stop: int) -> None:
+    def release(self, info: StoredTensor, start: int, stop: int) -> None:
         """Tell the kernel the pages of elements ``[start, stop)`` are not needed again soon.
 
         The pages stay in the page cache; they only leave this process's resident set, so a long merge

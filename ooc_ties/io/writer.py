@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import errno
 import json
-import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -25,11 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from ooc_ties.dtypes import DType
 from ooc_ties.errors import DiskSpaceError
 from ooc_ties.io.direct import BounceBuffer, DirectWriter, pwrite_all
 from ooc_ties.io.side_files import RECIPE_NAME, SideFile, SideFileLike, as_side_file, clashes_with_output
 from ooc_ties.io.staging import StagedDirectory, fsync_dir
+from ooc_ties.tensor import Tensor
 
 __all__ = [
     "INDEX_NAME",
@@ -45,24 +44,8 @@ INDEX_NAME = "model.safetensors.index.json"
 """The index file of a sharded Hugging Face checkpoint."""
 
 
-@dataclass(frozen=True, slots=True)
-class TensorSpec:
-    """A tensor's name, dtype and shape: one to be written, or an array read as a merge input."""
-
-    name: str
-    """Its name."""
-    dtype: DType
-    """Its dtype."""
-    shape: tuple[int, ...]
-    """Its shape."""
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-    @property
-    def nbytes(self) -> int:
-        return self.numel * self.dtype.itemsize
+TensorSpec = Tensor
+"""(the name ``tests/test_memory.py`` still imports; :class:`~ooc_ties.tensor.Tensor` is the type)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +83,7 @@ def layout_shards(sizes: Sequence[tuple[str, int]], shard_size: int) -> tuple[Sh
     )
 
 
-def _header(tensors: Sequence[TensorSpec], metadata: dict[str, str]) -> tuple[bytes, dict[str, int]]:
+def _header(tensors: Sequence[Tensor], metadata: dict[str, str]) -> tuple[bytes, dict[str, int]]:
     """The padded header bytes and each tensor's offset in the data buffer."""
     entries: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
     offsets: dict[str, int] = {}
@@ -130,7 +113,7 @@ class ShardWriter:
     def __init__(
         self,
         path: Path,
-        tensors: Sequence[TensorSpec],
+        tensors: Sequence[Tensor],
         metadata: dict[str, str],
         *,
         reopen: bool = False,
@@ -235,7 +218,7 @@ class SafetensorsOutput:
     def __init__(
         self,
         staging: StagedDirectory,
-        tensors: Sequence[TensorSpec],
+        tensors: Sequence[Tensor],
         shards: Sequence[ShardLayout],
         metadata: dict[str, str],
         *,

@@ -24,8 +24,8 @@ from ooc_ties.errors import OutputPathError
 from ooc_ties.grid import flat_selection
 from ooc_ties.io.side_files import PIECE, SideFile, SideFileLike
 from ooc_ties.io.staging import StagedDirectory
-from ooc_ties.io.writer import TensorSpec
 from ooc_ties.io.zarr_format import DTYPE_ATTRIBUTE, FILES_ATTRIBUTE, FILES_GROUP, RECIPE_ATTRIBUTE, encode_files
+from ooc_ties.tensor import Tensor
 
 if TYPE_CHECKING:
     import zarr
@@ -37,7 +37,7 @@ __all__ = ["ChunkedSpec", "ZarrOutput"]
 class ChunkedSpec:
     """A tensor to be written, with its chunk shape."""
 
-    spec: TensorSpec
+    tensor: Tensor
     """Name, dtype, shape."""
     chunks: tuple[int, ...]
     """Chunk shape (the engine's grid)."""
@@ -71,7 +71,7 @@ class ZarrOutput:
         self._storage: dict[str, np.dtype] = {}
         existing = set(self.group.array_keys()) if resumed else set()
         for item in tensors:
-            spec = item.spec
+            spec = item.tensor
             if spec.name.split("/")[0] == FILES_GROUP:
                 raise OutputPathError(f"{self.location}: tensor {spec.name!r} would clash with the side files' group")
             attributes: dict[str, Any] = {DTYPE_ATTRIBUTE: spec.dtype.code}
