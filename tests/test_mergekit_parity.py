@@ -1,6 +1,7 @@
 """Parity with mergekit itself: every method against ``mergekit-yaml`` (0.1.5) on float32 models without
 magnitude ties, within 4 ulp per element; DARE's and DELLA's random drops by their statistics, and by
-their values given the same masks (see "The other methods" below).
+their values given the same masks (see "The other methods" below); on bf16 models with ties at the
+magnitude cuts, the same kept count per tensor (see "Ties at the cut" at the end).
 
 mergekit and its torch live in a venv of their own (they pin their own numpy and transformers). One test
 runs its ``mergekit-yaml`` as a program; the others' merges all run in one process of that venv
@@ -14,8 +15,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import struct
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +36,7 @@ from ooc_ties.kernels.drop import (
     tensor_key,
 )
 from ooc_ties.methods import row_length
+from ooc_ties.pass1.order import band_counts
 from tests.conftest import TINY
 
 VENV = Path(os.environ.get("OOC_TIES_MERGEKIT_VENV", "/nonexistent"))
@@ -146,6 +149,9 @@ class Job:
     exact: bool = False
     """mergekit with ooc-ties' rounding: the L1 norms summed exactly (with ``masks``), or linear's products
     rounded before the sum."""
+    tied: bool = False
+    """On the bf16 models with tied magnitudes (``tied_models``: 0 the base, 1 the fine-tune), not the
+    float32 parity models."""
 
     @property
     def base(self) -> bool:
@@ -167,7 +173,7 @@ class Job:
         }
 
     def exactly(self) -> Job:
-        return Job(self.method, self.models, self.per_model, self.shared, self.masks, True)
+        return replace(self, exact=True)
 
 
 CASES = {
@@ -363,6 +369,22 @@ MASKED_JOBS = {
 }
 DROP_METHODS = ("dare_linear", "della_linear")
 DROP_JOBS = {f"{method}-model{t + 1}": _one_hot(method, t) for method in DROP_METHODS for t in range(3)}
+
+
+def _tied(method: str, density: float, gamma: float | None = None) -> Job:
+    """The bf16 fine-tune alone, weight 1, lambda 1, not normalized or rescaled: ``out - base`` is exactly
+    its kept task values."""
+    params = {"weight": 1.0, "density": density} | ({} if gamma is None else {"gamma": gamma})
+    return Job(method, (1,), (params,), {"normalize": False, "rescale": False, "lambda": 1.0}, tied=True)
+
+
+TIED_JOBS = {  # each cut inside a run of equal magnitudes, in every tensor (see tied_models)
+    "ties-tied-0.3": _tied("ties", 0.3),
+    "ties-tied-0.5": _tied("ties", 0.5),
+    "breadcrumbs-tied": _tied("breadcrumbs", 0.4, 0.1),
+    "breadcrumbs-tied-fewer-outliers": _tied("breadcrumbs", 0.75, 0.3),  # n_bot < 0: gamma * n cut back
+    "breadcrumbs_ties-tied": _tied("breadcrumbs_ties", 0.7, 0.05),
+}
 EXACTLY = "-exactly"
 """The suffix of a job run with mergekit's rounding patched to ooc-ties' (:attr:`Job.exact`)."""
 JOBS = {
@@ -373,6 +395,7 @@ JOBS = {
     **MASKED_JOBS,
     **{name + EXACTLY: job.exactly() for name, job in MASKED_JOBS.items()},
     **DROP_JOBS,
+    **TIED_JOBS,
 }
 
 
@@ -421,17 +444,19 @@ def parity_tensors(f32_models: tuple[Path, list[Path]]) -> list[dict[str, np.nda
 def mergekit_runs(
     f32_models: tuple[Path, list[Path]],
     parity_tensors: list[dict[str, np.ndarray]],
+    tied_models: tuple[list[Path], list[dict[str, np.ndarray]]],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> dict[str, tuple[Path, Path]]:
     """Each job's configuration file and mergekit's output, all from one run of the driver."""
     base, fts = f32_models
-    folders = [base, *fts]
     root = tmp_path_factory.mktemp("mergekit-runs")
     jobs, runs = [], {}
     for name, job in JOBS.items():
         config = root / f"{name}.yml"
+        folders = tied_models[0] if job.tied else [base, *fts]
         models = [folders[i] for i in job.models]
-        config.write_text(_config(job.method, base if job.base else None, models, list(job.per_model), job.shared))
+        base_model = folders[0] if job.base else None
+        config.write_text(_config(job.method, base_model, models, list(job.per_model), job.shared))
         masks = root / f"{name}-masks" if job.masks else None
         if masks is not None:
             _write_masks(masks, job, parity_tensors)
@@ -638,3 +663,113 @@ def test_kept_fractions_are_within_binomial_bounds(
             _within(keep.reshape(-1), p, where)
             _within(keep.reshape(-1)[upper], p[upper], f"{where} (larger half of each row)")
             _within(keep.reshape(-1)[~upper], p[~upper], f"{where} (smaller half of each row)")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Ties at the cut. Where equal magnitudes straddle a cut, which of them are kept is up to each tool:
+# ooc-ties' mergekit preset (what ``--config`` uses) keeps exactly the count, ties by the lowest flat index;
+# mergekit keeps whichever torch.argsort (ties) or torch.sort (breadcrumbs' magnitude_outliers) puts first.
+# So on bf16 models whose task vectors have four distinct magnitudes, the tools keep the same number of
+# task values per tensor, and the same number of each magnitude; the kept positions differ only among
+# those holding a magnitude at a cut.
+
+TIE_STEP = 2.0**-7
+TIE_MAGNITUDES = (5, 3, 2, 1)
+"""The task vectors' magnitudes, in TIE_STEP, in every tensor in the shares TIE_SHARES (rounded; 1 takes
+the rest), at random places: from the top, the largest 15%, 15-35%, 35-65% and 65-100%, so each cut of
+TIED_JOBS (at 5, 10, 25, 30, 50 and 75% from the top) lies inside one magnitude's run, even in the
+64-value norms."""
+TIE_SHARES = (0.15, 0.2, 0.3)
+
+
+def _save_bf16(path: Path, tensors: dict[str, np.ndarray]) -> None:
+    """Float32 ``tensors``, each value exactly a bf16 value, as a bf16 safetensors file."""
+    header: dict[str, object] = {"__metadata__": {"format": "pt"}}
+    data, offset = [], 0
+    for name, values in tensors.items():
+        bits = (np.ascontiguousarray(values, np.float32).view(np.uint32) >> 16).astype("<u2")
+        assert np.array_equal((bits.astype(np.uint32) << 16).view(np.float32), values), name
+        header[name] = {"dtype": "BF16", "shape": list(values.shape), "data_offsets": [offset, offset + bits.nbytes]}
+        data.append(bits.tobytes())
+        offset += bits.nbytes
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + b"".join(data))
+
+
+@pytest.fixture(scope="module")
+def tied_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], list[dict[str, np.ndarray]]]:
+    """A bf16 Llama-shaped base and one fine-tune (their folders), and their values as float32 arrays. The
+    base is a multiple of TIE_STEP below 1, a task value +-m * TIE_STEP with m one of TIE_MAGNITUDES (never
+    0), and their sum is a bf16 value (below 2**8 steps), so ``ft - base`` in float32 is exactly the task
+    value."""
+    root = tmp_path_factory.mktemp("tied")
+    rng = np.random.default_rng(11)
+    base, tuned = {}, {}
+    for name, shape in TINY.tensors():
+        size = int(np.prod(shape))
+        counts = [round(share * size) for share in TIE_SHARES]
+        m = rng.permutation(np.repeat(TIE_MAGNITUDES, [*counts, size - sum(counts)])).reshape(shape)
+        base[name] = (rng.integers(-120, 121, shape) * TIE_STEP).astype(np.float32)
+        tuned[name] = (base[name] + m * rng.choice([-1, 1], shape) * TIE_STEP).astype(np.float32)
+    folders = []
+    for label, tensors in (("base", base), ("ft", tuned)):
+        folder = root / label
+        folder.mkdir()
+        _save_bf16(folder / "model.safetensors", tensors)
+        (folder / "config.json").write_text(json.dumps(TINY.config()))  # torch_dtype bfloat16
+        folders.append(folder)
+    return folders, [base, tuned]
+
+
+def _cuts(job: Job, size: int) -> tuple[int, int]:
+    """``(lo, hi)``: mergekit 0.1.5 keeps the ``lo`` largest magnitudes less the ``hi`` largest. ties'
+    ``magnitude``: ``k = max(1, int(density * n))``; breadcrumbs' ``magnitude_outliers``: ``target =
+    int(density * n)``, ``n_bot = max(0, n - target - int(gamma * n))``."""
+    params = job.per_model[0]
+    density = params["density"]
+    if not job.method.startswith("breadcrumbs"):
+        return max(1, int(density * size)), 0
+    target = int(density * size)
+    bottom = max(0, size - target - int(params["gamma"] * size))
+    assert band_counts(size, density, params["gamma"]) == (size - bottom, size - bottom - target)
+    return size - bottom, size - bottom - target
+
+
+@pytest.mark.parametrize("name", list(TIED_JOBS))
+def test_ties_at_the_cut_keep_mergekits_count(
+    mergekit_runs: dict[str, tuple[Path, Path]],
+    tied_models: tuple[list[Path], list[dict[str, np.ndarray]]],
+    tmp_path: Path,
+    name: str,
+) -> None:
+    """On bf16 models with equal magnitudes across every cut (mergekit's dtype float32), in every tensor:
+    both tools keep the expected count (ties: ``max(1, int(density * n))``, breadcrumbs: ``int(density *
+    n)``) and the same number of each magnitude; their kept positions differ only where the magnitude is
+    the one at a cut; and ooc-ties keeps, among equal magnitudes, the lowest flat indices. (torch does not:
+    11058 to 35204 kept positions differ per job, over its 21 tensors, measured.)"""
+    config, theirs_folder = mergekit_runs[name]
+    job = JOBS[name]
+    tensors = tied_models[1]
+    base = tensors[0]
+    ours = _kept(_ooc_ties(config, tmp_path / "ooc", base), tensors, 1)
+    theirs = _kept(_shaped(_tensors(theirs_folder), base), tensors, 1)
+    density = job.per_model[0]["density"]
+    for tensor, b in base.items():
+        mine, other = ours[tensor].reshape(-1), theirs[tensor].reshape(-1)
+        magnitude = np.abs(tensors[1][tensor].astype(np.float64) - b).reshape(-1)
+        size = magnitude.size
+        lo, hi = _cuts(job, size)
+        expected = lo - hi
+        assert expected == (max(1, int(density * size)) if job.method == "ties" else int(density * size))
+        assert (int(mine.sum()), int(other.sum())) == (expected, expected), tensor
+        order = np.lexsort((np.arange(size), -magnitude))  # largest first, ties by the lowest index
+        descending = magnitude[order]
+        at_cuts = [descending[c - 1] for c in (lo, hi) if 0 < c < size]
+        assert at_cuts and all(descending[c - 1] == descending[c] for c in (lo, hi) if 0 < c < size), tensor
+        assert np.array_equal(np.sort(magnitude[mine]), np.sort(magnitude[other])), tensor
+        differ = mine != other
+        assert np.isin(magnitude[differ], at_cuts).all(), tensor
+        oracle = np.zeros(size, np.bool_)
+        oracle[order[hi:lo]] = True
+        assert np.array_equal(mine, oracle), tensor
