@@ -288,3 +288,8 @@ def test_sign_from_on_the_command_line(tiny_models: Models, tmp_path: Path) -> N
     assert recipe["options"]["sign_from"] == str(fts[2])
     expected = reference_merge(base, fts[:2], PRESETS["paper"].with_(sign_from=str(fts[2])))
     assert _read_all(out) == {name: a.tobytes() for name, a in expected.items()}
+
+
+def test_every_method_is_in_the_table_of_cases() -> None:
+    """CASES is the method/reference table: each declared method is compared with the reference."""
+    assert {param.values[0].method.name for param in CASES} == set(METHODS)

@@ -34,8 +34,12 @@ def kernel(fn: F) -> F:
 
 
 def helper(fn: F) -> F:
-    """Compile a helper called from kernels (same policy; LLVM inlines it into the caller)."""
-    return cast(F, numba.njit(nogil=True, cache=True, fastmath=False, error_model="numpy")(fn))
+    """Compile a helper called from kernels (same policy; LLVM inlines it into the caller). It is marked
+    ``is_helper``: kernels, not helpers, are the entry points each listed with its oracle
+    (``ooc_ties.kernels.pairs``)."""
+    compiled = numba.njit(nogil=True, cache=True, fastmath=False, error_model="numpy")(fn)
+    setattr(compiled, "is_helper", True)  # noqa: B010 (a Dispatcher takes attributes; mypy does not know)
+    return cast(F, compiled)
 
 
 @intrinsic
