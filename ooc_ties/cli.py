@@ -247,16 +247,19 @@ def merge_command(
         if clash:
             raise click.UsageError(f"--config names the models, the method and its parameters: drop {clash[0]}")
         configured = configured_merge(load_config(config_path), _tensor_names)
+    # (the flags a configuration leaves to the command line; ``None``: the configuration's or preset's)
+    rules = {
+        "scope": scope,
+        "trim": trim,
+        "zero_sign": zero_sign,
+        "out_dtype": dtype,
+        "seed": seed,
+        "rescale_rule": rescale_rule,
+        "sign_from": sign_from,
+    }
+    if config_path is not None:
         base, finetuned, template = configured.base, configured.models, configured.chat_template
-        options = configured.options.with_(
-            scope=scope,
-            trim=trim,
-            zero_sign=zero_sign,
-            out_dtype=dtype,
-            seed=seed,
-            rescale_rule=rescale_rule,
-            sign_from=sign_from,
-        )
+        options = configured.options.with_(**rules)
     else:
         if base is None or not finetuned:
             raise click.UsageError("give --base and the FINETUNED models, or --config merge.yml")
@@ -267,16 +270,10 @@ def merge_command(
             gamma=_numbers(gamma, "--gamma"),
             epsilon=_numbers(epsilon, "--epsilon"),
             rescale=rescale,
-            rescale_rule=rescale_rule,
-            seed=seed,
-            sign_from=sign_from,
             lam=lam,
-            scope=scope,
-            trim=trim,
-            zero_sign=zero_sign,
             normalize=normalize,
-            out_dtype=dtype,
             weights=_split_numbers(weights) if weights is not None else None,
+            **rules,
         )
     resources = Resources(
         memory_budget=parse_size(memory_budget, "memory budget"),

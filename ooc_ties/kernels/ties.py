@@ -119,6 +119,24 @@ def _trim_tile(
 
 
 @helper
+def _in_band(
+    a: Any, thr: Any, quota: int, seen: int, thr_hi: Any, quota_hi: int, seen_hi: int
+) -> tuple[bool, int, int]:
+    """Whether a magnitude ``a`` is kept by the trim (above ``thr``, or equal and one of the first
+    ``quota`` such values; ``quota < 0``: all) and not dropped by the band's upper cut (the same with
+    ``thr_hi``/``quota_hi``); ``seen``/``seen_hi`` count the values met equal to each cut."""
+    keep = a > thr
+    if a == thr:
+        keep = quota < 0 or seen < quota
+        seen += 1
+    top = a > thr_hi
+    if a == thr_hi:
+        top = quota_hi < 0 or seen_hi < quota_hi
+        seen_hi += 1
+    return keep and not top, seen, seen_hi
+
+
+@helper
 def _sparsify_tile(
     ft: Any,
     b: np.ndarray,
@@ -144,16 +162,7 @@ def _sparsify_tile(
     masked = mask.size > 0
     for j in range(m):
         tau = load_f32(ft, j) - b[j]
-        a = abs(tau)
-        keep = a > thr
-        if a == thr:
-            keep = quota < 0 or seen < quota
-            seen += 1
-        top = a > thr_hi
-        if a == thr_hi:
-            top = quota_hi < 0 or seen_hi < quota_hi
-            seen_hi += 1
-        keep = keep and not top
+        keep, seen, seen_hi = _in_band(abs(tau), thr, quota, seen, thr_hi, quota_hi, seen_hi)
         if masked:
             keep = keep and mask[j] != 0
         out[j] = (tau if keep else tau * _ZERO) * scale
@@ -471,16 +480,7 @@ def keep_flags(
     kept = 0
     for i in range(ft.size):
         b = load_f32(base, i) if with_base else _ZERO
-        a = abs(load_f32(ft, i) - b)
-        k = a > thr
-        if a == thr:
-            k = quota < 0 or seen < quota
-            seen += 1
-        top = a > thr_hi
-        if a == thr_hi:
-            top = quota_hi < 0 or seen_hi < quota_hi
-            seen_hi += 1
-        k = k and not top
+        k, seen, seen_hi = _in_band(abs(load_f32(ft, i) - b), thr, quota, seen, thr_hi, quota_hi, seen_hi)
         keep[i] = k
         kept += k
     return kept
