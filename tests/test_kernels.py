@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ooc_ties.kernels import convert, histogram, ties
+from tests.conftest import read_only
 
 # --------------------------------------------------------------------------------------------------
 # conversions
@@ -99,14 +100,6 @@ KIND = {np.dtype(storage): kind for kind, storage in STORAGE.items()}
 Case = tuple[int, tuple[np.ndarray, tuple[np.ndarray, ...]]]
 
 
-def _frozen(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Read-only copies (Numba types a read-only array apart from a writable one)."""
-    out = tuple(np.array(a) for a in arrays)
-    for a in out:
-        a.flags.writeable = False
-    return out
-
-
 def _storage(values: np.ndarray, kind: str) -> np.ndarray:
     if kind == "f64":
         return values.astype(np.float64)
@@ -124,7 +117,7 @@ def _block(seed: int, n: int, n_models: int, kind: str, levels: int) -> tuple[np
     for _ in range(n_models):
         delta = rng.integers(-levels, levels + 1, n).astype(np.float32) * step
         fts.append(_storage(base_f + delta, kind))
-    frozen_base, *frozen_fts = _frozen(base_s, *fts)
+    frozen_base, *frozen_fts = read_only(base_s, *fts)
     return frozen_base, tuple(frozen_fts)
 
 
@@ -249,7 +242,7 @@ def test_bracket_histogram_edges_and_zeros() -> None:
     slots[1, 0] = 0
     counts = np.zeros((2, histogram.bracket_width(2)), np.int64)
     bad = np.full(2, -1, np.int64)
-    base, ft, zeros = _frozen(base, ft, zeros)
+    base, ft, zeros = read_only(base, ft, zeros)
     histogram.bracket_histogram(
         base, (ft, zeros), histogram.bracket_table(slots), histogram.bracket_span(slots), counts, bad
     )
@@ -270,7 +263,7 @@ def test_bracket_histogram_reports_first_non_finite() -> None:
     slots[:, 0x3F80] = 0  # 1.0: in the bracket
     counts = np.zeros((2, histogram.bracket_width(1)), np.int64)
     bad = np.full(2, -1, np.int64)
-    base, zeros, ft = _frozen(base, base, ft)
+    base, zeros, ft = read_only(base, base, ft)
     histogram.bracket_histogram(
         base, (zeros, ft), histogram.bracket_table(slots), histogram.bracket_span(slots), counts, bad
     )
@@ -287,7 +280,7 @@ def test_bracket_histogram_non_finite_beyond_the_first_tile() -> None:
     base = rng.standard_normal(n).astype(np.float32)
     ft = base + rng.standard_normal(n).astype(np.float32)
     ft[[histogram.TILE + 5, n - 2]] = [np.inf, np.nan]
-    base, *frozen = _frozen(base, base + np.float32(0.5), ft)
+    base, *frozen = read_only(base, base + np.float32(0.5), ft)
     fts = tuple(frozen)
     slots, n_slots = _bracket_slots(base, fts, rng, 8)
     counts = np.zeros((2, histogram.bracket_width(n_slots)), np.int64)
@@ -313,7 +306,7 @@ def test_high_histogram_reports_first_non_finite() -> None:
     ft[[3, 7]] = [np.nan, np.inf]
     hist = np.zeros((2, histogram.HIGH_BINS), np.int64)
     bad = np.full(2, -1, np.int64)
-    base, zeros, ft = _frozen(base, base, ft)
+    base, zeros, ft = read_only(base, base, ft)
     histogram.high_histogram(base, (zeros, ft), hist, bad)
     assert bad.tolist() == [-1, 3]
     assert hist[1].sum() == 8
@@ -423,7 +416,7 @@ def test_elect_count_matches_oracle(every: bool, data: st.DataObject, params: di
 
 def test_exact_zero_sums_follow_the_zero_sign_rule() -> None:
     # Two models with opposite task values: the vote is exactly 0 everywhere.
-    base, *frozen = _frozen(
+    base, *frozen = read_only(
         np.zeros(4, np.float32), np.array([1, -2, 0, 3], np.float32), np.array([-1, 2, 0, -3], np.float32)
     )
     fts = tuple(frozen)
@@ -441,7 +434,7 @@ def test_exact_zero_sums_follow_the_zero_sign_rule() -> None:
 
 
 def test_quota_keeps_the_first_ties_in_block_order() -> None:
-    base, ft = _frozen(np.zeros(6, np.float32), np.array([1, -1, 1, 2, 1, -1], np.float32))
+    base, ft = read_only(np.zeros(6, np.float32), np.array([1, -1, 1, 2, 1, -1], np.float32))
     out = np.empty(6, np.float32)
     votes = np.zeros(4, np.int64)
     thr, quota, weights = np.array([1.0], np.float32), np.array([2]), np.ones(1, np.float32)
@@ -458,7 +451,7 @@ def _no_record(out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_an_open_element_decided_by_a_tie_quota_is_not_recorded() -> None:
-    base, *frozen = _frozen(np.zeros(2, np.float32), np.array([1, 2], np.float32), np.array([-1, -2], np.float32))
+    base, *frozen = read_only(np.zeros(2, np.float32), np.array([1, 2], np.float32), np.array([-1, -2], np.float32))
     fts = tuple(frozen)
     thr, quota, weights = np.array([1.0, 1.0], np.float32), np.array([1, -1]), np.ones(2, np.float32)
     votes = np.zeros(4, np.int64)
@@ -473,7 +466,7 @@ def test_an_open_element_decided_by_a_tie_quota_is_not_recorded() -> None:
 def test_merge_reports_overflow_in_the_output_dtype() -> None:
     # bf16 inputs (60000 and 70000 round to 59904 and 70144): their mean does not fit in float16
     bf16 = np.dtype(np.uint16)
-    base, ft = _frozen(
+    base, ft = read_only(
         convert.encode_oracle(np.full(3, 60000.0, np.float32), bf16),
         convert.encode_oracle(np.array([60000.0, 70000.0, 60001.0], np.float32), bf16),
     )
@@ -500,7 +493,7 @@ def test_open_elements_are_recorded_with_their_other_result(
     ft1 = base + tau
     ft2 = np.where(cancel, base - tau, base + (rng.standard_normal(n) * 0.01).astype(np.float32)).astype(np.float32)
     ft3 = (base + tau * np.float32(0.5)).astype(np.float32)
-    base, *frozen = _frozen(base, ft1.astype(np.float32), ft2, ft3)
+    base, *frozen = read_only(base, ft1.astype(np.float32), ft2, ft3)
     fts = tuple(frozen[: int(rng.integers(2, 4))])
     thr, quota, weights, lam, zero_positive = _merge_args(seed, fts, base, params)
     weights = np.ones(len(fts), np.float32) if params["weights"] != "random" else weights

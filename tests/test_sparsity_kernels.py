@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ooc_ties.kernels import convert, drop, norms, ties
+from tests.conftest import read_only
 
 STORAGE = {"bf16": np.uint16, "f16": np.int16, "f32": np.float32}
 TILE = ties.TILE
@@ -37,14 +38,6 @@ SIZES = st.one_of(
 
 NO_SIGN = np.zeros(0, np.float32)
 """The ``sparsity`` tuple's last element when the vote elects the sign (no ``--sign-from`` model)."""
-
-
-def _frozen(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Read-only copies, like the engine's memory maps (Numba types them apart from writable arrays)."""
-    out = tuple(np.array(a) for a in arrays)
-    for a in out:
-        a.flags.writeable = False
-    return out
 
 
 def _storage(values: np.ndarray, kind: str) -> np.ndarray:
@@ -84,7 +77,7 @@ def _tie_block(
         first = convert.decode_oracle(_storage(values[0], kind))
         values[1] = np.where(cancel, base_f + (base_f - first) if with_base else -first, values[1])
     fts = [_storage(v, kind) for v in values]
-    frozen_base, *frozen_fts = _frozen(base_s, *fts)
+    frozen_base, *frozen_fts = read_only(base_s, *fts)
     return frozen_base, tuple(frozen_fts)
 
 
@@ -201,7 +194,7 @@ def _general_args(
     if p["sign"]:  # a sign's model, in the models' storage: its task value elects, not the vote
         b = convert.decode_oracle(base) if with_base else np.zeros(n, np.float32)
         values = b + rng.integers(-3, 4, n).astype(np.float32) * np.float32(2.0**-10)
-        (sign,) = _frozen(_storage(values, _kind_of(base)))
+        (sign,) = read_only(_storage(values, _kind_of(base)))
     else:
         sign = NO_SIGN
     return thr, quota, weights, (thr_hi, quota_hi, masks, scales, with_base, sign)
@@ -293,7 +286,7 @@ def test_merge_and_elect_count_under_the_general_rule_match_oracles(
 def test_the_general_rule_on_a_worked_example() -> None:
     """Trim at 2 (no tie kept), band cut at 4 (the first tie cut), a mask, a scale of 2, one model."""
     tau = np.array([1, 2, 3, 4, 4, 5, -3, 3, -4, 2.5], np.float32)
-    base, ft = _frozen(np.full(tau.size, 1.0, np.float32), np.float32(1) + tau)
+    base, ft = read_only(np.full(tau.size, 1.0, np.float32), np.float32(1) + tau)
     thr, quota = np.array([2.0], np.float32), np.array([0], np.int64)
     mask = np.array([[1, 1, 1, 1, 1, 1, 1, 0, 1, 7]], np.uint8)
     band = (np.array([4.0], np.float32), np.array([1], np.int64))
@@ -309,7 +302,7 @@ def test_the_general_rule_on_a_worked_example() -> None:
     assert (out - np.float32(1)).tolist() == [0, 0, 6, 0, 8, 0, -6, 0, -8, 5]
     assert votes.tolist() == [3, 2, 0, 0]
     # a sign's model whose task value is -1 everywhere elects negative: only the negative values agree
-    (sign,) = _frozen(np.zeros(tau.size, np.float32))
+    (sign,) = read_only(np.zeros(tau.size, np.float32))
     sparsity = (*sparsity[:5], sign)
     votes[:] = 0
     ties.merge(base, (ft,), thr, quota, weights, np.float32(1), True, True, False, out, votes, kept, at, alt, sparsity)
@@ -323,7 +316,7 @@ def test_open_elements_are_not_recorded_under_the_general_rule() -> None:
     rng = np.random.default_rng(3)
     n = TILE + 100
     tau = rng.integers(1, 5, n).astype(np.float32) * np.float32(2.0**-8)
-    base, *frozen = _frozen(np.full(n, 0.5, np.float32), np.float32(0.5) + tau, np.float32(0.5) - tau)
+    base, *frozen = read_only(np.full(n, 0.5, np.float32), np.float32(0.5) + tau, np.float32(0.5) - tau)
     fts = tuple(frozen)
     thr, quota, weights = np.zeros(2, np.float32), np.full(2, -1, np.int64), np.ones(2, np.float32)
     empty = (np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros((2, 0), np.uint8), np.zeros(0, np.float32))
@@ -514,7 +507,7 @@ def test_l1_counts_and_exact_sum_match_exact_rational_sums(
     rng = np.random.default_rng(seed)
     base_values = _random_finite(rng, n, *base_exponents, kind)
     ft_values = _random_finite(rng, n, *ft_exponents, kind)
-    base, ft = _frozen(base_values, ft_values)
+    base, ft = read_only(base_values, ft_values)
     keep = np.where(rng.random(n) < rng.random(), rng.integers(1, 256, n), 0).astype(np.uint8)
     whole = np.zeros(norms.EXPONENTS, np.int64)
     kept = np.zeros(norms.EXPONENTS, np.int64)
@@ -561,7 +554,7 @@ def test_exact_sum_rounds_once() -> None:
     """1 + 2**-24 + 2**-80 is just above a float32 tie: correctly rounded it is 1 + 2**-23, where
     rounding to float64 first (the oracle's float) and then to float32 gives 1."""
     ft = np.array([1.0, 2.0**-24, 2.0**-80], np.float32)
-    base, ft = _frozen(np.zeros(3, np.float32), ft)
+    base, ft = read_only(np.zeros(3, np.float32), ft)
     whole, kept = np.zeros(norms.EXPONENTS, np.int64), np.zeros(norms.EXPONENTS, np.int64)
     norms.l1_counts(base, ft, True, np.ones(3, np.uint8), whole, kept)
     assert norms.exact_sum(whole) == np.float32(1 + 2.0**-23) == norms.exact_sum(kept)
@@ -574,7 +567,7 @@ def test_exact_sum_ties_go_to_even() -> None:
         for k in range(4):
             x = np.float32(scale * (1 + k * 2.0**-23))
             quarter = np.float32(scale * 2.0**-25)
-            base, ft = _frozen(np.zeros(3, np.float32), np.array([x, quarter, -quarter], np.float32))
+            base, ft = read_only(np.zeros(3, np.float32), np.array([x, quarter, -quarter], np.float32))
             whole, kept = np.zeros(norms.EXPONENTS, np.int64), np.zeros(norms.EXPONENTS, np.int64)
             norms.l1_counts(base, ft, False, np.array([1, 1, 0], np.uint8), whole, kept)
             up = np.nextafter(x, np.float32(np.inf))
@@ -589,7 +582,7 @@ def test_exact_sum_inf_and_overflow() -> None:
     assert norms.exact_sum(counts) == np.inf
     counts[:] = 0
     assert norms.exact_sum(counts) == 0
-    base, ft = _frozen(np.zeros(3, np.float32), np.array([3e38, -3e38, np.inf], np.float32))
+    base, ft = read_only(np.zeros(3, np.float32), np.array([3e38, -3e38, np.inf], np.float32))
     whole, kept = np.zeros(norms.EXPONENTS, np.int64), np.zeros(norms.EXPONENTS, np.int64)
     keep = np.array([1, 1, 0], np.uint8)
     norms.l1_counts(base, ft, False, keep, whole, kept)
@@ -650,7 +643,7 @@ def test_della_keep_task_matches_oracle_on_the_task_vector(
     base_values = _pool_values(rng, n, pool)
     base_s = _storage(base_values, kind)
     ft_s = _storage(convert.decode_oracle(base_s) + _pool_values(rng, n, pool), kind)
-    base, ft = _frozen(base_s, ft_s)
+    base, ft = read_only(base_s, ft_s)
     b = convert.decode_oracle(base) if with_base else np.zeros(n, np.float32)
     tau = convert.decode_oracle(ft) - b
     start = first_row * ncols
@@ -671,7 +664,7 @@ def test_della_keep_task_matches_oracle_on_the_task_vector(
 
 @pytest.mark.parametrize(("n", "ncols"), [(10, 4), (10, 0), (10, -2), (3, 4), (1, 2)])
 def test_della_keep_task_refuses_partial_rows(n: int, ncols: int) -> None:
-    base, ft = _frozen(np.zeros(n, np.float32), np.arange(n, dtype=np.float32))
+    base, ft = read_only(np.zeros(n, np.float32), np.arange(n, dtype=np.float32))
     keep = np.zeros(n, np.uint8)
     with pytest.raises(ValueError, match="whole rows"):
         drop.della_keep_task(np.uint64(1), 0, base, ft, True, ncols, 0.5, 0.1, keep)
