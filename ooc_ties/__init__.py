@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ooc_ties._version import __version__
 
 if TYPE_CHECKING:
-    from ooc_ties.config import PRESETS, MergeOptions, Resources, Scope, TrimRule, ZeroSign
+    from ooc_ties.config import PRESETS, MergeOptions, RescaleRule, Resources, Scope, TensorValues, TrimRule, ZeroSign
     from ooc_ties.convert import ConvertResult, convert
     from ooc_ties.errors import (
         CheckpointFormatError,
@@ -32,11 +32,13 @@ if TYPE_CHECKING:
     )
     from ooc_ties.io.zarr_view import open_zarr
     from ooc_ties.merge import MergeResult, merge, plan_merge
+    from ooc_ties.methods import METHODS, Method
     from ooc_ties.pass1.thresholds import GroupThreshold, ThresholdBasis, Thresholds
     from ooc_ties.plan import MergePlan
     from ooc_ties.sources import TensorSource, open_source
 
 __all__ = [
+    "METHODS",
     "PRESETS",
     "CheckpointFormatError",
     "CheckpointNotFoundError",
@@ -47,13 +49,16 @@ __all__ = [
     "MergeOptions",
     "MergePlan",
     "MergeResult",
+    "Method",
     "NonFiniteValueError",
     "OocTiesError",
     "OptionError",
     "OutputPathError",
+    "RescaleRule",
     "Resources",
     "Scope",
     "TensorSource",
+    "TensorValues",
     "ThresholdBasis",
     "Thresholds",
     "TrimRule",
@@ -68,7 +73,16 @@ __all__ = [
 ]
 
 _HOMES = {
-    "ooc_ties.config": ("PRESETS", "MergeOptions", "Resources", "Scope", "TrimRule", "ZeroSign"),
+    "ooc_ties.config": (
+        "PRESETS",
+        "MergeOptions",
+        "RescaleRule",
+        "Resources",
+        "Scope",
+        "TensorValues",
+        "TrimRule",
+        "ZeroSign",
+    ),
     "ooc_ties.convert": ("ConvertResult", "convert"),
     "ooc_ties.errors": (
         "CheckpointFormatError",
@@ -83,6 +97,7 @@ _HOMES = {
     ),
     "ooc_ties.io.zarr_view": ("open_zarr",),  # subclasses zarr's Store: importing it imports zarr (0.2 s)
     "ooc_ties.merge": ("MergeResult", "merge", "plan_merge"),
+    "ooc_ties.methods": ("METHODS", "Method"),
     "ooc_ties.plan": ("MergePlan",),
     "ooc_ties.sources": ("TensorSource", "open_source"),
     "ooc_ties.pass1.thresholds": ("GroupThreshold", "ThresholdBasis", "Thresholds"),

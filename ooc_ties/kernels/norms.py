@@ -15,6 +15,7 @@ refuses non-finite inputs before it gets here).
 
 from __future__ import annotations
 
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -61,8 +62,6 @@ def exact_sum(counts: np.ndarray) -> np.float32:
 
 def l1_counts_oracle(base: np.ndarray, ft: np.ndarray, with_base: bool, keep: np.ndarray) -> tuple[float, float]:
     """The exact L1 norms (whole, kept) as Python floats, summed in exact rational arithmetic."""
-    from fractions import Fraction
-
     b = decode_oracle(base) if with_base else np.zeros(ft.shape, np.float32)
     tau = np.abs(decode_oracle(ft) - b).astype(np.float64)
     whole = sum((Fraction(x) for x in tau.tolist()), Fraction(0))
