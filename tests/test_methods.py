@@ -75,11 +75,12 @@ def test_every_method_matches_its_reference(
         assert data == expected[name].tobytes(), name
 
 
-def test_task_arithmetic_reads_its_inputs_once(tiny_models: Models, tmp_path: Path) -> None:
+@pytest.mark.parametrize("method", ["task_arithmetic", "linear"])
+def test_methods_without_statistics_read_their_inputs_once(tiny_models: Models, tmp_path: Path, method: str) -> None:
     base, fts = tiny_models
-    options = MergeOptions(method="task_arithmetic")
+    options = MergeOptions(method=method)
     plan = plan_merge(base, fts, options)
-    assert "reads: 1 pass over" in plan.describe() and "Task Arithmetic" in plan.describe()
+    assert "reads: 1 pass over" in plan.describe() and options.method.title in plan.describe()
     result = merge(base, fts, tmp_path / "out", options)
     assert result.bytes_read == plan.merge_input_bytes
     assert result.thresholds.majority == {}  # no vote: no consensus
