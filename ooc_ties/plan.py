@@ -274,9 +274,14 @@ def make_plan(
         widest = max(floats, key=lambda name: row_length(base.info(name).shape))
         row = row_length(base.info(widest).shape)
         if block < row:
+            fix = (
+                "raise --memory-budget"
+                if row <= MAX_BLOCK_ELEMENTS
+                else f"longer than the largest block, {MAX_BLOCK_ELEMENTS:,} values, whatever the budget"
+            )
             raise OptionError(
-                f"memory budget {_human(resources.memory_budget)} gives blocks of {block:,} values, but DELLA "
-                f"ranks whole rows and {widest} has rows of {row:,} (raise --memory)"
+                f"{base.where(widest)}: DELLA ranks whole rows, and this tensor has rows of {row:,} values, but "
+                f"memory budget {_human(resources.memory_budget)} gives blocks of {block:,} ({fix})"
             )
     tensors = []
     for name in base.names:
