@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -179,27 +180,18 @@ def _rank_rows(rng: np.random.Generator, n: int) -> Thunks:
     return kernel, lambda: drop.row_ranks_oracle(ft, ncols).tobytes()
 
 
-def _della_keep(rng: np.random.Generator, n: int) -> Thunks:
+def _della(rng: np.random.Generator, n: int, *, from_models: bool) -> Thunks:
+    """DELLA's keep mask of one model's task vector, given as magnitudes or as the model and its base."""
     base, (ft, *_) = _models(rng, n)
     tau = convert.decode_oracle(ft) - convert.decode_oracle(base)
     ncols, key, density, epsilon = _rows(n), int(rng.integers(0, 2**63)), 0.4, 0.2
     keep = np.empty(n, np.uint8)
 
     def kernel() -> bytes:
-        drop.della_keep(np.uint64(key), 0, tau, ncols, density, epsilon, keep)
-        return keep.astype(bool).tobytes()
-
-    return kernel, lambda: drop.della_keep_oracle(key, 0, tau, ncols, density, epsilon).tobytes()
-
-
-def _della_keep_task(rng: np.random.Generator, n: int) -> Thunks:
-    base, (ft, *_) = _models(rng, n)
-    tau = convert.decode_oracle(ft) - convert.decode_oracle(base)
-    ncols, key, density, epsilon = _rows(n), int(rng.integers(0, 2**63)), 0.4, 0.2
-    keep = np.empty(n, np.uint8)
-
-    def kernel() -> bytes:
-        drop.della_keep_task(np.uint64(key), 0, base, ft, True, ncols, density, epsilon, keep)
+        if from_models:
+            drop.della_keep_task(np.uint64(key), 0, base, ft, True, ncols, density, epsilon, keep)
+        else:
+            drop.della_keep(np.uint64(key), 0, tau, ncols, density, epsilon, keep)
         return keep.astype(bool).tobytes()
 
     return kernel, lambda: drop.della_keep_oracle(key, 0, tau, ncols, density, epsilon).tobytes()
@@ -296,8 +288,8 @@ PAIRS: Mapping[str, Pair] = {
     "count_equal": Pair(histogram.count_equal, histogram.count_equal_oracle, _count_equal),
     "random_keep": Pair(drop.random_keep, drop.random_keep_oracle, _random_keep),
     "rank_rows": Pair(drop.rank_rows, drop.row_ranks_oracle, _rank_rows),
-    "della_keep": Pair(drop.della_keep, drop.della_keep_oracle, _della_keep),
-    "della_keep_task": Pair(drop.della_keep_task, drop.della_keep_oracle, _della_keep_task),
+    "della_keep": Pair(drop.della_keep, drop.della_keep_oracle, partial(_della, from_models=False)),
+    "della_keep_task": Pair(drop.della_keep_task, drop.della_keep_oracle, partial(_della, from_models=True)),
     "l1_counts": Pair(norms.l1_counts, norms.l1_counts_oracle, _l1_counts),
     "elect_count": Pair(ties.elect_count, ties.elect_count_oracle, _elect_count),
     "merge": Pair(ties.merge, ties.merge_oracle, _merge),
