@@ -44,3 +44,32 @@ def test_examples_run(page: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         exec(code, namespace)
     assert any(temp.iterdir()), "the examples no longer use a temporary folder: drop the redirection"
     assert _temp_entries(system_temp) - before == set()
+
+
+def _column(cells: list[str], k: int, i: int, count: int) -> str:
+    """Cell ``k`` for the ``i``-th of ``count`` methods of a row (``a, b`` where they differ)."""
+    parts = [p.strip() for p in cells[k].split(",")]
+    return parts[i] if len(parts) == count else cells[k]
+
+
+def test_the_methods_table_states_each_declaration() -> None:
+    """docs/methods.md's table of methods says what ``ooc_ties.methods`` declares: every method, its
+    sign election, its default normalization, and its parameters (``int8_mask``, which changes nothing,
+    aside). A row may hold two methods, with ``a, b`` where they differ."""
+    from ooc_ties.methods import METHODS
+
+    text = (DOCS / "methods.md").read_text(encoding="utf-8")
+    start = text.index("| method |")
+    table = text[start : text.index("\n\n", start)].splitlines()[2:]
+    seen = set()
+    for row in table:
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        names = re.findall(r"`([a-z_]+)`", cells[0].split("(")[0])
+        for i, name in enumerate(names):
+            method = METHODS[name]
+            assert (_column(cells, 2, i, len(names)) == "sum") == method.consensus, (name, cells[2])
+            assert (_column(cells, 3, i, len(names)) == "yes") == method.normalize, (name, cells[3])
+            documented = set(re.findall(r"`([a-z_0-9]+)`", cells[5]))
+            assert documented == {p.name for p in method.parameters} - {"int8_mask"}, (name, cells[5])
+            seen.add(name)
+    assert seen == set(METHODS)
