@@ -57,9 +57,10 @@ def _command(models: Models, out: Path, *extra: str) -> list[str]:
 
 
 _KILLED_AT = f"""
-import os, signal, sys
+import json, os, signal, sys
 from ooc_ties import PRESETS, Resources, merge
-phase, share, out, base, *fts = sys.argv[1:]
+options, phase, share, out, base, *fts = sys.argv[1:]
+options = PRESETS["paper"].with_(**json.loads(options))
 
 class KillingProgress:
     # SIGKILLs this process once `share` of the bytes of the pass named `phase` are done (0: as it starts)
@@ -81,16 +82,17 @@ class KillingProgress:
         pass
 
 resources = Resources(threads={THREADS}, max_block_elements={BLOCK})
-merge(base, fts, out, PRESETS["paper"], resources, progress=KillingProgress, resume=True)
+merge(base, fts, out, options, resources, progress=KillingProgress, resume=True)
 raise SystemExit(phase + " never reached " + share + " of its bytes")
 """
 
 
-def _kill_at(models: Models, out: Path, phase: str, share: float) -> None:
+def _kill_at(models: Models, out: Path, phase: str, share: float, options: str = "{}") -> None:
     """Run a resumable merge into ``out`` in a child process that is SIGKILLed once ``share`` of the bytes
-    of pass ``phase`` are done; the partial merge must stay."""
+    of pass ``phase`` are done; the partial merge must stay. ``options``: changes to the ``paper`` preset
+    (JSON, ``MergeOptions`` fields)."""
     base, fts = models
-    command = [sys.executable, "-c", _KILLED_AT, phase, str(share), str(out), str(base), *map(str, fts)]
+    command = [sys.executable, "-c", _KILLED_AT, options, phase, str(share), str(out), str(base), *map(str, fts)]
     killed = subprocess.run(command, capture_output=True, text=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert staging_path(out.absolute()).is_dir()
@@ -111,6 +113,37 @@ def test_sigkill_at_chosen_points_then_resume_is_byte_identical(
     assert "pass 1/2" not in done.stderr and "resumed:" in done.stderr
     assert tree_digest(out) == uninterrupted[suffix]
     assert not staging_path(out.absolute()).exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "flags"),
+    [
+        (
+            '{"method": "dare_ties", "density": 0.3, "seed": 4}',
+            ["--method", "dare_ties", "--density", "0.3", "--seed", "4"],
+        ),
+        (
+            '{"method": "breadcrumbs_ties", "density": 0.4, "gamma": 0.05, "rescale": true}',
+            ["--method", "breadcrumbs_ties", "--density", "0.4", "--gamma", "0.05", "--rescale"],
+        ),
+        (
+            '{"method": "della", "density": 0.5, "epsilon": 0.2}',
+            ["--method", "della", "--density", "0.5", "--epsilon", "0.2"],
+        ),
+    ],
+)
+def test_a_resume_keeps_every_methods_statistics(
+    models: Models, tmp_path: Path, options: str, flags: list[str]
+) -> None:
+    """The band's cuts and quotas, the rescale factors and the drops (drawn again) survive a resume."""
+    whole = tmp_path / "whole"
+    subprocess.run(_command(models, whole, *flags), check=True)
+    out = tmp_path / "out"
+    _kill_at(models, out, "pass 2/2", 0.5, options)
+    done = subprocess.run(_command(models, out, "--resume", *flags), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "pass 1/2" not in done.stderr and "resumed:" in done.stderr
+    assert tree_digest(out) == tree_digest(whole)
 
 
 def test_a_resume_skips_pass_1_and_finished_blocks(models: Models, tmp_path: Path) -> None:

@@ -48,9 +48,12 @@ def rescale_factors(
     for state in states:
         for name, counts in state.items():
             totals[name] = totals[name] + counts if name in totals else counts
+    ordered = [name for name in dict.fromkeys(b.tensor.name for b in blocks) if name in totals]  # (plan order)
     return {
-        name: tuple(float(l1_scale(exact_sum(c[t, 0]), exact_sum(c[t, 1]))) for t in range(scan.n))
-        for name, c in totals.items()
+        name: tuple(
+            float(l1_scale(exact_sum(totals[name][t, 0]), exact_sum(totals[name][t, 1]))) for t in range(scan.n)
+        )
+        for name in ordered
     }
 
 
