@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import tree_digest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -294,3 +295,15 @@ def test_sign_from_on_the_command_line(tiny_models: Models, tmp_path: Path) -> N
 def test_every_method_is_in_the_table_of_cases() -> None:
     """CASES is the method/reference table: each declared method is compared with the reference."""
     assert {param.values[0].method.name for param in CASES} == set(METHODS)
+
+
+@pytest.mark.parametrize("options", CASES)
+def test_every_file_is_the_same_whatever_the_blocks_and_threads(
+    tiny_models: Models, tmp_path: Path, options: MergeOptions
+) -> None:
+    """Not only the tensors: the recipe (thresholds, rescale factors), model card and config too."""
+    base, fts = tiny_models
+    one = merge(base, fts, tmp_path / "one", options, Resources(max_block_elements=700, threads=1)).output
+    two = merge(base, fts, tmp_path / "two", options, Resources(threads=2)).output
+    assert one is not None and two is not None
+    assert tree_digest(one) == tree_digest(two)
