@@ -18,7 +18,7 @@ from ooc_ties.config import PRESETS, MergeOptions, RescaleRule, TensorValues
 from ooc_ties.dtypes import TORCH_NAMES, DType
 from ooc_ties.errors import OptionError
 from ooc_ties.io.side_files import MERGEKIT_CONFIG_NAME
-from ooc_ties.mergekit_yaml import MergekitConfig, build_config, check, layer_count, layer_t, resolve
+from ooc_ties.mergekit_yaml import MergekitConfig, Scalar, build_config, check, layer_count, layer_t, resolve
 from ooc_ties.methods import METHODS
 
 __all__ = ["CONFIG_NAME", "ConfiguredMerge", "configured_merge", "mergekit_config"]
@@ -128,29 +128,30 @@ def configured_merge(
                 own[name] = TensorValues(**fields)
     if own:
         options = options.with_(per_tensor=own)
+    if config.ooc_ties:
+        try:
+            options = options.with_(**config.ooc_ties)
+        except OptionError as error:
+            raise OptionError(f"{where}: ooc_ties: {error}") from None
     return ConfiguredMerge(base, models, options, config.chat_template)
 
 
 def mergekit_config(
     options: MergeOptions, base: str, models: Sequence[str], out_dtypes: Set[DType], chat_template: str | None = None
 ) -> MergekitConfig | None:
-    """The mergekit configuration of a merge with ``options`` of ``base`` and ``models`` (paths as given)
-    whose merged tensors are written in ``out_dtypes``, or ``None`` if mergekit cannot
-    express it: TIES under other rules than mergekit's (the ``paper`` preset's whole-model thresholds,
-    ties kept at the cut, majority zero sign), or merged tensors written in several dtypes.
-    :func:`configured_merge` of it gives the same merge (tested), and ``mergekit-yaml`` runs it."""
-    mergekit = PRESETS["mergekit"]
-    if options.method.trims and (options.scope, options.trim, options.zero_sign) != (
-        mergekit.scope,
-        mergekit.trim,
-        mergekit.zero_sign,
-    ):
-        return None
-    if len(out_dtypes) > 1:
-        return None
+    """The configuration of a merge with ``options`` of ``base`` and ``models`` (paths as given) whose
+    merged tensors are written in ``out_dtypes``: :func:`configured_merge` of it gives the same merge
+    (tested). Rules mergekit has no key for (the ``paper`` preset's whole-model thresholds, ties kept at
+    the cut, the majority zero sign; a seed; the DARE paper's rescale; the sign's model) go into the
+    ``ooc_ties:`` block, which mergekit ignores: ``mergekit-yaml`` then runs its own rules. ``None`` if
+    no configuration can say it: merged tensors written in several dtypes, a lambda for ``linear``, a
+    model listed twice, or the base among the models of a method with a base (a configuration lists a
+    model once, and drops the base listed again)."""
     method = options.method
-    if method.sparsify.random and (options.seed != 0 or options.rescale_rule is not RescaleRule.L1):
-        return None  # (a configuration has no seed, and mergekit rescales by the L1 rule only)
+    if len(out_dtypes) > 1 or len(set(models)) != len(models) or (method.uses_base and base in models):
+        return None
+    if not method.uses_base and options.lam != 1.0:
+        return None  # (mergekit's linear has no lambda)
     n = len(models)
     per_model: dict[str, Sequence[object]] = {
         "weight": _with_filters(options, "weights", [float(w) for w in options.model_weights(n)])
@@ -164,8 +165,6 @@ def mergekit_config(
     shared: dict[str, float | bool] = {"normalize": bool(options.normalize)}
     if method.uses_base:
         shared["lambda"] = options.lam
-    elif options.lam != 1.0:
-        return None  # (mergekit's linear has no lambda)
     if method.sparsifies:
         shared["rescale"] = bool(options.rescale)
     dtype = next(iter(out_dtypes), None)
@@ -178,8 +177,29 @@ def mergekit_config(
         chat_template=chat_template,
         dtype="float32",  # what ooc-ties computes in; mergekit computes in its dtype
         out_dtype=TORCH_NAMES[dtype] if dtype is not None else None,
+        ooc_ties=_own_rules(options),
         where=CONFIG_NAME,
     )
+
+
+def _own_rules(options: MergeOptions) -> dict[str, Scalar]:
+    """The ``ooc_ties:`` block of a merge: its rules that differ from what a configuration gives."""
+    mergekit = PRESETS["mergekit"]
+    rules: dict[str, Scalar] = {}
+    # the scope decides the thresholds and, under the majority rule, over what the majority is counted
+    if (options.method.trims or options.majority_vote) and options.scope is not mergekit.scope:
+        rules["scope"] = options.scope.value
+    if options.method.trims and options.trim is not mergekit.trim:
+        rules["trim"] = options.trim.value
+    if options.method.consensus and options.zero_sign is not mergekit.zero_sign:
+        rules["zero_sign"] = options.zero_sign.value
+    if options.method.sparsify.random and options.seed != 0:
+        rules["seed"] = options.seed
+    if options.rescale and options.rescale_rule is not RescaleRule.L1:
+        rules["rescale_rule"] = options.rescale_rule.value
+    if options.sign_from is not None:
+        rules["sign_from"] = options.sign_from
+    return rules
 
 
 def _with_filters(options: MergeOptions, field: str, merged: list[float]) -> list[object]:

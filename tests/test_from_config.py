@@ -161,18 +161,45 @@ def test_the_config_written_beside_an_output_reproduces_it(
     assert (tmp_path / "again" / "mergekit_config.yml").read_text() == text
 
 
-def test_no_config_where_mergekit_cannot_express_the_merge(tiny_models: Models, tmp_path: Path) -> None:
-    """The paper preset's whole-model thresholds (and ties kept at the cut, and the majority zero sign)
-    are not mergekit's: no mergekit_config.yml, rather than one that would merge differently. A base's
-    own mergekit_config.yml is never copied."""
+@pytest.mark.parametrize(
+    ("options", "block"),
+    [
+        (PRESETS["paper"], {"scope": "global", "trim": "threshold", "zero_sign": "majority"}),
+        (
+            MergeOptions(method="dare_ties", density=0.4, seed=9, rescale_rule="density"),
+            {"seed": 9, "rescale_rule": "density", "scope": "global", "zero_sign": "majority"},
+        ),
+        (PRESETS["mergekit"], {}),
+    ],
+)
+def test_every_merge_gets_a_config_that_reproduces_it(
+    tiny_models: Models, tmp_path: Path, options: MergeOptions, block: dict[str, object]
+) -> None:
+    """What mergekit has no key for (the paper preset's whole-model thresholds, ties kept at the cut, the
+    majority zero sign, a seed, the DARE paper's rescale) goes into the ooc_ties: block, which mergekit
+    ignores; the file reproduces the merge byte for byte. A base's own mergekit_config.yml is never
+    copied."""
     base, fts = tiny_models
     copy = tmp_path / "base"
     shutil.copytree(base, copy)
     (copy / "mergekit_config.yml").write_text("merge_method: linear\n")
-    out = merge(copy, fts, tmp_path / "paper", PRESETS["paper"]).output
-    assert out is not None and not (out / "mergekit_config.yml").exists()
-    out = merge(copy, fts, tmp_path / "mk", PRESETS["mergekit"]).output
-    assert out is not None and "merge_method: ties" in (out / "mergekit_config.yml").read_text()
+    out = merge(copy, fts, tmp_path / "first", options).output
+    assert out is not None
+    written = parse_config((out / "mergekit_config.yml").read_text(), "written")
+    assert written.merge_method == options.method.name
+    assert dict(written.ooc_ties) == block
+    main(["merge", "--config", str(out / "mergekit_config.yml"), "-o", str(tmp_path / "again"), "-q"])
+    with Checkpoint(out) as first, Checkpoint(tmp_path / "again") as again:
+        assert all(first.read(name).tobytes() == again.read(name).tobytes() for name in first.names)
+
+
+def test_the_ooc_ties_block_is_checked_in_one_line(tiny_models: Models) -> None:
+    base, fts = tiny_models
+    head = f"merge_method: ties\nbase_model: {base}\nmodels:\n  - model: {fts[0]}\n    parameters: {{weight: 1}}\n"
+    with pytest.raises(OptionError, match='ooc_ties: unknown key "threads"'):
+        parse_config(head + "ooc_ties: {threads: 2}\n", "x.yml")
+    with pytest.raises(OptionError, match=r'x\.yml: ooc_ties: scope "everything" is invalid'):
+        configured_merge(parse_config(head + "ooc_ties: {scope: everything}\n", "x.yml"))
 
 
 @pytest.mark.parametrize("method", ["ties", "dare_ties", "breadcrumbs_ties", "della_linear"])

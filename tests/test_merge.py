@@ -110,7 +110,8 @@ def test_output_folder_is_a_loadable_hf_model(tiny_models: Models, tmp_path: Pat
     base, fts = tiny_models
     result = merge(base, fts, tmp_path / "out", PRESETS["paper"])
     names = sorted(p.name for p in result.output.iterdir())
-    assert names == ["README.md", "config.json", "generation_config.json", "model.safetensors", "ooc_ties_recipe.json"]
+    expected = ["README.md", "config.json", "generation_config.json", "mergekit_config.yml", "model.safetensors"]
+    assert names == [*expected, "ooc_ties_recipe.json"]
     raw = (result.output / "model.safetensors").read_bytes()
     # The safetensors package validates the header and layout (contiguous, in bounds) when it parses.
     tensors = dict(safetensors.deserialize(raw))

@@ -103,7 +103,7 @@ def test_a_sentence_transformers_base_gives_a_whole_folder(
     expected = {name: data for name, data in _files(st_base).items() if name in ST_SIDE_FILES}
     expected["config.json"] = (st_base / "config.json").read_bytes()
     expected["generation_config.json"] = (st_base / "generation_config.json").read_bytes()
-    assert set(got) == {*expected, "model.safetensors", "ooc_ties_recipe.json", "README.md"}
+    assert set(got) == {*expected, "model.safetensors", "ooc_ties_recipe.json", "README.md", "mergekit_config.yml"}
     assert {name: got[name] for name in expected} == expected
     assert not (result.output / "original").exists() and not (result.output / "onnx").exists()
     skipped = [r.getMessage() for r in caplog.records if "weights not copied" in r.getMessage()]

@@ -2,7 +2,9 @@
 
 **Keys.** ``merge_method`` (a string; the caller checks it against its registry), ``base_model``,
 ``models`` (a list of ``{model, parameters}``), ``parameters``, ``dtype``, ``out_dtype``,
-``tokenizer_source`` (only ``base``) and ``chat_template`` (only a literal Jinja template). Refused:
+``tokenizer_source`` (only ``base``), ``chat_template`` (only a literal Jinja template), and ``ooc_ties``, a
+block of ooc-ties' own rules (:data:`EXTENSIONS`: scope, tie rule, zero sign, seed, rescale rule, sign
+model) that mergekit ignores, so that every ooc-ties merge can be written as a configuration. Refused:
 ``slices`` and ``modules`` (layer ranges, per-module merges), a ``tokenizer`` block and
 ``tokenizer_source: union`` or a model (both rebuild the vocabulary and embeddings), every other key
 (mergekit silently ignores unknown keys such as ``name``), a key written twice in one mapping (YAML
@@ -32,6 +34,7 @@ from ooc_ties.mergekit_yaml.settings import NO_SETTINGS, Scalar, Setting, parse_
 
 __all__ = [
     "DTYPE_NAMES",
+    "EXTENSIONS",
     "KEYS",
     "MergekitConfig",
     "ModelEntry",
@@ -43,7 +46,17 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-KEYS = ("merge_method", "base_model", "models", "parameters", "dtype", "out_dtype", "tokenizer_source", "chat_template")
+KEYS = (
+    "merge_method",
+    "base_model",
+    "models",
+    "parameters",
+    "dtype",
+    "out_dtype",
+    "tokenizer_source",
+    "chat_template",
+    "ooc_ties",
+)
 """The top-level keys ooc-ties reads, in the order :func:`~ooc_ties.mergekit_yaml.writer.to_yaml` writes them."""
 _REFUSED_KEYS = {
     "slices": "layer slices are not supported (ooc-ties merges whole models: list them under models)",
@@ -97,11 +110,15 @@ class MergekitConfig:
     chat_template: str | None = None
     """A literal Jinja chat template for the output
     (:func:`~ooc_ties.mergekit_yaml.chat_template.apply_chat_template`), if set."""
+    ooc_ties: Mapping[str, Scalar] = field(default_factory=lambda: MappingProxyType({}), hash=False)
+    """The ``ooc_ties:`` block: ooc-ties' own rules where they differ from mergekit's (:data:`EXTENSIONS`);
+    mergekit ignores the block (it ignores every key it does not know)."""
     source: str = field(default="<config>", compare=False, hash=False)
     """Where the configuration came from (a file name, ``"command line"``), for messages."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "parameters", _frozen(self.parameters))
+        object.__setattr__(self, "ooc_ties", MappingProxyType(dict(self.ooc_ties)))
 
     @property
     def model_names(self) -> tuple[str, ...]:
@@ -165,6 +182,26 @@ def _parse_models(value: object, where: str) -> list[ModelEntry]:
     return entries
 
 
+EXTENSIONS = ("scope", "trim", "zero_sign", "seed", "rescale_rule", "sign_from")
+"""The keys of the ``ooc_ties:`` block: the rules of a merge mergekit has no key for (``MergeOptions``
+fields of the same names; their values are checked there)."""
+
+
+def _parse_extensions(value: object, where: str) -> dict[str, Scalar]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise OptionError(
+            f"{where}: expected a mapping of ooc-ties' rules ({', '.join(EXTENSIONS)}); got {show(value)}"
+        )
+    for key, item in value.items():
+        if key not in EXTENSIONS:
+            raise OptionError(f'{where}: unknown key "{key}" (expected one of: {", ".join(EXTENSIONS)})')
+        if isinstance(item, (dict, list)) or item is None:
+            raise OptionError(f"{where}: {key}: expected a single value; got {show(item)}")
+    return dict(value)
+
+
 def _drop_base(entries: list[ModelEntry], base: str | None, where: str) -> tuple[ModelEntry, ...]:
     kept = []
     for i, entry in enumerate(entries):
@@ -217,6 +254,7 @@ def parse_document(document: object, where: str) -> MergekitConfig:
         out_dtype=None if dtypes["out_dtype"] is None else parse_dtype_name(dtypes["out_dtype"], f"{where}: out_dtype"),
         tokenizer_source=source,
         chat_template=None if template is None else parse_chat_template(template, f"{where}: chat_template"),
+        ooc_ties=_parse_extensions(document.get("ooc_ties"), f"{where}: ooc_ties"),
         source=where,
     )
 
@@ -232,6 +270,7 @@ def build_config(
     out_dtype: str | None = None,
     tokenizer_source: str | None = None,
     chat_template: str | None = None,
+    ooc_ties: Mapping[str, Scalar] | None = None,
     where: str = "command line",
 ) -> MergekitConfig:
     """A configuration from plain values, validated as a YAML one is (a merge given on the command line).
@@ -256,5 +295,6 @@ def build_config(
         "out_dtype": out_dtype,
         "tokenizer_source": tokenizer_source,
         "chat_template": chat_template,
+        "ooc_ties": dict(ooc_ties) if ooc_ties else None,
     }
     return parse_document(document, where)

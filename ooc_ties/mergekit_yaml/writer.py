@@ -78,6 +78,8 @@ def to_yaml(config: MergekitConfig) -> str:
     for key in ("dtype", "out_dtype", "tokenizer_source", "chat_template"):
         if getattr(config, key) is not None:
             document[key] = getattr(config, key)
+    if config.ooc_ties:
+        document["ooc_ties"] = dict(config.ooc_ties)
     text: str = yaml.dump(
         document, Dumper=_Dumper, sort_keys=False, allow_unicode=True, default_flow_style=False, width=1 << 16
     )
