@@ -34,7 +34,7 @@ def test_every_kernel_has_its_oracle_in_the_table() -> None:
 
 @pytest.mark.parametrize("name", sorted(PAIRS))
 @pytest.mark.parametrize("n", [1, 700, 2048 * 2 + 350])
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", [0, 1])
 def test_kernel_matches_its_oracle(name: str, n: int, seed: int) -> None:
     kernel, oracle = PAIRS[name].case(np.random.default_rng([seed, n]), n)
     assert kernel() == oracle()

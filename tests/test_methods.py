@@ -62,7 +62,7 @@ def _read_all(folder: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("options", CASES)
-@pytest.mark.parametrize(("block", "threads"), [(None, 2), (1000, 1), (4096, 2)])
+@pytest.mark.parametrize(("block", "threads"), [(None, 2), (1000, 1), pytest.param(4096, 2, marks=pytest.mark.slow)])
 def test_every_method_matches_its_reference(
     tiny_models: Models, tmp_path: Path, options: MergeOptions, block: int | None, threads: int
 ) -> None:

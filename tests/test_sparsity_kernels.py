@@ -225,7 +225,7 @@ def _first_bad(encoded: np.ndarray) -> int:
     return int(bad[0]) if bad.size else -1
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(
     seed=st.integers(0, 2**32 - 1),
     n=SIZES,
@@ -370,7 +370,7 @@ def _neutral(form: str, n_models: int, n: int) -> tuple:
     )
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(
     seed=st.integers(0, 2**32 - 1),
     n=SIZES,
