@@ -71,7 +71,7 @@ def pass1_reads(options: MergeOptions, full: int, sample: int, given: bool = Fal
       When the sample is the whole group (one block), two reads.
     * Tie counts (``topk``, density below 1): one read, skipped where no tie straddles a cut-off. It is
       counted as expected: with bf16 or f16 task vectors ties at the cut-off are the rule.
-    * Breadcrumbs' band: the thresholds and tie counts twice, once per cut.
+    * Breadcrumbs' band: the thresholds twice, once per cut (the tie counts of both in one read).
     * Rescale norms (mergekit's L1 rule, where a drop or a trim keeps less than all): one read.
     * The majority sign (``majority``): the sample's votes; the other blocks vote too (one read in
       all) only if the sample is not decisive and the open elements it predicts do not fit pass 2's
@@ -92,7 +92,7 @@ def pass1_reads(options: MergeOptions, full: int, sample: int, given: bool = Fal
         else:
             reads.append(Pass1Read("two-read thresholds", cuts * 2 * full))
     if trims and options.trim is TrimRule.TOPK:
-        reads.append(Pass1Read("tie counts", cuts * full))
+        reads.append(Pass1Read("tie counts", full))  # (both of the band's cuts in one read)
     if (options.drops or trims) and options.rescale and options.rescale_rule is RescaleRule.L1 and not given:
         reads.append(Pass1Read("rescale norms", full))
     if options.majority_vote and not given:

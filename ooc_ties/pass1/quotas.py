@@ -20,32 +20,44 @@ __all__ = ["tie_quotas"]
 
 
 def tie_quotas(
-    scan: Scan, blocks: Sequence[BlockRef], groups: tuple[GroupThreshold, ...], quotas: np.ndarray, label: str
+    scan: Scan,
+    blocks: Sequence[BlockRef],
+    cuts: Sequence[tuple[tuple[GroupThreshold, ...], np.ndarray]],
+    label: str,
 ) -> None:
-    """Write into ``quotas`` (rows: block ordinals) the ties each block of the group keeps (-1: all)."""
+    """For each cut ``(groups, quotas)`` (a threshold per model; breadcrumbs' band has two cuts), write
+    into ``quotas`` (rows: block ordinals) the ties each block of the group keeps (-1: all). The ties of
+    every cut that splits them are counted in one read."""
     ordinals = [b.ordinal for b in blocks]
-    quotas[ordinals] = -1
-    for t, g in enumerate(groups):
-        if g.kept == 0 and g.keep_equal == 0:  # keeps nothing (``keep_none``): no tie is kept, none counted
-            quotas[ordinals, t] = 0
-    split = [t for t, g in enumerate(groups) if g.keep_equal >= 0 and g.kept > 0]
-    if not split:
+    patterns = []
+    for groups, quotas in cuts:
+        quotas[ordinals] = -1
+        for t, g in enumerate(groups):
+            if g.kept == 0 and g.keep_equal == 0:  # keeps nothing (``keep_none``): no tie is kept, none counted
+                quotas[ordinals, t] = 0
+        patterns.append(np.array([g.pattern if g.keep_equal >= 0 and g.kept > 0 else -1 for g in groups], np.int64))
+    if all((p < 0).all() for p in patterns):
         return
-    patterns = np.array([g.pattern if g.keep_equal >= 0 else -1 for g in groups], np.int64)
     counts = equal_counts(scan, f"{label}tie counts", blocks, patterns)
-    for t in split:
-        per_block = counts[:, t]
-        before = np.cumsum(per_block) - per_block
-        quotas[ordinals, t] = np.clip(groups[t].keep_equal - before, 0, per_block)
+    for (groups, quotas), pattern, count in zip(cuts, patterns, counts, strict=True):
+        for t in np.flatnonzero(pattern >= 0).tolist():
+            per_block = count[:, t]
+            before = np.cumsum(per_block) - per_block
+            quotas[ordinals, t] = np.clip(groups[t].keep_equal - before, 0, per_block)
 
 
-def equal_counts(scan: Scan, label: str, blocks: Sequence[BlockRef], patterns: np.ndarray) -> np.ndarray:
-    """``(len(blocks), models)``: values equal to each model's pattern, per block of the group."""
+def equal_counts(
+    scan: Scan, label: str, blocks: Sequence[BlockRef], patterns: Sequence[np.ndarray]
+) -> list[np.ndarray]:
+    """Per pattern array, ``(len(blocks), models)``: the values equal to each model's pattern (``-1``:
+    not counted), per block of the group; every pattern array in the same read."""
     rows = {ref.ordinal: row for row, ref in enumerate(blocks)}
-    out = np.zeros((len(blocks), scan.n), np.int64)
+    out = [np.zeros((len(blocks), scan.n), np.int64) for _ in patterns]
 
     def work(ref: BlockRef, base: np.ndarray, fts: tuple[np.ndarray, ...], _: None) -> None:
-        count_equal(base, fts, patterns, out[rows[ref.ordinal]])
+        for pattern, counts in zip(patterns, out, strict=True):
+            if (pattern >= 0).any():
+                count_equal(base, fts, pattern, counts[rows[ref.ordinal]])
 
     scan.run(label, blocks, work, lambda: None)
     return out

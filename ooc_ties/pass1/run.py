@@ -104,9 +104,8 @@ def _group(
         result = group_thresholds(scan, blocks, options, label)
     else:  # no order statistics: every value passes the trim (a drop, if any, decides)
         result = tuple(GroupThreshold.keep_all(sum(b.stop - b.start for b in blocks)) for _ in range(n))
-    tie_quotas(scan, blocks, result, quotas[:, :n], label)
-    if outliers is not None:
-        tie_quotas(scan, blocks, outliers, quotas[:, n:], f"{label}outliers: ")
+    cuts = [(result, quotas[:, :n])] + ([(outliers, quotas[:, n:])] if outliers is not None else [])
+    tie_quotas(scan, blocks, cuts, label)
     general = needs_sparsity(options)
     band_cut = {key: outliers} if outliers is not None else {}
     scales: dict[str, tuple[float, ...]] = {}
