@@ -41,10 +41,13 @@ from tests.conftest import TINY
 
 VENV = Path(os.environ.get("OOC_TIES_MERGEKIT_VENV", "/nonexistent"))
 MERGEKIT_YAML = VENV / "bin" / "mergekit-yaml"
-pytestmark = pytest.mark.skipif(
-    not MERGEKIT_YAML.is_file(),
-    reason="mergekit is not installed: set OOC_TIES_MERGEKIT_VENV to a venv with mergekit==0.1.5 (as .ci/run does)",
-)
+pytestmark = [
+    pytest.mark.slow,  # (about 30 mergekit merges: with the other slow tests in .ci/run, not the default run)
+    pytest.mark.skipif(
+        not MERGEKIT_YAML.is_file(),
+        reason="mergekit is not installed: set OOC_TIES_MERGEKIT_VENV to a venv with mergekit==0.1.5 (as .ci/run does)",
+    ),
+]
 
 MAX_ULP = 4
 
