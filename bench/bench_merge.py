@@ -12,14 +12,16 @@
   ~20 ms) and GB/s of input (input bytes counted once, whatever the number of passes).
 * Reports medians per variant, ooc-ties/floor wall ratios and 1-thread/2-thread speedups, as a table
   and optionally as JSON.
+* ``--methods all`` adds one row per merge method: ``ooc-ties merge --config METHOD.yml`` beside
+  ``mergekit-yaml METHOD.yml`` on the same config, against the floor of reading the inputs once.
 
 Before the timed rounds, each merge variant runs once untimed with ``-vv`` and progress bars (a warm-up
 of the Numba cache and the page cache) and its stderr is timestamped line by line, which gives the
 time of startup, pass 1 (and its sub-passes) and pass 2. See bench/README.md.
 
 The work is done by the ``merge_bench`` package beside this file, one module per stage: ``data`` (the
-models), ``variants`` (what is run), ``measure`` (one command), ``run`` (one shape), ``report`` (medians,
-ratios, tables, JSON) and ``cli`` (the options).
+models and the mergekit configs), ``variants`` (what is run), ``measure`` (one command), ``run`` (one shape),
+``report`` (medians, ratios, tables, JSON) and ``cli`` (the options).
 """
 
 import sys

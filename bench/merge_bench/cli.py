@@ -15,7 +15,7 @@ from .environment import environment
 from .report import print_scaling_summary, scaling_json
 from .run import run_shape
 from .util import log
-from .variants import DEFAULTS, SCALING_DEFAULTS, Spec, check_mergekit, parse_variant
+from .variants import DEFAULTS, SCALING_DEFAULTS, Spec, check_mergekit, method_specs, parse_methods, parse_variant
 
 DESCRIPTION = "Benchmark ``ooc-ties merge`` against the I/O floor of reading its inputs from a warm page cache."
 
@@ -58,6 +58,35 @@ def _add_mergekit_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_method_options(p: argparse.ArgumentParser) -> None:
+    me = p.add_argument_group("merge methods")
+    me.add_argument(
+        "--methods",
+        type=parse_methods,
+        default=[],
+        metavar="LIST",
+        help="one row per merge method: 'all' or a comma-separated list (linear, task_arithmetic, ties, dare_ties, "
+        "dare_linear, breadcrumbs, breadcrumbs_ties, della, della_linear). Each runs ooc-ties merge --config "
+        "WORKDIR/methods/METHOD.yml (variant method:METHOD) and mergekit-yaml on the same file (variant "
+        "mergekit-yaml:METHOD), after the --variant ones",
+    )
+    me.add_argument(
+        "--mergekit-methods",
+        type=parse_methods,
+        metavar="LIST",
+        help="the methods of --methods that mergekit-yaml runs too: 'all', 'none' or a list (default: all of them)",
+    )
+
+
+def _specs(args: argparse.Namespace, defaults: list[Spec]) -> list[Spec]:
+    """The --variant specs, then the --methods pairs; ``defaults`` when there are neither."""
+    mergekit = args.methods if args.mergekit_methods is None else args.mergekit_methods
+    methods = method_specs(args.methods, mergekit)
+    if args.variant is None and not methods:
+        return defaults
+    return (args.variant or []) + methods
+
+
 def _add_scaling_options(p: argparse.ArgumentParser) -> None:
     sc = p.add_argument_group("scaling")
     sc.add_argument(
@@ -90,8 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="VARIANT",
         help="repeatable: PRESET[:THREADS] is ooc-ties (PRESET paper or mergekit; THREADS a number, or 'all' / "
         "omitted for paper = all CPUs); 'mergekit' alone is mergekit itself (mergekit-yaml); "
-        "'reference[:PRESET]' is the in-RAM NumPy reference (default: paper:2 paper:1 mergekit:2; "
-        "with --scaling: paper:2 paper:1)",
+        "'method:METHOD[:THREADS]' is ooc-ties on METHOD's mergekit config and 'mergekit-yaml:METHOD' mergekit "
+        "on it (see --methods); 'reference[:PRESET]' is the in-RAM NumPy reference (default, without --methods: "
+        "paper:2 paper:1 mergekit:2; with --scaling: paper:2 paper:1)",
     )
     p.add_argument("--budget", help="add --memory-budget BUDGET to every ooc-ties variant (e.g. 256MiB)")
     p.add_argument("--json", type=Path, help="write all runs, medians and ratios to this JSON file")
@@ -101,12 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--keep-output", action="store_true", help="do not delete the last merge output")
     _add_mergekit_options(p)
+    _add_method_options(p)
     _add_scaling_options(p)
     return p
 
 
 def _single(args: argparse.Namespace, env_info: dict[str, Any]) -> int:
-    report = run_shape(args, args.shape, args.workdir / "models", args.variant or DEFAULTS)
+    report = run_shape(args, args.shape, args.workdir / "models", _specs(args, DEFAULTS))
     report["environment"] = env_info
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -129,8 +160,8 @@ def _scaling(p: argparse.ArgumentParser, args: argparse.Namespace, env_info: dic
     for sh in shapes:
         if sh not in SHAPES:
             p.error(f"--shapes: unknown shape {sh!r} (choose from {', '.join(SHAPES)})")
-    specs: list[Spec] = args.variant or SCALING_DEFAULTS
-    if any(kind == "mergekit-yaml" for kind, _, _ in specs):
+    specs = _specs(args, SCALING_DEFAULTS)
+    if any(spec.kind == "mergekit-yaml" for spec in specs):
         check_mergekit(args.mergekit_venv)  # fail before generating anything
     json_path = args.json or args.workdir / "scaling.json"
     started = time.perf_counter()

@@ -1,4 +1,5 @@
-"""The data: the synthetic models (generated once, located, counted), the workdir's paths, mergekit's config.
+"""The data: the synthetic models (generated once, located, counted), the workdir's paths, the mergekit configs
+(the TIES one equivalent to ooc-ties' ``mergekit`` preset, and one per merge method).
 
 Nothing here imports ``ooc_ties`` (or NumPy): a child's ``ru_maxrss`` starts from the RSS of the process it
 was forked from, so what needs the package runs in a child process.
@@ -7,6 +8,7 @@ was forked from, so what needs the package runs in a child process.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import shutil
 import subprocess
@@ -160,9 +162,14 @@ class Workdir:
     def mergekit_config(self) -> Path:
         return self.root / "mergekit-ties.yml"
 
-    @property
-    def mergekit_stderr(self) -> Path:
-        return self.root / "mergekit-stderr.log"
+    def method_config(self, method: str) -> Path:
+        """The mergekit config of ``method`` (``method_yaml_text``)."""
+        return self.root / "methods" / f"{method}.yml"
+
+    def stderr_log(self, variant: str) -> Path:
+        """Where the stderr of a timed run of ``variant`` goes (a kind that may fail without stopping the
+        benchmark: mergekit-yaml, ooc-ties on a config, the reference); the last run's is kept."""
+        return self.root / "logs" / (re.sub(r"[^\w.-]+", "_", variant) + ".log")
 
     def clean_out(self) -> None:
         if self.out.exists():
@@ -175,10 +182,50 @@ class Workdir:
             shutil.rmtree(d, ignore_errors=True)
 
 
-def mergekit_yaml_text(dirs: list[Path], density: float) -> str:
-    """mergekit's TIES config equivalent to ``ooc-ties merge --preset mergekit`` (weights 1, f32 math, bf16 out)."""
-    lines = ["merge_method: ties", f"base_model: {json.dumps(str(dirs[0]))}", "models:"]
-    for d in dirs[1:]:
-        lines += [f"  - model: {json.dumps(str(d))}", f"    parameters: {{density: {density}, weight: 1.0}}"]
+def _yaml_text(method: str, base: Path | None, models: list[tuple[Path, dict[str, float]]]) -> str:
+    """A mergekit config: ``method`` over ``models`` (each with its parameters), f32 math, bf16 out."""
+    lines = [f"merge_method: {method}"]
+    if base is not None:
+        lines.append(f"base_model: {json.dumps(str(base))}")
+    lines.append("models:")
+    for d, params in models:
+        values = ", ".join(f"{k}: {v}" for k, v in params.items())
+        lines += [f"  - model: {json.dumps(str(d))}", f"    parameters: {{{values}}}"]
     lines += ["dtype: float32", "out_dtype: bfloat16", ""]
     return "\n".join(lines)
+
+
+def mergekit_yaml_text(dirs: list[Path], density: float) -> str:
+    """mergekit's TIES config equivalent to ``ooc-ties merge --preset mergekit`` (weights 1, f32 math, bf16 out)."""
+    return _yaml_text("ties", dirs[0], [(d, {"density": density, "weight": 1.0}) for d in dirs[1:]])
+
+
+METHODS: dict[str, dict[str, float]] = {
+    "linear": {},
+    "task_arithmetic": {},
+    "ties": {"density": 0.3},
+    "dare_ties": {"density": 0.3},
+    "dare_linear": {"density": 0.3},
+    "breadcrumbs": {"density": 0.3, "gamma": 0.05},
+    "breadcrumbs_ties": {"density": 0.3, "gamma": 0.05},
+    "della": {"density": 0.3, "epsilon": 0.1},
+    "della_linear": {"density": 0.3, "epsilon": 0.1},
+}
+"""The merge methods of mergekit's task-arithmetic family that ooc-ties runs from a config (mergekit's names),
+each with its parameters besides ``weight`` at values a real merge would use."""
+
+WEIGHTS = (1.0, 0.5, 0.7)
+"""The fine-tunes' weights in every method's config."""
+
+LINEAR_BASE_WEIGHT = 1.0
+"""``linear`` has no base: the base model is listed as a fourth model (so every method reads the same bytes)."""
+
+
+def method_yaml_text(method: str, dirs: list[Path]) -> str:
+    """The mergekit config of ``method`` over the base ``dirs[0]`` and the fine-tunes ``dirs[1:]``, as
+    ``mergekit-yaml`` and ``ooc-ties merge --config`` both run it."""
+    params = METHODS[method]
+    models = [(d, {"weight": w, **params}) for d, w in zip(dirs[1:], WEIGHTS, strict=True)]
+    if method == "linear":
+        return _yaml_text(method, None, [(dirs[0], {"weight": LINEAR_BASE_WEIGHT}), *models])
+    return _yaml_text(method, dirs[0], models)

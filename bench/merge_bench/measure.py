@@ -300,8 +300,8 @@ def phase_times(lines: list[tuple[float, str]], wall: float) -> dict[str, Any]:
             first.setdefault("plan", t)
     out: dict[str, Any] = {"wall_s": wall}
     p1, p2 = first.get("pass1"), first.get("pass2")
-    if p1 is not None:
-        out["startup_s"] = p1
+    if p1 is not None or p2 is not None:  # a merge that reads its inputs once has no pass 1
+        out["startup_s"] = p1 if p1 is not None else p2
     if p1 is not None and p2 is not None:
         out["pass1_s"] = p2 - p1
     if p2 is not None:

@@ -1,7 +1,8 @@
 """The report: medians per variant, the ratios between them, the printed tables and the JSON.
 
-``summarize`` and ``ratios`` reduce the runs; ``print_report`` prints one shape's tables and
-``shape_json`` its JSON report; ``scaling_json`` and ``print_scaling_summary`` do the same over shapes.
+``summarize`` and ``ratios`` reduce the runs (``method_rows``: one row per merge method, ooc-ties beside
+mergekit-yaml on the same config); ``print_report`` prints one shape's tables and ``shape_json`` its JSON
+report; ``scaling_json`` and ``print_scaling_summary`` do the same over shapes.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from .compare import print_comparison
 from .data import N_FINETUNED, Inputs
 from .measure import RunResult
 from .util import MiB
-from .variants import FLOOR_NAME, FLOOR_TEXT, Variant
+from .variants import FLOOR, FLOOR_NAME, FLOOR_ONCE, Floor, Variant
 
 
 @dataclass
@@ -24,12 +25,16 @@ class Measured:
 
     inputs: Inputs
     variants: list[Variant]
-    """The variants that ran, in order (without the floor and the skipped ones)."""
+    """The variants that ran, in order (without the floors and the skipped ones)."""
+    floors: list[Floor]
     commands: dict[str, str]
     """Variant name -> its timed command, as the JSON shows it."""
     skipped: dict[str, str]
     """Variant name -> why it did not run."""
     mergekit_config: str | None
+    """mergekit's TIES config (``mergekit-yaml`` without a method), if it ran."""
+    method_configs: dict[str, str]
+    """Method -> the mergekit config that ooc-ties and mergekit-yaml ran for it."""
     runs: list[RunResult]
     estimates: dict[str, str]
     """ooc-ties variant name -> the engine's own estimate, from ``--dry-run``."""
@@ -74,12 +79,51 @@ def summarize(all_runs: list[RunResult]) -> dict[str, Any]:
 
 
 def summaries(m: Measured) -> dict[str, dict[str, Any]]:
-    """The floor's and every variant's summary, in that order."""
-    return {n: summarize([r for r in m.runs if r.variant == n]) for n in [FLOOR_NAME, *m.names]}
+    """The floors' and every variant's summary, in that order."""
+    names = [*(f.name for f in m.floors), *m.names]
+    return {n: summarize([r for r in m.runs if r.variant == n]) for n in names}
+
+
+def method_rows(m: Measured, summary: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per method, in order: its ooc-ties variant (the first, if several) and its mergekit-yaml variant (or
+    None), ooc-ties' wall against the one-read floor, and mergekit-yaml's wall (ratio of medians, and the
+    median of the ratios within a round: mergekit-yaml often runs once, and the round it ran in is the
+    fairest comparison on a busy machine) and peak RssAnon against ooc-ties' (None where a side has no
+    successful run)."""
+    once = summary.get(FLOOR_ONCE.name, {}).get("wall_s")
+    rows: dict[str, dict[str, Any]] = {}
+    for v in m.variants:
+        if v.method is None:
+            continue
+        row = rows.setdefault(v.method, {"ooc_ties": None, "mergekit_yaml": None})
+        side = "mergekit_yaml" if v.kind == "mergekit-yaml" else "ooc_ties"
+        row[side] = row[side] or v.name
+    for row in rows.values():
+        ooc = summary[row["ooc_ties"]] if row["ooc_ties"] else {"runs": 0}
+        mk = summary[row["mergekit_yaml"]] if row["mergekit_yaml"] else {"runs": 0}
+        row["x_read_once_floor"] = ooc["wall_s"] / once if ooc["runs"] and once else None
+        both = ooc["runs"] and mk["runs"]
+        row["mergekit_yaml_over_ooc_ties"] = mk["wall_s"] / ooc["wall_s"] if both else None
+        row["mergekit_yaml_over_ooc_ties_paired"] = _paired(m.runs, row["mergekit_yaml"], row["ooc_ties"])
+        row["mergekit_yaml_rss_anon_over_ooc_ties"] = (
+            mk["rss_anon_peak_mib"] / ooc["rss_anon_peak_mib"] if both else None
+        )
+    return rows
+
+
+def _paired(runs: list[RunResult], num: str | None, den: str | None) -> float | None:
+    """The median over rounds where both ran successfully of ``num``'s wall / ``den``'s, or None."""
+    walls: dict[str | None, dict[int, float]] = {num: {}, den: {}}
+    for r in runs:
+        if r.variant in walls and r.status == "ok":
+            walls[r.variant][r.round] = r.wall_s
+    common = sorted(walls[num].keys() & walls[den].keys()) if num and den else []
+    return statistics.median(walls[num][i] / walls[den][i] for i in common) if common else None
 
 
 def ratios(m: Measured, summary: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Each variant against the floor, 1 thread against 2, and mergekit-yaml against each ooc-ties variant."""
+    """Each variant against the floor, 1 thread against 2, mergekit-yaml (its TIES config) against each
+    ooc-ties variant, and the per-method rows."""
     out: dict[str, Any] = {
         "wall_vs_io_floor": {},
         "wall_vs_io_floor_paired": {},
@@ -87,28 +131,27 @@ def ratios(m: Measured, summary: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "mergekit_yaml_over_ooc_ties": {},
         "mergekit_yaml_rss_anon_over_ooc_ties": {},
     }
-    floor_by_round = {r.round: r.wall_s for r in m.runs if r.variant == FLOOR_NAME}
     for n in succeeded(m, summary):
         out["wall_vs_io_floor"][n] = summary[n]["wall_s"] / summary[FLOOR_NAME]["wall_s"]
-        out["wall_vs_io_floor_paired"][n] = statistics.median(
-            r.wall_s / floor_by_round[r.round]
-            for r in m.runs
-            if r.variant == n and r.status == "ok" and r.round in floor_by_round
-        )
+        out["wall_vs_io_floor_paired"][n] = _paired(m.runs, n, FLOOR_NAME)
+    ok = set(succeeded(m, summary))
     for v1 in m.variants:
-        if v1.threads != 1 or not v1.engine:
+        if v1.threads != 1 or not v1.engine or v1.name not in ok:
             continue
         for v2 in m.variants:
-            if v2.engine and v2.threads == 2 and v2.preset == v1.preset and v2.budget == v1.budget:
-                out["speedup_1t_over_2t"][v1.preset] = summary[v1.name]["wall_s"] / summary[v2.name]["wall_s"]
-    if "mergekit-yaml" in succeeded(m, summary):
+            same = (v2.kind, v2.preset, v2.method, v2.budget) == (v1.kind, v1.preset, v1.method, v1.budget)
+            if same and v2.threads == 2 and v2.name in ok:
+                key = f"{v1.method}.yml" if v1.method else v1.preset
+                out["speedup_1t_over_2t"][key] = summary[v1.name]["wall_s"] / summary[v2.name]["wall_s"]
+    if "mergekit-yaml" in ok:
         mk = summary["mergekit-yaml"]
         for v in m.variants:
-            if v.engine:
+            if v.kind == "ooc" and v.name in ok:
                 out["mergekit_yaml_over_ooc_ties"][v.name] = mk["wall_s"] / summary[v.name]["wall_s"]
                 out["mergekit_yaml_rss_anon_over_ooc_ties"][v.name] = (
                     mk["rss_anon_peak_mib"] / summary[v.name]["rss_anon_peak_mib"]
                 )
+    out["methods"] = method_rows(m, summary)
     return out
 
 
@@ -135,6 +178,9 @@ _COLUMNS = [
 ]
 
 
+_FLOOR_NAMES = {FLOOR.name, FLOOR_ONCE.name}
+
+
 def _row_without_runs(name: str, s: dict[str, Any], budget: int | None) -> list[str]:
     status = ", ".join(f"{n} {k}" for k, n in s["failed"].items()) or "not run"
     last = f"{s['wall_max_s']:.0f} s" if s.get("wall_max_s") else "-"
@@ -156,12 +202,12 @@ def _row(name: str, s: dict[str, Any], floor_wall: float, budget: int | None) ->
         f"{s['maxrss_mib']:.0f}",
         f"{s['rss_anon_peak_mib']:.0f}",
         f"{s['rss_file_peak_mib']:.0f}",
-        "-" if name == FLOOR_NAME else f"{s['wall_s'] / floor_wall:.2f}",
+        "-" if name in _FLOOR_NAMES else f"{s['wall_s'] / floor_wall:.2f}",
     ]
     if s["failed"]:
         row[1] += "+" + "+".join(f"{n}{k[0]}" for k, n in s["failed"].items())
     if budget:
-        row.append("-" if name == FLOOR_NAME else f"{s['rss_anon_peak_max_mib'] * MiB / budget:.2f}")
+        row.append("-" if name in _FLOOR_NAMES else f"{s['rss_anon_peak_max_mib'] * MiB / budget:.2f}")
     return row
 
 
@@ -172,6 +218,11 @@ def print_table(summary: dict[str, dict[str, Any]], budget: int | None) -> None:
         _row(name, s, floor_wall, budget) if s["runs"] else _row_without_runs(name, s, budget)
         for name, s in summary.items()
     ]
+    _print_rows(cols, rows)
+
+
+def _print_rows(cols: list[str], rows: list[list[str]]) -> None:
+    """A table: the first column left-aligned, the others right-aligned, a rule under the header."""
     widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
 
     def line(values: list[str]) -> str:
@@ -186,6 +237,55 @@ def print_table(summary: dict[str, dict[str, Any]], budget: int | None) -> None:
 
 
 # ------------------------------------------------------------------------------------ one shape's report
+
+
+_METHOD_COLUMNS = [
+    "method",
+    "ooc-ties s",
+    "GB/s",
+    "maxRSS MiB",
+    "RssAnon MiB",
+    "x floor(1 read)",
+    "mergekit-yaml s",
+    "GB/s",
+    "maxRSS MiB",
+    "RssAnon MiB",
+    "mergekit/ooc wall",
+    "same round",
+    "RssAnon",
+]
+
+
+def _side(s: dict[str, Any] | None) -> list[str]:
+    """One tool's four cells of a method row: wall, GB/s, maxRSS, RssAnon (or how it ended)."""
+    if s is None:
+        return ["not run", "-", "-", "-"]
+    if not s["runs"]:
+        status = ", ".join(s["failed"]) or "not run"
+        return [status, "-", f"{s['maxrss_mib']:.0f}", f"{s['rss_anon_peak_max_mib']:.0f}"]
+    return [f"{s['wall_s']:.2f}", f"{s['gbps']:.2f}", f"{s['maxrss_mib']:.0f}", f"{s['rss_anon_peak_mib']:.0f}"]
+
+
+def _ratio(x: float | None, digits: int) -> str:
+    return "-" if x is None else f"{x:.{digits}f}x"
+
+
+def print_methods(summary: dict[str, dict[str, Any]], rows: dict[str, dict[str, Any]]) -> None:
+    """One row per merge method: ooc-ties --config METHOD.yml beside mergekit-yaml METHOD.yml."""
+    floor = summary[FLOOR_ONCE.name]
+    print(
+        "per method: ooc-ties merge --config METHOD.yml beside mergekit-yaml METHOD.yml (medians; GB/s of input; "
+        f"x floor(1 read): ooc-ties' wall / {FLOOR_ONCE.name}'s, {floor['wall_s']:.2f} s)"
+    )
+    table = []
+    for method, r in rows.items():
+        ooc = summary[r["ooc_ties"]] if r["ooc_ties"] else None
+        mk = summary[r["mergekit_yaml"]] if r["mergekit_yaml"] else None
+        cells = [method, *_side(ooc), _ratio(r["x_read_once_floor"], 2), *_side(mk)]
+        cells += [_ratio(r[k], 1) for k in ("mergekit_yaml_over_ooc_ties", "mergekit_yaml_over_ooc_ties_paired")]
+        cells.append(_ratio(r["mergekit_yaml_rss_anon_over_ooc_ties"], 1))
+        table.append(cells)
+    _print_rows(_METHOD_COLUMNS, table)
 
 
 def _print_header(args: argparse.Namespace, inputs: Inputs) -> None:
@@ -206,7 +306,7 @@ def _print_ratios(m: Measured, summary: dict[str, dict[str, Any]], rt: dict[str,
     for preset, sp in rt["speedup_1t_over_2t"].items():
         print(f"speedup {preset}: 1-thread wall / 2-thread wall = {sp:.2f}")
     if rt["mergekit_yaml_over_ooc_ties"]:
-        print("mergekit-yaml / ooc-ties (ratio of medians): wall, peak RssAnon")
+        print("mergekit-yaml (TIES config) / ooc-ties (ratio of medians): wall, peak RssAnon")
         for n, r in rt["mergekit_yaml_over_ooc_ties"].items():
             print(f"  {n:28s} {r:.2f}x   {rt['mergekit_yaml_rss_anon_over_ooc_ties'][n]:.1f}x")
 
@@ -228,6 +328,8 @@ def _print_phases(phases: dict[str, Any]) -> None:
             for k in ("wall_s", "startup_s", "pass1_s", "pass2_s", "finish_s", "pass2_and_finish_s")
             if k in ph
         ]
+        if "failed" in ph:
+            parts.append(f"failed with exit code {ph['failed']}")
         print(f"  {n:28s} " + ", ".join(parts))
         if "pass1_subpasses_s" in ph:
             subs = ", ".join(f"{k} {val:.2f}" for k, val in ph["pass1_subpasses_s"].items())
@@ -243,6 +345,9 @@ def print_report(
     print()
     print_table(summary, budget)
     print()
+    if rt["methods"]:
+        print_methods(summary, rt["methods"])
+        print()
     _print_ratios(m, summary, rt)
     _print_missing(m)
     if m.estimates:
@@ -296,7 +401,9 @@ def shape_json(
         },
         "skipped": m.skipped,
         "mergekit_config": m.mergekit_config,
-        "io_floor_command": FLOOR_TEXT,
+        "method_configs": m.method_configs,
+        "io_floor_command": FLOOR.text,
+        "io_floor_commands": {f.name: f.text for f in m.floors},
         "summary": summary,
         "ratios": rt,
         "comparison": m.comparison,

@@ -1,5 +1,5 @@
 """Benchmarking one shape, in order: the models, warm-up reads, dry-run estimates, untimed ``-vv`` phase
-runs, the timed rounds (the I/O floor, then every variant), the output comparison, the report."""
+runs, the timed rounds (the I/O floors, then every variant), the output comparison, the report."""
 
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from .compare import compare_outputs
-from .data import Inputs, Workdir, mergekit_yaml_text
+from .data import Inputs, Workdir, mergekit_yaml_text, method_yaml_text
 from .environment import source_digest
 from .measure import RunResult, measure, phase_times
 from .report import Measured, print_footer, print_report, ratios, shape_json, summaries
 from .util import log, parse_size
-from .variants import FLOOR_NAME, KINDS, Spec, Tools, Variant, check_mergekit, floor_command, select_variants
+from .variants import KINDS, Floor, Spec, Tools, Variant, check_mergekit, floors, select_variants
 
 
 @dataclass
@@ -32,6 +32,7 @@ class Bench:
     work: Workdir
     tools: Tools
     variants: list[Variant]
+    floors: list[Floor]
     mergekit_env: dict[str, str]
     """The environment of mergekit-yaml: offline, so it never looks for the models on the Hub."""
 
@@ -96,8 +97,13 @@ def _phase_run(b: Bench, v: Variant) -> dict[str, Any]:
     log(f"phase run (untimed): {shlex.join(cmd)}")
     res = measure(cmd, b.inputs.input_bytes, v.name, -1, stderr_lines=lines)
     if res.returncode != 0:
-        print("\n".join(line for _, line in lines[-30:]), file=sys.stderr)
-        sys.exit(f"bench: phase run of {v.name} failed with exit code {res.returncode}")
+        tail = [line for _, line in lines[-30:]]
+        print("\n".join(tail), file=sys.stderr)
+        if KINDS[v.kind].fatal:
+            sys.exit(f"bench: phase run of {v.name} failed with exit code {res.returncode}")
+        log(f"phase run of {v.name} failed with exit code {res.returncode}; its timed runs will tell")
+        b.work.clean_out()
+        return {"wall_s": res.wall_s, "failed": res.returncode, "stderr_tail": tail}
     phases = phase_times(lines, res.wall_s)
     phases["rss_anon_peak_mib"] = res.rss_anon_peak_kib / 1024
     phases["log"] = [f"{t:8.3f} {line}" for t, line in lines if "ooc_ties" in line][:200]
@@ -106,21 +112,25 @@ def _phase_run(b: Bench, v: Variant) -> dict[str, Any]:
     return phases
 
 
-def _floor_run(b: Bench, rnd: int, rounds: int) -> RunResult:
+def _floor_run(b: Bench, floor: Floor, rnd: int, rounds: int) -> RunResult:
     warm_s = b.warm()
-    res = measure(floor_command(b.inputs.read_once()), b.inputs.input_bytes, FLOOR_NAME, rnd)
+    res = measure(floor.command(b.inputs.read_once()), b.inputs.input_bytes, floor.name, rnd)
     res.warm_read_s = warm_s
     if res.returncode != 0:
         sys.exit(f"bench: the I/O floor command failed with exit code {res.returncode}")
-    log(f"round {rnd + 1}/{rounds}: {FLOOR_NAME}: {res.wall_s:.2f} s (warm-up read before it {warm_s:.1f} s)")
+    log(f"round {rnd + 1}/{rounds}: {floor.name}: {res.wall_s:.2f} s (warm-up read before it {warm_s:.1f} s)")
     return res
 
 
 def _report_failure(v: Variant, res: RunResult, cmd: list[str], err_path: Path | None, rnd: int) -> None:
-    """A failed ooc-ties run stops the benchmark; a failed mergekit-yaml or reference run is logged."""
-    if v.engine:
+    """A failed run of a fatal kind (an ooc-ties preset) stops the benchmark; another is logged, and the last
+    line of its stderr goes into the run's note."""
+    if KINDS[v.kind].fatal:
         sys.exit(f"bench: {shlex.join(cmd)} failed with exit code {res.returncode}")
     tail = err_path.read_text(errors="replace")[-3000:] if err_path and err_path.exists() else ""
+    last = [line for line in tail.splitlines() if line.strip()][-1:]
+    if last:
+        res.note += f"; {last[0].strip()}"
     log(
         f"round {rnd + 1}: {v.name} {res.status} after {res.wall_s:.1f} s ({res.note}); "
         f"peak RssAnon {res.rss_anon_peak_kib / 1024:.0f} MiB, maxrss {res.maxrss_kib / 1024:.0f} MiB"
@@ -131,9 +141,9 @@ def _report_failure(v: Variant, res: RunResult, cmd: list[str], err_path: Path |
 def _keep_or_clean(b: Bench, v: Variant, last: bool) -> None:
     """After a successful run: keep its output for --compare-output or --keep-output, else delete it."""
     args, work = b.args, b.work
-    if args.compare_output and last and v.kind == "mergekit-yaml":
+    if args.compare_output and last and v.kind == "mergekit-yaml" and v.method is None:
         work.out.rename(work.kept_mergekit)
-    elif args.compare_output and last and v.engine and v.preset == "mergekit" and not work.kept_ooc.exists():
+    elif args.compare_output and last and v.kind == "ooc" and v.preset == "mergekit" and not work.kept_ooc.exists():
         work.out.rename(work.kept_ooc)
     elif not (args.keep_output and last and v is b.variants[-1]):
         work.clean_out()
@@ -144,7 +154,9 @@ def _timed_run(b: Bench, v: Variant, rnd: int, rounds: int) -> RunResult:
     cmd = b.command(v, ["-q"])
     if rnd == 0:
         log(f"  command: {shlex.join(cmd)}")
-    err_path = b.work.mergekit_stderr if v.kind == "mergekit-yaml" else None
+    err_path = None if KINDS[v.kind].fatal else b.work.stderr_log(v.name)
+    if err_path is not None:
+        err_path.parent.mkdir(exist_ok=True)
     warm_s = b.warm()
     res = measure(
         cmd,
@@ -173,13 +185,13 @@ def _timed_run(b: Bench, v: Variant, rnd: int, rounds: int) -> RunResult:
 
 
 def _timed_rounds(b: Bench) -> list[RunResult]:
-    """The timed rounds, in alternation: the floor (``--repeat`` rounds), then each variant."""
+    """The timed rounds, in alternation: the floors (``--repeat`` rounds), then each variant."""
     runs: list[RunResult] = []
     given_up: set[str] = set()  # a variant that timed out or was killed is not run again
     rounds = max([b.args.repeat, *(b.repeats(v) for v in b.variants)])
     for rnd in range(rounds):
         if rnd < b.args.repeat:
-            runs.append(_floor_run(b, rnd, rounds))
+            runs += [_floor_run(b, floor, rnd, rounds) for floor in b.floors]
         for v in b.variants:
             if rnd >= b.repeats(v) or v.name in given_up:
                 continue
@@ -191,16 +203,20 @@ def _timed_rounds(b: Bench) -> list[RunResult]:
 
 
 def _prepare(args: argparse.Namespace, shape: str, models: Path, specs: list[Spec]) -> tuple[Bench, dict[str, str]]:
-    """The models (generated if absent), the variants that run on them, mergekit's config; the skipped variants."""
+    """The models (generated if absent), the variants that run on them, the mergekit configs they run; the
+    skipped variants."""
     work = Workdir(args.workdir)
     inputs = Inputs.prepare(args.ooc_ties, shape, models)
     variants, skipped = select_variants(specs, args.budget, inputs.parameters)
     mk_exe = check_mergekit(args.mergekit_venv) if any(v.kind == "mergekit-yaml" for v in variants) else None
-    if mk_exe is not None:
+    if any(v.kind == "mergekit-yaml" and v.method is None for v in variants):
         work.mergekit_config.write_text(mergekit_yaml_text(inputs.dirs, args.mergekit_density))
-    tools = Tools(args.ooc_ties, _python(args.ooc_ties), mk_exe, work.mergekit_config)
+    for method in dict.fromkeys(v.method for v in variants if v.method):
+        work.method_config(method).parent.mkdir(exist_ok=True)
+        work.method_config(method).write_text(method_yaml_text(method, inputs.dirs))
+    tools = Tools(args.ooc_ties, _python(args.ooc_ties), mk_exe, work)
     mk_env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    return Bench(args, inputs, work, tools, variants, mk_env), skipped
+    return Bench(args, inputs, work, tools, variants, floors(variants), mk_env), skipped
 
 
 def _measure_all(b: Bench, skipped: dict[str, str]) -> Measured:
@@ -216,9 +232,17 @@ def _measure_all(b: Bench, skipped: dict[str, str]) -> Measured:
     return Measured(
         inputs=b.inputs,
         variants=b.variants,
+        floors=b.floors,
         commands={v.name: b.tools.command_text(v, b.inputs.dirs, b.work.out) for v in b.variants},
         skipped=skipped,
-        mergekit_config=b.work.mergekit_config.read_text() if b.tools.mergekit is not None else None,
+        mergekit_config=(
+            b.work.mergekit_config.read_text()
+            if any(v.kind == "mergekit-yaml" and v.method is None for v in b.variants)
+            else None
+        ),
+        method_configs={
+            v.method: b.work.method_config(v.method).read_text() for v in b.variants if v.method is not None
+        },
         runs=runs,
         estimates=estimates,
         phases=phases,

@@ -1,9 +1,11 @@
 """The variants: what is run and compared, declared as data.
 
-Three kinds of command are measured side by side (``KINDS``): an ooc-ties merge (a preset, a thread count,
-perhaps a memory budget), mergekit's own TIES (``mergekit-yaml``), and the in-RAM NumPy reference; the
-I/O floor (``FLOOR_NAME``) is timed in every round as the yardstick. ``--variant`` strings name them
-(``parse_variant``); ``DEFAULTS`` and ``SCALING_DEFAULTS`` are what runs without any.
+Four kinds of command are measured side by side (``KINDS``): an ooc-ties merge (a preset, a thread count,
+perhaps a memory budget), an ooc-ties merge of a mergekit config (``--config METHOD.yml``), mergekit itself
+(``mergekit-yaml``, on its TIES config or on a method's config) and the in-RAM NumPy reference; the I/O
+floors (``Floor``: the inputs read twice, and once when a method's config runs) are timed in every round
+as the yardstick. ``--variant`` strings name them (``parse_variant``), ``--methods`` one pair per method
+(``method_specs``); ``DEFAULTS`` and ``SCALING_DEFAULTS`` are what runs without any.
 """
 
 from __future__ import annotations
@@ -14,15 +16,46 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
-from .data import N_FINETUNED, mem_total_bytes
+from .data import METHODS, N_FINETUNED, Workdir, mem_total_bytes
 from .util import log
 
-Spec = tuple[str, str, int | None]
-"""A parsed ``--variant``: (kind, preset, threads)."""
 
-FLOOR_NAME = "io-floor (cat x2)"
-FLOOR_TEXT = "cat FILES > /dev/null; cat FILES > /dev/null"
+class Spec(NamedTuple):
+    """A parsed ``--variant``."""
+
+    kind: str
+    preset: str
+    threads: int | None
+    method: str | None = None
+    """The merge method whose mergekit config runs (``Workdir.method_config``); None: ``--preset``, or
+    mergekit's TIES config equivalent to the ``mergekit`` preset."""
+
+
+@dataclass(frozen=True)
+class Floor:
+    """An I/O floor: every input file read ``reads`` times with ``cat``, as one command, no computation."""
+
+    reads: int
+
+    @property
+    def name(self) -> str:
+        return f"io-floor (cat x{self.reads})"
+
+    @property
+    def text(self) -> str:
+        return "; ".join(["cat FILES > /dev/null"] * self.reads)
+
+    def command(self, read_once: str) -> list[str]:
+        return ["sh", "-c", "; ".join([read_once] * self.reads)]
+
+
+FLOOR = Floor(2)
+"""The yardstick of every table: a TIES merge reads its inputs at least twice."""
+FLOOR_ONCE = Floor(1)
+"""Also timed when a method's config runs: linear and task_arithmetic read their inputs once."""
+FLOOR_NAME = FLOOR.name
 
 MERGEKIT_SETUP = (
     "python3 -m venv {d} && {d}/bin/pip install /opt/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl"
@@ -47,22 +80,25 @@ class Variant:
     threads: int | None
     budget: str | None
     kind: str = "ooc"  # a key of KINDS
+    method: str | None = None  # as Spec.method
 
     @property
     def name(self) -> str:
         if self.kind == "mergekit-yaml":
-            return "mergekit-yaml"
+            return "mergekit-yaml" + (f" {self.method}.yml" if self.method else "")
         if self.kind == "reference":
             return f"reference/{self.preset}"
         t = f"{self.threads}t" if self.threads else "all-cpus"
-        return f"{self.preset}/{t}" + (f"/{self.budget}" if self.budget else "")
+        what = f"{self.method}.yml" if self.kind == "ooc-config" else self.preset
+        return f"{what}/{t}" + (f"/{self.budget}" if self.budget else "")
 
     @property
     def engine(self) -> bool:
         return KINDS[self.kind].engine
 
     def args(self) -> list[str]:
-        out = ["--preset", self.preset]
+        """ooc-ties' options: the preset (unless a config runs), threads, budget."""
+        out = ["--preset", self.preset] if self.kind == "ooc" else []
         if self.threads:
             out += ["--threads", str(self.threads)]
         if self.budget:
@@ -72,14 +108,18 @@ class Variant:
 
 @dataclass(frozen=True)
 class Tools:
-    """The executables the variants run, and mergekit's config."""
+    """The executables the variants run, and where their mergekit configs are."""
 
     ooc: str
     python: str
     """The Python beside ``ooc``, which runs the reference and the output comparison."""
     mergekit: Path | None
     """``VENV/bin/mergekit-yaml``, when a variant runs it."""
-    mergekit_config: Path
+    work: Workdir
+
+    def config(self, v: Variant) -> Path:
+        """The mergekit config ``v`` runs: its method's, or the TIES one of the ``mergekit`` preset."""
+        return self.work.method_config(v.method) if v.method else self.work.mergekit_config
 
     def command(self, v: Variant, dirs: list[Path], dest: Path, extra: list[str]) -> list[str]:
         """The command line of ``v`` over the models ``dirs``, writing to ``dest``; ``extra`` for ooc-ties."""
@@ -96,8 +136,12 @@ def _ooc_command(t: Tools, v: Variant, dirs: list[Path], dest: Path, extra: list
     return [t.ooc, "merge", "--base", str(dirs[0]), *map(str, dirs[1:]), "-o", str(dest), *extra, *v.args()]
 
 
+def _config_command(t: Tools, v: Variant, dirs: list[Path], dest: Path, extra: list[str]) -> list[str]:
+    return [t.ooc, "merge", "--config", str(t.config(v)), "-o", str(dest), *extra, *v.args()]
+
+
 def _mergekit_command(t: Tools, v: Variant, dirs: list[Path], dest: Path, extra: list[str]) -> list[str]:
-    return [str(t.mergekit), str(t.mergekit_config), str(dest), "--no-cuda", "--no-copy-tokenizer", "--quiet"]
+    return [str(t.mergekit), str(t.config(v)), str(dest), "--no-cuda", "--no-copy-tokenizer", "--quiet"]
 
 
 def _reference_command(t: Tools, v: Variant, dirs: list[Path], dest: Path, extra: list[str]) -> list[str]:
@@ -109,46 +153,82 @@ class Kind:
     """How a kind of variant is run and measured."""
 
     engine: bool
-    """ooc-ties itself: takes ``--budget``, gets a dry-run estimate and an untimed ``-vv`` phase run, and a
-    failed run stops the benchmark. The other kinds are killed after ``--timeout``, are the OOM killer's
-    first choice, and a failed run is reported and the variant not run again."""
+    """ooc-ties itself: takes ``--budget``, gets a dry-run estimate and an untimed ``-vv`` phase run. The
+    other kinds are killed after ``--timeout`` and are the OOM killer's first choice."""
+    fatal: bool
+    """A failed run stops the benchmark. Otherwise it is reported (with the end of its stderr, kept in
+    ``Workdir.stderr_log``) and the variant is not run again."""
     writes_output: bool
     """A successful run leaves ``.safetensors`` files in the output folder."""
     command: Callable[[Tools, Variant, list[Path], Path, list[str]], list[str]]
 
 
 KINDS: dict[str, Kind] = {
-    "ooc": Kind(engine=True, writes_output=True, command=_ooc_command),
-    "mergekit-yaml": Kind(engine=False, writes_output=True, command=_mergekit_command),
-    "reference": Kind(engine=False, writes_output=False, command=_reference_command),
+    "ooc": Kind(engine=True, fatal=True, writes_output=True, command=_ooc_command),
+    "ooc-config": Kind(engine=True, fatal=False, writes_output=True, command=_config_command),
+    "mergekit-yaml": Kind(engine=False, fatal=False, writes_output=True, command=_mergekit_command),
+    "reference": Kind(engine=False, fatal=False, writes_output=False, command=_reference_command),
 }
 
 
-def parse_variant(text: str) -> Spec:
-    """-> (kind, preset, threads). ``mergekit`` alone is mergekit itself (``mergekit-yaml``);
-    ``mergekit:N`` / ``mergekit:all`` are ooc-ties' mergekit preset; ``reference[:PRESET]`` is the
-    in-RAM NumPy reference (default preset paper)."""
-    preset, sep, threads = text.partition(":")
-    if preset in ("mergekit-yaml",) or (preset == "mergekit" and not sep):
-        return "mergekit-yaml", "mergekit", None
-    if preset == "reference":
-        ref_preset = threads or "paper"
-        if ref_preset not in ("paper", "mergekit"):
-            raise argparse.ArgumentTypeError(f"variant {text!r}: reference preset must be paper or mergekit")
-        return "reference", ref_preset, None
-    if preset not in ("paper", "mergekit"):
-        raise argparse.ArgumentTypeError(
-            f"variant {text!r}: must be paper[:THREADS], mergekit:THREADS, mergekit (mergekit-yaml) or reference"
-        )
+def _method(text: str, name: str) -> str:
+    if name not in METHODS:
+        raise argparse.ArgumentTypeError(f"variant {text!r}: unknown method {name!r} (one of {', '.join(METHODS)})")
+    return name
+
+
+def _threads(text: str, threads: str) -> int | None:
     if threads in ("", "all"):
-        return "ooc", preset, None
+        return None
     try:
         n = int(threads)
     except ValueError:
         raise argparse.ArgumentTypeError(f"variant {text!r}: threads must be an integer") from None
     if n < 1:
         raise argparse.ArgumentTypeError(f"variant {text!r}: threads must be positive")
-    return "ooc", preset, n
+    return n
+
+
+def parse_variant(text: str) -> Spec:
+    """``mergekit`` alone is mergekit itself (``mergekit-yaml``) on its TIES config; ``mergekit-yaml:METHOD``
+    is mergekit on that method's config; ``method:METHOD[:THREADS]`` is ooc-ties on it (``--config``);
+    ``mergekit:N`` / ``mergekit:all`` are ooc-ties' mergekit preset; ``reference[:PRESET]`` is the in-RAM
+    NumPy reference (default preset paper)."""
+    preset, sep, threads = text.partition(":")
+    if preset == "mergekit-yaml" or (preset == "mergekit" and not sep):
+        return Spec("mergekit-yaml", "mergekit", None, _method(text, threads) if threads else None)
+    if preset == "method":
+        name, _, n = threads.partition(":")
+        return Spec("ooc-config", "mergekit", _threads(text, n), _method(text, name))
+    if preset == "reference":
+        ref_preset = threads or "paper"
+        if ref_preset not in ("paper", "mergekit"):
+            raise argparse.ArgumentTypeError(f"variant {text!r}: reference preset must be paper or mergekit")
+        return Spec("reference", ref_preset, None)
+    if preset not in ("paper", "mergekit"):
+        raise argparse.ArgumentTypeError(
+            f"variant {text!r}: must be paper[:THREADS], mergekit:THREADS, mergekit (mergekit-yaml), "
+            "method:METHOD[:THREADS], mergekit-yaml:METHOD or reference[:PRESET]"
+        )
+    return Spec("ooc", preset, _threads(text, threads))
+
+
+def parse_methods(text: str) -> list[str]:
+    """``all``, ``none`` or a comma-separated list of methods (``--methods``, ``--mergekit-methods``)."""
+    if text == "all":
+        return list(METHODS)
+    names = [x.strip() for x in text.split(",") if x.strip() and text != "none"]
+    return [_method(text, n) for n in names]
+
+
+def method_specs(methods: list[str], mergekit_methods: list[str]) -> list[Spec]:
+    """One row per method: ooc-ties on its config, then (for ``mergekit_methods``) mergekit-yaml on the same."""
+    out = []
+    for name in methods:
+        out.append(Spec("ooc-config", "mergekit", None, name))
+        if name in mergekit_methods:
+            out.append(Spec("mergekit-yaml", "mergekit", None, name))
+    return out
 
 
 DEFAULTS: list[Spec] = [parse_variant(t) for t in ("paper:2", "paper:1", "mergekit:2")]
@@ -171,8 +251,8 @@ def select_variants(specs: list[Spec], budget: str | None, parameters: int) -> t
     ones with the reason."""
     skipped: dict[str, str] = {}
     variants = []
-    for kind, preset, threads in specs:
-        v = Variant(preset, threads, budget if KINDS[kind].engine else None, kind)
+    for kind, preset, threads, method in specs:
+        v = Variant(preset, threads, budget if KINDS[kind].engine else None, kind, method)
         why = reference_too_big(parameters, mem_total_bytes()) if kind == "reference" else None
         if why is not None:
             skipped[v.name] = why
@@ -185,9 +265,9 @@ def select_variants(specs: list[Spec], budget: str | None, parameters: int) -> t
     return variants, skipped
 
 
-def floor_command(read_once: str) -> list[str]:
-    """The I/O floor: every input read twice, as one command."""
-    return ["sh", "-c", f"{read_once}; {read_once}"]
+def floors(variants: list[Variant]) -> list[Floor]:
+    """The floors timed in every round: twice, and once when a method's config runs."""
+    return [FLOOR, FLOOR_ONCE] if any(v.method for v in variants) else [FLOOR]
 
 
 def check_mergekit(venv: Path) -> Path:
