@@ -156,7 +156,7 @@ def _timed_run(b: Bench, v: Variant, rnd: int, rounds: int) -> RunResult:
         log(f"  command: {shlex.join(cmd)}")
     err_path = None if KINDS[v.kind].fatal else b.work.stderr_log(v.name)
     if err_path is not None:
-        err_path.parent.mkdir(exist_ok=True)
+        err_path.parent.mkdir(parents=True, exist_ok=True)
     warm_s = b.warm()
     res = measure(
         cmd,
@@ -212,7 +212,7 @@ def _prepare(args: argparse.Namespace, shape: str, models: Path, specs: list[Spe
     if any(v.kind == "mergekit-yaml" and v.method is None for v in variants):
         work.mergekit_config.write_text(mergekit_yaml_text(inputs.dirs, args.mergekit_density))
     for method in dict.fromkeys(v.method for v in variants if v.method):
-        work.method_config(method).parent.mkdir(exist_ok=True)
+        work.method_config(method).parent.mkdir(parents=True, exist_ok=True)
         work.method_config(method).write_text(method_yaml_text(method, inputs.dirs))
     tools = Tools(args.ooc_ties, _python(args.ooc_ties), mk_exe, work)
     mk_env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
