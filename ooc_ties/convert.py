@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ooc_ties.chunk_grid import ChunkGrid
 from ooc_ties.config import Resources
-from ooc_ties.grid import ChunkGrid
 from ooc_ties.io.staging import StagedDirectory
 from ooc_ties.io.writer import layout_shards
 from ooc_ties.io.zarr_format import is_zarr_group

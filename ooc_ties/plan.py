@@ -12,10 +12,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ooc_ties.chunk_grid import ChunkGrid
 from ooc_ties.config import MergeOptions, Resources
 from ooc_ties.dtypes import F32, F64, DType
 from ooc_ties.errors import IncompatibleCheckpointsError, OptionError
-from ooc_ties.grid import ChunkGrid
 from ooc_ties.io.direct import ALIGNMENT, BOUNCE_BYTES
 from ooc_ties.io.writer import ShardLayout, layout_shards
 from ooc_ties.methods import Sparsify, row_length

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ooc_ties.chunk_grid import ChunkGrid
 from ooc_ties.dtypes import BF16
 from ooc_ties.errors import OptionError
-from ooc_ties.grid import ChunkGrid
 from ooc_ties.io.staging import StagedDirectory
 from ooc_ties.io.writer import SafetensorsOutput, layout_shards
 from ooc_ties.kernels.convert import encode_oracle

@@ -11,10 +11,10 @@ import safetensors.numpy as stnp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ooc_ties.chunk_grid import ChunkGrid
 from ooc_ties.config import MergeOptions, Resources, parse_size
 from ooc_ties.dtypes import DTYPES
 from ooc_ties.errors import OptionError
-from ooc_ties.grid import ChunkGrid
 from ooc_ties.io.checkpoint import Checkpoint
 from ooc_ties.io.safetensors import SafetensorsFile
 from ooc_ties.io.writer import ShardWriter, layout_shards

@@ -18,8 +18,8 @@ from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, Sto
 from zarr.buffer import default_buffer_prototype
 from zarr.storage import LocalStore, MemoryStore, ZipStore
 
+from ooc_ties.chunk_grid import ChunkGrid
 from ooc_ties.errors import CheckpointFormatError, CheckpointNotFoundError, OptionError
-from ooc_ties.grid import ChunkGrid
 from ooc_ties.io import zarr_view
 from ooc_ties.io.arrays import ArraySource
 from ooc_ties.io.checkpoint import Checkpoint

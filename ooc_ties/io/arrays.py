@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 
+from ooc_ties.chunk_grid import flat_selection
 from ooc_ties.errors import CheckpointFormatError, CheckpointNotFoundError
-from ooc_ties.grid import flat_selection
 from ooc_ties.identity import SourceIdentity, store_identity
 from ooc_ties.io.side_files import SideFile, SideFileLike, as_side_file
 from ooc_ties.io.zarr_format import FILES_GROUP, decode_files, dtype_of, is_zarr_array

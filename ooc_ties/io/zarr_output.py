@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
+from ooc_ties.chunk_grid import flat_selection
 from ooc_ties.errors import OutputPathError
-from ooc_ties.grid import flat_selection
 from ooc_ties.io.side_files import PIECE, SideFile, SideFileLike
 from ooc_ties.io.staging import StagedDirectory
 from ooc_ties.io.zarr_format import DTYPE_ATTRIBUTE, FILES_ATTRIBUTE, FILES_GROUP, RECIPE_ATTRIBUTE, encode_files

@@ -36,8 +36,8 @@ from zarr.abc.buffer import Buffer, BufferPrototype
 from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, Store, SuffixByteRequest
 from zarr.buffer import default_buffer_prototype
 
+from ooc_ties.chunk_grid import ChunkGrid
 from ooc_ties.errors import CheckpointFormatError, OptionError
-from ooc_ties.grid import ChunkGrid
 from ooc_ties.io.checkpoint import Checkpoint
 from ooc_ties.io.zarr_format import DTYPE_ATTRIBUTE
 from ooc_ties.plan import MAX_BLOCK_ELEMENTS
