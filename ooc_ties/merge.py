@@ -1,89 +1,53 @@
 """The merge: open, plan, pass 1 (statistics), pass 2 (merge and write), publish.
 
-:func:`merge` is the library entry point the CLI calls, and orchestrates the stages: :mod:`ooc_ties.plan`
-(headers only), :mod:`ooc_ties.pass1`, :mod:`ooc_ties.pass2`, :mod:`ooc_ties.publish`, with the resume
-journal (:mod:`ooc_ties.journal`) and the staged output (:mod:`ooc_ties.io.staging`) around them.
-:func:`plan_merge` stops after planning (``--dry-run``).
+:func:`merge` is the library entry point the CLI calls; it runs the stages (:mod:`ooc_ties.plan`, headers
+only; :mod:`ooc_ties.pass1`; :mod:`ooc_ties.pass2`; :mod:`ooc_ties.publish`, with the resume journal and the
+staged output around them) as a batch of one (:mod:`ooc_ties.batch`). :func:`merge_grid` runs a grid of
+merges of the same inputs (:mod:`ooc_ties.grid`) in as few batches as the memory budget allows, each
+reading the inputs as one merge does. :func:`plan_merge` stops after planning (``--dry-run``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from ooc_ties import publish
-from ooc_ties.blocks import GLOBAL
+from ooc_ties.batch import Job, MergeResult, open_inputs, resumed_block_elements, run_batch
 from ooc_ties.config import PRESETS, MergeOptions, Resources
-from ooc_ties.errors import IncompatibleCheckpointsError, OptionError
+from ooc_ties.errors import OptionError
+from ooc_ties.grid import GRID_NAME, GridPoint, grid_document, name_points
 from ooc_ties.inputs import MergeInputs
-from ooc_ties.io.staging import StagedDirectory
+from ooc_ties.io.staging import check_disk
 from ooc_ties.io.writer import RECIPE_NAME
-from ooc_ties.io.zarr_format import is_zarr_group
-from ooc_ties.io.zarr_output import ChunkedSpec
-from ooc_ties.journal import Journal, check_resumable, journal_header, read_header
 from ooc_ties.lint import lint_inputs
-from ooc_ties.mergekit_yaml import TOKENIZER_CONFIG, parse_chat_template
-from ooc_ties.outputs import OutputLike, check_output_path, open_output, output_format
-from ooc_ties.pass1.run import compute_thresholds
+from ooc_ties.outputs import OutputLike
+from ooc_ties.pass1.costs import plan_reads
 from ooc_ties.pass1.thresholds import Thresholds
-from ooc_ties.pass2 import run_pass2
-from ooc_ties.plan import MergePlan, TensorKind, make_plan
+from ooc_ties.plan import MergePlan, _human, make_plan
 from ooc_ties.progress import ProgressFactory
-from ooc_ties.sources import SourceLike, open_source
+from ooc_ties.sources import SourceLike
 
-if TYPE_CHECKING:
-    import zarr
-
-__all__ = ["RECIPE_NAME", "MergeResult", "OutputLike", "merge", "plan_merge"]
+__all__ = [
+    "RECIPE_NAME",
+    "GridPlan",
+    "GridResult",
+    "MergeResult",
+    "OutputLike",
+    "PointLike",
+    "merge",
+    "merge_grid",
+    "plan_grid",
+    "plan_merge",
+]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class MergeResult:
-    """What a finished merge did."""
-
-    output: Path | None
-    """The published folder or ``.zarr`` group; ``None`` when written into a ``zarr.Group`` given as output."""
-    plan: MergePlan
-    """The plan it followed."""
-    thresholds: Thresholds
-    """The pass-1 results."""
-    seconds: float
-    """Wall time of the whole merge."""
-    bytes_read: int
-    """Bytes of tensor data this run read: pass 1's reads if pass 1 ran in this run (none when a
-    ``resume`` found it done; only the tie counts with given ``thresholds``), the blocks this run merged
-    or merged again (not those an interrupted run had merged), and the copied tensors (checked in every
-    input, then read from the base)."""
-    bytes_written: int
-    """Bytes of tensor data written."""
-    resumed_blocks: int = 0
-    """Blocks an interrupted run had already merged (``resume``)."""
-
-
-def _open_all(
-    stack: contextlib.ExitStack, base: SourceLike, fts: Sequence[SourceLike], sign: str | None = None
-) -> MergeInputs:
-    def opened(spec: SourceLike, label: str) -> Any:
-        source = open_source(spec, label)
-        if source is not spec:  # opened here, so closed here
-            stack.callback(source.close)
-        return source
-
-    return MergeInputs(
-        opened(base, "<base>"),
-        tuple(opened(p, f"<model {i + 1}>") for i, p in enumerate(fts)),
-        opened(sign, "<sign>") if sign is not None else None,
-    )
 
 
 def plan_merge(
@@ -94,7 +58,7 @@ def plan_merge(
 ) -> MergePlan:
     """Open the inputs, check they line up, and plan the merge without reading tensor data."""
     with contextlib.ExitStack() as stack:
-        inputs = _open_all(stack, base, finetuned, options.sign_from)
+        inputs = open_inputs(stack, base, finetuned, options.sign_from)
         plan = make_plan(inputs.base, inputs.fts, options, resources or Resources(), inputs.sign)
         lint_inputs(plan, inputs, sample=False)  # a dry run reads no tensor data
         return plan
@@ -137,126 +101,253 @@ def merge(
     ``chat_template``: a Jinja chat template for the output's tokenizer, applied as mergekit applies a
     configuration's ``chat_template`` (:func:`~ooc_ties.mergekit_yaml.apply_chat_template`).
     """
-    started = time.perf_counter()
     resources = resources or Resources()
     with contextlib.ExitStack() as stack:
-        inputs = _open_all(stack, base, finetuned, options.sign_from)
+        inputs = open_inputs(stack, base, finetuned, options.sign_from)
         plan = make_plan(inputs.base, inputs.fts, options, resources, inputs.sign)
-        out_format = output_format(output)
-        if is_zarr_group(output):
-            if resume:
-                raise OptionError("resume needs an output path (a zarr.Group given as output is written in place)")
-            target: StagedDirectory | zarr.Group = output
-        else:
-            path = Path(output)
-            check_output_path(path, [p for source in inputs.all for p in source.local_paths()])
-            identity = inputs.identity()
-            recipe = publish.already_published(path, options, identity, overwrite) if resume else None
-            if recipe is not None:
-                return _published_result(path, plan, recipe, started)
-            target = StagedDirectory(
-                path, overwrite=overwrite, durable=resources.durable, resume=resume, nbytes=plan.output_bytes
-            )
-            theirs = read_header(target.state) if target.resumed else None
-            if target.resumed and theirs is None:
-                target.clear()  # killed before its journal existed: nothing in it can be trusted
-            try:
-                if theirs is not None:
-                    plan = _replan_for(theirs, plan, inputs, resources)
-                header = journal_header(plan, identity, out_format)
-                if theirs is not None:
-                    check_resumable(theirs, header, target.path)
-            except BaseException:
-                if theirs is not None:
-                    target.keep()  # a refused resume leaves the partial merge as it was
-                else:
-                    target.abort()
-                raise
-            stack.push(_leave_on_exit(target))
-        if chat_template is not None:  # checked before any tensor is read
-            parse_chat_template(chat_template, "chat_template")
-            if TOKENIZER_CONFIG not in inputs.base.side_files():
-                raise OptionError(
-                    f"{inputs.base.label}: chat_template is set but this base model has no tokenizer "
-                    f"({TOKENIZER_CONFIG})"
-                )
-        logger.info("plan:\n%s", plan.describe())
-        _check_copies(plan, inputs)
-        lint_inputs(plan, inputs)
-        specs = [ChunkedSpec(t.output, t.grid.chunks) for t in plan.tensors]
-        metadata = publish.recipe_metadata(plan)
-        sink = open_output(target, specs, plan.shards, metadata, out_format, direct=resources.direct_io)
-        stack.callback(sink.close)
-        journal = None
-        if isinstance(target, StagedDirectory):
-            opener = Journal.reopen if target.resumed else Journal.start
-            journal = opener(target.state, header, durable=resources.durable, sync=sink.sync)
-            stack.callback(journal.close)
-        pass1 = journal.load_pass1() if journal is not None else None
-        if pass1 is not None:
-            logger.info("resume: pass 1 was done")
-        else:
-            pass1 = compute_thresholds(plan, inputs, progress, thresholds)
-            if journal is not None:
-                journal.save_pass1(pass1)
-        for t, g in enumerate(pass1.thresholds.groups.get(GLOBAL, ())):
-            logger.info("model %d: threshold %g keeps %d of %d values", t + 1, g.value, g.kept, g.size)
-        final, resumed_blocks, merge_read = run_pass2(plan, inputs, pass1, sink, progress, journal)
-        recipe = publish.recipe(plan, inputs, final, chat_template)
-        sink.finish(publish.side_files(plan, inputs, recipe), recipe)
-        if journal is not None:
-            journal.complete()
-        published = target.commit() if isinstance(target, StagedDirectory) else None
-    seconds = time.perf_counter() - started
-    copies = [t for t in plan.tensors if t.kind is TensorKind.COPY]
-    copied = sum(t.in_nbytes + t.numel * t.in_dtypes[0].itemsize for t in copies)  # checked, then written
-    read = pass1.bytes_read + merge_read + copied  # (pass 1 loaded from a journal read nothing)
-    return MergeResult(published, plan, final, seconds, read, plan.output_bytes, resumed_blocks)
+        if resume:
+            plan = _replan_for(resumed_block_elements(output), plan, inputs)
+        job = Job(output, options, chat_template)
+        batch = run_batch(
+            inputs, [job], [plan], overwrite=overwrite, progress=progress, thresholds=thresholds, resume=resume
+        )
+    return batch.results[0]
 
 
-def _leave_on_exit(target: StagedDirectory) -> Any:
-    """An exit callback: a merge stopped by an interruption or by the system (a full disk, an I/O error,
-    no memory) stays for ``resume``; one that failed on its inputs or options is removed."""
-
-    def leave(exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
-        if not target.done:
-            if isinstance(exc, (KeyboardInterrupt, OSError, MemoryError)):
-                logger.warning("stopped: the partial merge stays at %s (run again with --resume)", target.path)
-                target.keep()
-            else:
-                target.abort()
-        return False
-
-    return leave
-
-
-def _published_result(path: Path, plan: MergePlan, recipe: dict[str, Any], started: float) -> MergeResult:
-    thresholds = Thresholds.from_json(recipe["thresholds"], str(path))
-    return MergeResult(path.absolute(), plan, thresholds, time.perf_counter() - started, 0, 0, plan.total_blocks)
-
-
-def _replan_for(theirs: dict[str, Any], plan: MergePlan, inputs: MergeInputs, resources: Resources) -> MergePlan:
-    """The plan of the interrupted merge (journal header ``theirs``): same blocks, even if this run's
-    memory budget or threads differ."""
-    block = theirs.get("block_elements")
-    if isinstance(block, int) and 0 < block < plan.block_elements:
-        smaller = dataclasses.replace(resources, max_block_elements=block)
+def _replan_for(block: int | None, plan: MergePlan, inputs: MergeInputs) -> MergePlan:
+    """The plan of an interrupted merge whose blocks had ``block`` elements: the same blocks, even if this
+    run's memory budget or threads differ."""
+    if block is not None and 0 < block < plan.block_elements:
+        smaller = dataclasses.replace(plan.resources, max_block_elements=block)
         return make_plan(inputs.base, inputs.fts, plan.options, smaller, inputs.sign)
     return plan
 
 
-def _check_copies(plan: MergePlan, inputs: MergeInputs) -> None:
-    """Non-float tensors are copied from the base, so every input must hold the same values."""
-    for tensor in plan.tensors:
-        if tensor.kind is not TensorKind.COPY:
+@dataclass(frozen=True, slots=True)
+class GridPlan:
+    """A grid of merges planned from headers only: its points, their plans and how they are batched."""
+
+    output: Path
+    """The grid's folder."""
+    points: tuple[GridPoint, ...]
+    """Its merges."""
+    plans: tuple[MergePlan, ...]
+    """Their plans (one block grid for all; each with its share of the memory budget)."""
+    batches: tuple[tuple[int, ...], ...]
+    """The points of each batch (one read of the inputs each), in order."""
+    zarr: bool
+    """Whether the points are Zarr groups (``name.zarr``) rather than safetensors folders."""
+
+    def point_output(self, i: int) -> Path:
+        """Where point ``i`` is written."""
+        return self.output / (self.points[i].name + (".zarr" if self.zarr else ""))
+
+    @property
+    def output_bytes(self) -> int:
+        return sum(plan.output_bytes for plan in self.plans)
+
+    @property
+    def peak_memory_estimate(self) -> int:
+        """The most the merges of one batch allocate together (their plans' estimates)."""
+        return max(sum(self.plans[i].peak_memory_estimate for i in batch) for batch in self.batches)
+
+    def expected_reads(self) -> int:
+        """Input bytes the grid is expected to read: per batch, the pass 1 of its merge that expects to
+        read the most (the others share its reads) and one read for pass 2."""
+        total = 0
+        for batch in self.batches:
+            plans = [self.plans[i] for i in batch]
+            pass1 = max(sum(r.nbytes for r in plan_reads(p) if r.expected) for p in plans)
+            total += pass1 + plans[0].merge_input_bytes
+        return total
+
+    def describe(self) -> str:
+        """A human-readable summary (``--dry-run``)."""
+        one = self.plans[0]
+        read = self.expected_reads()
+        unit = max(1, one.merge_input_bytes)
+        lines = [
+            f"grid: {len(self.points)} merges into {self.output}" + (" (Zarr groups)" if self.zarr else ""),
+            *(f"  {self.points[i].name}: {_summary(self.plans[i])}" for i in range(len(self.points))),
+            f"batches: {len(self.batches)} (merges per batch: {', '.join(str(len(b)) for b in self.batches)}"
+            + (", split by the memory budget)" if len(self.batches) > 1 else ")"),
+            f"blocks: {one.total_blocks:,} of up to {one.block_elements:,} elements, {one.resources.threads} thread(s)",
+            f"reads: about {read / unit:.3g} passes over {_human(one.merge_input_bytes)} for all {len(self.points)} "
+            f"merges (one merge alone: {(sum(r.nbytes for r in plan_reads(one) if r.expected) + unit) / unit:.3g})",
+            f"writes: {_human(self.output_bytes)} ({len(self.points)} outputs)",
+            f"peak memory (engine): {_human(self.peak_memory_estimate)} "
+            f"of a {_human(one.resources.memory_budget)} budget",
+            f"disk needed: {_human(self.output_bytes)} (plus headers, config files and records of open elements)",
+        ]
+        return "\n".join(lines)
+
+
+def _summary(plan: MergePlan) -> str:
+    first = plan.describe().splitlines()[0]
+    return first.split(", ", 2)[-1] if first.startswith("merge: ") else first
+
+
+@dataclass(frozen=True, slots=True)
+class GridResult:
+    """What a finished grid did."""
+
+    output: Path
+    """The grid's folder (``grid.json`` lists its points)."""
+    points: tuple[GridPoint, ...]
+    """Its merges."""
+    results: tuple[MergeResult, ...]
+    """One per point, in order."""
+    batches: int
+    """How many batches it ran in (each reads the inputs as one merge does)."""
+    bytes_read: int
+    """Input bytes read for the whole grid (a shared read counted once)."""
+    seconds: float
+    """Wall time."""
+
+
+PointLike = GridPoint | MergeOptions
+"""A point of a grid: options (named by :func:`~ooc_ties.grid.name_points`) or a named :class:`GridPoint`."""
+
+
+def _points(points: Sequence[PointLike]) -> tuple[GridPoint, ...]:
+    if not points:
+        raise OptionError("a grid needs at least one merge")
+    options = [p.options if isinstance(p, GridPoint) else p for p in points]
+    names = name_points(options)
+    named = tuple(p if isinstance(p, GridPoint) else GridPoint(n, p) for p, n in zip(points, names, strict=True))
+    seen: set[str] = set()
+    for p in named:
+        if not p.name or p.name in (".", "..") or "/" in p.name or p.name in seen:
+            raise OptionError(f"grid point name {p.name!r} is empty, a path or given twice")
+        seen.add(p.name)
+    if len({p.options.sign_from for p in named}) > 1:
+        raise OptionError("the merges of a grid must elect their sign alike (one sign_from for all)")
+    return named
+
+
+def _plan_grid(
+    inputs: MergeInputs, output: Path, points: tuple[GridPoint, ...], resources: Resources, resume: bool
+) -> GridPlan:
+    """Plan every point with an equal share of the memory budget, as many per batch as fit."""
+    zarr = output.suffix == ".zarr"
+    failure: OptionError | None = None
+    for per in range(len(points), 0, -1):
+        share = dataclasses.replace(resources, memory_budget=resources.memory_budget // per)
+        try:
+            plans = [make_plan(inputs.base, inputs.fts, p.options, share, inputs.sign) for p in points]
+        except OptionError as error:
+            failure = failure or error
+            if per == 1:
+                raise
             continue
-        for start, stop in tensor.grid.blocks():
-            base = inputs.base.read(tensor.name, start, stop)
-            for ft in inputs.fts:
-                other = ft.read(tensor.name, start, stop)
-                if not np.array_equal(base, other):
-                    index = start + int(np.argmax(base != other))
-                    raise IncompatibleCheckpointsError(
-                        f"{ft.where(tensor.name)}: this {tensor.in_dtypes[0]} tensor is copied, not merged, "
-                        f"but differs from the base at element {index}"
-                    )
+        break
+    grid = GridPlan(output, points, tuple(plans), (), zarr)
+    block = min(p.block_elements for p in plans)
+    if resume:
+        resumed = [resumed_block_elements(grid.point_output(i)) for i in range(len(points))]
+        block = min([block, *(b for b in resumed if b is not None)])
+    if any(p.block_elements != block for p in plans):
+        share = dataclasses.replace(plans[0].resources, max_block_elements=block)
+        plans = [make_plan(inputs.base, inputs.fts, p.options, share, inputs.sign) for p in points]
+    batches = tuple(tuple(range(i, min(i + per, len(points)))) for i in range(0, len(points), per))
+    if len(batches) > 1:
+        logger.warning(
+            "memory budget %s holds %d of the %d merges at once: the grid runs in %d batches, each reading "
+            "the inputs (raise --memory-budget to read them fewer times)",
+            _human(resources.memory_budget),
+            per,
+            len(points),
+            len(batches),
+        )
+    return dataclasses.replace(grid, plans=tuple(plans), batches=batches)
+
+
+def plan_grid(
+    base: SourceLike,
+    finetuned: Sequence[SourceLike],
+    output: str | os.PathLike[str],
+    points: Sequence[PointLike],
+    resources: Resources | None = None,
+) -> GridPlan:
+    """Plan a grid of merges without reading tensor data (``--dry-run``); a grid whose outputs do not fit
+    on the disk is refused (:class:`~ooc_ties.errors.DiskSpaceError`)."""
+    named = _points(points)
+    with contextlib.ExitStack() as stack:
+        inputs = open_inputs(stack, base, finetuned, named[0].options.sign_from)
+        grid = _plan_grid(inputs, Path(output), named, resources or Resources(), resume=False)
+        lint_inputs(grid.plans[0], inputs, sample=False)
+    check_disk(Path(output) / "point", grid.output_bytes)
+    return grid
+
+
+def merge_grid(
+    base: SourceLike,
+    finetuned: Sequence[SourceLike],
+    output: str | os.PathLike[str],
+    points: Sequence[PointLike],
+    resources: Resources | None = None,
+    *,
+    overwrite: bool = False,
+    progress: ProgressFactory | None = None,
+    resume: bool = False,
+) -> GridResult:
+    """Run a grid of merges of the same inputs: every point is written under the folder ``output``
+    (``output/NAME/``, or ``output/NAME.zarr`` when ``output`` ends in ``.zarr``, then itself a Zarr
+    group holding them), and ``output/grid.json`` lists them.
+
+    ``points``: :class:`MergeOptions` (named after the options that vary, see
+    :func:`~ooc_ties.grid.name_points`; :func:`~ooc_ties.grid.expand_grid` spans them from lists) or
+    :class:`GridPoint` with names of their own. Each output is byte-identical to :func:`merge` with its
+    options. The merges share their reads: pass 1 reads the inputs as the most demanding of them does,
+    and pass 2 reads each block once for all (:mod:`ooc_ties.batch`), within ``resources``' memory
+    budget, which they divide; a grid too large for it runs in as few batches as fit. ``resume``
+    keeps finished points and continues interrupted ones; ``overwrite`` replaces existing points.
+    """
+    started = time.perf_counter()
+    named = _points(points)
+    resources = resources or Resources()
+    out = Path(output)
+    with contextlib.ExitStack() as stack:
+        inputs = open_inputs(stack, base, finetuned, named[0].options.sign_from)
+        grid = _plan_grid(inputs, out, named, resources, resume)
+        outputs = [grid.point_output(i) for i in range(len(named))]
+        finished = [resume and ((o / RECIPE_NAME).is_file() or (o / "zarr.json").is_file()) for o in outputs]
+        check_disk(out / "point", sum(p.output_bytes for p, f in zip(grid.plans, finished, strict=True) if not f))
+        out.mkdir(parents=True, exist_ok=True)
+        if grid.zarr:
+            _write_group_metadata(out)
+        status = ["pending"] * len(named)
+        _write_grid(out, grid, status)
+        results: list[MergeResult | None] = [None] * len(named)
+        read = 0
+        for number, batch in enumerate(grid.batches, 1):
+            if len(grid.batches) > 1:
+                logger.info("batch %d of %d: %s", number, len(grid.batches), ", ".join(named[i].name for i in batch))
+            jobs = [Job(outputs[i], named[i].options, named[i].chat_template) for i in batch]
+            done = run_batch(
+                inputs, jobs, [grid.plans[i] for i in batch], overwrite=overwrite, progress=progress, resume=resume
+            )
+            read += done.bytes_read
+            for i, result in zip(batch, done.results, strict=True):
+                results[i] = result
+                status[i] = "done"
+            _write_grid(out, grid, status)
+    merged = tuple(r for r in results if r is not None)
+    return GridResult(out.absolute(), named, merged, len(grid.batches), read, time.perf_counter() - started)
+
+
+def _write_grid(out: Path, grid: GridPlan, status: Sequence[str]) -> None:
+    """Write ``grid.json`` (atomically)."""
+    outputs = [grid.point_output(i).name for i in range(len(grid.points))]
+    text = json.dumps(grid_document(grid.points, outputs, status), indent=2) + "\n"
+    partial = out / (GRID_NAME + ".partial")
+    partial.write_text(text, encoding="utf-8")
+    partial.replace(out / GRID_NAME)
+
+
+def _write_group_metadata(out: Path) -> None:
+    """Make a ``.zarr`` grid folder a Zarr v3 group whose members are the points' groups."""
+    meta = out / "zarr.json"
+    if not meta.exists():
+        group = {"zarr_format": 3, "node_type": "group", "attributes": {"ooc_ties_grid": GRID_NAME}}
+        meta.write_text(json.dumps(group, indent=2) + "\n", encoding="utf-8")

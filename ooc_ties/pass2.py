@@ -6,6 +6,10 @@ threads with identical bytes. Each block also counts its sign votes (which settl
 pass 1 only guessed) and the values each model kept (which must add up to pass 1's counts). Writes go
 through a :class:`~ooc_ties.write_queue.WriteQueue` on a writer thread, and each written block gets a
 journal line.
+
+Several merges of the same inputs on the same block grid (a grid of merges) run one pass 2 together
+(:func:`run_pass2_shared`): each block's inputs are read once and every merge that still needs the block
+merges it, into its own output.
 """
 
 from __future__ import annotations
@@ -13,9 +17,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import threading
 import types
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,18 +33,18 @@ from ooc_ties.inputs import MergeInputs
 from ooc_ties.journal import Journal
 from ooc_ties.kernels.convert import decode_oracle
 from ooc_ties.kernels.ties import merge as merge_kernel
+from ooc_ties.open_elements import PATCH_SHARE, OpenElements
 from ooc_ties.outputs import Output
-from ooc_ties.pass1 import votes as sign_votes
 from ooc_ties.pass1.costs import vote_sample
 from ooc_ties.pass1.run import Pass1Result
 from ooc_ties.pass1.thresholds import Thresholds
-from ooc_ties.plan import MergePlan, TensorKind, TensorPlan
+from ooc_ties.plan import MergePlan, TensorKind
 from ooc_ties.progress import Progress, ProgressFactory, progress_bar
 from ooc_ties.schedule import run_blocks
 from ooc_ties.sparsity import Sparsity, needs_sparsity
 from ooc_ties.write_queue import WriteQueue
 
-__all__ = ["Pass2", "run_pass2"]
+__all__ = ["Pass2", "Pass2Job", "run_pass2", "run_pass2_shared"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +71,9 @@ class Pass2:
         guessed: frozenset[str],
         sink: Output,
         journal: Journal | None,
+        spill: Path | None = None,
     ) -> None:
+        self.plan = plan
         self.inputs = inputs
         self.quotas = quotas
         self.sink = sink
@@ -105,10 +112,9 @@ class Pass2:
         self.kept = np.zeros((len(quotas), plan.n_models), np.int64)
         self.counted, self.by_sample = _counted_blocks(plan, thresholds)
         self.guessed = guessed
-        self.open_capacity = sign_votes.OPEN_CAPACITY  # read where pass 1 reads it (one setting)
-        self.patches: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        self.patch_room = plan.resources.memory_budget // sign_votes.PATCH_SHARE
-        self._patch_lock = threading.Lock()
+        # Every open element of a block can be recorded (see ``plan.work_bytes_per_element``).
+        self.open_capacity = plan.block_elements if guessed else 0
+        self.patches = OpenElements(plan.resources.memory_budget // PATCH_SHARE, spill)
         self.redoing = False
         self.bytes_read = 0
         """Input bytes of the blocks merged (or merged again) by :meth:`run`."""
@@ -124,16 +130,6 @@ class Pass2:
     def new_state(self) -> dict[Any, np.ndarray]:
         return {"at": np.empty(self.open_capacity, np.int64)}
 
-    def _keep_patch(self, ordinal: int, at: np.ndarray, alt: np.ndarray) -> bool:
-        """Keep a block's recorded open elements, while the room for them lasts."""
-        nbytes = at.nbytes + alt.nbytes
-        with self._patch_lock:
-            if nbytes > self.patch_room:
-                return False
-            self.patch_room -= nbytes
-        self.patches[ordinal] = (at.copy(), alt.copy())
-        return True
-
     def run(self, blocks: Sequence[BlockRef], bar: Progress | None) -> None:
         """Merge and write ``blocks`` on the plan's threads."""
         self.bytes_read += sum(b.in_nbytes for b in blocks)
@@ -143,13 +139,21 @@ class Pass2:
         self.writes.drain()
 
     def merge_block(self, ref: BlockRef, buffers: dict[Any, np.ndarray]) -> None:
+        """Read a block's inputs, merge and write it."""
+        base, fts = self.inputs.block(ref.tensor.name, ref.start, ref.stop)
+        self.merge_arrays(ref, base, fts, buffers)
+        self.inputs.release(ref.tensor.name, ref.start, ref.stop)
+
+    def merge_arrays(
+        self, ref: BlockRef, base: np.ndarray, fts: tuple[np.ndarray, ...], buffers: dict[Any, np.ndarray]
+    ) -> None:
+        """Merge a block from its inputs ``base`` and ``fts`` (kernel encoding) and queue its write."""
         name = ref.tensor.name
         storage = _out_storage(ref.tensor.out_dtype)
         if ("alt", storage) not in buffers:
             buffers[("alt", storage)] = np.empty(self.open_capacity, storage)
         buffer = self.writes.buffer(storage)
         out = buffer[: ref.stop - ref.start]
-        base, fts = self.inputs.block(name, ref.start, ref.stop)
         key = self.key(name)
         votes = self.votes[ref.ordinal]
         votes[:] = 0
@@ -183,9 +187,8 @@ class Pass2:
             message = self.inputs.describe_nonfinite(name, ref.start + bad, None, ref.tensor.out_dtype)
             raise NonFiniteValueError(message)
         recorded = int(votes[2] - votes[3])
-        if recorded and not self._keep_patch(ref.ordinal, at[:recorded], alt[:recorded]):
-            votes[3] = votes[2]
-        self.inputs.release(name, ref.start, ref.stop)
+        if recorded and not votes[3]:  # (a block with open elements not recorded is merged again)
+            self.patches.keep(ref.ordinal, at[:recorded], alt[:recorded])
         self.writes.submit(buffer, functools.partial(self._write, ref, out, votes, row, self.redoing))
 
     def _write(self, ref: BlockRef, out: np.ndarray, votes: np.ndarray, kept: np.ndarray, redoing: bool) -> None:
@@ -199,7 +202,7 @@ class Pass2:
 
     def patch_block(self, ref: BlockRef) -> None:
         """Give a block's recorded open elements their result under the other (exact) sign."""
-        at, alt = self.patches.pop(ref.ordinal)
+        at, alt = self.patches.take(ref.ordinal)
         values = decode_oracle(alt)
         if not np.all(np.isfinite(values)):
             index = ref.start + int(at[np.argmin(np.isfinite(values))])
@@ -210,10 +213,21 @@ class Pass2:
         if self.journal is not None:
             self.journal.redone(ref.ordinal)
 
-    def copy_block(self, tensor: TensorPlan, start: int, stop: int) -> None:
-        values = self.inputs.base.read(tensor.name, start, stop)
-        self.sink.write(tensor.name, start, values)
-        self.inputs.base.release(tensor.name, start, stop)
+
+@dataclass(frozen=True, slots=True)
+class Pass2Job:
+    """One merge's part in a shared pass 2."""
+
+    plan: MergePlan
+    """Its plan (every job of a shared pass 2 has the same block grid)."""
+    pass1: Pass1Result
+    """Its pass-1 results."""
+    sink: Output
+    """Where its output goes."""
+    journal: Journal | None
+    """Its resume journal, if any."""
+    spill: Path | None = None
+    """The folder for its open-element spill file (``None``: a temporary file)."""
 
 
 def run_pass2(
@@ -223,36 +237,104 @@ def run_pass2(
     sink: Output,
     progress: ProgressFactory | None,
     journal: Journal | None,
+    spill: Path | None = None,
 ) -> tuple[Thresholds, int, int]:
     """Merge and write every block not yet done; return the thresholds with every majority sign exact,
     how many blocks an interrupted run had done, and the input bytes of the blocks merged here."""
-    runner = Pass2(plan, inputs, pass1.thresholds, pass1.quotas, pass1.guessed, sink, journal)
-    blocks = plan_blocks(plan.merged)
-    done: dict[int, tuple[int, ...]] = {}
-    redone: set[int] = set()
-    if journal is not None:
-        done, redone, _ = journal.finished(plan.n_models)
-        for ordinal, counts in done.items():
-            if 0 <= ordinal < len(blocks):
-                pos, neg, open_ = counts[:3]
-                runner.votes[ordinal] = (pos, neg, open_, open_)  # their open elements were not kept
-                runner.kept[ordinal] = counts[3:]
-        if done:
-            logger.info("resume: %d of %d blocks were done", len(done), len(blocks))
-    todo = [b for b in blocks if b.ordinal not in done]
-    copies = [(t, start, stop) for t in plan.tensors if t.kind is TensorKind.COPY for start, stop in t.grid.blocks()]
+    return run_pass2_shared([Pass2Job(plan, pass1, sink, journal, spill)], inputs, progress)[0][0]
+
+
+def run_pass2_shared(
+    jobs: Sequence[Pass2Job], inputs: MergeInputs, progress: ProgressFactory | None
+) -> tuple[list[tuple[Thresholds, int, int]], int]:
+    """Pass 2 of several merges of the same ``inputs`` (:func:`run_pass2` of each), reading each input
+    block once for all the merges that need it; and the input bytes of the merged blocks read for them
+    all (blocks merged again included). Each merge's bytes read are its own blocks' (what it would have
+    read alone)."""
+    blocks = plan_blocks(jobs[0].plan.merged)
+    for job in jobs[1:]:
+        if job.plan.block_elements != jobs[0].plan.block_elements:
+            raise ValueError("the merges of a shared pass 2 must have the same block grid")
+    runners = [
+        Pass2(
+            job.plan,
+            inputs,
+            job.pass1.thresholds,
+            job.pass1.quotas,
+            job.pass1.guessed,
+            job.sink,
+            job.journal,
+            job.spill,
+        )
+        for job in jobs
+    ]
+    resumed: list[tuple[int, set[int]]] = []
+    needed: dict[int, list[int]] = {}  # block ordinal: the jobs that still merge it
+    for j, (job, runner) in enumerate(zip(jobs, runners, strict=True)):
+        done, redone = _resume_state(job, runner, len(blocks))
+        resumed.append((len(done), redone))
+        for ref in blocks:
+            if ref.ordinal not in done:
+                needed.setdefault(ref.ordinal, []).append(j)
+                runner.bytes_read += ref.in_nbytes
+    todo = [ref for ref in blocks if ref.ordinal in needed]
+    copies = [
+        (t, start, stop) for t in jobs[0].plan.tensors if t.kind is TensorKind.COPY for start, stop in t.grid.blocks()
+    ]
     total = sum(b.in_nbytes for b in todo) + sum((stop - start) * t.in_dtypes[0].itemsize for t, start, stop in copies)
+
+    def task(ref: BlockRef, buffers: dict[int, dict[Any, np.ndarray]]) -> None:
+        base, fts = inputs.block(ref.tensor.name, ref.start, ref.stop)
+        for j in needed[ref.ordinal]:
+            state = buffers.get(j)
+            if state is None:
+                state = buffers[j] = runners[j].new_state()
+            runners[j].merge_arrays(ref, base, fts, state)
+        inputs.release(ref.tensor.name, ref.start, ref.stop)
+
+    description = "pass 2/2: merge" if len(jobs) == 1 else f"pass 2/2: merge ({len(jobs)} merges)"
     try:
-        with progress_bar(progress, "pass 2/2: merge", total) as bar:
+        with progress_bar(progress, description, total) as bar:
             for tensor, start, stop in copies:
-                runner.copy_block(tensor, start, stop)
+                values = inputs.base.read(tensor.name, start, stop)
+                for runner in runners:
+                    runner.sink.write(tensor.name, start, values)
+                inputs.base.release(tensor.name, start, stop)
                 if bar is not None:
                     bar.advance((stop - start) * tensor.in_dtypes[0].itemsize)
-            runner.run(todo, bar)
-        _check_kept(runner.kept, runner.counted, runner.by_sample, pass1.thresholds, blocks, inputs)
-        return _settle_majority(runner, pass1, blocks, progress, redone), len(done), runner.bytes_read
+            threads = jobs[0].plan.resources.threads
+            run_blocks(todo, task, dict, threads=threads, cost=lambda b: b.in_nbytes, progress=bar)
+            for runner in runners:
+                runner.writes.drain()
+        results = []
+        read = sum(b.in_nbytes for b in todo)
+        for job, runner, (finished, redone) in zip(jobs, runners, resumed, strict=True):
+            _check_kept(runner.kept, runner.counted, runner.by_sample, job.pass1.thresholds, blocks, inputs)
+            before = runner.bytes_read
+            final = _settle_majority(runner, job.pass1, blocks, progress, redone)
+            read += runner.bytes_read - before  # (blocks merged again)
+            results.append((final, finished, runner.bytes_read))
+        return results, read
     finally:
-        runner.writes.close()  # (after a failure, the writes not yet started are dropped)
+        for runner in runners:
+            runner.writes.close()  # (after a failure, the writes not yet started are dropped)
+            runner.patches.close()
+
+
+def _resume_state(job: Pass2Job, runner: Pass2, n_blocks: int) -> tuple[dict[int, tuple[int, ...]], set[int]]:
+    """The blocks an interrupted run of this merge finished (with their votes and kept counts, loaded
+    into ``runner``) and those it had already corrected."""
+    if job.journal is None:
+        return {}, set()
+    done, redone, _ = job.journal.finished(job.plan.n_models)
+    for ordinal, counts in done.items():
+        if 0 <= ordinal < n_blocks:
+            pos, neg, open_ = counts[:3]
+            runner.votes[ordinal] = (pos, neg, open_, open_)  # their open elements were not kept
+            runner.kept[ordinal] = counts[3:]
+    if done:
+        logger.info("resume: %d of %d blocks were done", len(done), n_blocks)
+    return done, redone
 
 
 def _counted_blocks(plan: MergePlan, thresholds: Thresholds) -> tuple[frozenset[int], frozenset[str]]:
@@ -324,9 +406,8 @@ def _settle_majority(
 
     Only *open* elements (an exact zero vote between non-zero values) depend on the majority sign.
     When a guess was wrong, the open elements pass 2 recorded get their other result written in place;
-    blocks with open elements it could not record (beyond :data:`OPEN_CAPACITY` per block or the room
-    for patches, decided by a tie quota, or merged by an interrupted run) are merged again with the
-    exact sign. ``redone``: blocks an interrupted run had already corrected.
+    blocks with open elements it could not record (decided by a tie quota or a drop, or merged by an
+    interrupted run) are merged again with the exact sign. ``redone``: blocks an interrupted run had already corrected.
     """
     thresholds = pass1.thresholds
     if not pass1.guessed:
@@ -354,7 +435,7 @@ def _settle_majority(
             for b in members:
                 if runner.votes[b.ordinal, 2] == 0 or b.ordinal in redone:
                     continue
-                if runner.votes[b.ordinal, 3] == 0:
+                if b.ordinal in runner.patches:
                     patch.append(b)
                 else:
                     redo.append(b)

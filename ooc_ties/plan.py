@@ -19,7 +19,7 @@ from ooc_ties.errors import IncompatibleCheckpointsError, OptionError
 from ooc_ties.io.direct import ALIGNMENT, BOUNCE_BYTES
 from ooc_ties.io.writer import ShardLayout, layout_shards
 from ooc_ties.methods import Sparsify, row_length
-from ooc_ties.pass1.costs import SAMPLE_STRIDE, max_reads, pass1_memory, plan_reads
+from ooc_ties.pass1.costs import SAMPLE_STRIDE, VOTE_STRIDE, max_reads, pass1_memory, plan_reads
 from ooc_ties.sources import TensorSource
 from ooc_ties.tensor import Tensor
 
@@ -113,9 +113,11 @@ class MergePlan:
     @property
     def threshold_passes(self) -> float:
         """The most reads of the inputs before pass 2 for a group of many blocks, in whole reads, a sample
-        (every 8th block) counted as an eighth: :func:`ooc_ties.pass1.costs.max_reads`. :meth:`describe`
-        counts this plan's own groups, from the same statement (:func:`ooc_ties.pass1.costs.pass1_reads`)."""
-        return max_reads(self.options, SAMPLE_STRIDE, 1) / SAMPLE_STRIDE
+        (every 8th block) counted as an eighth, the sign-vote sample (every 16th) as a sixteenth:
+        :func:`ooc_ties.pass1.costs.max_reads`. :meth:`describe` counts this plan's own groups, from the
+        same statement (:func:`ooc_ties.pass1.costs.pass1_reads`)."""
+        whole = SAMPLE_STRIDE * VOTE_STRIDE
+        return max_reads(self.options, whole, VOTE_STRIDE, SAMPLE_STRIDE) / whole
 
     @property
     def peak_memory_estimate(self) -> int:
@@ -258,6 +260,8 @@ def make_plan(
     per_element = 2 * sum(d.itemsize for d in out_dtypes) + (4 * (n + 1) if mixed else 0)
     if options.method.sparsify.random:
         per_element += n  # each worker's drop masks: a byte per element and model
+    if options.majority_vote:  # each worker's records of open elements: an int64 index and a value
+        per_element += 8 + max((d.itemsize for d in out_dtypes), default=0)
     fixed = _fixed_bytes(n, resources.threads, 0)
     room = resources.memory_budget - fixed
     block = min(MAX_BLOCK_ELEMENTS, room // max(1, resources.threads * per_element))

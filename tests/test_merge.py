@@ -252,32 +252,35 @@ def test_thresholds_from_other_options_or_models_are_refused(
 
 
 @pytest.mark.parametrize(
-    ("capacity", "output", "how", "block"),
+    ("spill", "output", "block"),
     [
-        (4096, "out", "64 blocks corrected in place, 0 merged again", 64),
-        (0, "out", "0 blocks corrected in place, 64 merged again", 64),
-        (4096, "out.zarr", "64 blocks corrected in place, 0 merged again", 64),
+        (False, "out", 64),
+        (True, "out", 64),
+        (False, "out.zarr", 64),
+        (True, "out.zarr", 64),
         # blocks of 4 pages: written past the page cache, then patched through it
-        (4096, "out", "64 blocks corrected in place, 0 merged again", 4096),
+        (False, "out", 4096),
+        (True, "out", 4096),
     ],
 )
 def test_a_wrong_majority_guess_is_corrected(
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
-    capacity: int,
+    spill: bool,
     output: str,
-    how: str,
     block: int,
 ) -> None:
-    """Pass 1 guesses the majority sign from every 8th block; pass 2 must settle it exactly, by
-    correcting the recorded open elements in place, or (where none could be recorded) merging again."""
+    """Pass 1 guesses the majority sign from every 16th block; pass 2 must settle it exactly by
+    correcting the open elements it recorded (in memory, or spilled to a file), without reading again."""
+    from ooc_ties import pass2
     from ooc_ties.convert import convert
-    from ooc_ties.pass1.costs import SAMPLE_STRIDE
+    from ooc_ties.pass1.costs import VOTE_STRIDE
 
-    monkeypatch.setattr(votes, "OPEN_CAPACITY", capacity)  # the one setting pass 1 and pass 2 read
-    n_blocks = 8 * SAMPLE_STRIDE  # a sample of 8 blocks: decisive, and wrong
-    sampled = (np.arange(n_blocks * block) // block) % SAMPLE_STRIDE == 0
+    if spill:
+        monkeypatch.setattr(pass2, "PATCH_SHARE", 1 << 62)  # no room in memory: every record is spilled
+    n_blocks = 4 * VOTE_STRIDE  # a sample of 4 blocks: decisive, and wrong
+    sampled = (np.arange(n_blocks * block) // block) % VOTE_STRIDE == 0
     sign = np.where(sampled, 1.0, -1.0).astype(np.float32)  # the sample votes +, the whole model votes -
     tau1 = sign.copy()
     tau2 = sign.copy()
@@ -285,12 +288,15 @@ def test_a_wrong_majority_guess_is_corrected(
     base = np.zeros(n_blocks * block, np.float32)
     paths = write_models(tmp_path, base, base + tau1, base + tau2)
     options = PRESETS["paper"].with_(density=1.0)
-    with caplog.at_level("INFO", logger="ooc_ties.pass2"):
+    with caplog.at_level("INFO", logger="ooc_ties"):
         result = merge(paths[0], paths[1:], tmp_path / output, options, Resources(max_block_elements=block, threads=2))
     assert "guessed +1, exact -1" in caplog.text
-    assert how in caplog.text
+    assert f"{n_blocks} blocks corrected in place, 0 merged again" in caplog.text
+    assert ("spill to" in caplog.text) == spill
+    assert result.bytes_read == result.plan.merge_input_bytes * (n_blocks // VOTE_STRIDE + n_blocks) // n_blocks
     assert result.thresholds.majority[""] == -1
     assert result.output is not None
+    assert not list(result.output.rglob("open-elements*"))  # the spill file went with the merge
     if output.endswith(".zarr"):
         convert(result.output, tmp_path / "back")
         result = dataclasses.replace(result, output=tmp_path / "back")
@@ -300,29 +306,10 @@ def test_a_wrong_majority_guess_is_corrected(
         assert (np.asarray(c.read("w"))[::4] == -1).all()  # the open elements took the exact sign
 
 
-@pytest.mark.parametrize(("capacity", "decision"), [(4096, "recordable"), (16, "too many to record: full vote")])
-def test_the_open_capacity_decides_whether_pass_1_guesses(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, capacity: int, decision: str
+def test_half_the_elements_open_are_recorded_and_nothing_is_read_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The capacity is one setting that both passes read: 1% of open elements (41 a block) fit the
-    default room pass 2 has to record them, so pass 1 guesses the sign from its sample (which is not
-    decisive); a capacity of 16 does not, so pass 1 counts every block's votes."""
-    monkeypatch.setattr(votes, "OPEN_CAPACITY", capacity)
-    block = 4096
-    rng = np.random.default_rng(12)
-    tau1 = rng.choice(np.array([-1.0, 1.0], np.float32), 16 * block)
-    tau2 = np.where(rng.random(tau1.size) < 0.01, -tau1, tau1).astype(np.float32)  # 1% cancel exactly
-    base = np.zeros(tau1.size, np.float32)
-    paths = write_models(tmp_path, base, base + tau1, base + tau2)
-    options = PRESETS["paper"].with_(density=1.0)
-    with caplog.at_level("DEBUG", logger="ooc_ties.pass1"):
-        result = merge(paths[0], paths[1:], tmp_path / "out", options, Resources(max_block_elements=block))
-    assert f"open elements ({decision})" in caplog.text
-    assert read_all(result.output) == expected_bytes(paths[0], paths[1:], options)
-
-
-def test_too_many_open_elements_to_record_means_a_full_vote(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """When the sample predicts more open elements than pass 2 could record, pass 1 counts every block."""
+    """However many open elements there are, pass 2 records them all: pass 1 only reads its sample."""
     block = 1 << 16
     rng = np.random.default_rng(5)
     tau1 = rng.choice(np.array([-1.0, 1.0], np.float32), 16 * block)
@@ -330,24 +317,29 @@ def test_too_many_open_elements_to_record_means_a_full_vote(tmp_path: Path, capl
     base = np.zeros(16 * block, np.float32)
     paths = write_models(tmp_path, base, base + tau1, base + tau2)
     options = PRESETS["paper"].with_(density=1.0)
-    with caplog.at_level("DEBUG", logger="ooc_ties.pass1"):
+    with caplog.at_level("DEBUG", logger="ooc_ties"):
         result = merge(paths[0], paths[1:], tmp_path / "out", options, Resources(max_block_elements=block))
-    assert "too many to record: full vote" in caplog.text
-    assert "guessed" not in caplog.text
+    assert "(recordable)" in caplog.text and "full vote" not in caplog.text
+    assert result.bytes_read == result.plan.merge_input_bytes * 17 // 16  # the vote sample and the merge
     assert read_all(result.output) == expected_bytes(paths[0], paths[1:], options)
 
 
-def test_the_full_vote_counts_the_sampled_blocks_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_the_full_vote_counts_the_sampled_blocks_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Only the sampled blocks tip the majority (the others tie exactly), and not decisively enough to
-    guess from: the full vote must add the sample's votes to those of the other blocks."""
-    from ooc_ties.pass1.costs import SAMPLE_STRIDE
+    guess from where pass 2 could not record the open elements (a tie quota or a drop decides them): the
+    full vote must add the sample's votes to those of the other blocks."""
+    from ooc_ties.pass1.costs import VOTE_STRIDE
+
+    monkeypatch.setattr(votes, "records_open_elements", lambda options: False)
 
     block, blocks = 1 << 14, 16
     rng = np.random.default_rng(11)
     tau1 = np.empty(blocks * block, np.float32)
     cancel = np.zeros(blocks * block, bool)
     for k in range(blocks):
-        tip = 100 if k % SAMPLE_STRIDE == 0 else 0  # the blocks vote_sample takes
+        tip = 100 if k % VOTE_STRIDE == 0 else 0  # the blocks vote_sample takes
         kept = block // 2
         signs = np.concatenate(
             [np.ones(kept // 2 + tip), -np.ones(kept - kept // 2 - tip), rng.choice([-1.0, 1.0], block - kept)]

@@ -201,9 +201,12 @@ def test_the_plan_counts_two_buffers_per_worker_and_output_dtype() -> None:
         }
 
     base, fts = model(), [model(), model()]
+    # the paper's majority sign: each worker also records open elements, an int64 index and a value
     plan = plan_merge(base, fts, PRESETS["paper"], Resources(threads=3))
-    assert plan.work_bytes_per_element == 2 * (4 + 2)
+    assert plan.work_bytes_per_element == 2 * (4 + 2) + 8 + 4
     fixed = plan.peak_memory_estimate - 3 * plan.block_elements * plan.work_bytes_per_element
     one_dtype = plan_merge(base, fts, PRESETS["paper"].with_(out_dtype=BF16), Resources(threads=3))
-    assert one_dtype.work_bytes_per_element == 2 * 2
-    assert one_dtype.peak_memory_estimate - 3 * one_dtype.block_elements * 4 == fixed
+    assert one_dtype.work_bytes_per_element == 2 * 2 + 8 + 2
+    assert one_dtype.peak_memory_estimate - 3 * one_dtype.block_elements * (4 + 10) == fixed
+    positive = plan_merge(base, fts, PRESETS["mergekit"].with_(out_dtype=BF16), Resources(threads=3))
+    assert positive.work_bytes_per_element == 2 * 2  # no majority sign, nothing recorded

@@ -37,7 +37,7 @@ from ooc_ties.kernels.histogram import (
     high_histogram,
     low_histogram,
 )
-from ooc_ties.pass1.costs import BRACKET_BINS, vote_sample
+from ooc_ties.pass1.costs import BRACKET_BINS, threshold_sample
 from ooc_ties.pass1.scan import Scan
 from ooc_ties.pass1.thresholds import GroupThreshold
 
@@ -143,7 +143,7 @@ def levels(
 ) -> list[tuple[int, int, np.ndarray]]:
     """Per model ``t``: the high bin holding the ``ranks[t]``-th smallest ``|tau|`` of the group, how
     many values lie below that bin, and the bin's low-bits histogram (exactly the two-read select's)."""
-    sample = vote_sample(blocks)
+    sample = threshold_sample(blocks)
     if len(sample) == len(blocks):  # the sample would be the whole group: the two-read select
         high = read_high(scan, f"{label}thresholds", blocks)
         picks = [_select(high[t], int(ranks[t])) for t in range(scan.n)]

@@ -8,6 +8,8 @@ sign (:mod:`~ooc_ties.pass1.votes`), each only where the options need it.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import threading
 import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,14 +24,17 @@ from ooc_ties.pass1.costs import group_reads
 from ooc_ties.pass1.norms import rescale_factors, trim_masks
 from ooc_ties.pass1.order import band_thresholds, group_thresholds
 from ooc_ties.pass1.quotas import tie_quotas
-from ooc_ties.pass1.scan import Scan
+from ooc_ties.pass1.scan import Reader, Scan
+from ooc_ties.pass1.shared import SharedReads
 from ooc_ties.pass1.thresholds import GroupThreshold, ThresholdBasis, Thresholds
 from ooc_ties.pass1.votes import majority, sample_vote
 from ooc_ties.plan import MergePlan
-from ooc_ties.progress import ProgressFactory, progress_bar
+from ooc_ties.progress import Progress, ProgressFactory, progress_bar
 from ooc_ties.sparsity import Sparsity, needs_sparsity
 
-__all__ = ["Pass1Result", "compute_thresholds"]
+__all__ = ["Pass1Result", "compute_thresholds", "compute_thresholds_shared"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +65,68 @@ def compute_thresholds(
     """
     if given is not None:
         given.check_fits(plan, inputs)
+    with progress_bar(progress, "pass 1/2: thresholds", _expected_reads(plan, given is not None)) as bar:
+        return _pass1(plan, inputs, bar, given, None)
+
+
+def compute_thresholds_shared(
+    plans: Sequence[MergePlan], inputs: MergeInputs, progress: ProgressFactory | None = None
+) -> tuple[list[Pass1Result], int]:
+    """Pass 1 of several merges of the same ``inputs`` on the same block grid, their reads shared
+    (:class:`~ooc_ties.pass1.shared.SharedReads`): each result is the one :func:`compute_thresholds`
+    gives that plan alone; and the bytes read for them all. One progress bar for them all, its total
+    the most one of them expects."""
+    if len(plans) == 1:
+        result = compute_thresholds(plans[0], inputs, progress)
+        return [result], result.bytes_read
+    results: list[Pass1Result | None] = [None] * len(plans)
+    errors: list[BaseException | None] = [None] * len(plans)
+    total = max(_expected_reads(plan, False) for plan in plans)
+    with progress_bar(progress, "pass 1/2: thresholds (shared)", total) as bar:
+        shared = SharedReads(inputs, plans[0].resources.threads, len(plans), bar)
+        shared.plan(total)
+
+        def party(i: int) -> None:
+            try:
+                results[i] = _pass1(plans[i], inputs, None, None, shared.reader(i))
+            except BaseException as error:  # (raised on the calling thread below)
+                errors[i] = error
+            finally:
+                shared.leave()
+
+        workers = [threading.Thread(target=party, args=(i,), name=f"ooc-ties-pass1-{i}") for i in range(len(plans))]
+        for worker in workers:
+            worker.start()
+        try:
+            shared.serve()
+        except BaseException as stopped:
+            shared.stop(stopped)
+            raise
+        finally:
+            for worker in workers:
+                worker.join()
+        shared.finish()
+    for failed in errors:
+        if failed is not None:
+            raise failed
+    logger.info(
+        "pass 1 of %d merges: read %d bytes, %.2f times less than %d merges alone",
+        len(plans),
+        shared.bytes_read,
+        shared.requested / max(1, shared.bytes_read),
+        len(plans),
+    )
+    return [r for r in results if r is not None], shared.bytes_read
+
+
+def _expected_reads(plan: MergePlan, given: bool) -> int:
+    keyed = group_blocks(plan, plan_blocks(plan.merged))
+    return sum(r.nbytes for b in keyed.values() for r in group_reads(plan, b, given) if r.expected)
+
+
+def _pass1(
+    plan: MergePlan, inputs: MergeInputs, bar: Progress | None, given: Thresholds | None, reader: Reader | None
+) -> Pass1Result:
     blocks = plan_blocks(plan.merged)
     band = plan.options.method.sparsify is Sparsify.BAND
     quotas = np.full((len(blocks), plan.n_models * (2 if band else 1)), -1, np.int64)
@@ -67,9 +134,8 @@ def compute_thresholds(
     expected = {
         key: sum(r.nbytes for r in group_reads(plan, b, given is not None) if r.expected) for key, b in keyed.items()
     }
-    with progress_bar(progress, "pass 1/2: thresholds", sum(expected.values())) as bar:
-        runner = Scan(plan, inputs, bar)
-        thresholds, guessed = _compute(plan, runner, keyed, expected, quotas, given)
+    runner = Scan(plan, inputs, bar, reader)
+    thresholds, guessed = _compute(plan, runner, keyed, expected, quotas, given)
     return Pass1Result(thresholds, quotas, runner.bytes_read, guessed)
 
 

@@ -3,14 +3,15 @@
 Every read of pass 1 (histograms, tie counts, sign votes) goes through :meth:`Scan.run`, which counts
 the bytes read (a merge reports them), grows the progress bar when a read goes beyond the ones pass 1
 expected (:mod:`ooc_ties.pass1.costs`), and hands each worker its own accumulator
-(:func:`ooc_ties.schedule.run_blocks`).
+(:func:`ooc_ties.schedule.run_blocks`). In a grid of merges, the scans of every merge hand their reads
+to one :class:`~ooc_ties.pass1.shared.SharedReads`, which makes each round of them one read.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -21,16 +22,30 @@ from ooc_ties.plan import MergePlan
 from ooc_ties.progress import Progress
 from ooc_ties.schedule import run_blocks
 
-__all__ = ["Scan"]
+__all__ = ["BlockWork", "Reader", "Scan"]
 
 logger = logging.getLogger(__name__)
+
+BlockWork = Callable[[BlockRef, np.ndarray, tuple[np.ndarray, ...], Any], None]
+"""``work(ref, base, fts, state)``: a kernel over one block's inputs, adding into a worker's ``state``."""
+
+
+class Reader(Protocol):
+    """Runs a read: ``work`` on every block's inputs; returns the worker states."""
+
+    def __call__(
+        self, label: str, blocks: Sequence[BlockRef], work: BlockWork, new_state: Callable[[], Any]
+    ) -> list[Any]: ...
 
 
 class Scan:
     """Runs pass 1's reads of one merge's inputs and accounts for them."""
 
-    def __init__(self, plan: MergePlan, inputs: MergeInputs, bar: Progress | None) -> None:
+    def __init__(
+        self, plan: MergePlan, inputs: MergeInputs, bar: Progress | None, reader: Reader | None = None
+    ) -> None:
         self.plan = plan
+        self._reader = reader or self._read
         self.inputs = inputs
         self.bar = bar
         self.bytes_read = 0
@@ -51,7 +66,7 @@ class Scan:
         self,
         label: str,
         blocks: Sequence[BlockRef],
-        work: Callable[[BlockRef, np.ndarray, tuple[np.ndarray, ...], Any], None],
+        work: BlockWork,
         new_state: Callable[[], Any],
     ) -> list[Any]:
         """Run ``work(ref, base, fts, state)`` on every block's inputs; return the worker states."""
@@ -61,6 +76,10 @@ class Scan:
             self.bar.grow(self.bytes_read + nbytes - self.budget)
             self.budget = self.bytes_read + nbytes
         self.bytes_read += nbytes
+        return self._reader(label, blocks, work, new_state)
+
+    def _read(self, label: str, blocks: Sequence[BlockRef], work: BlockWork, new_state: Callable[[], Any]) -> list[Any]:
+        """A read of this scan's own."""
 
         def task(ref: BlockRef, state: Any) -> None:
             base, fts = self.inputs.block(ref.tensor.name, ref.start, ref.stop)

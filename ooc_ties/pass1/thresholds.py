@@ -50,7 +50,7 @@ class GroupThreshold:
     kept: int
     """Values kept in all."""
     sample_kept: int = -1
-    """Values kept in the group's sample blocks (``vote_sample``, every 8th block, on the grid of
+    """Values kept in the group's sample blocks (``vote_sample``, every 16th block, on the grid of
     :attr:`Thresholds.sample_block_elements`), counted by pass 1's sign-vote sample: pass 2 counts the
     same blocks and must agree. -1: not counted (no majority vote, or nothing trimmed); pass 2 then
     counts every block and checks :attr:`kept`."""

@@ -1,11 +1,12 @@
 """The majority sign: the sign of (#positive - #negative) elected signs over a group, for the paper's
 zero-sign rule (an exact zero vote takes the sign most elements elected).
 
-It needs the final trim, so it is counted after the thresholds. Pass 1 first votes on a fixed sample of
-blocks (every ``SAMPLE_STRIDE``-th); when the sample is decisive, or the open elements it predicts fit
-the room pass 2 has to record them, it only *guesses* the sign, and pass 2, which counts the votes of
+It needs the final trim, so it is counted after the thresholds. Pass 1 votes on a fixed sample of
+blocks (every ``VOTE_STRIDE``-th) and only *guesses* the sign from it; pass 2, which counts the votes of
 every block anyway, settles the exact sign and corrects the elements whose result depended on a wrong
-guess (``ooc_ties.pass2``). Otherwise the other blocks vote too.
+guess, from the records it keeps of them (:mod:`ooc_ties.open_elements`), without reading the inputs
+again. Only where pass 2 cannot record them (a tie quota or a drop decides the values of an open
+element) and the sample is not decisive do the other blocks vote in pass 1 too.
 """
 
 from __future__ import annotations
@@ -19,16 +20,13 @@ import numpy as np
 
 from ooc_ties.blocks import BlockRef
 from ooc_ties.kernels.ties import elect_count
-from ooc_ties.pass1.costs import vote_sample
+from ooc_ties.pass1.costs import records_open_elements, vote_sample
 from ooc_ties.pass1.scan import Scan
 from ooc_ties.pass1.thresholds import GroupThreshold
 from ooc_ties.sparsity import Sparsity
 
 __all__ = [
     "DECISIVE_MARGIN",
-    "OPEN_CAPACITY",
-    "OPEN_RECORD_BYTES",
-    "PATCH_SHARE",
     "SampleVote",
     "majority",
     "sample_vote",
@@ -37,12 +35,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-OPEN_CAPACITY = 4096
-"""Pass 2 records at most this many open elements per block (with their result under the other sign)."""
-OPEN_RECORD_BYTES = 12
-"""Memory of one recorded open element: its index and its other result."""
-PATCH_SHARE = 16
-"""Recorded open elements may use up to 1/16 of the memory budget over the whole merge."""
 DECISIVE_MARGIN = 10.0
 """A sample is *decisive* if ``|pos - neg| >= 10 * sqrt(pos + neg)``: far beyond a coin's chance."""
 
@@ -92,28 +84,26 @@ def majority(
 
     Pass 2 counts every block's votes anyway and settles the exact sign. A wrong guess costs
     correcting the *open* elements, which pass 2 records with their other result (see
-    ``ooc_ties.pass2``), or merging again the blocks whose open elements it could not record. So the
-    sample's sign is taken when the sample is decisive (a wrong guess is then very unlikely), or
-    when the open elements the sample predicts fit the room pass 2 has for them; otherwise every
-    block votes here (bf16 models often have a few percent of open elements).
+    :mod:`ooc_ties.open_elements`), so the sample's sign is taken whenever pass 2 can record every open
+    element: the trim keeps all ties (no tie quota decides a value) and no drop decides one. Otherwise
+    blocks with open elements would be merged again, so the sample's sign is taken only if the sample
+    is decisive (a wrong guess is then very unlikely), and every block votes here if it is not.
     """
     sample, pos, neg, open_ = sampled.blocks, sampled.pos, sampled.neg, sampled.open
     if len(sample) == len(blocks):
         return int(np.sign(pos - neg)), False
     decisive = abs(pos - neg) >= DECISIVE_MARGIN * math.sqrt(max(pos + neg, 1))
+    recordable = records_open_elements(scan.plan.options)
     rate = open_ / max(1, sum(b.stop - b.start for b in sample))
-    expected = rate * sum(b.stop - b.start for b in blocks)
-    room = scan.plan.resources.memory_budget // PATCH_SHARE
-    fits = expected * OPEN_RECORD_BYTES <= room / 2 and rate * scan.plan.block_elements <= OPEN_CAPACITY / 2
     logger.debug(
         "majority sign of %s: sample %d vs %d, about %d open elements (%s)",
         label or "the model",
         pos,
         neg,
-        expected,
-        "decisive" if decisive else "recordable" if fits else "too many to record: full vote",
+        rate * sum(b.stop - b.start for b in blocks),
+        "recordable" if recordable else "decisive" if decisive else "not recordable, not decisive: full vote",
     )
-    if decisive or fits:
+    if recordable or decisive:
         return int(np.sign(pos - neg)), True
     # Every block votes; the sample's blocks have (integer counts add in any order).
     done = {b.ordinal for b in sample}

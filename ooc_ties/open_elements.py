@@ -1,0 +1,100 @@
+"""The open elements pass 2 records: where a block's result depends on a guessed majority sign.
+
+Under the paper's zero-sign rule an element whose vote is exactly zero between non-zero values (an
+*open* element) takes the majority sign of its group, which pass 1 only guesses from a sample
+(:mod:`ooc_ties.pass1.votes`). Pass 2 counts every block's votes, and records each open element with
+its result under the other sign: its index in the block and the value to write instead. If the exact
+majority turns out to differ from the guess, these records are written over the output in place, and no
+input is read again.
+
+Records stay in memory while a share of the budget lasts (:data:`PATCH_SHARE`), then go to a spill file
+(in the staged output's state folder, else a temporary file), read back block by block and deleted with
+the merge. A bf16 model can have a few percent of open elements: 6 bytes each for a bf16 output.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+
+__all__ = ["PATCH_SHARE", "SPILL_NAME", "OpenElements"]
+
+logger = logging.getLogger(__name__)
+
+PATCH_SHARE = 16
+"""Records may use up to 1/16 of the memory budget; the rest go to the spill file."""
+SPILL_NAME = "open-elements.bin"
+"""The spill file's name in the staged output's state folder."""
+
+
+class OpenElements:
+    """The recorded open elements of every block, by block ordinal: in memory up to ``room`` bytes, the
+    rest appended to a spill file in ``folder`` (``None``: an anonymous temporary file)."""
+
+    def __init__(self, room: int, folder: Path | None) -> None:
+        self.room = room
+        self.folder = folder
+        self._memory: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._spilled: dict[int, tuple[int, int, np.dtype]] = {}
+        self._file: IO[bytes] | None = None
+        self._path: Path | None = None
+        self._lock = threading.Lock()
+        self.spilled_bytes = 0
+        """Bytes written to the spill file."""
+
+    def __contains__(self, ordinal: int) -> bool:
+        return ordinal in self._memory or ordinal in self._spilled
+
+    def keep(self, ordinal: int, at: np.ndarray, alt: np.ndarray) -> None:
+        """Record block ``ordinal``'s open elements: indices ``at`` within the block, values ``alt``."""
+        offsets = at.astype(np.uint32)  # (a block has fewer than 2**32 elements)
+        nbytes = offsets.nbytes + alt.nbytes
+        with self._lock:
+            if nbytes <= self.room:
+                self.room -= nbytes
+                self._memory[ordinal] = (offsets, alt.copy())
+                return
+            spill = self._spill_file()
+            position = spill.seek(0, os.SEEK_END)
+            spill.write(offsets.tobytes())
+            spill.write(alt.tobytes())
+            self._spilled[ordinal] = (position, len(at), alt.dtype)
+            self.spilled_bytes += nbytes
+
+    def take(self, ordinal: int) -> tuple[np.ndarray, np.ndarray]:
+        """Block ``ordinal``'s records (indices as int64, values), forgotten here."""
+        with self._lock:
+            held = self._memory.pop(ordinal, None)
+            if held is not None:
+                return held[0].astype(np.int64), held[1]
+            position, count, dtype = self._spilled.pop(ordinal)
+            assert self._file is not None  # (a spilled record has a file)
+            self._file.seek(position)
+            at = np.frombuffer(self._file.read(4 * count), np.uint32).astype(np.int64)
+            alt = np.frombuffer(self._file.read(count * dtype.itemsize), dtype)
+            return at, alt
+
+    def _spill_file(self) -> IO[bytes]:
+        if self._file is None:
+            if self.folder is not None:
+                self._path = self.folder / SPILL_NAME
+                self._file = open(self._path, "w+b")
+            else:
+                self._file = tempfile.TemporaryFile(prefix="ooc-ties-open-")
+            logger.info("open elements beyond %s of memory spill to %s", "the room", self._path or "a temporary file")
+        return self._file
+
+    def close(self) -> None:
+        """Delete the spill file, if any."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._path is not None:
+            self._path.unlink(missing_ok=True)
+            self._path = None
