@@ -13,6 +13,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -30,8 +31,9 @@ from ooc_ties.config import (
 )
 from ooc_ties.errors import OocTiesError
 from ooc_ties.from_config import configured_merge
-from ooc_ties.merge import MergeResult, merge, plan_merge
-from ooc_ties.mergekit_yaml import load_config
+from ooc_ties.grid import GridMode, GridPoint, expand_grid, name_points
+from ooc_ties.merge import MergeResult, merge, merge_grid, plan_grid, plan_merge
+from ooc_ties.mergekit_yaml import load_configs
 from ooc_ties.methods import METHODS
 from ooc_ties.pass1.thresholds import Thresholds
 from ooc_ties.plan import MAX_BLOCK_ELEMENTS
@@ -105,12 +107,13 @@ def cli() -> None:
     "-o",
     required=True,
     type=click.Path(path_type=Path),
-    help="Output folder (safetensors), or OUT.zarr for a Zarr v3 group. Must not exist.",
+    help="Output folder (safetensors), or OUT.zarr for a Zarr v3 group. Must not exist. A grid writes one "
+    "output per merge under it, and OUT/grid.json.",
 )
 @click.option(
     "--method",
-    type=click.Choice(list(METHODS)),
-    help="The merge method (docs/methods.md). [default: ties]",
+    help=f"The merge method (docs/methods.md): {', '.join(METHODS)}; a comma-separated list spans a grid. "
+    "[default: ties]",
 )
 @click.option(
     "--preset",
@@ -122,15 +125,18 @@ def cli() -> None:
 @click.option(
     "--density",
     help="Fraction of each task vector kept (largest magnitudes for ties, a band for breadcrumbs, a random "
-    "drop for dare/della), in (0, 1]: one, or one per model (comma-separated). [ties: 0.2; others: 1]",
+    "drop for dare/della), in (0, 1]: one, or one per model joined by '/' (0.2/0.5); a comma-separated list "
+    "spans a grid (docs/grid.md). [ties: 0.2; others: 1]",
 )
 @click.option(
     "--gamma",
-    help="breadcrumbs: fraction of largest magnitudes dropped as outliers; one, or one per model. [0.01]",
+    help="breadcrumbs: fraction of largest magnitudes dropped as outliers; one, or one per model joined by "
+    "'/'; a comma-separated list spans a grid. [0.01]",
 )
 @click.option(
     "--epsilon",
-    help="della: keep probabilities run from density - epsilon to density + epsilon; one, or one per model. [0.15]",
+    help="della: keep probabilities run from density - epsilon to density + epsilon; one, or one per model "
+    "joined by '/'; a comma-separated list spans a grid. [0.15]",
 )
 @click.option(
     "--rescale/--no-rescale",
@@ -142,13 +148,17 @@ def cli() -> None:
     type=_choices(RescaleRule),
     help="l1: keep each tensor's L1 norm (mergekit); density: times 1/density (DARE paper). [l1]",
 )
-@click.option("--seed", type=click.IntRange(min=0), help="Seed of the random drops (dare_*, della*). [0]")
+@click.option("--seed", help="Seed of the random drops (dare_*, della*); a comma-separated list spans a grid. [0]")
 @click.option(
     "--sign-from",
     help="Elect each parameter's sign from this model's task vector (e.g. a multitask model) instead of the vote.",
 )
-@click.option("--lambda", "lam", type=float, help="Scale of the merged task vector. [default: 1.0]")
-@click.option("--scope", type=_choices(Scope), help="Top-k over the whole model or per tensor. [preset]")
+@click.option(
+    "--lambda", "lam", help="Scale of the merged task vector; a comma-separated list spans a grid. [default: 1.0]"
+)
+@click.option(
+    "--scope", help="Top-k over the whole model (global) or per tensor (tensor); a comma list spans a grid. [preset]"
+)
 @click.option("--trim", type=_choices(TrimRule), help="threshold: keep all ties (paper); topk: exactly k. [preset]")
 @click.option("--zero-sign", type=_choices(ZeroSign), help="Sign where the vote is exactly 0. [preset]")
 @click.option(
@@ -156,7 +166,19 @@ def cli() -> None:
     default=None,
     help="Divide by the sum of the (agreeing) weights. [linear, ties, della: yes; others: no]",
 )
-@click.option("--weights", help="Per-model weights, space- or comma-separated, one per fine-tuned model.")
+@click.option(
+    "--weights",
+    multiple=True,
+    help="Per-model weights, space- or comma-separated, one per fine-tuned model; repeat --weights to span a grid.",
+)
+@click.option(
+    "--grid",
+    "grid_mode",
+    type=click.Choice([m.value for m in GridMode]),
+    default="cross",
+    show_default=True,
+    help="How the lists of a grid combine: every combination (cross) or the i-th values together (zip).",
+)
 @click.option("--dtype", type=click.Choice(["bf16", "f16", "f32"]), help="Output dtype of merged tensors. [base's]")
 @click.option("--memory-budget", default="2GiB", show_default=True, help="Working memory for blocks and histograms.")
 @click.option("--threads", type=int, help="Worker threads. [all CPUs]")
@@ -201,14 +223,15 @@ def merge_command(
     epsilon: str | None,
     rescale: bool | None,
     rescale_rule: str | None,
-    seed: int | None,
+    seed: str | None,
     sign_from: str | None,
-    lam: float | None,
+    lam: str | None,
     scope: str | None,
     trim: str | None,
     zero_sign: str | None,
     normalize: bool | None,
-    weights: str | None,
+    weights: tuple[str, ...],
+    grid_mode: str,
     dtype: str | None,
     memory_budget: str,
     threads: int | None,
@@ -230,6 +253,35 @@ def merge_command(
     a .zip file or a URL), or Hugging Face Hub IDs (org/name[@revision]) already in the local cache.
     """
     _setup_logging(verbose, quiet)
+    # Options that may span a grid: a list each (one value: no grid along it; None: not given).
+    axes: dict[str, list[Any] | None] = {
+        "method": _words(method, "--method", list(METHODS)),
+        "density": _grid_numbers(density, "--density"),
+        "gamma": _grid_numbers(gamma, "--gamma"),
+        "epsilon": _grid_numbers(epsilon, "--epsilon"),
+        "lam": _grid_floats(lam, "--lambda"),
+        "weights": [tuple(_split_numbers(w)) for w in weights] or None,  # (checked by MergeOptions)
+        "scope": _words(scope, "--scope", [m.value for m in Scope]),
+        "seed": _grid_seeds(seed),
+    }
+    # (the flags a configuration leaves to the command line; ``None``: the configuration's or preset's)
+    rules = {
+        "trim": trim,
+        "zero_sign": zero_sign,
+        "out_dtype": dtype,
+        "rescale_rule": rescale_rule,
+        "sign_from": sign_from,
+    }
+    resources = Resources(
+        memory_budget=parse_size(memory_budget, "memory budget"),
+        threads=parse_threads(threads),
+        shard_size=parse_size(shard_size, "shard size"),
+        durable=durable,
+        direct_io=direct_io,
+        max_block_elements=block_elements,
+    )
+    progress = None if quiet else tqdm_progress
+    points: list[GridPoint] = []
     if config_path is not None:
         flags = {
             "FINETUNED": finetuned,
@@ -246,43 +298,42 @@ def merge_command(
         clash = [name for name, value in flags.items() if value not in (None, ())]
         if clash:
             raise click.UsageError(f"--config names the models, the method and its parameters: drop {clash[0]}")
-        configured = configured_merge(load_config(config_path), _tensor_names)
-    # (the flags a configuration leaves to the command line; ``None``: the configuration's or preset's)
-    rules = {
-        "scope": scope,
-        "trim": trim,
-        "zero_sign": zero_sign,
-        "out_dtype": dtype,
-        "seed": seed,
-        "rescale_rule": rescale_rule,
-        "sign_from": sign_from,
-    }
-    if config_path is not None:
-        base, finetuned, template = configured.base, configured.models, configured.chat_template
-        options = configured.options.with_(**rules)
+        configured = [configured_merge(c, _tensor_names) for c in load_configs(config_path)]
+        first = configured[0]
+        for other in configured[1:]:
+            if (other.base, other.models) != (first.base, first.models):
+                raise OocTiesError(
+                    f"{config_path}: the configurations of a grid merge the same models onto the same base "
+                    f"(the first merges {list(first.models)} onto {first.base}; another {list(other.models)} "
+                    f"onto {other.base})"
+                )
+        base, finetuned = first.base, first.models
+        grid_axes = {k: v for k, v in axes.items() if v is not None}  # (scope and seed only, by now)
+        options_list = [c.options.with_(**rules) for c in configured]
+        if grid_axes:
+            names = name_points([o for o in options_list])
+            for name, options, c in zip(names, options_list, configured, strict=True):
+                for point in expand_grid(options, grid_axes, grid_mode):
+                    label = name if len(options_list) > 1 else ""
+                    full = "-".join(part for part in (label, point.name) if part)
+                    points.append(GridPoint(full, point.options, c.chat_template))
+        else:
+            names = name_points(options_list)
+            points = [GridPoint(n, o, c.chat_template) for n, o, c in zip(names, options_list, configured, strict=True)]
+        single = len(configured) == 1 and not any(len(v) > 1 for v in grid_axes.values())
     else:
         if base is None or not finetuned:
             raise click.UsageError("give --base and the FINETUNED models, or --config merge.yml")
-        template = None
-        options = parse_preset(preset).with_(
-            method=method,
-            density=_numbers(density, "--density"),
-            gamma=_numbers(gamma, "--gamma"),
-            epsilon=_numbers(epsilon, "--epsilon"),
-            rescale=rescale,
-            lam=lam,
-            normalize=normalize,
-            weights=_split_numbers(weights) if weights is not None else None,
-            **rules,
-        )
-    resources = Resources(
-        memory_budget=parse_size(memory_budget, "memory budget"),
-        threads=parse_threads(threads),
-        shard_size=parse_size(shard_size, "shard size"),
-        durable=durable,
-        direct_io=direct_io,
-        max_block_elements=block_elements,
-    )
+        single = all(v is None or len(v) == 1 for v in axes.values())
+        grid_axes = {k: v for k, v in axes.items() if v is not None}
+        common = {"rescale": rescale, "normalize": normalize, **rules}
+        points = list(expand_grid(parse_preset(preset), grid_axes, grid_mode, common))
+    if not single:
+        if thresholds_in is not None or thresholds_out is not None:
+            raise click.UsageError("--thresholds and --save-thresholds apply to a single merge, not a grid")
+        _grid(base, list(finetuned), output, points, resources, dry_run, overwrite, resume, quiet, progress)
+        return
+    options, template_text = points[0].options, points[0].chat_template
     if dry_run:
         plan = plan_merge(base, list(finetuned), options, resources)
         click.echo(plan.describe())
@@ -295,10 +346,10 @@ def merge_command(
         options,
         resources,
         overwrite=overwrite,
-        progress=None if quiet else tqdm_progress,
+        progress=progress,
         thresholds=given,
         resume=resume,
-        chat_template=template,
+        chat_template=template_text,
     )
     if thresholds_out is not None:
         result.thresholds.save(thresholds_out)
@@ -312,17 +363,86 @@ def merge_command(
         )
 
 
-def _numbers(text: str | None, flag: str) -> float | list[float] | None:
-    """``--density`` and the like: one number, or one per fine-tuned model (their range is
-    ``MergeOptions``' to check)."""
+def _grid(
+    base: str,
+    finetuned: list[str],
+    output: Path,
+    points: list[GridPoint],
+    resources: Resources,
+    dry_run: bool,
+    overwrite: bool,
+    resume: bool,
+    quiet: bool,
+    progress: Any,
+) -> None:
+    """A grid of merges (``merge`` with list-valued options or a list of configurations)."""
+    if dry_run:
+        grid_plan = plan_grid(base, finetuned, output, points, resources)
+        click.echo(grid_plan.describe())
+        return
+    result = merge_grid(
+        base, finetuned, output, points, resources, overwrite=overwrite, progress=progress, resume=resume
+    )
+    if not quiet:
+        alone = sum(r.bytes_read for r in result.results)
+        click.echo(
+            f"merged {len(result.points)} grid points into {result.output} (grid.json lists them) in "
+            f"{result.seconds:.1f} s, {result.batches} batch(es); read {result.bytes_read / 1e9:.3g} GB of input, "
+            f"{alone / max(1, result.bytes_read):.2g}x less than {len(result.points)} merges alone",
+            err=True,
+        )
+
+
+def _words(text: str | None, flag: str, allowed: Sequence[str]) -> list[str] | None:
+    """``--method`` and ``--scope``: one of ``allowed``, or a comma-separated list of them."""
     if text is None:
         return None
-    values = _split_numbers(text)
-    if not values or not all(_is_number(v) for v in values):
-        message = f"{text!r} is not a number or a comma-separated list of numbers"
-        raise click.BadParameter(message, param_hint=f"'{flag}'")
-    numbers = [float(v) for v in values]
-    return numbers[0] if len(numbers) == 1 else numbers
+    words = [w.strip() for w in text.split(",")]
+    for word in words:
+        if word not in allowed:
+            choices = ", ".join(f"'{a}'" for a in allowed)
+            raise click.BadParameter(
+                f"{word!r} is not one of {choices} (or a comma-separated list)", param_hint=f"'{flag}'"
+            )
+    return words
+
+
+def _grid_numbers(text: str | None, flag: str) -> list[float | tuple[float, ...]] | None:
+    """``--density`` and the like: comma-separated grid values, each one number or one per fine-tuned
+    model joined by ``/`` (their range is ``MergeOptions``' to check)."""
+    if text is None:
+        return None
+    values: list[float | tuple[float, ...]] = []
+    for item in text.split(","):
+        parts = [part.strip() for part in item.split("/")]
+        if not all(_is_number(part) for part in parts):
+            message = f"{text!r} is not a number, numbers joined by '/' (one per model), or a comma-separated list"
+            raise click.BadParameter(message, param_hint=f"'{flag}'")
+        numbers = tuple(float(part) for part in parts)
+        values.append(numbers[0] if len(numbers) == 1 else numbers)
+    return values
+
+
+def _grid_floats(text: str | None, flag: str) -> list[float] | None:
+    if text is None:
+        return None
+    values = [part.strip() for part in text.split(",")]
+    if not all(_is_number(v) for v in values):
+        raise click.BadParameter(
+            f"{text!r} is not a number or a comma-separated list of numbers", param_hint=f"'{flag}'"
+        )
+    return [float(v) for v in values]
+
+
+def _grid_seeds(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    values = [part.strip() for part in text.split(",")]
+    if not all(v.isdigit() for v in values):
+        raise click.BadParameter(
+            f"{text!r} is not a non-negative integer or a comma-separated list of them", param_hint="'--seed'"
+        )
+    return [int(v) for v in values]
 
 
 def _tensor_names(model: str) -> list[str]:

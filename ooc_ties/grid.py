@@ -71,13 +71,17 @@ def parse_mode(text: str | GridMode) -> GridMode:
 
 
 def expand_grid(
-    template: MergeOptions, axes: Mapping[str, Sequence[Any]], mode: GridMode | str = GridMode.CROSS
+    template: MergeOptions,
+    axes: Mapping[str, Sequence[Any]],
+    mode: GridMode | str = GridMode.CROSS,
+    common: Mapping[str, Any] | None = None,
 ) -> tuple[GridPoint, ...]:
     """The points of the grid that ``axes`` (option name: its values) span over ``template``.
 
     Values are what ``MergeOptions.with_`` takes (a method by name, a density, a tuple of per-model
-    densities, ...); each point's options are checked as a merge's are. Names come from
-    :func:`name_points`.
+    densities, ...); ``common`` changes every point alike, in the same ``with_`` (so that an explicit
+    ``normalize`` stays when the method changes). Each point's options are checked as a merge's are.
+    Names come from :func:`name_points`.
     """
     mode = parse_mode(mode)
     for axis, values in axes.items():
@@ -95,7 +99,7 @@ def expand_grid(
         combos: list[tuple[Any, ...]] = list(zip(*axes.values(), strict=True))
     else:
         combos = list(itertools.product(*axes.values()))
-    options = [template.with_(**dict(zip(names, combo, strict=True))) for combo in combos]
+    options = [template.with_(**{**(common or {}), **dict(zip(names, combo, strict=True))}) for combo in combos]
     return tuple(GridPoint(name, o) for name, o in zip(name_points(options), options, strict=True))
 
 

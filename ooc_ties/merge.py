@@ -137,6 +137,8 @@ class GridPlan:
     """The points of each batch (one read of the inputs each), in order."""
     zarr: bool
     """Whether the points are Zarr groups (``name.zarr``) rather than safetensors folders."""
+    memory_budget: int
+    """The budget the merges of a batch divide."""
 
     def point_output(self, i: int) -> Path:
         """Where point ``i`` is written."""
@@ -175,8 +177,7 @@ class GridPlan:
             f"reads: about {read / unit:.3g} passes over {_human(one.merge_input_bytes)} for all {len(self.points)} "
             f"merges (one merge alone: {(sum(r.nbytes for r in plan_reads(one) if r.expected) + unit) / unit:.3g})",
             f"writes: {_human(self.output_bytes)} ({len(self.points)} outputs)",
-            f"peak memory (engine): {_human(self.peak_memory_estimate)} "
-            f"of a {_human(one.resources.memory_budget)} budget",
+            f"peak memory (engine): {_human(self.peak_memory_estimate)} of a {_human(self.memory_budget)} budget",
             f"disk needed: {_human(self.output_bytes)} (plus headers, config files and records of open elements)",
         ]
         return "\n".join(lines)
@@ -241,7 +242,7 @@ def _plan_grid(
                 raise
             continue
         break
-    grid = GridPlan(output, points, tuple(plans), (), zarr)
+    grid = GridPlan(output, points, tuple(plans), (), zarr, resources.memory_budget)
     block = min(p.block_elements for p in plans)
     if resume:
         resumed = [resumed_block_elements(grid.point_output(i)) for i in range(len(points))]

@@ -36,7 +36,7 @@ from ooc_ties.mergekit_yaml.config import (
     parse_dtype_name,
     parse_model_reference,
 )
-from ooc_ties.mergekit_yaml.reader import load_config, parse_config
+from ooc_ties.mergekit_yaml.reader import load_config, load_configs, parse_config, parse_configs
 from ooc_ties.mergekit_yaml.resolution import LAYER_PREFIXES, ParameterSpec, check, layer_count, layer_t, resolve
 from ooc_ties.mergekit_yaml.settings import Rule, Scalar, Setting, Value
 from ooc_ties.mergekit_yaml.writer import to_yaml
@@ -61,8 +61,10 @@ __all__ = [
     "layer_count",
     "layer_t",
     "load_config",
+    "load_configs",
     "parse_chat_template",
     "parse_config",
+    "parse_configs",
     "parse_dtype_name",
     "parse_model_reference",
     "resolve",

@@ -15,7 +15,7 @@ from ooc_ties.errors import OptionError
 from ooc_ties.mergekit_yaml._messages import one_line
 from ooc_ties.mergekit_yaml.config import MergekitConfig, parse_document
 
-__all__ = ["load_config", "parse_config"]
+__all__ = ["load_config", "load_configs", "parse_config", "parse_configs"]
 
 
 def _refuse_duplicate_keys(root: Any, where: str) -> None:
@@ -41,9 +41,17 @@ def _refuse_duplicate_keys(root: Any, where: str) -> None:
             stack += node.value
 
 
-def _load_yaml(text: str, where: str) -> object:
+def _load_yaml(text: str, where: str, *, many: bool = False) -> Any:
+    """The document in ``text``; with ``many``, the list of its documents (``---`` between them)."""
     loader = yaml.SafeLoader(text)
     try:
+        if many:
+            documents = []
+            while loader.check_node():
+                node = loader.get_node()
+                _refuse_duplicate_keys(node, where)
+                documents.append(loader.construct_document(node))
+            return documents
         node = loader.get_single_node()
         if node is None:
             return None
@@ -67,11 +75,38 @@ def parse_config(text: str, where: str) -> MergekitConfig:
 
 def load_config(path: str | Path) -> MergekitConfig:
     """The configuration in the YAML file ``path``."""
+    return parse_config(_read(path), str(path))
+
+
+def _read(path: str | Path) -> str:
     where = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise OptionError(f"{where}: the merge configuration is not UTF-8 text") from None
     except OSError as error:
         raise OptionError(f"{where}: cannot read the merge configuration: {error.strerror or error}") from None
-    return parse_config(text, where)
+
+
+def parse_configs(text: str, where: str) -> list[MergekitConfig]:
+    """The configurations in the YAML ``text``: one document, several documents (``---`` between them),
+    or documents that are lists of configurations (a grid of merges)."""
+    configs: list[MergekitConfig] = []
+    documents = [d for d in _load_yaml(text, where, many=True) if d is not None]
+    for number, document in enumerate(documents, 1):
+        items = document if isinstance(document, list) else [document]
+        for index, item in enumerate(items, 1):
+            label = where
+            if len(documents) > 1:
+                label += f" (document {number})"
+            if isinstance(document, list):
+                label += f" (item {index})"
+            configs.append(parse_document(item, label))
+    if not configs:
+        configs.append(parse_document(None, where))  # (its message says what a configuration needs)
+    return configs
+
+
+def load_configs(path: str | Path) -> list[MergekitConfig]:
+    """The configurations in the YAML file ``path`` (see :func:`parse_configs`)."""
+    return parse_configs(_read(path), str(path))
