@@ -293,8 +293,8 @@ def merge_grid(
     resume: bool = False,
 ) -> GridResult:
     """Run a grid of merges of the same inputs: every point is written under the folder ``output``
-    (``output/NAME/``, or ``output/NAME.zarr`` when ``output`` ends in ``.zarr``, then itself a Zarr
-    group holding them), and ``output/grid.json`` lists them.
+    (``output/NAME/``, or a Zarr group ``output/NAME.zarr`` when ``output`` ends in ``.zarr``), and
+    ``output/grid.json`` lists them.
 
     ``points``: :class:`MergeOptions` (named after the options that vary, see
     :func:`~ooc_ties.grid.name_points`; :func:`~ooc_ties.grid.expand_grid` spans them from lists) or
@@ -315,8 +315,6 @@ def merge_grid(
         finished = [resume and ((o / RECIPE_NAME).is_file() or (o / "zarr.json").is_file()) for o in outputs]
         check_disk(out / "point", sum(p.output_bytes for p, f in zip(grid.plans, finished, strict=True) if not f))
         out.mkdir(parents=True, exist_ok=True)
-        if grid.zarr:
-            _write_group_metadata(out)
         status = ["pending"] * len(named)
         _write_grid(out, grid, status)
         results: list[MergeResult | None] = [None] * len(named)
@@ -344,11 +342,3 @@ def _write_grid(out: Path, grid: GridPlan, status: Sequence[str]) -> None:
     partial = out / (GRID_NAME + ".partial")
     partial.write_text(text, encoding="utf-8")
     partial.replace(out / GRID_NAME)
-
-
-def _write_group_metadata(out: Path) -> None:
-    """Make a ``.zarr`` grid folder a Zarr v3 group whose members are the points' groups."""
-    meta = out / "zarr.json"
-    if not meta.exists():
-        group = {"zarr_format": 3, "node_type": "group", "attributes": {"ooc_ties_grid": GRID_NAME}}
-        meta.write_text(json.dumps(group, indent=2) + "\n", encoding="utf-8")
