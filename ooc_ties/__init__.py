@@ -2,6 +2,8 @@
 
 >>> from ooc_ties import merge, PRESETS
 >>> merge("base/", ["ft1/", "ft2/"], "merged/", PRESETS["paper"].with_(density=0.2))  # doctest: +SKIP
+>>> grid = expand_grid(PRESETS["paper"], {"density": [0.1, 0.2], "lam": [0.8, 1.0]})  # doctest: +SKIP
+>>> merge_grid("base/", ["ft1/", "ft2/"], "sweep/", grid)  # 4 merges, the reads of one  # doctest: +SKIP
 
 The public names are imported from their modules on first use: ``import ooc_ties.errors`` (or
 ``import ooc_ties``) imports neither NumPy, Numba nor Zarr.
@@ -30,8 +32,9 @@ if TYPE_CHECKING:
         OutputPathError,
         UnsupportedDtypeError,
     )
+    from ooc_ties.grid import GridMode, GridPoint, expand_grid
     from ooc_ties.io.zarr_view import open_zarr
-    from ooc_ties.merge import MergeResult, merge, plan_merge
+    from ooc_ties.merge import GridPlan, GridResult, MergeResult, merge, merge_grid, plan_grid, plan_merge
     from ooc_ties.methods import METHODS, Method
     from ooc_ties.pass1.thresholds import GroupThreshold, ThresholdBasis, Thresholds
     from ooc_ties.plan import MergePlan
@@ -44,6 +47,10 @@ __all__ = [
     "CheckpointNotFoundError",
     "ConvertResult",
     "DiskSpaceError",
+    "GridMode",
+    "GridPlan",
+    "GridPoint",
+    "GridResult",
     "GroupThreshold",
     "IncompatibleCheckpointsError",
     "MergeOptions",
@@ -66,9 +73,12 @@ __all__ = [
     "ZeroSign",
     "__version__",
     "convert",
+    "expand_grid",
     "merge",
+    "merge_grid",
     "open_source",
     "open_zarr",
+    "plan_grid",
     "plan_merge",
 ]
 
@@ -96,7 +106,8 @@ _HOMES = {
         "UnsupportedDtypeError",
     ),
     "ooc_ties.io.zarr_view": ("open_zarr",),  # subclasses zarr's Store: importing it imports zarr (0.2 s)
-    "ooc_ties.merge": ("MergeResult", "merge", "plan_merge"),
+    "ooc_ties.grid": ("GridMode", "GridPoint", "expand_grid"),
+    "ooc_ties.merge": ("GridPlan", "GridResult", "MergeResult", "merge", "merge_grid", "plan_grid", "plan_merge"),
     "ooc_ties.methods": ("METHODS", "Method"),
     "ooc_ties.plan": ("MergePlan",),
     "ooc_ties.sources": ("TensorSource", "open_source"),

@@ -144,7 +144,8 @@ class MergePlan:
             f"writes: {_human(self.output_bytes)} in {len(self.shards)} file(s)",
             f"peak memory (engine): {_human(self.peak_memory_estimate)} "
             f"of a {_human(self.resources.memory_budget)} budget",
-            f"disk needed: {_human(self.output_bytes)} (plus headers and config files)",
+            f"disk needed: {_human(self.output_bytes)} (plus headers and config files"
+            + (", and records of open elements beyond the memory budget's share)" if o.majority_vote else ")"),
         ]
         return "\n".join(lines)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,19 @@ def test_a_density_and_lambda_grid_reads_what_one_merge_reads(tiny_models: Model
     singles = _singles(tiny_models, tmp_path / "single", [points[0], points[-1]], threads=1, max_block_elements=1000)
     for point in (points[0], points[-1]):
         assert tree_digest(tmp_path / "grid" / point.name) == singles[point.name]
+
+
+@pytest.mark.parametrize("preset", ["mergekit", "paper"])
+def test_merges_of_one_scope_read_what_the_most_demanding_reads(tiny_models: Models, preset: str) -> None:
+    """Per tensor, the merges' reads drift apart (one needs a second read or tie counts where another
+    does not); the earliest reads go first, so they meet again at the same tensor."""
+    points = expand_grid(PRESETS[preset].with_(scope="tensor"), {"density": [0.1, 0.2, 0.3]})
+    with tempfile.TemporaryDirectory() as tmp:
+        grid = merge_grid(*tiny_models, tmp, list(points), Resources(threads=2, max_block_elements=4096))
+    alone = [r.bytes_read for r in grid.results]
+    assert len(set(alone)) > 1  # (they do read differently)
+    # (a merge needing a second read at one tensor and another at the next: both reads are made)
+    assert max(alone) <= grid.bytes_read <= 1.05 * max(alone)
 
 
 def test_zip_pairs_the_lists_and_names_say_what_varies() -> None:

@@ -1,14 +1,18 @@
 """Shared reads: the pass 1 of several merges of the same inputs, run in lockstep, each round one read.
 
 Every merge of a grid runs its own, unchanged pass 1 (:func:`~ooc_ties.pass1.run.compute_thresholds`)
-on a thread of its own; its :class:`~ooc_ties.pass1.scan.Scan` hands each read to
-:meth:`SharedReads.read` and waits. When every merge still running has handed in its next read, the
-driver (:meth:`SharedReads.serve`, on the calling thread) makes one read of the union of their blocks:
-each block's inputs are read once and every merge that asked for the block runs its kernel on them, into
-a state of its own. So merges whose pass 1 reads the same blocks in the same order (any densities,
-lambdas, weights or seeds under one scope and method family) read the inputs once between them, and
-the others share what overlaps. Each merge gets exactly the states its own read would have given
-(integer sums, in any order), so its results are those of a merge alone.
+on a thread of its own; its :class:`~ooc_ties.pass1.scan.Scan` hands each read to the function
+:meth:`SharedReads.reader` gives it, and waits. When every merge still running has handed in its next
+read, the driver (:meth:`SharedReads.serve`, on the calling thread) serves those that start earliest in
+the model (the others wait for a later round) with one read of the union of their blocks: each block's
+inputs are read once, and every merge that asked for the block runs its kernel on them, into a state of
+its own. Each merge gets exactly the states its own read would have given (integer sums, in any order),
+so its results are those of a merge alone.
+
+Merges whose pass 1 reads the same blocks (any densities, lambdas, weights or seeds under one scope and
+method) read the inputs as often as the most demanding of them; serving the earliest reads first keeps
+per-tensor merges, whose reads drift apart when one needs a read another does not, at the same tensor.
+Merges of other scopes or methods share the reads that coincide.
 """
 
 from __future__ import annotations
@@ -96,7 +100,7 @@ class SharedReads:
                     self._cond.wait()
                 if not self._active:
                     return
-                batch, self._pending = self._pending, {}
+                batch = self._next_round()
             try:
                 self._read(batch)
             except BaseException as error:  # every party of the round stops with the error
@@ -106,6 +110,20 @@ class SharedReads:
                 for request in batch.values():
                     request.done = True
                 self._cond.notify_all()
+
+    def _next_round(self) -> dict[int, _Request]:
+        """The pending reads served in this round: those that start at the earliest block. The others
+        wait, so that merges working through the model group by group (per-tensor scope), whose reads
+        drift apart when one needs a read another does not, meet again at the same tensor."""
+
+        def first(request: _Request) -> int:
+            return min((ref.ordinal for ref in request.blocks), default=-1)
+
+        earliest = min(first(r) for r in self._pending.values())
+        batch = {party: r for party, r in self._pending.items() if first(r) == earliest}
+        for party in batch:
+            del self._pending[party]
+        return batch
 
     def _read(self, batch: dict[int, _Request]) -> None:
         wanted: dict[int, list[tuple[int, BlockRef]]] = {}
