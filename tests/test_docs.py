@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
-PAGES = ["zarr.md"]
+PAGES = ["zarr.md", "grid.md"]
 TEMP_NAME = re.compile(r"tmp[a-z0-9_]{8}")
 """The names ``tempfile.mkdtemp()`` and its kin give (prefix ``tmp``, eight random characters)."""
 
