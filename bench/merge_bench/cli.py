@@ -120,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="repeatable: PRESET[:THREADS] is ooc-ties (PRESET paper or mergekit; THREADS a number, or 'all' / "
         "omitted for paper = all CPUs); 'mergekit' alone is mergekit itself (mergekit-yaml); "
         "'method:METHOD[:THREADS]' is ooc-ties on METHOD's mergekit config and 'mergekit-yaml:METHOD' mergekit "
-        "on it (see --methods); 'reference[:PRESET]' is the in-RAM NumPy reference (default, without --methods: "
+        "on it (see --methods); 'grid[:THREADS]' is a 3x3 grid of paper merges (--density 0.1,0.2,0.3 --lambda "
+        "0.8,1.0,1.2) in one command; 'reference[:PRESET]' is the in-RAM NumPy reference (default, without --methods: "
         "paper:2 paper:1 mergekit:2; with --scaling: paper:2 paper:1)",
     )
     p.add_argument("--budget", help="add --memory-budget BUDGET to every ooc-ties variant (e.g. 256MiB)")
@@ -130,6 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-phases", action="store_true", help="skip the untimed -vv warm-up run of each variant (phase timings)"
     )
     p.add_argument("--keep-output", action="store_true", help="do not delete the last merge output")
+    p.add_argument(
+        "--cold-reads",
+        action="store_true",
+        help="after the timed rounds, run the one-read floor and every ooc-ties variant once more, each after "
+        "dropping the inputs from the page cache (posix_fadvise DONTNEED), and report the bytes each read from "
+        "storage per merge (read_bytes of /proc/<pid>/io); not in the medians",
+    )
     _add_mergekit_options(p)
     _add_method_options(p)
     _add_scaling_options(p)

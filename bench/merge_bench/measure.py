@@ -1,7 +1,8 @@
 """Measuring one command: wall time, rusage, sampled memory peaks, how it ended, and phases from ``-vv``.
 
 Every figure is for the whole child process tree. ``measure`` runs one command; ``phase_times`` reads the
-timestamped stderr of an untimed ``-vv`` run.
+timestamped stderr of an untimed ``-vv`` run. ``drop_cache`` evicts the inputs from the page cache before a
+run whose reads from storage are measured (``read_bytes``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,32 @@ def _tree(pid: int) -> list[int]:
     return out
 
 
+def _read_bytes(pid: int) -> int | None:
+    """``read_bytes`` of ``pid`` (all its threads, live and exited) from /proc/<pid>/io: bytes the process
+    caused to be fetched from storage (page-cache hits are not counted), or None if unreadable."""
+    try:
+        with open(f"/proc/{pid}/io") as f:
+            for line in f:
+                if line.startswith("read_bytes:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def drop_cache(files: list[Path]) -> None:
+    """Evict ``files`` from the page cache: ``fsync`` (dirty pages are not dropped), then
+    ``posix_fadvise(POSIX_FADV_DONTNEED)`` over each whole file, opened read-only. Pages mapped by a process
+    stay."""
+    for path in files:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
 def _status_kib(pid: int, keys: tuple[str, ...]) -> dict[str, int]:
     values: dict[str, int] = {}
     try:
@@ -51,7 +78,9 @@ def _status_kib(pid: int, keys: tuple[str, ...]) -> dict[str, int]:
 
 
 class MemoryPoller(threading.Thread):
-    """Samples RssAnon / RssFile / VmRSS (summed over the process tree) until stopped; keeps the maxima."""
+    """Samples RssAnon / RssFile / VmRSS (summed over the process tree) until stopped; keeps the maxima. Also
+    keeps the last ``read_bytes`` of the child itself: /proc/<pid>/io counts the reaped descendants too, so
+    the tree is not summed."""
 
     KEYS = ("RssAnon", "RssFile", "VmRSS")
 
@@ -61,6 +90,7 @@ class MemoryPoller(threading.Thread):
         self.interval = interval
         self.peak = {k: 0 for k in self.KEYS}  # KiB
         self.samples = 0
+        self.read_bytes = 0  # the child's last read_bytes seen
         self._stop_event = threading.Event()
 
     def run(self) -> None:
@@ -69,10 +99,16 @@ class MemoryPoller(threading.Thread):
             for p in _tree(self.pid):
                 for k, v in _status_kib(p, self.KEYS).items():
                     totals[k] += v
+            self.sample_io()
             for k in self.KEYS:
                 self.peak[k] = max(self.peak[k], totals[k])
             self.samples += 1
             self._stop_event.wait(self.interval)
+
+    def sample_io(self) -> None:
+        n = _read_bytes(self.pid)
+        if n is not None:
+            self.read_bytes = max(n, self.read_bytes)
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -102,6 +138,16 @@ class RunResult:
     status: str = "ok"  # ok | failed | timeout | oom-killed | killed
     note: str = ""
     warm_read_s: float = 0.0  # the untimed read of the inputs just before this run
+    read_bytes: int = 0
+    """Bytes read from storage: ``read_bytes`` of the child's /proc/<pid>/io (its threads and its reaped
+    descendants), sampled and read once more when it has ended, before it is reaped. Page-cache hits are not
+    counted."""
+    inblock_bytes: int = 0
+    """The same from ``os.wait4``: ``ru_inblock`` x 512 (the child and its reaped descendants)."""
+    cold: bool = False
+    """Run after ``drop_cache`` of the inputs (``--cold-reads``), not after a warm-up read."""
+    merges: int = 1
+    """Merges the run made (a grid's points)."""
 
 
 def _oom_first() -> None:
@@ -209,6 +255,7 @@ def _rusage_fields(rusage: Any) -> dict[str, Any]:
         "major_faults": rusage.ru_majflt,
         "voluntary_switches": rusage.ru_nvcsw,
         "involuntary_switches": rusage.ru_nivcsw,
+        "inblock_bytes": rusage.ru_inblock * 512,
     }
 
 
@@ -246,8 +293,10 @@ def measure(
     if stderr_lines is not None:
         reader = threading.Thread(target=_read_lines, args=(proc.stderr, started, stderr_lines), daemon=True)
         reader.start()
-    _, status, rusage = os.wait4(proc.pid, 0)
+    os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)  # ended, not reaped: its /proc/<pid>/io is final
     wall = time.perf_counter() - started
+    poller.sample_io()
+    _, status, rusage = os.wait4(proc.pid, 0)
     watchdog.cancel()
     poller.stop()
     proc.returncode = os.waitstatus_to_exitcode(status)  # wait4 reaped it; keep Popen consistent
@@ -267,6 +316,7 @@ def measure(
         rss_file_peak_kib=poller.peak["RssFile"],
         vm_rss_peak_kib=poller.peak["VmRSS"],
         samples=poller.samples,
+        read_bytes=poller.read_bytes,
         gbps=input_bytes / wall / 1e9,
         loadavg_before=load,
         returncode=proc.returncode,

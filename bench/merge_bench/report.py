@@ -36,6 +36,9 @@ class Measured:
     method_configs: dict[str, str]
     """Method -> the mergekit config that ooc-ties and mergekit-yaml ran for it."""
     runs: list[RunResult]
+    cold_runs: list[RunResult]
+    """``--cold-reads``: one run per ooc-ties variant (and the one-read floor) after the inputs were dropped
+    from the page cache; not in the medians."""
     estimates: dict[str, str]
     """ooc-ties variant name -> the engine's own estimate, from ``--dry-run``."""
     phases: dict[str, Any]
@@ -78,10 +81,29 @@ def summarize(all_runs: list[RunResult]) -> dict[str, Any]:
     }
 
 
+def cold_reads(runs: list[RunResult], input_bytes: int) -> dict[str, Any]:
+    """A variant's cold-read figures (``--cold-reads``; its first such run): bytes read from storage, as
+    multiples of the input bytes in all and per merge, and that run's wall."""
+    if not runs:
+        return {}
+    r = runs[0]
+    return {
+        "cold_wall_s": r.wall_s,
+        "cold_read_bytes": r.read_bytes,
+        "cold_inblock_bytes": r.inblock_bytes,
+        "cold_reads": r.read_bytes / input_bytes,
+        "cold_reads_per_merge": r.read_bytes / input_bytes / r.merges,
+        "merges": r.merges,
+    }
+
+
 def summaries(m: Measured) -> dict[str, dict[str, Any]]:
-    """The floors' and every variant's summary, in that order."""
+    """The floors' and every variant's summary, in that order, with its cold reads (``--cold-reads``)."""
     names = [*(f.name for f in m.floors), *m.names]
-    return {n: summarize([r for r in m.runs if r.variant == n]) for n in names}
+    out = {n: summarize([r for r in m.runs if r.variant == n]) for n in names}
+    for n in names:
+        out[n].update(cold_reads([r for r in m.cold_runs if r.variant == n], m.inputs.input_bytes))
+    return out
 
 
 def method_rows(m: Measured, summary: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -152,7 +174,38 @@ def ratios(m: Measured, summary: dict[str, dict[str, Any]]) -> dict[str, Any]:
                     mk["rss_anon_peak_mib"] / summary[v.name]["rss_anon_peak_mib"]
                 )
     out["methods"] = method_rows(m, summary)
+    out["grid_over_one_merge"] = grid_rows(m, summary)
     return out
+
+
+def grid_rows(m: Measured, summary: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per grid variant, against the one merge of the same preset, threads and budget measured in the same run
+    (None where either has no successful run): the ratio of median walls (and the median of per-round ratios),
+    that ratio per merge of the grid, and the ratios of peak RSS, peak RssAnon and cold reads."""
+    rows: dict[str, dict[str, Any]] = {}
+    for g in m.variants:
+        if g.kind != "ooc-grid":
+            continue
+        one = next(
+            (
+                v
+                for v in m.variants
+                if v.kind == "ooc" and (v.preset, v.threads, v.budget) == (g.preset, g.threads, g.budget)
+            ),
+            None,
+        )
+        row: dict[str, Any] = {"one_merge": one.name if one else None, "merges": g.merges}
+        sg, so = summary[g.name], summary[one.name] if one else {"runs": 0}
+        both = bool(sg["runs"] and so["runs"])
+        row["wall"] = sg["wall_s"] / so["wall_s"] if both else None
+        row["wall_paired"] = _paired(m.runs, g.name, one.name) if one else None
+        row["wall_per_merge"] = row["wall"] / g.merges if both else None
+        row["maxrss"] = sg["maxrss_mib"] / so["maxrss_mib"] if both else None
+        row["rss_anon"] = sg["rss_anon_peak_mib"] / so["rss_anon_peak_mib"] if both else None
+        cold = "cold_read_bytes"
+        row["cold_reads"] = sg[cold] / so[cold] if one and sg.get(cold) and so.get(cold) else None
+        rows[g.name] = row
+    return rows
 
 
 def succeeded(m: Measured, summary: dict[str, dict[str, Any]]) -> list[str]:
@@ -175,17 +228,26 @@ _COLUMNS = [
     "RssAnon MiB",
     "RssFile MiB",
     "x floor",
+    "reads/merge",
 ]
 
 
 _FLOOR_NAMES = {FLOOR.name, FLOOR_ONCE.name}
 
 
+def _reads_cell(s: dict[str, Any]) -> str:
+    """Cold reads per merge (``--cold-reads``), with the whole run's reads when it made several merges."""
+    if "cold_reads" not in s:
+        return "-"
+    per = f"{s['cold_reads_per_merge']:.3f}" if s["merges"] > 1 else f"{s['cold_reads_per_merge']:.2f}"
+    return per + (f" ({s['cold_reads']:.2f}/{s['merges']})" if s["merges"] > 1 else "")
+
+
 def _row_without_runs(name: str, s: dict[str, Any], budget: int | None) -> list[str]:
     status = ", ".join(f"{n} {k}" for k, n in s["failed"].items()) or "not run"
     last = f"{s['wall_max_s']:.0f} s" if s.get("wall_max_s") else "-"
     row = [name, "0", f"({status})", last, "-", "-", "-", "-"]
-    row += [f"{s['maxrss_mib']:.0f}", f"{s['rss_anon_peak_max_mib']:.0f}", "-", "-"]
+    row += [f"{s['maxrss_mib']:.0f}", f"{s['rss_anon_peak_max_mib']:.0f}", "-", "-", _reads_cell(s)]
     return row + (["-"] if budget else [])
 
 
@@ -203,6 +265,7 @@ def _row(name: str, s: dict[str, Any], floor_wall: float, budget: int | None) ->
         f"{s['rss_anon_peak_mib']:.0f}",
         f"{s['rss_file_peak_mib']:.0f}",
         "-" if name in _FLOOR_NAMES else f"{s['wall_s'] / floor_wall:.2f}",
+        _reads_cell(s),
     ]
     if s["failed"]:
         row[1] += "+" + "+".join(f"{n}{k[0]}" for k, n in s["failed"].items())
@@ -212,6 +275,8 @@ def _row(name: str, s: dict[str, Any], floor_wall: float, budget: int | None) ->
 
 
 def print_table(summary: dict[str, dict[str, Any]], budget: int | None) -> None:
+    """The main table; ``reads/merge`` is from the cold-read round (``--cold-reads``), the rest from the
+    timed rounds."""
     floor_wall = summary[FLOOR_NAME]["wall_s"]
     cols = _COLUMNS + (["anon/budget"] if budget else [])
     rows = [
@@ -311,6 +376,34 @@ def _print_ratios(m: Measured, summary: dict[str, dict[str, Any]], rt: dict[str,
             print(f"  {n:28s} {r:.2f}x   {rt['mergekit_yaml_rss_anon_over_ooc_ties'][n]:.1f}x")
 
 
+def _print_grids(rows: dict[str, dict[str, Any]]) -> None:
+    """Each grid against one merge of the same preset and threads, measured in the same run."""
+    for name, r in rows.items():
+        if r["wall"] is None:
+            print(f"{name} / {r['one_merge']}: no successful run of one of them")
+            continue
+        cold = f", cold reads {r['cold_reads']:.2f}x" if r["cold_reads"] is not None else ""
+        print(
+            f"{name} / {r['one_merge']} ({r['merges']} merges / 1): wall {r['wall']:.2f}x (same round "
+            f"{r['wall_paired']:.2f}x; {r['wall_per_merge']:.3f}x per merge), maxRSS {r['maxrss']:.2f}x, "
+            f"RssAnon {r['rss_anon']:.2f}x{cold}"
+        )
+
+
+def _print_cold(m: Measured) -> None:
+    """The cold-read round: wall and bytes read from storage per run."""
+    print(
+        "cold-read round (--cold-reads: inputs dropped from the page cache with posix_fadvise DONTNEED before each "
+        "run, one run each; read_bytes of /proc/<pid>/io and rusage inblock; reads = bytes / input bytes):"
+    )
+    for r in m.cold_runs:
+        reads = r.read_bytes / m.inputs.input_bytes
+        print(
+            f"  {r.variant:28s} {r.wall_s:7.2f} s  read {r.read_bytes / 1e9:6.2f} GB (inblock "
+            f"{r.inblock_bytes / 1e9:6.2f} GB)  reads {reads:.3f}  per merge {reads / r.merges:.3f}"
+        )
+
+
 def _print_missing(m: Measured) -> None:
     for n, why in m.skipped.items():
         print(f"skipped {n}: {why}")
@@ -328,6 +421,8 @@ def _print_phases(phases: dict[str, Any]) -> None:
             for k in ("wall_s", "startup_s", "pass1_s", "pass2_s", "finish_s", "pass2_and_finish_s")
             if k in ph
         ]
+        if "engine_reads" in ph:
+            parts.append(f"reads (engine's own count) {ph['engine_reads']:.2f}")
         if "failed" in ph:
             parts.append(f"failed with exit code {ph['failed']}")
         print(f"  {n:28s} " + ", ".join(parts))
@@ -349,6 +444,9 @@ def print_report(
         print_methods(summary, rt["methods"])
         print()
     _print_ratios(m, summary, rt)
+    _print_grids(rt["grid_over_one_merge"])
+    if m.cold_runs:
+        _print_cold(m)
     _print_missing(m)
     if m.estimates:
         print("engine estimate (dry run):")
@@ -410,6 +508,7 @@ def shape_json(
         "engine_estimates": m.estimates,
         "phases": m.phases,
         "runs": [asdict(r) for r in m.runs],
+        "cold_runs": [asdict(r) for r in m.cold_runs],
         "benchmark_s": total,
         "source_digest_before": digests[0],
         "source_digest_after": digests[1],

@@ -1,5 +1,6 @@
 """Benchmarking one shape, in order: the models, warm-up reads, dry-run estimates, untimed ``-vv`` phase
-runs, the timed rounds (the I/O floors, then every variant), the output comparison, the report."""
+runs, the timed rounds (the I/O floors, then every variant), the cold-read round (``--cold-reads``), the
+output comparison, the report."""
 
 from __future__ import annotations
 
@@ -17,10 +18,10 @@ from typing import Any
 from .compare import compare_outputs
 from .data import Inputs, Workdir, mergekit_yaml_text, method_yaml_text
 from .environment import source_digest
-from .measure import RunResult, measure, phase_times
+from .measure import RunResult, drop_cache, measure, phase_times
 from .report import Measured, print_footer, print_report, ratios, shape_json, summaries
 from .util import log, parse_size
-from .variants import KINDS, Floor, Spec, Tools, Variant, check_mergekit, floors, select_variants
+from .variants import FLOOR_ONCE, KINDS, Floor, Spec, Tools, Variant, check_mergekit, floors, select_variants
 
 
 @dataclass
@@ -106,10 +107,26 @@ def _phase_run(b: Bench, v: Variant) -> dict[str, Any]:
         return {"wall_s": res.wall_s, "failed": res.returncode, "stderr_tail": tail}
     phases = phase_times(lines, res.wall_s)
     phases["rss_anon_peak_mib"] = res.rss_anon_peak_kib / 1024
+    engine_read = _engine_read_bytes([line for _, line in lines])
+    if engine_read is not None:
+        phases["engine_reads"] = engine_read / b.inputs.input_bytes
     phases["log"] = [f"{t:8.3f} {line}" for t, line in lines if "ooc_ties" in line][:200]
     log(f"  {v.name}: " + ", ".join(f"{k} {val:.2f}" for k, val in phases.items() if isinstance(val, float)))
     b.work.clean_out()
     return phases
+
+
+def _engine_read_bytes(lines: list[str]) -> float | None:
+    """The input bytes ooc-ties says it read, from its closing line (without ``-q``): a grid's ``read X GB of
+    input``, or one merge's ``in S s, R GB/s of input read`` (R x S: to about 1 %)."""
+    for line in reversed(lines):
+        m = re.search(r"read ([0-9.e+]+) GB of input", line)
+        if m:
+            return float(m.group(1)) * 1e9
+        m = re.search(r"in ([0-9.]+) s, ([0-9.]+) (GB|MB)/s of input read", line)
+        if m:
+            return float(m.group(1)) * float(m.group(2)) * (1e9 if m.group(3) == "GB" else 1e6)
+    return None
 
 
 def _floor_run(b: Bench, floor: Floor, rnd: int, rounds: int) -> RunResult:
@@ -149,6 +166,15 @@ def _keep_or_clean(b: Bench, v: Variant, last: bool) -> None:
         work.clean_out()
 
 
+def _check_output(b: Bench, v: Variant) -> None:
+    """A kind that writes leaves ``.safetensors`` files: in ``WORKDIR/out``, or in one folder per grid point."""
+    if not KINDS[v.kind].writes_output:
+        return
+    folders = {p.parent for p in b.work.out.rglob("*.safetensors")}
+    if len(folders) != v.merges:
+        sys.exit(f"bench: {b.work.out} holds .safetensors in {len(folders)} folder(s) after {v.name}, not {v.merges}")
+
+
 def _timed_run(b: Bench, v: Variant, rnd: int, rounds: int) -> RunResult:
     b.work.clean_out()
     cmd = b.command(v, ["-q"])
@@ -169,12 +195,12 @@ def _timed_run(b: Bench, v: Variant, rnd: int, rounds: int) -> RunResult:
         oom_first=not v.engine,
     )
     res.warm_read_s = warm_s
+    res.merges = v.merges
     if res.status != "ok":
         _report_failure(v, res, cmd, err_path, rnd)
         b.work.clean_out()
         return res
-    if KINDS[v.kind].writes_output and not any(b.work.out.glob("*.safetensors")):
-        sys.exit(f"bench: {b.work.out} holds no .safetensors after {v.name}")
+    _check_output(b, v)
     log(
         f"round {rnd + 1}/{rounds}: {v.name}: {res.wall_s:.2f} s, cpu {res.cpu_s:.2f} s, "
         f"maxrss {res.maxrss_kib / 1024:.0f} MiB, RssAnon peak {res.rss_anon_peak_kib / 1024:.0f} MiB, "
@@ -202,6 +228,38 @@ def _timed_rounds(b: Bench) -> list[RunResult]:
     return runs
 
 
+def _reads(res: RunResult, input_bytes: int) -> str:
+    return (
+        f"read {res.read_bytes / 1e9:.2f} GB from storage ({res.read_bytes / input_bytes:.2f}x the input; "
+        f"per merge {res.read_bytes / input_bytes / res.merges:.3f}x; rusage inblock {res.inblock_bytes / 1e9:.2f} GB)"
+    )
+
+
+def _cold_round(b: Bench) -> list[RunResult]:
+    """``--cold-reads``: the one-read floor, then every ooc-ties variant once, each right after ``drop_cache``
+    of the inputs (no warm-up read): its bytes read from storage. Not in the medians of the timed rounds."""
+    runs: list[RunResult] = []
+    todo: list[tuple[str, list[str], int]] = [(FLOOR_ONCE.name, FLOOR_ONCE.command(b.inputs.read_once()), 1)]
+    todo += [(v.name, b.command(v, ["-q"]), v.merges) for v in b.variants if v.engine]
+    for name, cmd, merges in todo:
+        b.work.clean_out()
+        drop_cache(b.inputs.files)
+        res = measure(cmd, b.inputs.input_bytes, name, 0)
+        res.cold, res.merges = True, merges
+        if res.returncode != 0:
+            sys.exit(f"bench: cold-read run of {name} failed with exit code {res.returncode}")
+        log(f"cold-read run: {name}: {res.wall_s:.2f} s, " + _reads(res, b.inputs.input_bytes))
+        b.work.clean_out()
+        runs.append(res)
+    if runs and runs[0].read_bytes < 0.9 * b.inputs.input_bytes:
+        log(
+            f"WARNING: the cold {FLOOR_ONCE.name} read only {runs[0].read_bytes / 1e9:.2f} GB of "
+            f"{b.inputs.input_bytes / 1e9:.2f} GB from storage: the page cache was not dropped (or read_bytes "
+            "is not counted here)"
+        )
+    return runs
+
+
 def _prepare(args: argparse.Namespace, shape: str, models: Path, specs: list[Spec]) -> tuple[Bench, dict[str, str]]:
     """The models (generated if absent), the variants that run on them, the mergekit configs they run; the
     skipped variants."""
@@ -226,6 +284,7 @@ def _measure_all(b: Bench, skipped: dict[str, str]) -> Measured:
     estimates = _estimates(b)
     phases = {} if b.args.no_phases else {v.name: _phase_run(b, v) for v in b.variants if v.engine}
     runs = _timed_rounds(b)
+    cold_runs = _cold_round(b) if b.args.cold_reads else []
     comparison = None
     if b.args.compare_output:
         comparison = compare_outputs(b.tools, b.inputs.dirs, b.work, b.args.keep_output)
@@ -244,6 +303,7 @@ def _measure_all(b: Bench, skipped: dict[str, str]) -> Measured:
             v.method: b.work.method_config(v.method).read_text() for v in b.variants if v.method is not None
         },
         runs=runs,
+        cold_runs=cold_runs,
         estimates=estimates,
         phases=phases,
         comparison=comparison,

@@ -5,7 +5,9 @@ perhaps a memory budget), an ooc-ties merge of a mergekit config (``--config MET
 (``mergekit-yaml``, on its TIES config or on a method's config) and the in-RAM NumPy reference; the I/O
 floors (``Floor``: the inputs read twice, and once when a method's config runs) are timed in every round
 as the yardstick. ``--variant`` strings name them (``parse_variant``), ``--methods`` one pair per method
-(``method_specs``); ``DEFAULTS`` and ``SCALING_DEFAULTS`` are what runs without any.
+(``method_specs``); ``DEFAULTS`` and ``SCALING_DEFAULTS`` are what runs without any. ``grid[:THREADS]`` is a
+grid of merges in one command (``GRID_DENSITIES`` x ``GRID_LAMBDAS``, the ``paper`` preset), reported beside
+the one merge of the same preset and thread count.
 """
 
 from __future__ import annotations
@@ -51,6 +53,17 @@ class Floor:
         return ["sh", "-c", "; ".join([read_once] * self.reads)]
 
 
+GRID_DENSITIES = (0.1, 0.2, 0.3)
+GRID_LAMBDAS = (0.8, 1.0, 1.2)
+"""The ``grid`` variant: ``--density 0.1,0.2,0.3 --lambda 0.8,1.0,1.2``, a 3x3 grid of merges in one command
+(``OUT/ties-dD-lL/`` per point and ``OUT/grid.json``)."""
+GRID_MERGES = len(GRID_DENSITIES) * len(GRID_LAMBDAS)
+
+
+def _csv(values: tuple[float, ...]) -> str:
+    return ",".join(str(x) for x in values)
+
+
 FLOOR = Floor(2)
 """The yardstick of every table: a TIES merge reads its inputs at least twice."""
 FLOOR_ONCE = Floor(1)
@@ -90,15 +103,24 @@ class Variant:
             return f"reference/{self.preset}"
         t = f"{self.threads}t" if self.threads else "all-cpus"
         what = f"{self.method}.yml" if self.kind == "ooc-config" else self.preset
+        if self.kind == "ooc-grid":
+            what += f"-grid{len(GRID_DENSITIES)}x{len(GRID_LAMBDAS)}"
         return f"{what}/{t}" + (f"/{self.budget}" if self.budget else "")
 
     @property
     def engine(self) -> bool:
         return KINDS[self.kind].engine
 
+    @property
+    def merges(self) -> int:
+        """How many merges one run makes (the points of a grid; 1 otherwise)."""
+        return GRID_MERGES if self.kind == "ooc-grid" else 1
+
     def args(self) -> list[str]:
-        """ooc-ties' options: the preset (unless a config runs), threads, budget."""
-        out = ["--preset", self.preset] if self.kind == "ooc" else []
+        """ooc-ties' options: the preset (unless a config runs), the grid's lists, threads, budget."""
+        out = ["--preset", self.preset] if self.kind in ("ooc", "ooc-grid") else []
+        if self.kind == "ooc-grid":
+            out += ["--density", _csv(GRID_DENSITIES), "--lambda", _csv(GRID_LAMBDAS)]
         if self.threads:
             out += ["--threads", str(self.threads)]
         if self.budget:
@@ -165,6 +187,7 @@ class Kind:
 
 KINDS: dict[str, Kind] = {
     "ooc": Kind(engine=True, fatal=True, writes_output=True, command=_ooc_command),
+    "ooc-grid": Kind(engine=True, fatal=True, writes_output=True, command=_ooc_command),
     "ooc-config": Kind(engine=True, fatal=False, writes_output=True, command=_config_command),
     "mergekit-yaml": Kind(engine=False, fatal=False, writes_output=True, command=_mergekit_command),
     "reference": Kind(engine=False, fatal=False, writes_output=False, command=_reference_command),
@@ -193,8 +216,10 @@ def parse_variant(text: str) -> Spec:
     """``mergekit`` alone is mergekit itself (``mergekit-yaml``) on its TIES config; ``mergekit-yaml:METHOD``
     is mergekit on that method's config; ``method:METHOD[:THREADS]`` is ooc-ties on it (``--config``);
     ``mergekit:N`` / ``mergekit:all`` are ooc-ties' mergekit preset; ``reference[:PRESET]`` is the in-RAM
-    NumPy reference (default preset paper)."""
+    NumPy reference (default preset paper); ``grid[:THREADS]`` is the 3x3 grid of ``paper`` merges (``GRID_*``)."""
     preset, sep, threads = text.partition(":")
+    if preset == "grid":
+        return Spec("ooc-grid", "paper", _threads(text, threads))
     if preset == "mergekit-yaml" or (preset == "mergekit" and not sep):
         return Spec("mergekit-yaml", "mergekit", None, _method(text, threads) if threads else None)
     if preset == "method":
@@ -208,7 +233,7 @@ def parse_variant(text: str) -> Spec:
     if preset not in ("paper", "mergekit"):
         raise argparse.ArgumentTypeError(
             f"variant {text!r}: must be paper[:THREADS], mergekit:THREADS, mergekit (mergekit-yaml), "
-            "method:METHOD[:THREADS], mergekit-yaml:METHOD or reference[:PRESET]"
+            "method:METHOD[:THREADS], mergekit-yaml:METHOD, grid[:THREADS] or reference[:PRESET]"
         )
     return Spec("ooc", preset, _threads(text, threads))
 
