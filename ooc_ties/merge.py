@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ooc_ties.batch import Job, MergeResult, open_inputs, resumed_block_elements, run_batch
 from ooc_ties.config import PRESETS, MergeOptions, Resources
-from ooc_ties.errors import OptionError
+from ooc_ties.errors import OptionError, OutputPathError
 from ooc_ties.grid import GRID_NAME, GridPoint, grid_document, name_points
 from ooc_ties.inputs import MergeInputs
 from ooc_ties.io.staging import check_disk
@@ -314,25 +314,47 @@ def merge_grid(
         outputs = [grid.point_output(i) for i in range(len(named))]
         finished = [resume and ((o / RECIPE_NAME).is_file() or (o / "zarr.json").is_file()) for o in outputs]
         check_disk(out / "point", sum(p.output_bytes for p, f in zip(grid.plans, finished, strict=True) if not f))
+        _check_grid_folder(out, resume or overwrite)
+        created = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
         status = ["pending"] * len(named)
-        _write_grid(out, grid, status)
         results: list[MergeResult | None] = [None] * len(named)
         read = 0
-        for number, batch in enumerate(grid.batches, 1):
-            if len(grid.batches) > 1:
-                logger.info("batch %d of %d: %s", number, len(grid.batches), ", ".join(named[i].name for i in batch))
-            jobs = [Job(outputs[i], named[i].options, named[i].chat_template) for i in batch]
-            done = run_batch(
-                inputs, jobs, [grid.plans[i] for i in batch], overwrite=overwrite, progress=progress, resume=resume
-            )
-            read += done.bytes_read
-            for i, result in zip(batch, done.results, strict=True):
-                results[i] = result
-                status[i] = "done"
+        try:
             _write_grid(out, grid, status)
+            for number, batch in enumerate(grid.batches, 1):
+                if len(grid.batches) > 1:
+                    names = ", ".join(named[i].name for i in batch)
+                    logger.info("batch %d of %d: %s", number, len(grid.batches), names)
+                jobs = [Job(outputs[i], named[i].options, named[i].chat_template) for i in batch]
+                plans = [grid.plans[i] for i in batch]
+                done = run_batch(inputs, jobs, plans, overwrite=overwrite, progress=progress, resume=resume)
+                read += done.bytes_read
+                for i, result in zip(batch, done.results, strict=True):
+                    results[i] = result
+                    status[i] = "done"
+                _write_grid(out, grid, status)
+        except BaseException as error:
+            # Stopped by an interruption or the system: the partial merges stay for --resume. Failed on
+            # the inputs or options: each merge removed its own staging; the grid's folder goes too if
+            # this run made it and nothing was finished in it.
+            resumable = isinstance(error, (KeyboardInterrupt, OSError, MemoryError))
+            if created and not resumable and "done" not in status:
+                (out / GRID_NAME).unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    out.rmdir()
+            raise
     merged = tuple(r for r in results if r is not None)
     return GridResult(out.absolute(), named, merged, len(grid.batches), read, time.perf_counter() - started)
+
+
+def _check_grid_folder(out: Path, reuse: bool) -> None:
+    """Refuse a grid's folder that is a file, or a folder with something in it (unless ``reuse``:
+    ``resume`` or ``overwrite``, which check each point's own output)."""
+    if out.exists() and not out.is_dir():
+        raise OutputPathError(f"{out}: exists and is not a folder")
+    if out.is_dir() and not reuse and any(out.iterdir()):
+        raise OutputPathError(f"{out}: already exists (choose another path, --resume or --overwrite)")
 
 
 def _write_grid(out: Path, grid: GridPlan, status: Sequence[str]) -> None:

@@ -242,3 +242,25 @@ def test_a_config_file_with_several_merges_is_a_grid(
         main(["merge", "--config", str(config), "-o", str(tmp_path / "bad"), "-q"])
     assert info.value.code == 1
     assert "the configurations of a grid merge the same models onto the same base" in capsys.readouterr().err
+
+
+def test_bad_input_leaves_nothing_at_the_grid_folder(tmp_path: Path) -> None:
+    import numpy as np
+
+    from ooc_ties.errors import NonFiniteValueError, OutputPathError
+
+    rng = np.random.default_rng(3)
+    base = {"w": rng.standard_normal(5000).astype(np.float32)}
+    good = {"w": base["w"] + np.float32(0.01)}
+    bad = {"w": base["w"].copy()}
+    bad["w"][1234] = np.inf
+    points = list(expand_grid(PRESETS["paper"], {"lam": [1.0, 0.5]}))
+    with pytest.raises(NonFiniteValueError, match="<model 2>.*holds inf at element 1234"):
+        merge_grid(base, [good, bad], tmp_path / "grid", points)
+    assert not (tmp_path / "grid").exists()
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("mine")
+    with pytest.raises(OutputPathError, match="already exists"):
+        merge_grid(base, [good, good], taken, points)
+    assert [p.name for p in taken.iterdir()] == ["notes.txt"]

@@ -175,6 +175,21 @@ def test_a_2_pow_28_tensor_merges_in_256_mib(models: list[Path], tmp_path: Path,
 
 
 @pytest.mark.slow
+def test_a_grid_of_four_merges_shares_the_256_mib(big_models: list[Path], tmp_path: Path) -> None:
+    """The merges of a grid divide the budget: four at once, in one batch, within the same 256 MiB."""
+    budget = 256 * 1024**2
+    out = tmp_path / "grid"
+    grid = ("--density", "0.1,0.2", "--lambda", "0.8,1.0", "--memory-budget", "256MiB", "-q")
+    _, peak = _peak_rss_anon(_merge_command(big_models, out, *grid))
+    measured = f"peak RssAnon {peak / 2**20:.1f} MiB"
+    print(measured)
+    assert peak < budget + RUNTIME_ALLOWANCE, measured
+    outputs = [p for p in out.iterdir() if p.is_dir()]
+    assert len(outputs) == 4 and all((p / "model.safetensors").stat().st_size > (1 << 29) for p in outputs)
+    shutil.rmtree(out)
+
+
+@pytest.mark.slow
 def test_della_refuses_a_row_longer_than_its_blocks(big_models: list[Path], tmp_path: Path) -> None:
     """A 1-D tensor of 2**28 values is one row: DELLA ranks whole rows, and no block holds it (whatever
     the budget), so the merge stops before reading any value, with one line naming the row length."""
