@@ -255,7 +255,7 @@ def test_bad_input_leaves_nothing_at_the_grid_folder(tmp_path: Path) -> None:
     bad = {"w": base["w"].copy()}
     bad["w"][1234] = np.inf
     points = list(expand_grid(PRESETS["paper"], {"lam": [1.0, 0.5]}))
-    with pytest.raises(NonFiniteValueError, match="<model 2>.*holds inf at element 1234"):
+    with pytest.raises(NonFiniteValueError, match=r"<model 2>.*holds inf at element 1234"):
         merge_grid(base, [good, bad], tmp_path / "grid", points)
     assert not (tmp_path / "grid").exists()
     taken = tmp_path / "taken"
