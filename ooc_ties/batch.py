@@ -154,7 +154,7 @@ def run_batch(
             for stage in live:
                 logger.info("plan:\n%s", stage.plan.describe())
             _check_copies(live[0].plan, inputs)
-            lint_inputs(live[0].plan, inputs)
+            lint_inputs(live[0].plan, inputs, others=[s.plan for s in live[1:]])
             for stage in live:
                 _open_output(stack, stage)
             read = _run_passes(live, inputs, progress, thresholds)

@@ -119,10 +119,19 @@ def sample_warnings(plan: MergePlan, inputs: MergeInputs) -> list[str]:
     return lines
 
 
-def lint_inputs(plan: MergePlan, inputs: MergeInputs, *, sample: bool = True) -> list[str]:
+def lint_inputs(
+    plan: MergePlan, inputs: MergeInputs, *, sample: bool = True, others: Sequence[MergePlan] = ()
+) -> list[str]:
     """Log a WARNING line for each suspicious input (``sample``: also the value checks, which read a
-    few pages of every tensor); return the lines."""
-    lines: Sequence[str] = weight_warnings(plan.options.model_weights(plan.n_models), inputs)
+    few pages of every tensor); return the lines. ``others``: more merges of the same inputs (a grid),
+    whose weights are checked too, each set of weights once."""
+    lines: Sequence[str] = []
+    seen: set[tuple[float, ...]] = set()
+    for each in (plan, *others):
+        weights = each.options.model_weights(each.n_models)
+        if tuple(weights.tolist()) not in seen:
+            seen.add(tuple(weights.tolist()))
+            lines = [*lines, *(line for line in weight_warnings(weights, inputs) if line not in lines)]
     if sample:
         lines = [*lines, *sample_warnings(plan, inputs)]
     for line in lines:

@@ -276,7 +276,7 @@ def plan_grid(
     with contextlib.ExitStack() as stack:
         inputs = open_inputs(stack, base, finetuned, named[0].options.sign_from)
         grid = _plan_grid(inputs, Path(output), named, resources or Resources(), resume=False)
-        lint_inputs(grid.plans[0], inputs, sample=False)
+        lint_inputs(grid.plans[0], inputs, sample=False, others=grid.plans[1:])
     check_disk(Path(output) / "point", grid.output_bytes)
     return grid
 

@@ -264,3 +264,13 @@ def test_bad_input_leaves_nothing_at_the_grid_folder(tmp_path: Path) -> None:
     with pytest.raises(OutputPathError, match="already exists"):
         merge_grid(base, [good, good], taken, points)
     assert [p.name for p in taken.iterdir()] == ["notes.txt"]
+
+
+def test_each_set_of_weights_of_a_grid_is_checked(
+    tiny_models: Models, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    points = list(expand_grid(PRESETS["paper"], {"weights": [(1.0, 1.0, 1.0), (1.0, 0.0, 1.0), (1.0, 0.0, 0.5)]}))
+    assert [p.name for p in points] == ["ties-w1.0_1.0_1.0", "ties-w1.0_0.0_1.0", "ties-w1.0_0.0_0.5"]
+    with caplog.at_level(logging.WARNING, logger="ooc_ties"):
+        plan_grid(*tiny_models, tmp_path / "grid", points)
+    assert caplog.text.count("has weight 0: it does not contribute to the merge") == 1
