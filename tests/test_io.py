@@ -60,6 +60,28 @@ def test_writer_accepts_blocks_out_of_order(tmp_path: Path) -> None:
     np.testing.assert_array_equal(stnp.load_file(tmp_path / "o.safetensors")["v"], values.reshape(10, 10))
 
 
+@pytest.mark.parametrize("count", [3, 40, 5000])  # one element written at a time; the span rewritten
+@pytest.mark.parametrize("direct", [False, True])
+def test_a_patch_writes_exactly_its_elements(tmp_path: Path, count: int, direct: bool) -> None:
+    from ooc_ties.io.direct import BounceBuffer
+
+    rng = np.random.default_rng(count)
+    values = rng.integers(0, 1 << 16, 1 << 16, dtype=np.uint16)
+    path = tmp_path / "o.safetensors"
+    bounce = BounceBuffer() if direct else None
+    writer = ShardWriter(path, [Tensor("w", DTYPES["BF16"], (1 << 16,))], {}, bounce=bounce)
+    writer.write("w", 0, values)
+    start = 1000
+    at = np.sort(rng.choice(np.arange(20_000), count, replace=False)).astype(np.int64)
+    new = rng.integers(0, 1 << 16, count, dtype=np.uint16)
+    writer.patch("w", start, at, new)
+    writer.close()
+    expected = values.copy()
+    expected[start + at] = new
+    with SafetensorsFile(path) as f:
+        np.testing.assert_array_equal(np.asarray(f.read(f.tensors["w"])), expected)
+
+
 def test_reader_matches_the_safetensors_package_and_is_zero_copy(tmp_path: Path) -> None:
     path = tmp_path / "s.safetensors"
     stnp.save_file(SAMPLE, path, metadata={"k": "v"})

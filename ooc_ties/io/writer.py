@@ -101,8 +101,9 @@ def _header(tensors: Sequence[Tensor], metadata: dict[str, str]) -> tuple[bytes,
     return raw, offsets
 
 
-DENSE_PATCH = 64
-"""A patch with at least one element in 64 of its span rewrites the span in one piece (see ``ShardWriter.patch``)."""
+DENSE_PATCH = 4096
+"""A patch with an element in every 4096 bytes of its span, on average, rewrites the span in one piece
+(see ``ShardWriter.patch``)."""
 
 
 class ShardWriter:
@@ -162,16 +163,18 @@ class ShardWriter:
         A few scattered elements are written one by one, into the page cache. The pages were written
         past the page cache, so each small write would first read its page from disk, one at a time: 72
         us a page here, against 5 us after asking the kernel to read the whole span ahead
-        (``POSIX_FADV_WILLNEED``, in large reads). Where they are dense (one in :data:`DENSE_PATCH`
-        elements or more; a bf16 model can have a few percent of open elements), the span is read,
-        changed and written back in one piece.
+        (``POSIX_FADV_WILLNEED``, in large reads), and a write of a few bytes still costs 16 us. Where
+        there is an element in every page of the span on average (:data:`DENSE_PATCH` bytes; a bf16
+        model can have a few percent of open elements, 30 to 70 in a page), the span is read, changed
+        and written back in one piece: 2-4 ms for a block of 4 Mi bf16 values, against 0.9 s for 58,645
+        single writes (measured on a block of the synthetic demo models, 1.4% of them open).
         """
         if not at.size:
             return
         itemsize = self.specs[name].dtype.itemsize
         lo, hi = int(at.min()), int(at.max()) + 1
         first = self.offsets[name] + (start + lo) * itemsize
-        if at.size * DENSE_PATCH >= hi - lo:
+        if at.size * DENSE_PATCH >= (hi - lo) * itemsize:
             span = np.empty((hi - lo) * itemsize, np.uint8)
             with open(self.path, "rb") as f:  # (the writer's own descriptor is write-only)
                 f.seek(first)
