@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import json
 from pathlib import Path
 
@@ -304,6 +305,31 @@ def test_a_wrong_majority_guess_is_corrected(
     assert read_all(result.output) == expected_bytes(paths[0], paths[1:], options)
     with Checkpoint(result.output) as c:
         assert (np.asarray(c.read("w"))[::4] == -1).all()  # the open elements took the exact sign
+
+
+def test_the_thresholds_read_estimates_the_majority_from_every_block(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The sampled blocks vote +, the model votes -: the votes counted in the thresholds' one read, under
+    thresholds estimated from the sample, see the whole model and guess right, so nothing is corrected."""
+    from ooc_ties.pass1.costs import VOTE_STRIDE
+
+    block, n_blocks = 256, 8 * VOTE_STRIDE
+    rng = np.random.default_rng(21)
+    sampled = (np.arange(n_blocks * block) // block) % VOTE_STRIDE == 0
+    sign = np.where(sampled, 1.0, -1.0).astype(np.float32)
+    tau1 = (sign * rng.uniform(0.5, 1.5, sign.size)).astype(np.float32)
+    tau2 = (sign * rng.uniform(0.5, 1.5, sign.size)).astype(np.float32)
+    base = np.zeros(n_blocks * block, np.float32)
+    paths = write_models(tmp_path, base, base + tau1, base + tau2)
+    options = PRESETS["paper"].with_(density=0.9)
+    with caplog.at_level("DEBUG", logger="ooc_ties"):
+        result = merge(paths[0], paths[1:], tmp_path / "out", options, Resources(max_block_elements=block))
+    assert "estimated from every block" in caplog.text
+    assert re.search(r"sample [1-9][0-9]* vs 0,", caplog.text)  # (the sample alone would guess +)
+    assert "guessed" not in caplog.text  # (logged for a wrong guess)
+    assert result.thresholds.majority[""] == -1
+    assert read_all(result.output) == expected_bytes(paths[0], paths[1:], options)
 
 
 def test_half_the_elements_open_are_recorded_and_nothing_is_read_again(

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -37,11 +38,20 @@ from ooc_ties.kernels.histogram import (
     high_histogram,
     low_histogram,
 )
+from ooc_ties.kernels.ties import elect_count
 from ooc_ties.pass1.costs import BRACKET_BINS, threshold_sample
 from ooc_ties.pass1.scan import Scan
 from ooc_ties.pass1.thresholds import GroupThreshold
 
-__all__ = ["RANK_SLACK", "band_counts", "band_thresholds", "choose_bracket", "group_thresholds", "kept_count"]
+__all__ = [
+    "RANK_SLACK",
+    "band_counts",
+    "band_thresholds",
+    "choose_bracket",
+    "estimated_thresholds",
+    "group_thresholds",
+    "kept_count",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -88,10 +98,18 @@ def wanted_rank(size: int, m: int, trim: TrimRule, exact: bool = False) -> int |
 
 
 def group_thresholds(
-    scan: Scan, blocks: Sequence[BlockRef], options: MergeOptions, label: str, counts: Sequence[int] | None = None
+    scan: Scan,
+    blocks: Sequence[BlockRef],
+    options: MergeOptions,
+    label: str,
+    counts: Sequence[int] | None = None,
+    votes: np.ndarray | None = None,
 ) -> tuple[GroupThreshold, ...]:
     """The threshold of every model over one group of ``blocks``: the one keeping ``counts[t]`` values
-    (by default, each model's density of the group)."""
+    (by default, each model's density of the group). ``votes``: if given (four int64), the one-read
+    select also adds ``(#S > 0, #S < 0, #open)`` of every block under thresholds estimated from its
+    sample (:func:`estimated_thresholds`) into ``votes[:3]`` and sets ``votes[3]`` to 1: an estimate of
+    the majority sign for no read of its own (not counted where the sample is the whole group)."""
     size = sum(b.stop - b.start for b in blocks)
     exact = counts is not None
     if counts is None:
@@ -102,7 +120,7 @@ def group_thresholds(
     ranks = np.array([1 if not w else w for w in wanted], np.int64)  # (1: any rank, unused)
     groups = []
     for rank, m, (high_bin, below_high, low) in zip(
-        wanted, counts, levels(scan, blocks, ranks, size, label), strict=True
+        wanted, counts, levels(scan, blocks, ranks, size, label, votes), strict=True
     ):
         if not rank:
             groups.append(_trivial(size, rank))
@@ -139,10 +157,11 @@ def _trivial(size: int, rank: int | None) -> GroupThreshold:
 
 
 def levels(
-    scan: Scan, blocks: Sequence[BlockRef], ranks: np.ndarray, size: int, label: str
+    scan: Scan, blocks: Sequence[BlockRef], ranks: np.ndarray, size: int, label: str, votes: np.ndarray | None = None
 ) -> list[tuple[int, int, np.ndarray]]:
     """Per model ``t``: the high bin holding the ``ranks[t]``-th smallest ``|tau|`` of the group, how
-    many values lie below that bin, and the bin's low-bits histogram (exactly the two-read select's)."""
+    many values lie below that bin, and the bin's low-bits histogram (exactly the two-read select's).
+    ``votes``: see :func:`group_thresholds` (counted only where the sample is not the whole group)."""
     sample = threshold_sample(blocks)
     if len(sample) == len(blocks):  # the sample would be the whole group: the two-read select
         high = read_high(scan, f"{label}thresholds", blocks)
@@ -158,9 +177,14 @@ def levels(
         bins, p = choose_bracket(sampled[t], int(ranks[t]), size)
         slots[t, bins] = np.arange(len(bins))
         chance.append(p)
+    estimate = estimated_thresholds(sampled, ranks, size) if votes is not None else None
     del sampled
     span = bracket_span(slots)
-    states = read_bracketed(scan, f"{label}thresholds", blocks, slots, span)
+    states = read_bracketed(scan, f"{label}thresholds", blocks, slots, span, estimate)
+    if votes is not None:
+        votes[:3] += sum((state[1] for state in states), np.zeros(3, np.int64))
+        votes[3] = 1  # (counted)
+        states = [state[0] for state in states]
     split = [bracket_split(counts, slots) for counts in states]
     high = sum((h for h, _ in split), np.zeros((scan.n, HIGH_BINS), np.int64))
     picks = [_select(high[t], int(ranks[t])) for t in range(scan.n)]
@@ -211,18 +235,45 @@ def read_high(scan: Scan, label: str, blocks: Sequence[BlockRef], *, check: bool
 
 
 def read_bracketed(
-    scan: Scan, label: str, blocks: Sequence[BlockRef], slots: np.ndarray, span: np.ndarray
-) -> list[np.ndarray]:
+    scan: Scan,
+    label: str,
+    blocks: Sequence[BlockRef],
+    slots: np.ndarray,
+    span: np.ndarray,
+    estimate: np.ndarray | None = None,
+) -> list[Any]:
     """One read for both levels: per worker, the counts of :func:`bracket_histogram` for ``slots``
-    and their ``span`` (:func:`bracket_span`)."""
+    and their ``span`` (:func:`bracket_span`); with ``estimate`` (float32 thresholds), per worker the
+    counts and the sign votes under those thresholds (every tie kept)."""
     table = bracket_table(slots)
+    keep_all = np.full(scan.n, -1, np.int64)
+    no_count = np.zeros(0, np.int64)
 
-    def work(ref: BlockRef, base: np.ndarray, fts: tuple[np.ndarray, ...], counts: np.ndarray) -> None:
+    def work(ref: BlockRef, base: np.ndarray, fts: tuple[np.ndarray, ...], state: Any) -> None:
         bad = np.full(scan.n, -1, np.int64)
+        counts = state if estimate is None else state[0]
         bracket_histogram(base, fts, table, span, counts, bad)
         scan.check_finite(ref, bad)
+        if estimate is not None:
+            elect_count(base, fts, estimate, keep_all, scan.weights(ref.tensor.name), state[1], no_count)
 
-    return scan.run(label, blocks, work, lambda: bracket_counts(scan.n, BRACKET_BINS, table))
+    def new_state() -> Any:
+        counts = bracket_counts(scan.n, BRACKET_BINS, table)
+        return counts if estimate is None else (counts, np.zeros(3, np.int64))
+
+    return scan.run(label, blocks, work, new_state)
+
+
+def estimated_thresholds(sampled: np.ndarray, ranks: np.ndarray, size: int) -> np.ndarray:
+    """Float32 thresholds estimated from a sample's high-bits histograms ``sampled``: for each model, the
+    lowest value of the bin that holds its wanted rank, scaled to the sample."""
+    out = np.zeros(len(ranks), np.float32)
+    for t, hist in enumerate(sampled):
+        s = int(hist.sum())
+        if s:
+            rank = min(s, max(1, round(int(ranks[t]) / size * s)))
+            out[t] = np.uint32(_select(hist, rank)[0] << 16).view(np.float32)
+    return out
 
 
 def read_low(scan: Scan, label: str, blocks: Sequence[BlockRef], high_bins: np.ndarray) -> np.ndarray:

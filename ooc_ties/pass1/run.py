@@ -20,7 +20,7 @@ from ooc_ties.blocks import GLOBAL, BlockRef, group_blocks, plan_blocks
 from ooc_ties.config import RescaleRule
 from ooc_ties.inputs import MergeInputs
 from ooc_ties.methods import Sparsify
-from ooc_ties.pass1.costs import group_reads
+from ooc_ties.pass1.costs import group_reads, records_open_elements
 from ooc_ties.pass1.norms import rescale_factors, trim_masks
 from ooc_ties.pass1.order import band_thresholds, group_thresholds
 from ooc_ties.pass1.quotas import tie_quotas
@@ -159,6 +159,9 @@ def _group(
     """
     options = scan.plan.options.for_tensor(key)  # (a tensor's own values, under the tensor scope)
     n = scan.n
+    # The majority sign's estimate from every block, counted in the thresholds' one read (when pass 1
+    # will only guess the sign, :func:`~ooc_ties.pass1.votes.majority`).
+    estimate = np.zeros(4, np.int64) if options.majority_vote and records_open_elements(options) else None
     band = options.method.sparsify is Sparsify.BAND
     outliers: tuple[GroupThreshold, ...] | None = None
     if given is not None:
@@ -167,7 +170,7 @@ def _group(
     elif band and options.trims:
         result, outliers = band_thresholds(scan, blocks, options, label)
     elif options.method.trims:
-        result = group_thresholds(scan, blocks, options, label)
+        result = group_thresholds(scan, blocks, options, label, votes=estimate)
     else:  # no order statistics: every value passes the trim (a drop, if any, decides)
         result = tuple(GroupThreshold.keep_all(sum(b.stop - b.start for b in blocks)) for _ in range(n))
     cuts = [(result, quotas[:, :n])] + ([(outliers, quotas[:, n:])] if outliers is not None else [])
@@ -196,7 +199,8 @@ def _group(
     sampled = sample_vote(scan, blocks, result, quotas, label, sparsity)
     if options.trims or (sparsity is not None and sparsity.draws):  # for pass 2 to check in the same blocks
         result = tuple(dataclasses.replace(g, sample_kept=int(sampled.kept[t])) for t, g in enumerate(result))
-    sign, guessed = majority(scan, blocks, result, quotas, label, sampled, sparsity)
+    counted = estimate if estimate is not None and estimate[3] else None
+    sign, guessed = majority(scan, blocks, result, quotas, label, sampled, sparsity, counted)
     return _GroupResult(result, outliers, scales, sign, guessed)
 
 
