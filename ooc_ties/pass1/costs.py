@@ -97,7 +97,8 @@ def pass1_reads(
       counted as expected: with bf16 or f16 task vectors ties at the cut-off are the rule.
     * Breadcrumbs' band: the thresholds twice, once per cut (the tie counts of both in one read).
     * Rescale norms (mergekit's L1 rule, where a drop or a trim keeps less than all): one read.
-    * The majority sign (``majority``): the vote sample's votes, a guess pass 2 settles. The other
+    * The majority sign (``majority``): the vote sample's votes (and, counted in the one-read
+      thresholds' read, every block's votes under estimated thresholds), a guess pass 2 settles. The other
       blocks vote too (one read in all) only if pass 2 cannot record the open elements
       (:func:`records_open_elements`) and the sample is not decisive. When the sample is the whole
       group, one read.
