@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from ooc_ties.kernels import convert, drop, histogram, norms, ties
+from ooc_ties.kernels import convert, drop, histogram, norms, report, ties
 
-__all__ = ["PAIRS", "Pair"]
+__all__ = ["PAIRS", "Close", "Pair"]
 
 Thunks = tuple[Callable[[], Any], Callable[[], Any]]
 """The kernel's run and the oracle's run of one case: their results must be equal."""
@@ -279,6 +279,39 @@ def _keep_flags(rng: np.random.Generator, n: int) -> Thunks:
     return kernel, oracle
 
 
+class Close:
+    """Float64 sums that must agree within rounding (``==`` is ``np.allclose`` at a relative 1e-9):
+    a kernel and its oracle add the same values in different orders."""
+
+    def __init__(self, *arrays: np.ndarray) -> None:
+        self.values = np.concatenate([np.ravel(a) for a in arrays])
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Close) and bool(np.allclose(self.values, other.values, rtol=1e-9, atol=1e-300))
+
+    def __repr__(self) -> str:
+        return f"Close({self.values!r})"
+
+
+def _interference(rng: np.random.Generator, n: int) -> Thunks:
+    base, fts = _models(rng, n)
+    thr, quota = _cut(rng, base, fts)
+    weights = np.array([1.0, 0.5, 2.0], np.float32)
+    sparsity = _general_rule(rng, n, fts, base) if rng.random() < 0.5 else None
+
+    def split(arrays: tuple[np.ndarray, ...]) -> tuple[Close, bytes]:
+        norms_, dots, signs, counts, kept_hist, totals, discarded = arrays
+        exact = b"".join(a.tobytes() for a in (signs, counts, kept_hist, totals))
+        return Close(norms_, dots, discarded), exact
+
+    def kernel() -> tuple[Close, bytes]:
+        outputs = report.interference_outputs(len(fts))
+        report.interference(base, fts, thr, quota, weights, sparsity, *outputs)
+        return split(outputs)
+
+    return kernel, lambda: split(report.interference_oracle(base, fts, thr, quota, weights, sparsity))
+
+
 PAIRS: Mapping[str, Pair] = {
     "decode": Pair(convert.decode, convert.decode_oracle, _decode),
     "encode": Pair(convert.encode, convert.encode_oracle, _encode),
@@ -294,5 +327,6 @@ PAIRS: Mapping[str, Pair] = {
     "elect_count": Pair(ties.elect_count, ties.elect_count_oracle, _elect_count),
     "merge": Pair(ties.merge, ties.merge_oracle, _merge),
     "keep_flags": Pair(ties.keep_flags, ties.keep_flags_oracle, _keep_flags),
+    "interference": Pair(report.interference, report.interference_oracle, _interference),
 }
 """Every kernel of :mod:`ooc_ties.kernels` by name, with its oracle and a case."""
