@@ -36,6 +36,9 @@ from ooc_ties.pass1.thresholds import Thresholds
 from ooc_ties.pass2 import Pass2Job, run_pass2_shared
 from ooc_ties.plan import MergePlan, TensorKind
 from ooc_ties.progress import ProgressFactory
+from ooc_ties.report.build import build_report, check_report_path
+from ooc_ties.report.collect import Collector
+from ooc_ties.report.write import write_report
 from ooc_ties.sources import SourceLike, open_source
 
 if TYPE_CHECKING:
@@ -80,6 +83,8 @@ class Job:
     """Its options."""
     chat_template: str | None = None
     """A chat template for its tokenizer (a configuration's ``chat_template``)."""
+    report: Path | None = None
+    """Where its interference report goes (``--report``; docs/report.md), if anywhere."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +132,7 @@ class _Stage:
     final: Thresholds | None = None
     resumed_blocks: int = 0
     merge_read: int = 0
+    collector: Collector | None = None
 
 
 def run_batch(
@@ -152,6 +158,10 @@ def run_batch(
         if live:
             _check_template(live, inputs)
             for stage in live:
+                if stage.job.report is not None:
+                    check_report_path(stage.job.report, inputs, overwrite)
+                    stage.collector = Collector(stage.plan)
+            for stage in live:
                 logger.info("plan:\n%s", stage.plan.describe())
             _check_copies(live[0].plan, inputs)
             lint_inputs(live[0].plan, inputs, others=[s.plan for s in live[1:]])
@@ -160,6 +170,11 @@ def run_batch(
             read = _run_passes(live, inputs, progress, thresholds)
             for stage in live:
                 _publish(stage, inputs)
+            for stage in live:
+                if stage.collector is not None and stage.job.report is not None:
+                    assert stage.final is not None  # (pass 2 ran)
+                    document = build_report(stage.plan, inputs, stage.final, stage.collector)
+                    write_report(document, stage.job.report, overwrite=overwrite)
         else:
             read = 0
     seconds = time.perf_counter() - started
@@ -273,7 +288,7 @@ def _run_passes(
         for t, g in enumerate(stage.pass1.thresholds.groups.get(GLOBAL, ())):
             logger.info("model %d: threshold %g keeps %d of %d values", t + 1, g.value, g.kept, g.size)
         spill = stage.target.state if isinstance(stage.target, StagedDirectory) else None
-        jobs.append(Pass2Job(stage.plan, stage.pass1, stage.sink, stage.journal, spill))
+        jobs.append(Pass2Job(stage.plan, stage.pass1, stage.sink, stage.journal, spill, stage.collector))
     finals, merged = run_pass2_shared(jobs, inputs, progress)
     for stage, (final, resumed_blocks, merge_read) in zip(stages, finals, strict=True):
         stage.final, stage.resumed_blocks, stage.merge_read = final, resumed_blocks, merge_read

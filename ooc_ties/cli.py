@@ -82,6 +82,93 @@ _DIRECT_IO = click.option(
 )
 
 
+_WHAT_TO_MERGE = [
+    click.argument("finetuned", nargs=-1),
+    click.option(
+        "--base",
+        "-b",
+        help="Base model: .safetensors file, HF folder, Zarr group (path or URL) or cached Hub ID (org/name).",
+    ),
+    click.option(
+        "--config",
+        "config_path",
+        type=click.Path(path_type=Path),
+        help="A mergekit YAML configuration: its models, method and parameters (instead of --base, FINETUNED "
+        "and the method's options).",
+    ),
+    click.option(
+        "--method",
+        help=f"The merge method (docs/methods.md): {', '.join(METHODS)}; a comma-separated list spans a grid. "
+        "[default: ties]",
+    ),
+    click.option(
+        "--preset",
+        type=click.Choice(sorted(PRESETS)),
+        default="paper",
+        show_default=True,
+        help="paper: the TIES reference code; mergekit: mergekit's ties.",
+    ),
+    click.option(
+        "--density",
+        help="Fraction of each task vector kept (largest magnitudes for ties, a band for breadcrumbs, a random "
+        "drop for dare/della), in (0, 1]: one, or one per model joined by '/' (0.2/0.5); a comma-separated list "
+        "spans a grid (docs/grid.md). [ties: 0.2; others: 1]",
+    ),
+    click.option(
+        "--gamma",
+        help="breadcrumbs: fraction of largest magnitudes dropped as outliers; one, or one per model joined by "
+        "'/'; a comma-separated list spans a grid. [0.01]",
+    ),
+    click.option(
+        "--epsilon",
+        help="della: keep probabilities run from density - epsilon to density + epsilon; one, or one per model "
+        "joined by '/'; a comma-separated list spans a grid. [0.15]",
+    ),
+    click.option(
+        "--rescale/--no-rescale",
+        default=None,
+        help="Rescale the values a random drop keeps (dare_*, della*). [those: yes]",
+    ),
+    click.option(
+        "--rescale-rule",
+        type=_choices(RescaleRule),
+        help="l1: keep each tensor's L1 norm (mergekit); density: times 1/density (DARE paper). [l1]",
+    ),
+    click.option("--seed", help="Seed of the random drops (dare_*, della*); a comma-separated list spans a grid. [0]"),
+    click.option(
+        "--sign-from",
+        help="Elect each parameter's sign from this model's task vector (e.g. a multitask model) instead of the vote.",
+    ),
+    click.option(
+        "--lambda", "lam", help="Scale of the merged task vector; a comma-separated list spans a grid. [default: 1.0]"
+    ),
+    click.option(
+        "--scope",
+        help="Top-k over the whole model (global) or per tensor (tensor); a comma list spans a grid. [preset]",
+    ),
+    click.option("--trim", type=_choices(TrimRule), help="threshold: keep all ties (paper); topk: exactly k. [preset]"),
+    click.option("--zero-sign", type=_choices(ZeroSign), help="Sign where the vote is exactly 0. [preset]"),
+    click.option(
+        "--normalize/--no-normalize",
+        default=None,
+        help="Divide by the sum of the (agreeing) weights. [linear, ties, della: yes; others: no]",
+    ),
+    click.option(
+        "--weights",
+        multiple=True,
+        help="Per-model weights, space- or comma-separated, one per fine-tuned model; repeat --weights to span a grid.",
+    ),
+]
+"""The arguments and options that say what to merge (``merge`` and ``analyze``)."""
+
+
+def _what_to_merge(command: Any) -> Any:
+    """Decorate a command with :data:`_WHAT_TO_MERGE`."""
+    for option in reversed(_WHAT_TO_MERGE):
+        command = option(command)
+    return command
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ooc-ties")
 def cli() -> None:
@@ -89,19 +176,7 @@ def cli() -> None:
 
 
 @cli.command("merge")
-@click.argument("finetuned", nargs=-1)
-@click.option(
-    "--base",
-    "-b",
-    help="Base model: .safetensors file, HF folder, Zarr group (path or URL) or cached Hub ID (org/name).",
-)
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path),
-    help="A mergekit YAML configuration: its models, method and parameters (instead of --base, FINETUNED "
-    "and the method's options).",
-)
+@_what_to_merge
 @click.option(
     "--output",
     "-o",
@@ -109,67 +184,6 @@ def cli() -> None:
     type=click.Path(path_type=Path),
     help="Output folder (safetensors), or OUT.zarr for a Zarr v3 group. Must not exist. A grid writes one "
     "output per merge under it, and OUT/grid.json.",
-)
-@click.option(
-    "--method",
-    help=f"The merge method (docs/methods.md): {', '.join(METHODS)}; a comma-separated list spans a grid. "
-    "[default: ties]",
-)
-@click.option(
-    "--preset",
-    type=click.Choice(sorted(PRESETS)),
-    default="paper",
-    show_default=True,
-    help="paper: the TIES reference code; mergekit: mergekit's ties.",
-)
-@click.option(
-    "--density",
-    help="Fraction of each task vector kept (largest magnitudes for ties, a band for breadcrumbs, a random "
-    "drop for dare/della), in (0, 1]: one, or one per model joined by '/' (0.2/0.5); a comma-separated list "
-    "spans a grid (docs/grid.md). [ties: 0.2; others: 1]",
-)
-@click.option(
-    "--gamma",
-    help="breadcrumbs: fraction of largest magnitudes dropped as outliers; one, or one per model joined by "
-    "'/'; a comma-separated list spans a grid. [0.01]",
-)
-@click.option(
-    "--epsilon",
-    help="della: keep probabilities run from density - epsilon to density + epsilon; one, or one per model "
-    "joined by '/'; a comma-separated list spans a grid. [0.15]",
-)
-@click.option(
-    "--rescale/--no-rescale",
-    default=None,
-    help="Rescale the values a random drop keeps (dare_*, della*). [those: yes]",
-)
-@click.option(
-    "--rescale-rule",
-    type=_choices(RescaleRule),
-    help="l1: keep each tensor's L1 norm (mergekit); density: times 1/density (DARE paper). [l1]",
-)
-@click.option("--seed", help="Seed of the random drops (dare_*, della*); a comma-separated list spans a grid. [0]")
-@click.option(
-    "--sign-from",
-    help="Elect each parameter's sign from this model's task vector (e.g. a multitask model) instead of the vote.",
-)
-@click.option(
-    "--lambda", "lam", help="Scale of the merged task vector; a comma-separated list spans a grid. [default: 1.0]"
-)
-@click.option(
-    "--scope", help="Top-k over the whole model (global) or per tensor (tensor); a comma list spans a grid. [preset]"
-)
-@click.option("--trim", type=_choices(TrimRule), help="threshold: keep all ties (paper); topk: exactly k. [preset]")
-@click.option("--zero-sign", type=_choices(ZeroSign), help="Sign where the vote is exactly 0. [preset]")
-@click.option(
-    "--normalize/--no-normalize",
-    default=None,
-    help="Divide by the sum of the (agreeing) weights. [linear, ties, della: yes; others: no]",
-)
-@click.option(
-    "--weights",
-    multiple=True,
-    help="Per-model weights, space- or comma-separated, one per fine-tuned model; repeat --weights to span a grid.",
 )
 @click.option(
     "--grid",
@@ -208,6 +222,13 @@ def cli() -> None:
     type=click.Path(path_type=Path),
     help="Save the pass-1 thresholds to this JSON file.",
 )
+@click.option(
+    "--report",
+    "report_dir",
+    type=click.Path(path_type=Path),
+    help="Also write the merge's interference report to this folder (docs/report.md; a grid: one per merge "
+    "under it), counted while merging: no extra read.",
+)
 @click.option("--dry-run", is_flag=True, help="Print the plan and estimates; read no tensor data, write nothing.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or summary; errors only.")
 @click.option("--verbose", "-v", count=True, help="More logging (-vv for debug).")
@@ -243,6 +264,7 @@ def merge_command(
     resume: bool,
     thresholds_in: Path | None,
     thresholds_out: Path | None,
+    report_dir: Path | None,
     dry_run: bool,
     quiet: bool,
     verbose: int,
@@ -253,6 +275,79 @@ def merge_command(
     a .zip file or a URL), or Hugging Face Hub IDs (org/name[@revision]) already in the local cache.
     """
     _setup_logging(verbose, quiet)
+    base, finetuned, points, single = _points(
+        finetuned, base, config_path, method, preset, density, gamma, epsilon, rescale, rescale_rule, seed,
+        sign_from, lam, scope, trim, zero_sign, normalize, weights, grid_mode, dtype,
+    )  # fmt: skip
+    resources = Resources(
+        memory_budget=parse_size(memory_budget, "memory budget"),
+        threads=parse_threads(threads),
+        shard_size=parse_size(shard_size, "shard size"),
+        durable=durable,
+        direct_io=direct_io,
+        max_block_elements=block_elements,
+    )
+    progress = None if quiet else tqdm_progress
+    if not single:
+        if thresholds_in is not None or thresholds_out is not None:
+            raise click.UsageError("--thresholds and --save-thresholds apply to a single merge, not a grid")
+        _grid(base, finetuned, output, points, resources, dry_run, overwrite, resume, quiet, progress, report_dir)
+        return
+    options, template_text = points[0].options, points[0].chat_template
+    if dry_run:
+        plan = plan_merge(base, list(finetuned), options, resources)
+        click.echo(plan.describe())
+        return
+    given = Thresholds.load(thresholds_in) if thresholds_in is not None else None
+    result = merge(
+        base,
+        list(finetuned),
+        output,
+        options,
+        resources,
+        overwrite=overwrite,
+        progress=progress,
+        thresholds=given,
+        resume=resume,
+        chat_template=template_text,
+        report=report_dir,
+    )
+    if thresholds_out is not None:
+        result.thresholds.save(thresholds_out)
+    if not quiet:
+        if result.resumed_blocks:
+            click.echo(f"resumed: {result.resumed_blocks:,} of {result.plan.total_blocks:,} blocks were done", err=True)
+        click.echo(
+            f"merged {len(result.plan.merged)} tensors ({result.plan.merged_parameters:,} parameters) of "
+            f"{result.plan.n_models} models into {result.output} in {_rate(result)}",
+            err=True,
+        )
+
+
+def _points(
+    finetuned: Sequence[str],
+    base: str | None,
+    config_path: Path | None,
+    method: str | None,
+    preset: str,
+    density: str | None,
+    gamma: str | None,
+    epsilon: str | None,
+    rescale: bool | None,
+    rescale_rule: str | None,
+    seed: str | None,
+    sign_from: str | None,
+    lam: str | None,
+    scope: str | None,
+    trim: str | None,
+    zero_sign: str | None,
+    normalize: bool | None,
+    weights: tuple[str, ...],
+    grid_mode: str,
+    dtype: str | None,
+) -> tuple[str, list[str], list[GridPoint], bool]:
+    """What :data:`_WHAT_TO_MERGE` asks for: the base, the fine-tuned models, the merges (grid points) and
+    whether it is a single merge (no list anywhere, one configuration)."""
     # Options that may span a grid: a list each (one value: no grid along it; None: not given).
     axes: dict[str, list[Any] | None] = {
         "method": _words(method, "--method", list(METHODS)),
@@ -272,15 +367,6 @@ def merge_command(
         "rescale_rule": rescale_rule,
         "sign_from": sign_from,
     }
-    resources = Resources(
-        memory_budget=parse_size(memory_budget, "memory budget"),
-        threads=parse_threads(threads),
-        shard_size=parse_size(shard_size, "shard size"),
-        durable=durable,
-        direct_io=direct_io,
-        max_block_elements=block_elements,
-    )
-    progress = None if quiet else tqdm_progress
     points: list[GridPoint] = []
     if config_path is not None:
         flags = {
@@ -328,39 +414,9 @@ def merge_command(
         grid_axes = {k: v for k, v in axes.items() if v is not None}
         common = {"rescale": rescale, "normalize": normalize, **rules}
         points = list(expand_grid(parse_preset(preset), grid_axes, grid_mode, common))
-    if not single:
-        if thresholds_in is not None or thresholds_out is not None:
-            raise click.UsageError("--thresholds and --save-thresholds apply to a single merge, not a grid")
-        _grid(base, list(finetuned), output, points, resources, dry_run, overwrite, resume, quiet, progress)
-        return
-    options, template_text = points[0].options, points[0].chat_template
-    if dry_run:
-        plan = plan_merge(base, list(finetuned), options, resources)
-        click.echo(plan.describe())
-        return
-    given = Thresholds.load(thresholds_in) if thresholds_in is not None else None
-    result = merge(
-        base,
-        list(finetuned),
-        output,
-        options,
-        resources,
-        overwrite=overwrite,
-        progress=progress,
-        thresholds=given,
-        resume=resume,
-        chat_template=template_text,
-    )
-    if thresholds_out is not None:
-        result.thresholds.save(thresholds_out)
-    if not quiet:
-        if result.resumed_blocks:
-            click.echo(f"resumed: {result.resumed_blocks:,} of {result.plan.total_blocks:,} blocks were done", err=True)
-        click.echo(
-            f"merged {len(result.plan.merged)} tensors ({result.plan.merged_parameters:,} parameters) of "
-            f"{result.plan.n_models} models into {result.output} in {_rate(result)}",
-            err=True,
-        )
+    if base is None:
+        raise click.UsageError("give --base and the FINETUNED models, or --config merge.yml")
+    return base, list(finetuned), points, single
 
 
 def _grid(
@@ -374,6 +430,7 @@ def _grid(
     resume: bool,
     quiet: bool,
     progress: Any,
+    report: Path | None,
 ) -> None:
     """A grid of merges (``merge`` with list-valued options or a list of configurations)."""
     if dry_run:
@@ -381,7 +438,7 @@ def _grid(
         click.echo(grid_plan.describe())
         return
     result = merge_grid(
-        base, finetuned, output, points, resources, overwrite=overwrite, progress=progress, resume=resume
+        base, finetuned, output, points, resources, overwrite=overwrite, progress=progress, resume=resume, report=report
     )
     if not quiet:
         alone = sum(r.bytes_read for r in result.results)
@@ -456,6 +513,73 @@ def _tensor_names(model: str) -> list[str]:
 
 def _split_numbers(text: str) -> list[str]:
     return [part for part in text.replace(",", " ").split() if part]
+
+
+@cli.command("analyze")
+@_what_to_merge
+@click.option(
+    "--output", "-o", required=True, type=click.Path(path_type=Path), help="The report folder. Must not exist."
+)
+@click.option("--memory-budget", default="2GiB", show_default=True, help="Working memory for blocks and histograms.")
+@click.option("--threads", type=int, help="Worker threads. [all CPUs]")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists (only after the report is complete).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars or summary; errors only.")
+@click.option("--verbose", "-v", count=True, help="More logging (-vv for debug).")
+def analyze_command(
+    finetuned: Sequence[str],
+    base: str | None,
+    config_path: Path | None,
+    method: str | None,
+    preset: str,
+    density: str | None,
+    gamma: str | None,
+    epsilon: str | None,
+    rescale: bool | None,
+    rescale_rule: str | None,
+    seed: str | None,
+    sign_from: str | None,
+    lam: str | None,
+    scope: str | None,
+    trim: str | None,
+    zero_sign: str | None,
+    normalize: bool | None,
+    weights: tuple[str, ...],
+    output: Path,
+    memory_budget: str,
+    threads: int | None,
+    overwrite: bool,
+    quiet: bool,
+    verbose: int,
+) -> None:
+    """Write the interference report of merging FINETUNED onto --base to --output (docs/report.md).
+
+    What the merge with the same options would do to each tensor: the trim, sign conflicts, the mass the
+    disjoint mean discards, the similarity of the task vectors, and how density changes what is kept;
+    report.json, tensors.csv, plots (with matplotlib) and index.html. Reads the inputs as the merge
+    would; writes no merged model.
+    """
+    from ooc_ties.analyze import analyze
+
+    _setup_logging(verbose, quiet)
+    base, finetuned, points, single = _points(
+        finetuned, base, config_path, method, preset, density, gamma, epsilon, rescale, rescale_rule, seed,
+        sign_from, lam, scope, trim, zero_sign, normalize, weights, "cross", None,
+    )  # fmt: skip
+    if not single:
+        raise click.UsageError("analyze takes one value per option (a grid: merge --report)")
+    resources = Resources(memory_budget=parse_size(memory_budget, "memory budget"), threads=parse_threads(threads))
+    progress = None if quiet else tqdm_progress
+    result = analyze(base, finetuned, output, points[0].options, resources, overwrite=overwrite, progress=progress)
+    if not quiet:
+        whole = result.document["whole"]
+        click.echo(
+            f"analysed {whole['elements']:,} parameters of {result.plan.n_models} models into "
+            f"{result.output}/index.html in {result.seconds:.1f} s: {whole['conflict_rate'] or 0:.2%} of the "
+            f"elements have kept values of both signs",
+            err=True,
+        )
+        if result.note:
+            click.echo(result.note, err=True)
 
 
 @cli.command("convert")

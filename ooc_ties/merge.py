@@ -76,6 +76,7 @@ def merge(
     thresholds: Thresholds | None = None,
     resume: bool = False,
     chat_template: str | None = None,
+    report: str | os.PathLike[str] | None = None,
 ) -> MergeResult:
     """TIES-merge ``finetuned`` models onto ``base`` and write the result to ``output``.
 
@@ -100,6 +101,10 @@ def merge(
 
     ``chat_template``: a Jinja chat template for the output's tokenizer, applied as mergekit applies a
     configuration's ``chat_template`` (:func:`~ooc_ties.mergekit_yaml.apply_chat_template`).
+
+    ``report``: a folder for the merge's interference report (docs/report.md), counted in pass 2 at no
+    extra read; the same report :func:`ooc_ties.analyze.analyze` writes. Not with a ``resume`` that
+    finds merged blocks (their counts are gone).
     """
     resources = resources or Resources()
     with contextlib.ExitStack() as stack:
@@ -107,7 +112,7 @@ def merge(
         plan = make_plan(inputs.base, inputs.fts, options, resources, inputs.sign)
         if resume:
             plan = _replan_for(resumed_block_elements(output), plan, inputs)
-        job = Job(output, options, chat_template)
+        job = Job(output, options, chat_template, Path(report) if report is not None else None)
         batch = run_batch(
             inputs, [job], [plan], overwrite=overwrite, progress=progress, thresholds=thresholds, resume=resume
         )
@@ -291,6 +296,7 @@ def merge_grid(
     overwrite: bool = False,
     progress: ProgressFactory | None = None,
     resume: bool = False,
+    report: str | os.PathLike[str] | None = None,
 ) -> GridResult:
     """Run a grid of merges of the same inputs: every point is written under the folder ``output``
     (``output/NAME/``, or a Zarr group ``output/NAME.zarr`` when ``output`` ends in ``.zarr``), and
@@ -303,6 +309,7 @@ def merge_grid(
     and pass 2 reads each block once for all (:mod:`ooc_ties.batch`), within ``resources``' memory
     budget, which they divide; a grid too large for it runs in as few batches as fit. ``resume``
     keeps finished points and continues interrupted ones; ``overwrite`` replaces existing points.
+    ``report``: a folder that receives each point's interference report as ``report/NAME/``.
     """
     started = time.perf_counter()
     named = _points(points)
@@ -326,7 +333,10 @@ def merge_grid(
                 if len(grid.batches) > 1:
                     names = ", ".join(named[i].name for i in batch)
                     logger.info("batch %d of %d: %s", number, len(grid.batches), names)
-                jobs = [Job(outputs[i], named[i].options, named[i].chat_template) for i in batch]
+                jobs = [
+                    Job(outputs[i], named[i].options, named[i].chat_template, _report_of(report, named[i].name))
+                    for i in batch
+                ]
                 plans = [grid.plans[i] for i in batch]
                 done = run_batch(inputs, jobs, plans, overwrite=overwrite, progress=progress, resume=resume)
                 read += done.bytes_read
@@ -346,6 +356,10 @@ def merge_grid(
             raise
     merged = tuple(r for r in results if r is not None)
     return GridResult(out.absolute(), named, merged, len(grid.batches), read, time.perf_counter() - started)
+
+
+def _report_of(report: str | os.PathLike[str] | None, name: str) -> Path | None:
+    return Path(report) / name if report is not None else None
 
 
 def _check_grid_folder(out: Path, reuse: bool) -> None:

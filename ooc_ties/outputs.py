@@ -24,7 +24,7 @@ from ooc_ties.io.zarr_output import ChunkedSpec, ZarrOutput
 if TYPE_CHECKING:
     import zarr
 
-__all__ = ["Output", "OutputLike", "check_output_path", "open_output", "output_format"]
+__all__ = ["NullOutput", "Output", "OutputLike", "check_output_path", "open_output", "output_format"]
 
 OutputLike: TypeAlias = "str | os.PathLike[str] | zarr.Group"
 """A folder path (safetensors), a ``*.zarr`` path (Zarr v3 group), or a ``zarr.Group`` written in place."""
@@ -90,3 +90,26 @@ def check_output_path(output: Path, inputs: Sequence[Path]) -> None:
             raise OutputPathError(f"{output}: the output must not be an input or lie inside one ({source})")
         if out in src.parents:
             raise OutputPathError(f"{output}: the output must not contain an input ({source})")
+
+
+class NullOutput:
+    """An output that keeps nothing: a merge run for its statistics only (``ooc-ties analyze``)."""
+
+    @property
+    def location(self) -> str:
+        return "(no output)"
+
+    def write(self, name: str, start: int, values: np.ndarray) -> None:
+        pass
+
+    def patch(self, name: str, start: int, stop: int, at: np.ndarray, values: np.ndarray) -> None:
+        pass
+
+    def sync(self) -> None:
+        pass
+
+    def finish(self, files: Mapping[str, SideFileLike], recipe: dict[str, Any] | None = None) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

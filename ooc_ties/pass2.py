@@ -28,7 +28,7 @@ import numpy as np
 from ooc_ties.blocks import GLOBAL, BlockRef, group_blocks, plan_blocks
 from ooc_ties.config import ZeroSign
 from ooc_ties.dtypes import DType
-from ooc_ties.errors import IncompatibleCheckpointsError, NonFiniteValueError
+from ooc_ties.errors import IncompatibleCheckpointsError, NonFiniteValueError, OptionError
 from ooc_ties.inputs import MergeInputs
 from ooc_ties.journal import Journal
 from ooc_ties.kernels.convert import decode_oracle
@@ -40,6 +40,7 @@ from ooc_ties.pass1.run import Pass1Result
 from ooc_ties.pass1.thresholds import Thresholds
 from ooc_ties.plan import MergePlan, TensorKind
 from ooc_ties.progress import Progress, ProgressFactory, progress_bar
+from ooc_ties.report.collect import Collector
 from ooc_ties.schedule import run_blocks
 from ooc_ties.sparsity import Sparsity, needs_sparsity
 from ooc_ties.write_queue import WriteQueue
@@ -72,8 +73,10 @@ class Pass2:
         sink: Output,
         journal: Journal | None,
         spill: Path | None = None,
+        report: Collector | None = None,
     ) -> None:
         self.plan = plan
+        self.report = report
         self.inputs = inputs
         self.quotas = quotas
         self.sink = sink
@@ -186,6 +189,8 @@ class Pass2:
         if bad >= 0:
             message = self.inputs.describe_nonfinite(name, ref.start + bad, None, ref.tensor.out_dtype)
             raise NonFiniteValueError(message)
+        if self.report is not None:
+            self.report.add(ref, base, fts, self.thr[key], quota, self.weights(name), sparsity)
         recorded = int(votes[2] - votes[3])
         if recorded and not votes[3]:  # (a block with open elements not recorded is merged again)
             self.patches.keep(ref.ordinal, at[:recorded], alt[:recorded])
@@ -228,6 +233,8 @@ class Pass2Job:
     """Its resume journal, if any."""
     spill: Path | None = None
     """The folder for its open-element spill file (``None``: a temporary file)."""
+    report: Collector | None = None
+    """Where its interference statistics go (``--report``), if anywhere."""
 
 
 def run_pass2(
@@ -238,10 +245,11 @@ def run_pass2(
     progress: ProgressFactory | None,
     journal: Journal | None,
     spill: Path | None = None,
+    report: Collector | None = None,
 ) -> tuple[Thresholds, int, int]:
     """Merge and write every block not yet done; return the thresholds with every majority sign exact,
     how many blocks an interrupted run had done, and the input bytes of the blocks merged here."""
-    return run_pass2_shared([Pass2Job(plan, pass1, sink, journal, spill)], inputs, progress)[0][0]
+    return run_pass2_shared([Pass2Job(plan, pass1, sink, journal, spill, report)], inputs, progress)[0][0]
 
 
 def run_pass2_shared(
@@ -265,6 +273,7 @@ def run_pass2_shared(
             job.sink,
             job.journal,
             job.spill,
+            job.report,
         )
         for job in jobs
     ]
@@ -272,6 +281,11 @@ def run_pass2_shared(
     needed: dict[int, list[int]] = {}  # block ordinal: the jobs that still merge it
     for j, (job, runner) in enumerate(zip(jobs, runners, strict=True)):
         done, redone = _resume_state(job, runner, len(blocks))
+        if done and job.report is not None:
+            raise OptionError(
+                "a report needs every block merged in one run, and this merge resumes one that merged "
+                f"{len(done):,} blocks: run `ooc-ties analyze` for its report"
+            )
         resumed.append((len(done), redone))
         for ref in blocks:
             if ref.ordinal not in done:

@@ -299,17 +299,20 @@ def _interference(rng: np.random.Generator, n: int) -> Thunks:
     weights = np.array([1.0, 0.5, 2.0], np.float32)
     sparsity = _general_rule(rng, n, fts, base) if rng.random() < 0.5 else None
 
+    offset = int(rng.integers(0, 100))
+
     def split(arrays: tuple[np.ndarray, ...]) -> tuple[Close, bytes]:
-        norms_, dots, signs, counts, kept_hist, totals, discarded = arrays
-        exact = b"".join(a.tobytes() for a in (signs, counts, kept_hist, totals))
+        magnitudes, norms_, dots, signs, counts, kept_hist, totals, discarded = arrays
+        exact = b"".join(a.tobytes() for a in (magnitudes, signs, counts, kept_hist, totals))
         return Close(norms_, dots, discarded), exact
 
     def kernel() -> tuple[Close, bytes]:
+        magnitudes = report.magnitude_histogram(len(fts))
         outputs = report.interference_outputs(len(fts))
-        report.interference(base, fts, thr, quota, weights, sparsity, *outputs)
-        return split(outputs)
+        report.interference(base, fts, thr, quota, weights, sparsity, offset, magnitudes, *outputs)
+        return split((magnitudes, *outputs))
 
-    return kernel, lambda: split(report.interference_oracle(base, fts, thr, quota, weights, sparsity))
+    return kernel, lambda: split(report.interference_oracle(base, fts, thr, quota, weights, sparsity, offset))
 
 
 PAIRS: Mapping[str, Pair] = {

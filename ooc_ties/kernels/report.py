@@ -26,9 +26,20 @@ from ooc_ties.kernels.convert import decode_oracle, load_f32
 from ooc_ties.kernels.jit import kernel
 from ooc_ties.kernels.ties import TILE, _sparsified_oracle, _vote_tile, _votes_oracle
 
-__all__ = ["INTERFERENCE_OUTPUTS", "interference", "interference_oracle", "interference_outputs"]
+__all__ = [
+    "INTERFERENCE_OUTPUTS",
+    "MAGNITUDE_STRIDE",
+    "interference",
+    "interference_oracle",
+    "interference_outputs",
+    "magnitude_histogram",
+]
 
 _ZERO = np.float32(0.0)
+
+MAGNITUDE_STRIDE = 8
+"""The magnitude histograms count every 8th element of each tensor (by its index in the tensor, so the
+same elements whatever the blocks): the report's density curves."""
 
 INTERFERENCE_OUTPUTS = ("norms", "dots", "signs", "counts", "kept_hist", "totals", "discarded")
 """The arrays :func:`interference` adds into, in order (shapes: :func:`interference_outputs`)."""
@@ -65,6 +76,8 @@ def interference(
     quota: np.ndarray,
     weights: np.ndarray,
     sparsity: Any,
+    offset: int,
+    magnitudes: np.ndarray,
     norms: np.ndarray,
     dots: np.ndarray,
     signs: np.ndarray,
@@ -73,7 +86,9 @@ def interference(
     totals: np.ndarray,
     discarded: np.ndarray,
 ) -> None:
-    """Add one block's interference statistics (module docstring) into the outputs.
+    """Add one block's interference statistics (module docstring) into the outputs, and into
+    ``magnitudes[t, bits(|tau_t|) >> 16]`` one count for every element whose index in its tensor
+    (``offset`` is the block's first) is a multiple of :data:`MAGNITUDE_STRIDE`.
 
     ``thr``, ``quota``, ``weights`` and ``sparsity`` as for :func:`ooc_ties.kernels.ties.merge`."""
     n = base.size
@@ -86,6 +101,8 @@ def interference(
     v = np.empty((n_models, TILE), np.float32)
     tau = np.empty((n_models, TILE), np.float64)
     nonzero = np.empty(TILE, np.bool_)
+    a32 = np.empty(TILE, np.float32)
+    bits = a32.view(np.uint32)
     for start in range(0, n, TILE):
         m = min(TILE, n - start)
         _vote_tile(base, fts, start, m, thr, quota, weights, seen, no_count, b, s, v, nonzero, False, sparsity, seen_hi)
@@ -95,10 +112,14 @@ def interference(
             l1 = 0.0
             l2 = 0.0
             for j in range(m):
-                x = np.float64(load_f32(ft, j) - b[j])
+                x32 = load_f32(ft, j) - b[j]
+                a32[j] = abs(x32)
+                x = np.float64(x32)
                 row[j] = x
                 l1 += abs(x)
                 l2 += x * x
+            for j in range((-(offset + start)) % MAGNITUDE_STRIDE, m, MAGNITUDE_STRIDE):
+                magnitudes[t, bits[j] >> 16] += 1
             norms[0, t] += l1
             norms[1, t] += l2
             dots[t, t] += l2
@@ -165,9 +186,10 @@ def interference_oracle(
     quota: np.ndarray,
     weights: np.ndarray,
     sparsity: Any = None,
+    offset: int = 0,
 ) -> tuple[np.ndarray, ...]:
-    """NumPy oracle of :func:`interference` for fresh outputs (the sums in NumPy's own order: equal
-    within float64 rounding; every count equal)."""
+    """NumPy oracle of :func:`interference` for fresh outputs, the magnitude histograms first (the sums
+    in NumPy's own order: equal within float64 rounding; every count equal)."""
     n = len(fts)
     b, weighted, s = _votes_oracle(base, fts, thr, quota, weights, sparsity)
     # the kept values themselves (``_votes_oracle`` gives them weighted)
@@ -196,4 +218,14 @@ def interference_oracle(
     discarded[2] = v.astype(np.float64)[(v > 0) & open_].sum()
     totals[1] = np.count_nonzero(open_)
     totals[2] = np.count_nonzero((s == 0) & ~open_)
-    return norms, dots, signs, counts, kept_hist, totals, discarded
+    magnitudes = magnitude_histogram(n)
+    picked = (offset + np.arange(b.size)) % MAGNITUDE_STRIDE == 0
+    for t in range(n):
+        patterns = np.abs(decode_oracle(fts[t]) - b)[picked].view(np.uint32) >> 16
+        magnitudes[t] = np.bincount(patterns, minlength=magnitudes.shape[1])
+    return magnitudes, norms, dots, signs, counts, kept_hist, totals, discarded
+
+
+def magnitude_histogram(n: int) -> np.ndarray:
+    """A fresh ``magnitudes`` output of :func:`interference` for ``n`` models: ``(n, 65536)`` int64."""
+    return np.zeros((n, 1 << 16), np.int64)

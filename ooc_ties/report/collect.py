@@ -1,0 +1,140 @@
+"""Collecting the interference statistics of a merge, block by block, in pass 2 (no read of its own).
+
+Pass 2 hands every block's inputs, once merged, to :meth:`Collector.add`, which runs the
+:func:`~ooc_ties.kernels.report.interference` kernel on them into fresh per-block outputs. When pass 2
+ends, :meth:`Collector.tensors` adds each tensor's blocks in block order (so the float64 sums do not
+depend on the threads) and settles the open elements with the exact majority sign.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from ooc_ties.blocks import BlockRef
+from ooc_ties.config import ZeroSign
+from ooc_ties.kernels.report import interference, interference_outputs, magnitude_histogram
+from ooc_ties.pass1.thresholds import Thresholds
+from ooc_ties.plan import MergePlan
+
+__all__ = ["Collector", "TensorStats"]
+
+
+@dataclass(frozen=True, slots=True)
+class TensorStats:
+    """One tensor's interference statistics, with its open elements settled (see
+    :mod:`ooc_ties.kernels.report` for each quantity)."""
+
+    name: str
+    """The tensor."""
+    size: int
+    """Its elements."""
+    l1: np.ndarray
+    """Per model, ``sum |tau|``."""
+    l2sq: np.ndarray
+    """Per model, ``sum tau**2``."""
+    kept_l1: np.ndarray
+    """Per model, ``sum |v|`` of the kept values."""
+    dots: np.ndarray
+    """``(n, n)``: ``sum tau_i * tau_j``."""
+    signs: np.ndarray
+    """``(n, n)``: ``sum sign(tau_i) * sign(tau_j)``; the diagonal counts each model's non-zero values."""
+    kept: np.ndarray
+    """Per model, the values kept."""
+    wins: np.ndarray
+    """Per model, kept values agreeing with the elected sign (open elements under the majority sign)."""
+    models_kept: np.ndarray
+    """``(n + 1,)``: elements by how many models keep them."""
+    conflicts: int
+    """Elements whose kept values have both signs."""
+    open: int
+    """Elements whose vote is exactly zero between kept values (they take the majority sign)."""
+    nothing_kept: int
+    """Elements where no model keeps a value."""
+    discarded: float
+    """``sum |v|`` of the kept values that disagree with the elected sign (the disjoint mean drops them)."""
+
+
+class Collector:
+    """Interference statistics of every block of one merge (see the module docstring)."""
+
+    def __init__(self, plan: MergePlan) -> None:
+        self.plan = plan
+        self.n = plan.n_models
+        self._blocks: dict[int, tuple[BlockRef, tuple[np.ndarray, ...]]] = {}
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._magnitudes: list[np.ndarray] = []
+
+    def add(
+        self,
+        ref: BlockRef,
+        base: np.ndarray,
+        fts: tuple[np.ndarray, ...],
+        thr: np.ndarray,
+        quota: np.ndarray,
+        weights: np.ndarray,
+        sparsity: object,
+    ) -> None:
+        """Count one block (called by pass 2 with the arguments of its merge kernel)."""
+        magnitudes = getattr(self._local, "magnitudes", None)
+        if magnitudes is None:  # one per worker: integer counts add up the same in any order
+            magnitudes = self._local.magnitudes = magnitude_histogram(self.n)
+            with self._lock:
+                self._magnitudes.append(magnitudes)
+        outputs = interference_outputs(self.n)
+        interference(base, fts, thr, quota, weights, sparsity, ref.start, magnitudes, *outputs)
+        with self._lock:
+            self._blocks[ref.ordinal] = (ref, outputs)
+
+    def magnitudes(self) -> np.ndarray:
+        """Per model, the counts of ``|tau|`` per high-bits bin over every :data:`MAGNITUDE_STRIDE`-th
+        element of each tensor (``(models, 65536)``), for the density curves."""
+        return sum(self._magnitudes, magnitude_histogram(self.n))
+
+    def tensors(self, thresholds: Thresholds) -> list[TensorStats]:
+        """Every merged tensor's statistics, in the plan's order; ``thresholds`` with the exact majority
+        signs (pass 2's result) settle the open elements."""
+        options = self.plan.options
+        by_tensor: dict[str, list[tuple[np.ndarray, ...]]] = {t.name: [] for t in self.plan.merged}
+        for ordinal in sorted(self._blocks):
+            ref, outputs = self._blocks[ordinal]
+            by_tensor[ref.tensor.name].append(outputs)
+        stats = []
+        for tensor in self.plan.merged:
+            total = interference_outputs(self.n)
+            for outputs in by_tensor[tensor.name]:
+                for into, part in zip(total, outputs, strict=True):
+                    into += part
+            norms, dots, signs, counts, kept_hist, totals, discarded = total
+            key = thresholds.key(tensor.name)
+            positive = options.zero_sign is ZeroSign.POSITIVE or thresholds.majority.get(key, 0) > 0
+            consensus = options.method.consensus
+            wins = counts[1] + (counts[2] if positive else counts[3])
+            lost = discarded[0] + (discarded[1] if positive else discarded[2])
+            stats.append(
+                TensorStats(
+                    tensor.name,
+                    tensor.numel,
+                    norms[0].copy(),
+                    norms[1].copy(),
+                    norms[2].copy(),
+                    dots,
+                    signs,
+                    counts[0].copy(),
+                    wins if consensus else counts[0].copy(),
+                    kept_hist,
+                    int(totals[0]),
+                    int(totals[1]) if consensus else 0,
+                    int(totals[2]),
+                    float(lost) if consensus else 0.0,
+                )
+            )
+        return stats
+
+    @property
+    def blocks(self) -> int:
+        """Blocks counted so far."""
+        return len(self._blocks)

@@ -1,0 +1,228 @@
+"""The interference report: every figure against an in-RAM NumPy computation, the same for any blocks and
+threads, the same from ``analyze`` and from ``merge --report``, and its files."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ooc_ties import PRESETS, MergeOptions, OptionError, Resources, merge
+from ooc_ties.analyze import analyze
+from ooc_ties.cli import main
+from ooc_ties.io.checkpoint import Checkpoint
+from ooc_ties.kernels.convert import decode_oracle
+from ooc_ties.report.document import layer_of, module_of
+
+Models = tuple[Path, list[Path]]
+
+
+def _f32(checkpoint: Checkpoint, name: str) -> np.ndarray:
+    return decode_oracle(np.asarray(checkpoint.read(name)).reshape(-1))
+
+
+def _numpy_report(models: Models, document: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each tensor's figures, computed in RAM from the report's own thresholds and majority sign
+    (the paper preset: every value at least the threshold is kept)."""
+    base_path, ft_paths = models
+    thresholds = [m["threshold"] for m in document["models"]]
+    positive = document["majority"]["model"] > 0
+    out = {}
+    with Checkpoint(base_path) as base:
+        fts = [Checkpoint(p) for p in ft_paths]
+        try:
+            for name in base.names:
+                b = _f32(base, name)
+                tau = np.stack([_f32(ft, name) - b for ft in fts])
+                v = np.where(np.abs(tau) >= np.array(thresholds, np.float32)[:, None], tau, np.float32(0))
+                s = np.zeros(b.shape, np.float32)
+                for row in v:
+                    s = s + row
+                elected = np.where(s == 0, 1.0 if positive else -1.0, np.sign(s))
+                kept = v != 0
+                agree = kept & (np.sign(v) == elected)
+                t64 = tau.astype(np.float64)
+                out[name] = {
+                    "models_kept": np.bincount(kept.sum(axis=0), minlength=len(fts) + 1).tolist(),
+                    "conflicts": int(np.count_nonzero((v > 0).any(axis=0) & (v < 0).any(axis=0))),
+                    "open": int(np.count_nonzero((s == 0) & kept.any(axis=0))),
+                    "kept": kept.sum(axis=1).tolist(),
+                    "wins": agree.sum(axis=1).tolist(),
+                    "l1": np.abs(t64).sum(axis=1),
+                    "l2": np.sqrt((t64 * t64).sum(axis=1)),
+                    "kept_l1": np.abs(v.astype(np.float64)).sum(axis=1),
+                    "discarded": float(np.abs(v.astype(np.float64))[kept & ~agree].sum()),
+                    "dots": t64 @ t64.T,
+                    "signs": np.sign(tau).astype(np.int64) @ np.sign(tau).astype(np.int64).T,
+                }
+        finally:
+            for ft in fts:
+                ft.close()
+    return out
+
+
+def test_every_figure_is_the_numpy_one(tiny_models: Models, tmp_path: Path) -> None:
+    result = analyze(*tiny_models, tmp_path / "report", PRESETS["paper"], Resources(threads=2))
+    document = result.document
+    expected = _numpy_report(tiny_models, document)
+    assert {row["name"] for row in document["tensors"]} == set(expected)
+    for row in document["tensors"]:
+        want = expected[row["name"]]
+        for key in ("models_kept", "conflicts", "open"):
+            assert row[key] == want[key], (row["name"], key)
+        assert [m["kept"] for m in row["models"]] == want["kept"]
+        assert [m["wins"] for m in row["models"]] == want["wins"]
+        np.testing.assert_allclose([m["l1"] for m in row["models"]], want["l1"], rtol=1e-12)
+        np.testing.assert_allclose([m["l2"] for m in row["models"]], want["l2"], rtol=1e-12)
+        kept_mass = float(want["kept_l1"].sum())
+        assert math.isclose(row["kept_mass"], kept_mass, rel_tol=1e-12)
+        assert math.isclose(row["discarded_mass"], want["discarded"], rel_tol=1e-12, abs_tol=1e-300)
+        diag = np.sqrt(np.diag(want["dots"]))
+        np.testing.assert_allclose(row["cosine"], want["dots"] / np.outer(diag, diag), rtol=1e-12)
+        nnz = np.sqrt(np.diag(want["signs"]).astype(np.float64))
+        np.testing.assert_allclose(row["sign_cosine"], want["signs"] / np.outer(nnz, nnz), rtol=1e-15)
+    whole = document["whole"]
+    assert whole["models_kept"] == np.sum([e["models_kept"] for e in expected.values()], axis=0).tolist()
+    assert whole["conflicts"] == sum(e["conflicts"] for e in expected.values())
+    assert whole["elements"] == sum(r["elements"] for r in document["tensors"])
+    kept = np.sum([e["kept"] for e in expected.values()], axis=0)
+    assert [m["kept"] for m in document["models"]] == kept.tolist()
+    merged = merge(*tiny_models, tmp_path / "merged", PRESETS["paper"])  # pass 1 counts the same
+    assert [m["kept"] for m in document["models"]] == [g.kept for g in merged.thresholds.groups[""]]
+
+
+def _figures(document: dict[str, Any]) -> tuple[list[Any], list[float]]:
+    """Every integer and every float of a document, in order."""
+    ints: list[Any] = []
+    floats: list[float] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            for key in sorted(value):
+                walk(value[key])
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+        elif isinstance(value, float):
+            floats.append(value)
+        else:
+            ints.append(value)
+
+    walk(document)
+    return ints, floats
+
+
+@pytest.mark.parametrize(("block", "threads"), [(1000, 1), (4096, 2)])
+def test_the_report_is_the_same_whatever_the_blocks_and_threads(
+    tiny_models: Models, tmp_path: Path, block: int, threads: int
+) -> None:
+    options = PRESETS["mergekit"].with_(density=0.3)
+    one = analyze(*tiny_models, tmp_path / "one", options, Resources(threads=2)).document
+    other = analyze(*tiny_models, tmp_path / "other", options, Resources(threads=threads, max_block_elements=block))
+    ints, floats = _figures(one)
+    other_ints, other_floats = _figures(other.document)
+    assert ints == other_ints  # every count, name and label exactly
+    np.testing.assert_allclose(other_floats, floats, rtol=1e-12)
+
+
+def test_merge_report_is_the_analyze_report(tiny_models: Models, tmp_path: Path) -> None:
+    options = PRESETS["paper"].with_(density=0.3, weights=(1.0, 0.5, 0.7))
+    merge(*tiny_models, tmp_path / "merged", options, report=tmp_path / "from-merge")
+    analyze(*tiny_models, tmp_path / "from-analyze", options)
+    for name in ("report.json", "tensors.csv", "index.html"):
+        assert (tmp_path / "from-merge" / name).read_bytes() == (tmp_path / "from-analyze" / name).read_bytes()
+
+
+def test_the_report_files(tiny_models: Models, tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    result = analyze(*tiny_models, tmp_path / "report")
+    names = sorted(p.name for p in result.output.iterdir())
+    assert names == sorted(
+        [
+            "conflicts_by_layer.png",
+            "density_curves.png",
+            "index.html",
+            "models_kept.png",
+            "report.json",
+            "similarity.png",
+            "tensors.csv",
+            "top_conflicts.png",
+        ]
+    )
+    document = json.loads((result.output / "report.json").read_text())
+    assert document["format"] == "ooc-ties-report" and document["version"] == 1
+    page = (result.output / "index.html").read_text()
+    assert all(f'src="{n}"' in page for n in names if n.endswith(".png"))
+    rows = (result.output / "tensors.csv").read_text().splitlines()
+    assert len(rows) == 1 + len(document["tensors"]) and rows[0].startswith("name,layer,module,elements,")
+    curves = document["density_curves"]
+    assert curves["densities"][0] == 0.01 and curves["densities"][-1] == 1.0
+    for model in curves["models"]:
+        assert model["l1_share"] == sorted(model["l1_share"]) and math.isclose(model["l1_share"][-1], 1.0)
+
+
+def test_without_matplotlib_the_data_files_are_written(
+    tiny_models: Models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ModuleNotFoundError
+    result = analyze(*tiny_models, tmp_path / "report")
+    assert result.note is not None and "pip install 'ooc-ties[plot]'" in result.note
+    assert sorted(p.name for p in result.output.iterdir()) == ["index.html", "report.json", "tensors.csv"]
+    assert "pip install" in (result.output / "index.html").read_text()
+
+
+def test_a_resumed_merge_cannot_report(tiny_models: Models, tmp_path: Path) -> None:
+    from test_grid import _Interrupt
+
+    out = tmp_path / "out"
+    resources = Resources(threads=1, max_block_elements=4096)
+    with pytest.raises(KeyboardInterrupt):
+        merge(*tiny_models, out, PRESETS["paper"], resources, progress=_Interrupt(5))
+    with pytest.raises(OptionError, match="a report needs every block merged in one run"):
+        merge(*tiny_models, out, PRESETS["paper"], resources, resume=True, report=tmp_path / "report")
+    assert not (tmp_path / "report").exists()
+
+
+def test_names_give_layers_and_modules() -> None:
+    assert layer_of("model.layers.12.self_attn.q_proj.weight") == 12
+    assert layer_of("model.embed_tokens.weight") is None
+    assert module_of("model.layers.12.self_attn.q_proj.weight") == "q_proj"
+    assert module_of("lm_head.weight") == "lm_head"
+
+
+def test_the_cli(tiny_models: Models, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base, fts = tiny_models
+    main(["analyze", "--base", str(base), *map(str, fts), "-o", str(tmp_path / "report"), "--density", "0.3"])
+    err = capsys.readouterr().err
+    assert "of the elements have kept values of both signs" in err and "index.html" in err
+    document = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert document["options"]["density"] == 0.3
+    with pytest.raises(SystemExit) as info:
+        main(["analyze", "--base", str(base), *map(str, fts), "-o", str(tmp_path / "x"), "--density", "0.1,0.2"])
+    assert info.value.code == 2
+    with pytest.raises(SystemExit) as info:  # it exists
+        main(["analyze", "--base", str(base), *map(str, fts), "-o", str(tmp_path / "report"), "-q"])
+    assert info.value.code == 1
+
+
+def test_a_grid_reports_every_merge(tiny_models: Models, tmp_path: Path) -> None:
+    from ooc_ties import expand_grid, merge_grid
+
+    points = list(expand_grid(PRESETS["paper"], {"density": [0.1, 0.3]}))
+    merge_grid(*tiny_models, tmp_path / "grid", points, report=tmp_path / "reports")
+    for point in points:
+        alone = analyze(*tiny_models, tmp_path / "alone" / point.name, point.options)
+        grid_report = (tmp_path / "reports" / point.name / "report.json").read_bytes()
+        assert grid_report == (alone.output / "report.json").read_bytes()
+
+
+def test_a_method_without_a_vote_discards_nothing(tiny_models: Models, tmp_path: Path) -> None:
+    result = analyze(*tiny_models, tmp_path / "report", MergeOptions(method="task_arithmetic"))
+    whole = result.document["whole"]
+    assert whole["discarded_mass"] == 0.0 and whole["open"] == 0
+    assert whole["models_kept"][-1] > 0 and result.document["density_curves"] is not None
