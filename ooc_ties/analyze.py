@@ -23,7 +23,7 @@ from ooc_ties.pass1.run import compute_thresholds
 from ooc_ties.pass2 import run_pass2
 from ooc_ties.plan import MergePlan, make_plan
 from ooc_ties.progress import ProgressFactory
-from ooc_ties.report.build import build_report, check_report_path
+from ooc_ties.report.build import build_report, check_report_path, open_signs
 from ooc_ties.report.collect import Collector
 from ooc_ties.report.write import write_report
 from ooc_ties.sources import SourceLike
@@ -58,10 +58,14 @@ def analyze(
     *,
     overwrite: bool = False,
     progress: ProgressFactory | None = None,
+    save_signs: str | os.PathLike[str] | None = None,
 ) -> AnalysisResult:
     """Write the interference report (docs/report.md) of merging ``finetuned`` onto ``base`` with
     ``options`` into the folder ``output``: ``report.json``, ``tensors.csv``, plots (with matplotlib)
-    and ``index.html``. Reads the inputs as the merge would; writes no merged tensor."""
+    and ``index.html``. Reads the inputs as the merge would; writes no merged tensor.
+
+    ``save_signs``: also write the elected signs to this int8 safetensors file
+    (:mod:`ooc_ties.report.signs`), for a later merge's ``sign_from``."""
     started = time.perf_counter()
     resources = resources or Resources()
     out = Path(output)
@@ -69,11 +73,19 @@ def analyze(
         inputs = open_inputs(stack, base, finetuned, options.sign_from)
         plan = make_plan(inputs.base, inputs.fts, options, resources, inputs.sign)
         check_report_path(out, inputs, overwrite)
-        lint_inputs(plan, inputs)
-        pass1 = compute_thresholds(plan, inputs, progress)
-        collector = Collector(plan)
-        final, _, merge_read = run_pass2(plan, inputs, pass1, NullOutput(), progress, None, None, collector)
-        document = build_report(plan, inputs, final, collector)
-    folder, note = write_report(document, out, overwrite=overwrite)
+        signs = open_signs(plan, save_signs, overwrite) if save_signs is not None else None
+        try:
+            lint_inputs(plan, inputs)
+            pass1 = compute_thresholds(plan, inputs, progress)
+            collector = Collector(plan, signs)
+            final, _, merge_read = run_pass2(plan, inputs, pass1, NullOutput(), progress, None, None, collector)
+            document = build_report(plan, inputs, final, collector)
+            folder, note = write_report(document, out, overwrite=overwrite)
+            if signs is not None:
+                signs.commit()
+        except BaseException:
+            if signs is not None:
+                signs.abort()
+            raise
     read = pass1.bytes_read + merge_read
     return AnalysisResult(folder, document, note, plan, time.perf_counter() - started, read)

@@ -36,7 +36,7 @@ from ooc_ties.pass1.thresholds import Thresholds
 from ooc_ties.pass2 import Pass2Job, run_pass2_shared
 from ooc_ties.plan import MergePlan, TensorKind
 from ooc_ties.progress import ProgressFactory
-from ooc_ties.report.build import build_report, check_report_path
+from ooc_ties.report.build import build_report, check_report_path, open_signs
 from ooc_ties.report.collect import Collector
 from ooc_ties.report.write import write_report
 from ooc_ties.sources import SourceLike, open_source
@@ -85,6 +85,8 @@ class Job:
     """A chat template for its tokenizer (a configuration's ``chat_template``)."""
     report: Path | None = None
     """Where its interference report goes (``--report``; docs/report.md), if anywhere."""
+    save_signs: Path | None = None
+    """Where its elected signs go (``--save-signs``: :mod:`ooc_ties.report.signs`), if anywhere."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +162,12 @@ def run_batch(
             for stage in live:
                 if stage.job.report is not None:
                     check_report_path(stage.job.report, inputs, overwrite)
-                    stage.collector = Collector(stage.plan)
+                if stage.job.report is not None or stage.job.save_signs is not None:
+                    signs = None
+                    if stage.job.save_signs is not None:
+                        signs = open_signs(stage.plan, stage.job.save_signs, overwrite)
+                        stack.callback(signs.abort)  # (after a commit: nothing left to remove)
+                    stage.collector = Collector(stage.plan, signs)
             for stage in live:
                 logger.info("plan:\n%s", stage.plan.describe())
             _check_copies(live[0].plan, inputs)
@@ -171,10 +178,13 @@ def run_batch(
             for stage in live:
                 _publish(stage, inputs)
             for stage in live:
-                if stage.collector is not None and stage.job.report is not None:
-                    assert stage.final is not None  # (pass 2 ran)
+                if stage.collector is None or stage.final is None:
+                    continue
+                if stage.job.report is not None:
                     document = build_report(stage.plan, inputs, stage.final, stage.collector)
                     write_report(document, stage.job.report, overwrite=overwrite)
+                if stage.collector.signs is not None:
+                    stage.collector.signs.commit()
         else:
             read = 0
     seconds = time.perf_counter() - started

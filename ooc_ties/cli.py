@@ -229,6 +229,11 @@ def cli() -> None:
     help="Also write the merge's interference report to this folder (docs/report.md; a grid: one per merge "
     "under it), counted while merging: no extra read.",
 )
+@click.option(
+    "--save-signs",
+    type=click.Path(path_type=Path),
+    help="Write the elected sign of every parameter to this int8 safetensors file (--sign-from takes it).",
+)
 @click.option("--dry-run", is_flag=True, help="Print the plan and estimates; read no tensor data, write nothing.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or summary; errors only.")
 @click.option("--verbose", "-v", count=True, help="More logging (-vv for debug).")
@@ -265,6 +270,7 @@ def merge_command(
     thresholds_in: Path | None,
     thresholds_out: Path | None,
     report_dir: Path | None,
+    save_signs: Path | None,
     dry_run: bool,
     quiet: bool,
     verbose: int,
@@ -289,8 +295,10 @@ def merge_command(
     )
     progress = None if quiet else tqdm_progress
     if not single:
-        if thresholds_in is not None or thresholds_out is not None:
-            raise click.UsageError("--thresholds and --save-thresholds apply to a single merge, not a grid")
+        if thresholds_in is not None or thresholds_out is not None or save_signs is not None:
+            raise click.UsageError(
+                "--thresholds, --save-thresholds and --save-signs apply to a single merge, not a grid"
+            )
         _grid(base, finetuned, output, points, resources, dry_run, overwrite, resume, quiet, progress, report_dir)
         return
     options, template_text = points[0].options, points[0].chat_template
@@ -311,6 +319,7 @@ def merge_command(
         resume=resume,
         chat_template=template_text,
         report=report_dir,
+        save_signs=save_signs,
     )
     if thresholds_out is not None:
         result.thresholds.save(thresholds_out)
@@ -523,6 +532,11 @@ def _split_numbers(text: str) -> list[str]:
 @click.option("--memory-budget", default="2GiB", show_default=True, help="Working memory for blocks and histograms.")
 @click.option("--threads", type=int, help="Worker threads. [all CPUs]")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists (only after the report is complete).")
+@click.option(
+    "--save-signs",
+    type=click.Path(path_type=Path),
+    help="Write the elected sign of every parameter to this int8 safetensors file (--sign-from takes it).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or summary; errors only.")
 @click.option("--verbose", "-v", count=True, help="More logging (-vv for debug).")
 def analyze_command(
@@ -548,6 +562,7 @@ def analyze_command(
     memory_budget: str,
     threads: int | None,
     overwrite: bool,
+    save_signs: Path | None,
     quiet: bool,
     verbose: int,
 ) -> None:
@@ -569,7 +584,16 @@ def analyze_command(
         raise click.UsageError("analyze takes one value per option (a grid: merge --report)")
     resources = Resources(memory_budget=parse_size(memory_budget, "memory budget"), threads=parse_threads(threads))
     progress = None if quiet else tqdm_progress
-    result = analyze(base, finetuned, output, points[0].options, resources, overwrite=overwrite, progress=progress)
+    result = analyze(
+        base,
+        finetuned,
+        output,
+        points[0].options,
+        resources,
+        overwrite=overwrite,
+        progress=progress,
+        save_signs=save_signs,
+    )
     if not quiet:
         whole = result.document["whole"]
         click.echo(

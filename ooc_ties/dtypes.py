@@ -19,6 +19,7 @@ __all__ = [
     "F16",
     "F32",
     "F64",
+    "I8",
     "OUTPUT_DTYPES",
     "TORCH_NAMES",
     "DType",
@@ -50,6 +51,8 @@ F64 = DType("F64", np.dtype("<f8"), True)
 F32 = DType("F32", np.dtype("<f4"), True)
 F16 = DType("F16", np.dtype("<f2"), True)
 BF16 = DType("BF16", np.dtype("<u2"), True)
+I8 = DType("I8", np.dtype("i1"), False)
+"""int8: also the elected signs a report saves (``--save-signs``)."""
 
 DTYPES: dict[str, DType] = {
     d.code: d
@@ -61,7 +64,7 @@ DTYPES: dict[str, DType] = {
         DType("I64", np.dtype("<i8"), False),
         DType("I32", np.dtype("<i4"), False),
         DType("I16", np.dtype("<i2"), False),
-        DType("I8", np.dtype("i1"), False),
+        I8,
         DType("U64", np.dtype("<u8"), False),
         DType("U32", np.dtype("<u4"), False),
         DType("U16", np.dtype("<u2"), False),

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ooc_ties.dtypes import F16, DType
+from ooc_ties.dtypes import F16, I8, DType
 from ooc_ties.identity import InputsIdentity
 from ooc_ties.kernels.convert import decode, decode_oracle
 from ooc_ties.sources import TensorSource
@@ -37,10 +37,21 @@ class MergeInputs:
         return (self.base, *self.fts, *((self.sign,) if self.sign is not None else ()))
 
     def sign_block(self, name: str, start: int, stop: int) -> np.ndarray:
-        """Elements ``[start, stop)`` of tensor ``name`` of the sign's model (kernel encoding)."""
+        """Elements ``[start, stop)`` of tensor ``name`` of the sign's model (kernel encoding).
+
+        A file of elected signs (int8, ``--save-signs``) becomes float32 values one step from the
+        base's, up for +1, down for -1, the base's own for 0: the kernels take the sign's model's task
+        value ``value - base``, and the difference of two adjacent floats is exact, so each elected
+        sign is the file's."""
         if self.sign is None:
             raise ValueError("no sign model")
-        return kernel_array(self.sign.read(name, start, stop), self.sign.info(name).dtype)
+        dtype = self.sign.info(name).dtype
+        if dtype != I8:
+            return kernel_array(self.sign.read(name, start, stop), dtype)
+        signs = np.asarray(self.sign.read(name, start, stop))
+        b = decode_oracle(kernel_array(self.base.read(name, start, stop), self.base.info(name).dtype))
+        up, down = np.nextafter(b, np.float32(np.inf)), np.nextafter(b, np.float32(-np.inf))
+        return np.where(signs > 0, up, np.where(signs < 0, down, b)).astype(np.float32)
 
     def block(self, name: str, start: int, stop: int) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
         """Elements ``[start, stop)`` of tensor ``name``: the base and a tuple of fine-tuned blocks.

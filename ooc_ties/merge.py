@@ -77,6 +77,7 @@ def merge(
     resume: bool = False,
     chat_template: str | None = None,
     report: str | os.PathLike[str] | None = None,
+    save_signs: str | os.PathLike[str] | None = None,
 ) -> MergeResult:
     """TIES-merge ``finetuned`` models onto ``base`` and write the result to ``output``.
 
@@ -104,7 +105,8 @@ def merge(
 
     ``report``: a folder for the merge's interference report (docs/report.md), counted in pass 2 at no
     extra read; the same report :func:`ooc_ties.analyze.analyze` writes. Not with a ``resume`` that
-    finds merged blocks (their counts are gone).
+    finds merged blocks (their counts are gone). ``save_signs``: a file for the elected signs (int8
+    safetensors, :mod:`ooc_ties.report.signs`), which a later merge's ``sign_from`` can name.
     """
     resources = resources or Resources()
     with contextlib.ExitStack() as stack:
@@ -112,7 +114,13 @@ def merge(
         plan = make_plan(inputs.base, inputs.fts, options, resources, inputs.sign)
         if resume:
             plan = _replan_for(resumed_block_elements(output), plan, inputs)
-        job = Job(output, options, chat_template, Path(report) if report is not None else None)
+        job = Job(
+            output,
+            options,
+            chat_template,
+            Path(report) if report is not None else None,
+            Path(save_signs) if save_signs is not None else None,
+        )
         batch = run_batch(
             inputs, [job], [plan], overwrite=overwrite, progress=progress, thresholds=thresholds, resume=resume
         )

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from ooc_ties.chunk_grid import ChunkGrid
 from ooc_ties.config import MergeOptions, Resources
-from ooc_ties.dtypes import F32, F64, DType
+from ooc_ties.dtypes import F32, F64, I8, DType
 from ooc_ties.errors import IncompatibleCheckpointsError, OptionError
 from ooc_ties.io.direct import ALIGNMENT, BOUNCE_BYTES
 from ooc_ties.io.writer import ShardLayout, layout_shards
@@ -230,6 +230,26 @@ def _check_inputs(base: TensorSource, fts: Sequence[TensorSource]) -> None:
                 )
 
 
+def _check_sign(base: TensorSource, sign: TensorSource) -> None:
+    """The sign's model (``--sign-from``): a model like the fine-tuned ones, or a file of elected signs
+    (``--save-signs``: int8, the merged tensors only)."""
+    if any(sign.info(name).dtype != I8 for name in sign.names):
+        _check_inputs(base, [sign])
+        return
+    floats = {name for name in base.names if base.info(name).dtype.is_float}
+    missing = sorted(floats - set(sign.names))
+    if missing:
+        raise IncompatibleCheckpointsError(f"{sign.label}: the sign of tensor {missing[0]!r} is missing")
+    for name in sign.names:
+        if name not in floats:
+            raise IncompatibleCheckpointsError(f"{sign.where(name)} is not a merged tensor of the base {base.label}")
+        if sign.info(name).shape != base.info(name).shape:
+            raise IncompatibleCheckpointsError(
+                f"{sign.where(name)} has shape {list(sign.info(name).shape)}, but the base has "
+                f"{list(base.info(name).shape)} ({base.label})"
+            )
+
+
 def _merged_dtype(options: MergeOptions, dtype: DType) -> DType:
     """The output dtype of a merged tensor stored as ``dtype`` in the base (float64 becomes float32)."""
     return options.out_dtype or (F32 if dtype == F64 else dtype)
@@ -249,7 +269,9 @@ def make_plan(
     options.model_weights(len(fts))  # checks the number of weights
     if (sign is None) != (options.sign_from is None):
         raise OptionError("sign_from names the sign's model, which must be opened with the inputs")
-    _check_inputs(base, [*fts, *((sign,) if sign is not None else ())])
+    _check_inputs(base, fts)
+    if sign is not None:
+        _check_sign(base, sign)
     n = len(fts)
 
     floats = [name for name in base.names if base.info(name).dtype.is_float]

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from fractions import Fraction
 
 import numpy as np
 
 from ooc_ties.config import PRESETS, MergeOptions, RescaleRule, Scope, TrimRule, ZeroSign
-from ooc_ties.dtypes import BF16, F16, F32, F64, DType
+from ooc_ties.dtypes import BF16, F16, F32, F64, I8, DType
 from ooc_ties.io.checkpoint import Checkpoint
 from ooc_ties.kernels.drop import (
     dare_probability,
@@ -193,6 +193,17 @@ def ties_vectors(
     return result
 
 
+def _sign_values(
+    elector: Checkpoint, names: Sequence[str], base_flat: np.ndarray, load: Callable[[Checkpoint, str], np.ndarray]
+) -> np.ndarray:
+    """The sign's model's task values (``--sign-from``), or a file of elected signs' values (int8)."""
+    if all(elector.info(n).dtype == I8 for n in names):
+        signs: np.ndarray = np.concatenate([np.asarray(elector.read(n)).reshape(-1) for n in names])
+        return signs.astype(np.float32)
+    values: np.ndarray = np.concatenate([load(elector, n) for n in names]) - base_flat
+    return values
+
+
 def reference_merge(
     base: str | os.PathLike[str],
     finetuned: Sequence[str | os.PathLike[str]],
@@ -219,7 +230,7 @@ def reference_merge(
             )
             own = options.for_tensor(names[0]) if len(names) == 1 else options  # (per_tensor: tensor scope)
             weights = own.model_weights(len(fts))
-            sign = np.concatenate([load(elector, n) for n in names]) - base_flat if elector and names else None
+            sign = _sign_values(elector, names, base_flat, load) if elector and names else None
             merged = ties_vectors(tau, base_flat, own, weights, [(n, b.info(n).shape) for n in names], sign)
             offset = 0
             for n in names:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ooc_ties import PRESETS, MergeOptions, OptionError, Resources, merge
+from ooc_ties import PRESETS, MergeOptions, OocTiesError, OptionError, Resources, merge
 from ooc_ties.analyze import analyze
 from ooc_ties.cli import main
 from ooc_ties.io.checkpoint import Checkpoint
@@ -226,3 +226,38 @@ def test_a_method_without_a_vote_discards_nothing(tiny_models: Models, tmp_path:
     whole = result.document["whole"]
     assert whole["discarded_mass"] == 0.0 and whole["open"] == 0
     assert whole["models_kept"][-1] > 0 and result.document["density_curves"] is not None
+
+
+@pytest.mark.parametrize("preset", ["paper", "mergekit"])
+def test_a_merge_from_its_own_saved_signs_is_the_same_merge(tiny_models: Models, tmp_path: Path, preset: str) -> None:
+    """The saved signs are the votes' signs (0 where the vote is exactly zero); a merge that elects from
+    them (``sign_from``) counts the same votes and elects the same signs: the same bytes."""
+    options = PRESETS[preset].with_(density=0.3)
+    signs = tmp_path / "signs.safetensors"
+    plain = merge(*tiny_models, tmp_path / "plain", options, Resources(threads=2), save_signs=signs)
+    with Checkpoint(signs) as saved:
+        assert {saved.info(n).dtype.code for n in saved.names} == {"I8"}
+        assert sorted(saved.names) == sorted(t.name for t in plain.plan.merged)
+        values = np.concatenate([np.asarray(saved.read(n)).reshape(-1) for n in saved.names])
+        assert set(np.unique(values).tolist()) == {-1, 0, 1}
+    again = merge(
+        *tiny_models, tmp_path / "again", options.with_(sign_from=str(signs)), Resources(max_block_elements=999)
+    )
+    assert again.output is not None and plain.output is not None
+    with Checkpoint(plain.output) as a, Checkpoint(again.output) as b:
+        for name in a.names:
+            assert np.asarray(a.read(name)).tobytes() == np.asarray(b.read(name)).tobytes(), name
+    from ooc_ties.reference import reference_merge
+
+    expected = reference_merge(*tiny_models, options.with_(sign_from=str(signs)))
+    with Checkpoint(again.output) as b:
+        assert all(np.asarray(b.read(n)).tobytes() == expected[n].tobytes() for n in b.names)
+
+
+def test_analyze_saves_the_signs_and_refuses_a_taken_path(tiny_models: Models, tmp_path: Path) -> None:
+    signs = tmp_path / "signs.safetensors"
+    analyze(*tiny_models, tmp_path / "report", save_signs=signs)
+    assert signs.is_file() and not list(tmp_path.glob(".*partial*"))
+    with pytest.raises(OocTiesError, match="already exists"):
+        analyze(*tiny_models, tmp_path / "report2", save_signs=signs)
+    assert not (tmp_path / "report2").exists()

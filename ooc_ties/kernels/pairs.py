@@ -302,15 +302,16 @@ def _interference(rng: np.random.Generator, n: int) -> Thunks:
     offset = int(rng.integers(0, 100))
 
     def split(arrays: tuple[np.ndarray, ...]) -> tuple[Close, bytes]:
-        magnitudes, norms_, dots, signs, counts, kept_hist, totals, discarded = arrays
-        exact = b"".join(a.tobytes() for a in (magnitudes, signs, counts, kept_hist, totals))
+        magnitudes, elected, norms_, dots, signs, counts, kept_hist, totals, discarded = arrays
+        exact = b"".join(a.tobytes() for a in (magnitudes, elected, signs, counts, kept_hist, totals))
         return Close(norms_, dots, discarded), exact
 
     def kernel() -> tuple[Close, bytes]:
         magnitudes = report.magnitude_histogram(len(fts))
+        elected = np.zeros(n, np.int8)
         outputs = report.interference_outputs(len(fts))
-        report.interference(base, fts, thr, quota, weights, sparsity, offset, magnitudes, *outputs)
-        return split((magnitudes, *outputs))
+        report.interference(base, fts, thr, quota, weights, sparsity, offset, magnitudes, elected, *outputs)
+        return split((magnitudes, elected, *outputs))
 
     return kernel, lambda: split(report.interference_oracle(base, fts, thr, quota, weights, sparsity, offset))
 

@@ -78,6 +78,7 @@ def interference(
     sparsity: Any,
     offset: int,
     magnitudes: np.ndarray,
+    elected: np.ndarray,
     norms: np.ndarray,
     dots: np.ndarray,
     signs: np.ndarray,
@@ -88,7 +89,8 @@ def interference(
 ) -> None:
     """Add one block's interference statistics (module docstring) into the outputs, and into
     ``magnitudes[t, bits(|tau_t|) >> 16]`` one count for every element whose index in its tensor
-    (``offset`` is the block's first) is a multiple of :data:`MAGNITUDE_STRIDE`.
+    (``offset`` is the block's first) is a multiple of :data:`MAGNITUDE_STRIDE`. Unless ``elected`` is
+    empty, ``elected[i]`` receives the sign of ``S`` (int8: +1, -1, or 0 for an exact zero vote).
 
     ``thr``, ``quota``, ``weights`` and ``sparsity`` as for :func:`ooc_ties.kernels.ties.merge`."""
     n = base.size
@@ -142,6 +144,9 @@ def interference(
             for j in range(m):
                 nnz += row[j] != 0.0
             signs[t, t] += nnz
+        if elected.size:
+            for j in range(m):
+                elected[start + j] = (s[j] > _ZERO) - (s[j] < _ZERO)
         for j in range(m):
             sj = s[j]
             kept = 0
@@ -188,8 +193,8 @@ def interference_oracle(
     sparsity: Any = None,
     offset: int = 0,
 ) -> tuple[np.ndarray, ...]:
-    """NumPy oracle of :func:`interference` for fresh outputs, the magnitude histograms first (the sums
-    in NumPy's own order: equal within float64 rounding; every count equal)."""
+    """NumPy oracle of :func:`interference` for fresh outputs, the magnitude histograms and the elected
+    signs first (the sums in NumPy's own order: equal within float64 rounding; every count equal)."""
     n = len(fts)
     b, weighted, s = _votes_oracle(base, fts, thr, quota, weights, sparsity)
     # the kept values themselves (``_votes_oracle`` gives them weighted)
@@ -223,7 +228,8 @@ def interference_oracle(
     for t in range(n):
         patterns = np.abs(decode_oracle(fts[t]) - b)[picked].view(np.uint32) >> 16
         magnitudes[t] = np.bincount(patterns, minlength=magnitudes.shape[1])
-    return magnitudes, norms, dots, signs, counts, kept_hist, totals, discarded
+    elected = np.sign(s).astype(np.int8)
+    return magnitudes, elected, norms, dots, signs, counts, kept_hist, totals, discarded
 
 
 def magnitude_histogram(n: int) -> np.ndarray:

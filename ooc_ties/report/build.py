@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +13,9 @@ from ooc_ties.pass1.thresholds import Thresholds
 from ooc_ties.plan import MergePlan
 from ooc_ties.report.collect import Collector
 from ooc_ties.report.document import report_document
+from ooc_ties.report.signs import SignFile
 
-__all__ = ["build_report", "check_report_path"]
+__all__ = ["build_report", "check_report_path", "open_signs"]
 
 
 def build_report(plan: MergePlan, inputs: MergeInputs, final: Thresholds, collector: Collector) -> dict[str, Any]:
@@ -28,3 +30,8 @@ def check_report_path(report: Path, inputs: MergeInputs, overwrite: bool) -> Non
     """Refuse a report folder that exists (unless ``overwrite``) or lies among the inputs."""
     check_output_path(report, [p for source in inputs.all for p in source.local_paths()])
     check_destination(report.absolute(), overwrite=overwrite)
+
+
+def open_signs(plan: MergePlan, path: str | os.PathLike[str], overwrite: bool) -> SignFile:
+    """Start the sign file of a merge (``--save-signs``): every merged tensor's elected signs."""
+    return SignFile(Path(path), [(t.name, t.shape) for t in plan.merged], plan.options, overwrite=overwrite)

@@ -18,6 +18,7 @@ from ooc_ties.config import ZeroSign
 from ooc_ties.kernels.report import interference, interference_outputs, magnitude_histogram
 from ooc_ties.pass1.thresholds import Thresholds
 from ooc_ties.plan import MergePlan
+from ooc_ties.report.signs import SignFile
 
 __all__ = ["Collector", "TensorStats"]
 
@@ -60,8 +61,10 @@ class TensorStats:
 class Collector:
     """Interference statistics of every block of one merge (see the module docstring)."""
 
-    def __init__(self, plan: MergePlan) -> None:
+    def __init__(self, plan: MergePlan, signs: SignFile | None = None) -> None:
         self.plan = plan
+        self.signs = signs
+        """Where the elected signs go (``--save-signs``), if anywhere."""
         self.n = plan.n_models
         self._blocks: dict[int, tuple[BlockRef, tuple[np.ndarray, ...]]] = {}
         self._lock = threading.Lock()
@@ -85,9 +88,12 @@ class Collector:
             with self._lock:
                 self._magnitudes.append(magnitudes)
         outputs = interference_outputs(self.n)
-        interference(base, fts, thr, quota, weights, sparsity, ref.start, magnitudes, *outputs)
+        elected = np.zeros(ref.stop - ref.start if self.signs is not None else 0, np.int8)
+        interference(base, fts, thr, quota, weights, sparsity, ref.start, magnitudes, elected, *outputs)
         with self._lock:
             self._blocks[ref.ordinal] = (ref, outputs)
+        if self.signs is not None:
+            self.signs.write(ref.tensor.name, ref.start, elected)
 
     def magnitudes(self) -> np.ndarray:
         """Per model, the counts of ``|tau|`` per high-bits bin over every :data:`MAGNITUDE_STRIDE`-th
