@@ -261,3 +261,16 @@ def test_analyze_saves_the_signs_and_refuses_a_taken_path(tiny_models: Models, t
     with pytest.raises(OocTiesError, match="already exists"):
         analyze(*tiny_models, tmp_path / "report2", save_signs=signs)
     assert not (tmp_path / "report2").exists()
+
+
+def test_docs_name_every_field(tiny_models: Models, tmp_path: Path) -> None:
+    """docs/report.md documents the schema: every key of a report appears in it."""
+    import re
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "report.md").read_text()
+    words = set(re.findall(r"[a-z_0-9]+", text))
+    document = analyze(*tiny_models, tmp_path / "report").document
+    keys = set(document) | set(document["whole"]) | set(document["models"][0]) | set(document["layers"][0])
+    keys |= set(document["tensors"][0]) | set(document["tensors"][0]["models"][0])
+    keys |= set(document["density_curves"]) | set(document["density_curves"]["models"][0])
+    assert keys - words == set()
