@@ -32,7 +32,7 @@ from ooc_ties.lint import lint_inputs
 from ooc_ties.mergekit_yaml import TOKENIZER_CONFIG, parse_chat_template
 from ooc_ties.outputs import Output, OutputLike, check_output_path, open_output, output_format
 from ooc_ties.pass1.run import Pass1Result, compute_thresholds, compute_thresholds_shared
-from ooc_ties.pass1.thresholds import Thresholds
+from ooc_ties.pass1.thresholds import ThresholdBasis, Thresholds
 from ooc_ties.pass2 import Pass2Job, run_pass2_shared
 from ooc_ties.plan import MergePlan, TensorKind
 from ooc_ties.progress import ProgressFactory
@@ -285,7 +285,12 @@ def _run_passes(
             results = [compute_thresholds(todo[0].plan, inputs, progress, given)]
             read += results[0].bytes_read
         else:
-            results, shared = compute_thresholds_shared([s.plan for s in todo], inputs, progress)
+            # Merges whose pass 1 depends on the same options (ThresholdBasis: they differ only in
+            # lambda, the output dtype, ...) share one pass 1 outright; the others share its reads.
+            firsts = [_first_of_basis(todo, i) for i in range(len(todo))]
+            distinct = sorted(set(firsts))
+            computed, shared = compute_thresholds_shared([todo[i].plan for i in distinct], inputs, progress)
+            results = [computed[distinct.index(first)] for first in firsts]
             read += shared
         for stage, result in zip(todo, results, strict=True):
             stage.pass1 = result
@@ -303,6 +308,15 @@ def _run_passes(
     for stage, (final, resumed_blocks, merge_read) in zip(stages, finals, strict=True):
         stage.final, stage.resumed_blocks, stage.merge_read = final, resumed_blocks, merge_read
     return read + merged + _copied_bytes(stages[0].plan)
+
+
+def _first_of_basis(stages: Sequence[_Stage], i: int) -> int:
+    """The first of ``stages`` whose pass 1 computes what stage ``i``'s does (the same basis)."""
+    key = ThresholdBasis.of(stages[i].plan.options, stages[i].plan.n_models).to_json()
+    for j in range(i):
+        if ThresholdBasis.of(stages[j].plan.options, stages[j].plan.n_models).to_json() == key:
+            return j
+    return i
 
 
 def _copied_bytes(plan: MergePlan) -> int:

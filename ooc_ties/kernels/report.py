@@ -169,7 +169,7 @@ def interference(
             for k in range(i + 1, n_models):
                 xi = tau[i]
                 xk = tau[k]
-                agree = 0
+                agree = np.int64(0)
                 for j in range(m):
                     f64[j] = np.float64(xi[j]) * np.float64(xk[j])
                     agree += (np.int64(xi[j] > _ZERO) - np.int64(xi[j] < _ZERO)) * (
@@ -183,9 +183,9 @@ def interference(
         if elected.size:
             for j in range(m):
                 elected[start + j] = np.int8(s[j] > _ZERO) - np.int8(s[j] < _ZERO)
-        conflicts = 0
-        opened = 0
-        nothing = 0
+        conflicts = np.int64(0)
+        opened = np.int64(0)
+        nothing = np.int64(0)
         for j in range(m):
             sj = s[j]
             decided[j] = sj != _ZERO
@@ -201,10 +201,10 @@ def interference(
             lost_down[j] = 0.0
         for t in range(n_models):
             vt = v[t]
-            kept = 0
-            wins = 0
-            wins_pos = 0
-            wins_neg = 0
+            kept = np.int64(0)
+            wins = np.int64(0)
+            wins_pos = np.int64(0)
+            wins_neg = np.int64(0)
             for j in range(m):
                 x = vt[j]
                 up = x > _ZERO
