@@ -137,7 +137,8 @@ _WHAT_TO_MERGE = [
     click.option("--seed", help="Seed of the random drops (dare_*, della*); a comma-separated list spans a grid. [0]"),
     click.option(
         "--sign-from",
-        help="Elect each parameter's sign from this model's task vector (e.g. a multitask model) instead of the vote.",
+        help="Elect each parameter's sign from this model's task vector (e.g. a multitask model), or from a file "
+        "of signs saved by --save-signs, instead of the vote.",
     ),
     click.option(
         "--lambda", "lam", help="Scale of the merged task vector; a comma-separated list spans a grid. [default: 1.0]"
