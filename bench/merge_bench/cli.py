@@ -121,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
         "omitted for paper = all CPUs); 'mergekit' alone is mergekit itself (mergekit-yaml); "
         "'method:METHOD[:THREADS]' is ooc-ties on METHOD's mergekit config and 'mergekit-yaml:METHOD' mergekit "
         "on it (see --methods); 'grid[:THREADS]' is a 3x3 grid of paper merges (--density 0.1,0.2,0.3 --lambda "
-        "0.8,1.0,1.2) in one command; 'reference[:PRESET]' is the in-RAM NumPy reference (default, without --methods: "
+        "0.8,1.0,1.2) in one command; 'report[:THREADS]' is one paper merge with --report WORKDIR/report-out; "
+        "'reference[:PRESET]' is the in-RAM NumPy reference (default, without --methods: "
         "paper:2 paper:1 mergekit:2; with --scaling: paper:2 paper:1)",
     )
     p.add_argument("--budget", help="add --memory-budget BUDGET to every ooc-ties variant (e.g. 256MiB)")

@@ -149,6 +149,11 @@ class Workdir:
         return self.root / "out"
 
     @property
+    def report_out(self) -> Path:
+        """Where the ``report`` variant writes its interference report (deleted after every run, as ``out``)."""
+        return self.root / "report-out"
+
+    @property
     def kept_mergekit(self) -> Path:
         """mergekit-yaml's output, kept for --compare-output."""
         return self.root / "out-mergekit-yaml"
@@ -172,10 +177,12 @@ class Workdir:
         return self.root / "logs" / (re.sub(r"[^\w.-]+", "_", variant) + ".log")
 
     def clean_out(self) -> None:
-        if self.out.exists():
-            shutil.rmtree(self.out)
-        for stale in self.root.glob(".out.ooc-ties-*"):  # staging folders of an interrupted merge, if any
-            shutil.rmtree(stale, ignore_errors=True)
+        for d in (self.out, self.report_out):
+            if d.exists():
+                shutil.rmtree(d)
+        for pattern in (".out.ooc-ties-*", ".report-out.ooc-ties-*"):  # staging folders of an interrupted run
+            for stale in self.root.glob(pattern):
+                shutil.rmtree(stale, ignore_errors=True)
 
     def clear_kept(self) -> None:
         for d in (self.kept_mergekit, self.kept_ooc):

@@ -175,16 +175,18 @@ def ratios(m: Measured, summary: dict[str, dict[str, Any]]) -> dict[str, Any]:
                 )
     out["methods"] = method_rows(m, summary)
     out["grid_over_one_merge"] = grid_rows(m, summary)
+    out["report_over_one_merge"] = grid_rows(m, summary, "ooc-report")
     return out
 
 
-def grid_rows(m: Measured, summary: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per grid variant, against the one merge of the same preset, threads and budget measured in the same run
-    (None where either has no successful run): the ratio of median walls (and the median of per-round ratios),
-    that ratio per merge of the grid, and the ratios of peak RSS, peak RssAnon and cold reads."""
+def grid_rows(m: Measured, summary: dict[str, dict[str, Any]], kind: str = "ooc-grid") -> dict[str, dict[str, Any]]:
+    """Per grid variant (or ``report`` variant, with ``kind="ooc-report"``), against the one merge of the same
+    preset, threads and budget measured in the same run (None where either has no successful run): the ratio of
+    median walls (and the median of per-round ratios), that ratio per merge of the grid, and the ratios of peak
+    RSS, peak RssAnon and cold reads."""
     rows: dict[str, dict[str, Any]] = {}
     for g in m.variants:
-        if g.kind != "ooc-grid":
+        if g.kind != kind:
             continue
         one = next(
             (
@@ -377,15 +379,18 @@ def _print_ratios(m: Measured, summary: dict[str, dict[str, Any]], rt: dict[str,
 
 
 def _print_grids(rows: dict[str, dict[str, Any]]) -> None:
-    """Each grid against one merge of the same preset and threads, measured in the same run."""
+    """Each grid (or ``report`` variant) against one merge of the same preset and threads, measured in the same
+    run."""
     for name, r in rows.items():
         if r["wall"] is None:
             print(f"{name} / {r['one_merge']}: no successful run of one of them")
             continue
         cold = f", cold reads {r['cold_reads']:.2f}x" if r["cold_reads"] is not None else ""
+        merges = f" ({r['merges']} merges / 1)" if r["merges"] > 1 else ""
+        per = f"; {r['wall_per_merge']:.3f}x per merge" if r["merges"] > 1 else ""
         print(
-            f"{name} / {r['one_merge']} ({r['merges']} merges / 1): wall {r['wall']:.2f}x (same round "
-            f"{r['wall_paired']:.2f}x; {r['wall_per_merge']:.3f}x per merge), maxRSS {r['maxrss']:.2f}x, "
+            f"{name} / {r['one_merge']}{merges}: wall {r['wall']:.2f}x (same round "
+            f"{r['wall_paired']:.2f}x{per}), maxRSS {r['maxrss']:.2f}x, "
             f"RssAnon {r['rss_anon']:.2f}x{cold}"
         )
 
@@ -445,6 +450,7 @@ def print_report(
         print()
     _print_ratios(m, summary, rt)
     _print_grids(rt["grid_over_one_merge"])
+    _print_grids(rt["report_over_one_merge"])
     if m.cold_runs:
         _print_cold(m)
     _print_missing(m)

@@ -167,12 +167,15 @@ def _keep_or_clean(b: Bench, v: Variant, last: bool) -> None:
 
 
 def _check_output(b: Bench, v: Variant) -> None:
-    """A kind that writes leaves ``.safetensors`` files: in ``WORKDIR/out``, or in one folder per grid point."""
+    """A kind that writes leaves ``.safetensors`` files: in ``WORKDIR/out``, or in one folder per grid point; the
+    ``report`` variant also ``WORKDIR/report-out/report.json``."""
     if not KINDS[v.kind].writes_output:
         return
     folders = {p.parent for p in b.work.out.rglob("*.safetensors")}
     if len(folders) != v.merges:
         sys.exit(f"bench: {b.work.out} holds .safetensors in {len(folders)} folder(s) after {v.name}, not {v.merges}")
+    if v.kind == "ooc-report" and not (b.work.report_out / "report.json").is_file():
+        sys.exit(f"bench: no {b.work.report_out / 'report.json'} after {v.name}")
 
 
 def _timed_run(b: Bench, v: Variant, rnd: int, rounds: int) -> RunResult:

@@ -7,7 +7,8 @@ floors (``Floor``: the inputs read twice, and once when a method's config runs) 
 as the yardstick. ``--variant`` strings name them (``parse_variant``), ``--methods`` one pair per method
 (``method_specs``); ``DEFAULTS`` and ``SCALING_DEFAULTS`` are what runs without any. ``grid[:THREADS]`` is a
 grid of merges in one command (``GRID_DENSITIES`` x ``GRID_LAMBDAS``, the ``paper`` preset), reported beside
-the one merge of the same preset and thread count.
+the one merge of the same preset and thread count; so is ``report[:THREADS]``, one ``paper`` merge that also writes
+its interference report (``--report WORKDIR/report-out``).
 """
 
 from __future__ import annotations
@@ -105,6 +106,8 @@ class Variant:
         what = f"{self.method}.yml" if self.kind == "ooc-config" else self.preset
         if self.kind == "ooc-grid":
             what += f"-grid{len(GRID_DENSITIES)}x{len(GRID_LAMBDAS)}"
+        if self.kind == "ooc-report":
+            what += "+report"
         return f"{what}/{t}" + (f"/{self.budget}" if self.budget else "")
 
     @property
@@ -118,7 +121,7 @@ class Variant:
 
     def args(self) -> list[str]:
         """ooc-ties' options: the preset (unless a config runs), the grid's lists, threads, budget."""
-        out = ["--preset", self.preset] if self.kind in ("ooc", "ooc-grid") else []
+        out = ["--preset", self.preset] if self.kind in ("ooc", "ooc-grid", "ooc-report") else []
         if self.kind == "ooc-grid":
             out += ["--density", _csv(GRID_DENSITIES), "--lambda", _csv(GRID_LAMBDAS)]
         if self.threads:
@@ -158,6 +161,10 @@ def _ooc_command(t: Tools, v: Variant, dirs: list[Path], dest: Path, extra: list
     return [t.ooc, "merge", "--base", str(dirs[0]), *map(str, dirs[1:]), "-o", str(dest), *extra, *v.args()]
 
 
+def _report_command(t: Tools, v: Variant, dirs: list[Path], dest: Path, extra: list[str]) -> list[str]:
+    return [*_ooc_command(t, v, dirs, dest, extra), "--report", str(t.work.report_out)]
+
+
 def _config_command(t: Tools, v: Variant, dirs: list[Path], dest: Path, extra: list[str]) -> list[str]:
     return [t.ooc, "merge", "--config", str(t.config(v)), "-o", str(dest), *extra, *v.args()]
 
@@ -188,6 +195,7 @@ class Kind:
 KINDS: dict[str, Kind] = {
     "ooc": Kind(engine=True, fatal=True, writes_output=True, command=_ooc_command),
     "ooc-grid": Kind(engine=True, fatal=True, writes_output=True, command=_ooc_command),
+    "ooc-report": Kind(engine=True, fatal=True, writes_output=True, command=_report_command),
     "ooc-config": Kind(engine=True, fatal=False, writes_output=True, command=_config_command),
     "mergekit-yaml": Kind(engine=False, fatal=False, writes_output=True, command=_mergekit_command),
     "reference": Kind(engine=False, fatal=False, writes_output=False, command=_reference_command),
@@ -216,10 +224,13 @@ def parse_variant(text: str) -> Spec:
     """``mergekit`` alone is mergekit itself (``mergekit-yaml``) on its TIES config; ``mergekit-yaml:METHOD``
     is mergekit on that method's config; ``method:METHOD[:THREADS]`` is ooc-ties on it (``--config``);
     ``mergekit:N`` / ``mergekit:all`` are ooc-ties' mergekit preset; ``reference[:PRESET]`` is the in-RAM
-    NumPy reference (default preset paper); ``grid[:THREADS]`` is the 3x3 grid of ``paper`` merges (``GRID_*``)."""
+    NumPy reference (default preset paper); ``grid[:THREADS]`` is the 3x3 grid of ``paper`` merges (``GRID_*``);
+    ``report[:THREADS]`` is one ``paper`` merge with ``--report``."""
     preset, sep, threads = text.partition(":")
     if preset == "grid":
         return Spec("ooc-grid", "paper", _threads(text, threads))
+    if preset == "report":
+        return Spec("ooc-report", "paper", _threads(text, threads))
     if preset == "mergekit-yaml" or (preset == "mergekit" and not sep):
         return Spec("mergekit-yaml", "mergekit", None, _method(text, threads) if threads else None)
     if preset == "method":
@@ -233,7 +244,7 @@ def parse_variant(text: str) -> Spec:
     if preset not in ("paper", "mergekit"):
         raise argparse.ArgumentTypeError(
             f"variant {text!r}: must be paper[:THREADS], mergekit:THREADS, mergekit (mergekit-yaml), "
-            "method:METHOD[:THREADS], mergekit-yaml:METHOD, grid[:THREADS] or reference[:PRESET]"
+            "method:METHOD[:THREADS], mergekit-yaml:METHOD, grid[:THREADS], report[:THREADS] or reference[:PRESET]"
         )
     return Spec("ooc", preset, _threads(text, threads))
 
