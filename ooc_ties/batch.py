@@ -168,8 +168,12 @@ def run_batch(
                         signs = open_signs(stage.plan, stage.job.save_signs, overwrite)
                         stack.callback(signs.abort)  # (after a commit: nothing left to remove)
                     stage.collector = Collector(stage.plan, signs)
-            for stage in live:
-                logger.info("plan:\n%s", stage.plan.describe())
+            if len(live) == 1:
+                logger.info("plan:\n%s", live[0].plan.describe())
+            else:
+                logger.info("plan of the first of %d merges:\n%s", len(live), live[0].plan.describe())
+                for stage in live[1:]:
+                    logger.debug("plan:\n%s", stage.plan.describe())
             _check_copies(live[0].plan, inputs)
             lint_inputs(live[0].plan, inputs, others=[s.plan for s in live[1:]])
             for stage in live:
