@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from ooc_ties._version import __version__
 
 if TYPE_CHECKING:
+    from ooc_ties.analyze import AnalysisResult, analyze
     from ooc_ties.config import PRESETS, MergeOptions, RescaleRule, Resources, Scope, TensorValues, TrimRule, ZeroSign
     from ooc_ties.convert import ConvertResult, convert
     from ooc_ties.errors import (
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 __all__ = [
     "METHODS",
     "PRESETS",
+    "AnalysisResult",
     "CheckpointFormatError",
     "CheckpointNotFoundError",
     "ConvertResult",
@@ -72,6 +74,7 @@ __all__ = [
     "UnsupportedDtypeError",
     "ZeroSign",
     "__version__",
+    "analyze",
     "convert",
     "expand_grid",
     "merge",
@@ -83,6 +86,7 @@ __all__ = [
 ]
 
 _HOMES = {
+    "ooc_ties.analyze": ("AnalysisResult", "analyze"),
     "ooc_ties.config": (
         "PRESETS",
         "MergeOptions",
@@ -131,8 +135,8 @@ def __dir__() -> list[str]:
 
 
 class _Package(types.ModuleType):
-    """This package's module object. Two submodules share their name with the function they define
-    (``merge``, ``convert``); importing a submodule binds it on its package, which would hide the
+    """This package's module object. Three submodules share their name with the function they define
+    (``merge``, ``convert``, ``analyze``); importing a submodule binds it on its package, which would hide the
     function from ``from ooc_ties import merge``. Here the package binds the function instead."""
 
     def __setattr__(self, name: str, value: Any) -> None:
