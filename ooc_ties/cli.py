@@ -406,16 +406,14 @@ def _points(
         base, finetuned = first.base, first.models
         grid_axes = {k: v for k, v in axes.items() if v is not None}  # (scope and seed only, by now)
         options_list = [c.options.with_(**rules) for c in configured]
-        if grid_axes:
-            names = name_points([o for o in options_list])
-            for name, options, c in zip(names, options_list, configured, strict=True):
-                for point in expand_grid(options, grid_axes, grid_mode):
-                    label = name if len(options_list) > 1 else ""
-                    full = "-".join(part for part in (label, point.name) if part)
-                    points.append(GridPoint(full, point.options, c.chat_template))
-        else:
-            names = name_points(options_list)
-            points = [GridPoint(n, o, c.chat_template) for n, o, c in zip(names, options_list, configured, strict=True)]
+        # every configuration crossed with the command line's lists, named together
+        expanded = [
+            (point.options, c.chat_template)
+            for options, c in zip(options_list, configured, strict=True)
+            for point in (expand_grid(options, grid_axes, grid_mode) if grid_axes else [GridPoint("", options)])
+        ]
+        names = name_points([options for options, _ in expanded])
+        points = [GridPoint(n, o, t) for n, (o, t) in zip(names, expanded, strict=True)]
         single = len(configured) == 1 and not any(len(v) > 1 for v in grid_axes.values())
     else:
         if base is None or not finetuned:
@@ -582,7 +580,9 @@ def analyze_command(
         sign_from, lam, scope, trim, zero_sign, normalize, weights, "cross", None,
     )  # fmt: skip
     if not single:
-        raise click.UsageError("analyze takes one value per option (a grid: merge --report)")
+        raise click.UsageError(
+            "analyze takes one merge: one value per option and one configuration (a grid: merge --report)"
+        )
     resources = Resources(memory_budget=parse_size(memory_budget, "memory budget"), threads=parse_threads(threads))
     progress = None if quiet else tqdm_progress
     result = analyze(

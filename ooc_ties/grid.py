@@ -111,8 +111,8 @@ def _value(axis: str, options: MergeOptions) -> str:
         return str(options.scope.value)
     if value is None:
         return "default"
-    if isinstance(value, tuple):
-        return "_".join(_number(v) for v in value)
+    if isinstance(value, tuple):  # one per model; a single one where they are all the same
+        return _number(value[0]) if len(set(value)) == 1 else "_".join(_number(v) for v in value)
     return _number(value)
 
 
@@ -124,8 +124,9 @@ def _number(value: Any) -> str:
 
 def name_points(options: Sequence[MergeOptions]) -> list[str]:
     """Names for the merges ``options``: the method, then each grid axis whose value differs among them,
-    by its tag (``ties-d0.2-l1.0``, ``dare_ties-d0.5-seed1``); made unique by a count where the
-    options agree on every axis (``-2``, ``-3``)."""
+    by its tag (``ties-d0.2-l1.0``, ``dare_ties-d0.5-seed1``; per-model values joined by ``_``, one
+    where they are all the same); made unique by a count where the options agree on every axis
+    (``-2``, ``-3``)."""
     varying = [a for a in AXES if a != "method" and len({_value(a, o) for o in options}) > 1]
     names: list[str] = []
     seen: dict[str, int] = {}

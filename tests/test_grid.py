@@ -270,7 +270,21 @@ def test_each_set_of_weights_of_a_grid_is_checked(
     tiny_models: Models, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     points = list(expand_grid(PRESETS["paper"], {"weights": [(1.0, 1.0, 1.0), (1.0, 0.0, 1.0), (1.0, 0.0, 0.5)]}))
-    assert [p.name for p in points] == ["ties-w1.0_1.0_1.0", "ties-w1.0_0.0_1.0", "ties-w1.0_0.0_0.5"]
+    assert [p.name for p in points] == ["ties-w1.0", "ties-w1.0_0.0_1.0", "ties-w1.0_0.0_0.5"]
     with caplog.at_level(logging.WARNING, logger="ooc_ties"):
         plan_grid(*tiny_models, tmp_path / "grid", points)
     assert caplog.text.count("has weight 0: it does not contribute to the merge") == 1
+
+
+def test_configurations_crossed_with_command_line_lists_are_named_together(
+    tiny_models: Models, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base, fts = tiny_models
+    models = "".join(f"  - model: {ft}\n    parameters: {{weight: 1.0, density: 0.3}}\n" for ft in fts)
+    one = f"merge_method: ties\nbase_model: {base}\nmodels:\n{models}"
+    config = tmp_path / "grid.yml"
+    config.write_text(f"{one}---\n{one.replace('merge_method: ties', 'merge_method: dare_ties')}")
+    main(["merge", "--config", str(config), "-o", str(tmp_path / "grid"), "--scope", "global,tensor", "--dry-run"])
+    shown = capsys.readouterr().out
+    names = [line.split(":")[0].strip() for line in shown.splitlines() if line.startswith("  ")]
+    assert names == ["ties-global", "ties-tensor", "dare_ties-global", "dare_ties-tensor"]
