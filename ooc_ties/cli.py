@@ -450,10 +450,16 @@ def _grid(
     )
     if not quiet:
         alone = sum(r.bytes_read for r in result.results)
+        if not result.bytes_read:
+            read = "nothing read: every merge was already finished"
+        else:
+            read = (
+                f"read {result.bytes_read / 1e9:.3g} GB of input, {alone / result.bytes_read:.2g}x less than "
+                f"{len(result.points)} merges alone"
+            )
         click.echo(
             f"merged {len(result.points)} grid points into {result.output} (grid.json lists them) in "
-            f"{result.seconds:.1f} s, {result.batches} batch(es); read {result.bytes_read / 1e9:.3g} GB of input, "
-            f"{alone / max(1, result.bytes_read):.2g}x less than {len(result.points)} merges alone",
+            f"{result.seconds:.1f} s, {result.batches} batch(es); {read}",
             err=True,
         )
 
