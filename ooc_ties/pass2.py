@@ -60,27 +60,34 @@ def _out_storage(dtype: DType) -> np.dtype:
     return encodings[dtype.code]
 
 
+@dataclass(frozen=True, slots=True)
+class Pass2Job:
+    """One merge's part in a shared pass 2."""
+
+    plan: MergePlan
+    """Its plan (every job of a shared pass 2 has the same block grid)."""
+    pass1: Pass1Result
+    """Its pass-1 results."""
+    sink: Output
+    """Where its output goes."""
+    journal: Journal | None
+    """Its resume journal, if any."""
+    spill: Path | None = None
+    """The folder for its open-element spill file (``None``: a temporary file)."""
+    report: Collector | None = None
+    """Where its interference statistics go (``--report``), if anywhere."""
+
+
 class Pass2:
     """Pass 2 of one merge: every block merged and written, its votes and kept counts recorded."""
 
-    def __init__(
-        self,
-        plan: MergePlan,
-        inputs: MergeInputs,
-        thresholds: Thresholds,
-        quotas: np.ndarray,
-        guessed: frozenset[str],
-        sink: Output,
-        journal: Journal | None,
-        spill: Path | None = None,
-        report: Collector | None = None,
-    ) -> None:
-        self.plan = plan
-        self.report = report
+    def __init__(self, job: Pass2Job, inputs: MergeInputs) -> None:
+        plan, thresholds, quotas, guessed = job.plan, job.pass1.thresholds, job.pass1.quotas, job.pass1.guessed
+        self.report = job.report
         self.inputs = inputs
         self.quotas = quotas
-        self.sink = sink
-        self.journal = journal
+        self.sink = job.sink
+        self.journal = job.journal
         self.threads = plan.resources.threads
         options = plan.options
         self.options = options
@@ -117,7 +124,7 @@ class Pass2:
         self.guessed = guessed
         # Every open element of a block can be recorded (see ``plan.work_bytes_per_element``).
         self.open_capacity = plan.block_elements if guessed else 0
-        self.patches = OpenElements(plan.resources.memory_budget // PATCH_SHARE, spill)
+        self.patches = OpenElements(plan.resources.memory_budget // PATCH_SHARE, job.spill)
         self.redoing = False
         self.bytes_read = 0
         """Input bytes of the blocks merged (or merged again) by :meth:`run`."""
@@ -219,24 +226,6 @@ class Pass2:
             self.journal.redone(ref.ordinal)
 
 
-@dataclass(frozen=True, slots=True)
-class Pass2Job:
-    """One merge's part in a shared pass 2."""
-
-    plan: MergePlan
-    """Its plan (every job of a shared pass 2 has the same block grid)."""
-    pass1: Pass1Result
-    """Its pass-1 results."""
-    sink: Output
-    """Where its output goes."""
-    journal: Journal | None
-    """Its resume journal, if any."""
-    spill: Path | None = None
-    """The folder for its open-element spill file (``None``: a temporary file)."""
-    report: Collector | None = None
-    """Where its interference statistics go (``--report``), if anywhere."""
-
-
 def run_pass2(
     plan: MergePlan,
     inputs: MergeInputs,
@@ -263,20 +252,7 @@ def run_pass2_shared(
     for job in jobs[1:]:
         if job.plan.block_elements != jobs[0].plan.block_elements:
             raise ValueError("the merges of a shared pass 2 must have the same block grid")
-    runners = [
-        Pass2(
-            job.plan,
-            inputs,
-            job.pass1.thresholds,
-            job.pass1.quotas,
-            job.pass1.guessed,
-            job.sink,
-            job.journal,
-            job.spill,
-            job.report,
-        )
-        for job in jobs
-    ]
+    runners = [Pass2(job, inputs) for job in jobs]
     resumed: list[tuple[int, set[int]]] = []
     needed: dict[int, list[int]] = {}  # block ordinal: the jobs that still merge it
     for j, (job, runner) in enumerate(zip(jobs, runners, strict=True)):
