@@ -10,6 +10,7 @@ merges of a batch have one block grid; their output bytes do not depend on it.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -291,36 +292,31 @@ def _run_passes(
         else:
             # Merges whose pass 1 depends on the same options (ThresholdBasis: they differ only in
             # lambda, the output dtype, ...) share one pass 1 outright; the others share its reads.
-            firsts = [_first_of_basis(todo, i) for i in range(len(todo))]
-            distinct = sorted(set(firsts))
-            computed, shared = compute_thresholds_shared([todo[i].plan for i in distinct], inputs, progress)
-            results = [computed[distinct.index(first)] for first in firsts]
+            keys = [json.dumps(ThresholdBasis.of(s.plan.options, s.plan.n_models).to_json()) for s in todo]
+            distinct = {key: i for i, key in reversed(list(enumerate(keys)))}  # (each basis' first stage)
+            firsts = sorted(distinct.values())
+            computed, shared = compute_thresholds_shared([todo[i].plan for i in firsts], inputs, progress)
+            results = [computed[firsts.index(distinct[key])] for key in keys]
             read += shared
         for stage, result in zip(todo, results, strict=True):
             stage.pass1 = result
             if stage.journal is not None:
                 stage.journal.save_pass1(result)
     jobs = []
+    logged: set[int] = set()
     for stage in stages:
         if stage.pass1 is None or stage.sink is None:
             raise AssertionError("unreachable: every stage has its pass 1 and its output by now")
-        for t, g in enumerate(stage.pass1.thresholds.groups.get(GLOBAL, ())):
-            logger.info("model %d: threshold %g keeps %d of %d values", t + 1, g.value, g.kept, g.size)
+        if id(stage.pass1) not in logged:  # (once per pass 1: merges of one basis share it)
+            logged.add(id(stage.pass1))
+            for t, g in enumerate(stage.pass1.thresholds.groups.get(GLOBAL, ())):
+                logger.info("model %d: threshold %g keeps %d of %d values", t + 1, g.value, g.kept, g.size)
         spill = stage.target.state if isinstance(stage.target, StagedDirectory) else None
         jobs.append(Pass2Job(stage.plan, stage.pass1, stage.sink, stage.journal, spill, stage.collector))
     finals, merged = run_pass2_shared(jobs, inputs, progress)
     for stage, (final, resumed_blocks, merge_read) in zip(stages, finals, strict=True):
         stage.final, stage.resumed_blocks, stage.merge_read = final, resumed_blocks, merge_read
     return read + merged + _copied_bytes(stages[0].plan)
-
-
-def _first_of_basis(stages: Sequence[_Stage], i: int) -> int:
-    """The first of ``stages`` whose pass 1 computes what stage ``i``'s does (the same basis)."""
-    key = ThresholdBasis.of(stages[i].plan.options, stages[i].plan.n_models).to_json()
-    for j in range(i):
-        if ThresholdBasis.of(stages[j].plan.options, stages[j].plan.n_models).to_json() == key:
-            return j
-    return i
 
 
 def _copied_bytes(plan: MergePlan) -> int:
