@@ -25,17 +25,17 @@ from typing import Any
 
 import numpy as np
 
-from ooc_ties.blocks import GLOBAL, BlockRef, group_blocks, plan_blocks
+from ooc_ties.blocks import BlockRef, plan_blocks
 from ooc_ties.config import ZeroSign
 from ooc_ties.dtypes import DType
-from ooc_ties.errors import IncompatibleCheckpointsError, NonFiniteValueError, OptionError
+from ooc_ties.errors import NonFiniteValueError, OptionError
 from ooc_ties.inputs import MergeInputs
 from ooc_ties.journal import Journal
+from ooc_ties.kept_counts import check_kept, counted_blocks
 from ooc_ties.kernels.convert import decode_oracle
 from ooc_ties.kernels.ties import merge as merge_kernel
 from ooc_ties.open_elements import PATCH_SHARE, OpenElements
 from ooc_ties.outputs import Output
-from ooc_ties.pass1.costs import vote_sample
 from ooc_ties.pass1.run import Pass1Result
 from ooc_ties.pass1.thresholds import Thresholds
 from ooc_ties.plan import MergePlan, TensorKind
@@ -120,7 +120,7 @@ class Pass2:
         self.votes = np.zeros((len(quotas), 4), np.int64)
         # per block and model: values the trim kept, checked against pass 1's counts (see _counted_blocks)
         self.kept = np.zeros((len(quotas), plan.n_models), np.int64)
-        self.counted, self.by_sample = _counted_blocks(plan, thresholds)
+        self.counted, self.by_sample = counted_blocks(plan, thresholds)
         self.guessed = guessed
         # Every open element of a block can be recorded (see ``plan.work_bytes_per_element``).
         self.open_capacity = plan.block_elements if guessed else 0
@@ -299,7 +299,7 @@ def run_pass2_shared(
         results = []
         read = sum(b.in_nbytes for b in todo)
         for job, runner, (finished, redone) in zip(jobs, runners, resumed, strict=True):
-            _check_kept(runner.kept, runner.counted, runner.by_sample, job.pass1.thresholds, blocks, inputs)
+            check_kept(runner.kept, runner.counted, runner.by_sample, job.pass1.thresholds, blocks, inputs)
             before = runner.bytes_read
             final = _settle_majority(runner, job.pass1, blocks, progress, redone)
             read += runner.bytes_read - before  # (blocks merged again)
@@ -325,64 +325,6 @@ def _resume_state(job: Pass2Job, runner: Pass2, n_blocks: int) -> tuple[dict[int
     if done:
         logger.info("resume: %d of %d blocks were done", len(done), n_blocks)
     return done, redone
-
-
-def _counted_blocks(plan: MergePlan, thresholds: Thresholds) -> tuple[frozenset[int], frozenset[str]]:
-    """The blocks whose kept values pass 2 counts (the count costs 0.3 ns per parameter, about 10% of a
-    warm-cache merge), and the groups counted by their sample: the sample blocks of a group whose
-    sign-vote sample pass 1 counted on this very grid (it had to read them after the trim anyway; a
-    random drop's kept values are known only there), else every block of a group that trims, whose
-    total pass 1 knows exactly from its histograms; none where nothing is trimmed."""
-    counted: list[int] = []
-    by_sample: list[str] = []
-    sampled = thresholds.sample_block_elements == plan.block_elements
-    for key, members in group_blocks(plan, plan_blocks(plan.merged)).items():
-        groups = thresholds.groups.get(key, ())
-        if sampled and all(g.sample_kept >= 0 for g in groups):
-            counted += [b.ordinal for b in vote_sample(members)]
-            by_sample.append(key)
-        elif plan.options.trims:
-            counted += [b.ordinal for b in members]
-    return frozenset(counted), frozenset(by_sample)
-
-
-def _check_kept(
-    kept: np.ndarray,
-    counted: frozenset[int],
-    by_sample: frozenset[str],
-    thresholds: Thresholds,
-    blocks: list[BlockRef],
-    inputs: MergeInputs,
-) -> None:
-    """Refuse a merge whose trim kept other counts than pass 1 counted in the same blocks.
-
-    Pass 1 counted, from the inputs it read, how many values of each model the thresholds keep in
-    each group (its histograms) and in each group's sample blocks (its sign-vote sample); pass 2 counts
-    the same in the blocks of :func:`_counted_blocks` from the inputs it reads.
-    They differ only if those are not the same data: thresholds given from other inputs, a resumed
-    merge whose inputs changed in between, or a file rewritten during the merge. Where the inputs have
-    an identity (:mod:`ooc_ties.identity`) this was refused before reading; this check also covers
-    arrays in memory and remote stores."""
-    totals: dict[str, np.ndarray] = {}
-    for ref in blocks:
-        key = thresholds.key(ref.tensor.name)
-        if ref.ordinal in counted:
-            totals[key] = totals.get(key, 0) + kept[ref.ordinal]
-    for key, total in totals.items():
-        outliers = thresholds.outliers.get(key)
-        sample = key in by_sample
-        for t, group in enumerate(thresholds.groups[key]):
-            expected = group.sample_kept if sample else group.kept
-            if not sample and outliers is not None:  # the band: the lower cut's values less the upper's
-                expected -= outliers[t].kept
-            if int(total[t]) != expected:
-                what = "the model" if key == GLOBAL else f"tensor {key!r}"
-                where = f"the sample blocks of {what}" if sample else what
-                raise IncompatibleCheckpointsError(
-                    f"{inputs.fts[t].label}: the merge kept {int(total[t]):,} values of {where} where pass 1 "
-                    f"counted {expected:,} for its thresholds: this model's data is not the data the "
-                    "thresholds were computed from (other inputs, or changed since)"
-                )
 
 
 def _settle_majority(
