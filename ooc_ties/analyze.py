@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ooc_ties.batch import open_inputs
+from ooc_ties.cluster import connected
 from ooc_ties.config import PRESETS, MergeOptions, Resources
 from ooc_ties.lint import lint_inputs
 from ooc_ties.outputs import NullOutput
@@ -70,6 +71,7 @@ def analyze(
     resources = resources or Resources()
     out = Path(output)
     with contextlib.ExitStack() as stack:
+        resources = stack.enter_context(connected(resources))
         inputs = open_inputs(stack, base, finetuned, options.sign_from)
         plan = make_plan(inputs.base, inputs.fts, options, resources, inputs.sign)
         check_report_path(out, inputs, overwrite)

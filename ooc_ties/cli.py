@@ -61,6 +61,12 @@ def _rate(result: MergeResult) -> str:
 
 
 # Options that merge and convert share.
+_CLUSTER = click.option(
+    "--cluster",
+    help="Run the block tasks on a Dask cluster: a scheduler address (tcp://host:8786) or local:N (N worker "
+    "processes on this machine). Inputs and output must be on paths every worker reads (docs/distributed.md); "
+    "needs the [dask] extra.",
+)
 _FSYNC = click.option("--fsync", "durable", is_flag=True, help="Wait until the output is on disk before publishing it.")
 _DIRECT_IO = click.option(
     "--direct-io/--no-direct-io",
@@ -103,6 +109,7 @@ def cli() -> None:
     help="Largest block, in elements (a smaller cap than the budget's; output bytes do not change).",
 )
 @click.option("--shard-size", default="5GB", show_default=True, help="Largest output shard.")
+@_CLUSTER
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists (only after the merge succeeds).")
 @_FSYNC
 @_DIRECT_IO
@@ -147,6 +154,7 @@ def merge_command(
     threads: int | None,
     block_elements: int | None,
     shard_size: str,
+    cluster: str | None,
     overwrite: bool,
     durable: bool,
     direct_io: bool,
@@ -173,6 +181,7 @@ def merge_command(
         durable=durable,
         direct_io=direct_io,
         max_block_elements=block_elements,
+        cluster=cluster,
     )
     progress = None if quiet else tqdm_progress
     if not single:
@@ -258,6 +267,7 @@ def _grid(
 )
 @click.option("--memory-budget", default="2GiB", show_default=True, help="Working memory for blocks and histograms.")
 @click.option("--threads", type=int, help="Worker threads. [all CPUs]")
+@_CLUSTER
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists (only after the report is complete).")
 @click.option(
     "--save-signs",
@@ -271,6 +281,7 @@ def analyze_command(
     output: Path,
     memory_budget: str,
     threads: int | None,
+    cluster: str | None,
     overwrite: bool,
     save_signs: Path | None,
     quiet: bool,
@@ -291,7 +302,9 @@ def analyze_command(
         raise click.UsageError(
             "analyze takes one merge: one value per option and one configuration (a grid: merge --report)"
         )
-    resources = Resources(memory_budget=parse_size(memory_budget, "memory budget"), threads=parse_threads(threads))
+    resources = Resources(
+        memory_budget=parse_size(memory_budget, "memory budget"), threads=parse_threads(threads), cluster=cluster
+    )
     progress = None if quiet else tqdm_progress
     result = analyze(
         base,

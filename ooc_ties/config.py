@@ -7,6 +7,7 @@ from its flags through the ``parse_*`` functions here, and so does the library A
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
 import os
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ooc_ties.cluster import parse_cluster
 from ooc_ties.dtypes import DType, parse_output_dtype
 from ooc_ties.errors import OptionError
 from ooc_ties.kernels.drop import parse_della_epsilon
@@ -454,6 +456,10 @@ class Resources:
     direct_io: bool = True
     """Write safetensors shards with ``O_DIRECT``, past the page cache, where the file system allows it
     (:mod:`ooc_ties.io.direct`); False writes through the page cache. The bytes are the same."""
+    cluster: Any = None
+    """Where the block tasks run: ``None`` for this process's threads, a ``distributed.Client``, or an
+    address (``tcp://host:8786``, ``local:N``) that the merge connects to for its duration
+    (docs/distributed.md). The bytes are the same."""
 
     def __post_init__(self) -> None:
         if self.max_block_elements is not None and (
@@ -465,3 +471,16 @@ class Resources:
         object.__setattr__(self, "memory_budget", parse_size(self.memory_budget, "memory budget"))
         object.__setattr__(self, "threads", parse_threads(self.threads))
         object.__setattr__(self, "shard_size", parse_size(self.shard_size, "shard size"))
+        if isinstance(self.cluster, str):
+            object.__setattr__(self, "cluster", parse_cluster(self.cluster))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A copy sent to a cluster's workers (inside a task's plan) leaves the client behind: only the
+        # driver talks to the scheduler.
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        fields["cluster"] = None
+        return (_resources, (fields,))
+
+
+def _resources(fields: dict[str, Any]) -> Resources:
+    return Resources(**fields)

@@ -13,6 +13,7 @@ from __future__ import annotations
 __all__ = [
     "CheckpointFormatError",
     "CheckpointNotFoundError",
+    "ClusterError",
     "DiskSpaceError",
     "IncompatibleCheckpointsError",
     "NonFiniteValueError",
@@ -57,3 +58,7 @@ class OutputPathError(OocTiesError, FileExistsError):
 
 class DiskSpaceError(OocTiesError, OSError):
     """The output file system has too little free space for the merge."""
+
+
+class ClusterError(OocTiesError, ConnectionError):
+    """The Dask cluster a merge was asked to run on cannot be reached or lost every worker."""

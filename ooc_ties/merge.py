@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ooc_ties.batch import Job, MergeResult, open_inputs, resumed_block_elements, run_batch
+from ooc_ties.cluster import connected
 from ooc_ties.config import PRESETS, MergeOptions, Resources
 from ooc_ties.errors import OptionError, OutputPathError
 from ooc_ties.grid import GRID_NAME, GridPoint, grid_document, name_points
@@ -110,6 +111,7 @@ def merge(
     """
     resources = resources or Resources()
     with contextlib.ExitStack() as stack:
+        resources = stack.enter_context(connected(resources))
         inputs = open_inputs(stack, base, finetuned, options.sign_from)
         plan = make_plan(inputs.base, inputs.fts, options, resources, inputs.sign)
         if resume:
@@ -324,6 +326,7 @@ def merge_grid(
     resources = resources or Resources()
     out = Path(output)
     with contextlib.ExitStack() as stack:
+        resources = stack.enter_context(connected(resources))
         inputs = open_inputs(stack, base, finetuned, named[0].options.sign_from)
         grid = _plan_grid(inputs, out, named, resources, resume)
         outputs = [grid.point_output(i) for i in range(len(named))]

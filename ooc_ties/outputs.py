@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 import numpy as np
 
 from ooc_ties.errors import OptionError, OutputPathError
+from ooc_ties.io.block_writer import BlockWriter, NoWrites
 from ooc_ties.io.side_files import SideFileLike
 from ooc_ties.io.staging import StagedDirectory
 from ooc_ties.io.writer import SafetensorsOutput, ShardLayout
@@ -42,6 +43,10 @@ class Output(Protocol):
 
     def patch(self, name: str, start: int, stop: int, at: np.ndarray, values: np.ndarray) -> None:
         """Overwrite elements ``start + at`` of the block ``[start, stop)`` of ``name`` with ``values``."""
+        ...
+
+    def block_writer(self) -> BlockWriter:
+        """What writes whole blocks of this output from another process (a cluster's worker)."""
         ...
 
     def sync(self) -> None:
@@ -104,6 +109,9 @@ class NullOutput:
 
     def patch(self, name: str, start: int, stop: int, at: np.ndarray, values: np.ndarray) -> None:
         pass
+
+    def block_writer(self) -> BlockWriter:
+        return NoWrites()
 
     def sync(self) -> None:
         pass

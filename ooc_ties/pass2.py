@@ -18,7 +18,7 @@ import dataclasses
 import functools
 import logging
 import types
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,13 +26,16 @@ from typing import Any
 import numpy as np
 
 from ooc_ties.blocks import BlockRef, plan_blocks
-from ooc_ties.config import ZeroSign
+from ooc_ties.config import MergeOptions, ZeroSign
 from ooc_ties.dtypes import DType
 from ooc_ties.errors import NonFiniteValueError, OptionError
+from ooc_ties.executor import executor_for
 from ooc_ties.inputs import MergeInputs
+from ooc_ties.io.block_writer import BlockWriter
 from ooc_ties.journal import Journal
 from ooc_ties.kept_counts import check_kept, counted_blocks
 from ooc_ties.kernels.convert import decode_oracle
+from ooc_ties.kernels.report import magnitude_histogram
 from ooc_ties.kernels.ties import merge as merge_kernel
 from ooc_ties.open_elements import PATCH_SHARE, OpenElements
 from ooc_ties.outputs import Output
@@ -40,14 +43,19 @@ from ooc_ties.pass1.run import Pass1Result
 from ooc_ties.pass1.thresholds import Thresholds
 from ooc_ties.plan import MergePlan, TensorKind
 from ooc_ties.progress import Progress, ProgressFactory, progress_bar
-from ooc_ties.report.collect import Collector
+from ooc_ties.report.collect import Collector, count_block
 from ooc_ties.schedule import run_blocks
 from ooc_ties.sparsity import Sparsity, needs_sparsity
 from ooc_ties.write_queue import WriteQueue
 
-__all__ = ["Pass2", "Pass2Job", "run_pass2", "run_pass2_shared"]
+__all__ = ["BlockMerge", "Pass2", "Pass2Job", "RemoteMerge", "run_pass2", "run_pass2_shared"]
 
 logger = logging.getLogger(__name__)
+
+
+def in_nbytes(ref: BlockRef) -> int:
+    """A block's input bytes (the cost of merging it)."""
+    return ref.in_nbytes
 
 
 def _out_storage(dtype: DType) -> np.dtype:
@@ -78,6 +86,102 @@ class Pass2Job:
     """Where its interference statistics go (``--report``), if anywhere."""
 
 
+@dataclass(frozen=True, slots=True)
+class KernelArgs:
+    """The per-tensor arguments a block's merge kernel took (the report's kernel takes them too)."""
+
+    thr: np.ndarray
+    quota: np.ndarray
+    weights: np.ndarray
+    sparsity: Any
+
+
+@dataclass(frozen=True, slots=True)
+class BlockMerge:
+    """Everything one block's merge needs besides its inputs and outputs: a pure function of them.
+
+    It pickles (the inputs travel as their paths), so a cluster's worker runs the very code the
+    driver's threads run (:class:`RemoteMerge`)."""
+
+    inputs: MergeInputs
+    """The inputs (to name the input behind a non-finite result)."""
+    options: MergeOptions
+    """The merge's options (each tensor's weights)."""
+    n: int
+    """Fine-tuned models."""
+    key: Callable[[str], str]
+    """A tensor's threshold group."""
+    thr: Mapping[str, np.ndarray]
+    """Per group, the float32 thresholds."""
+    zero_positive: dict[str, bool]
+    """Per group, whether an exact zero vote takes the positive sign (a guess until pass 2 settles it)."""
+    guessed: frozenset[str]
+    """Groups whose majority sign is a guess: their open elements are recorded."""
+    quotas: np.ndarray
+    """Per block, the ties each model keeps."""
+    sparsity: Sparsity | None
+    """The drop or band, if the method has one."""
+    open_capacity: int
+    """Room for a block's open elements (0: none recorded)."""
+    _weights: dict[str, np.ndarray] = dataclasses.field(default_factory=dict, compare=False)
+
+    def weights(self, name: str) -> np.ndarray:
+        """The float32 weights of one tensor (its own, from a configuration's gradients or filters)."""
+        weights = self._weights.get(name)
+        if weights is None:
+            weights = self._weights[name] = self.options.for_tensor(name).model_weights(self.n)
+        return weights
+
+    def merge(
+        self,
+        ref: BlockRef,
+        base: np.ndarray,
+        fts: tuple[np.ndarray, ...],
+        out: np.ndarray,
+        votes: np.ndarray,
+        kept: np.ndarray,
+        at: np.ndarray,
+        alt: np.ndarray,
+        *,
+        redoing: bool,
+    ) -> tuple[int, KernelArgs]:
+        """Merge a block into ``out``; count its votes (``votes``: #S>0, #S<0, open elements, open
+        elements not recorded) and, if ``kept`` has a row's length, the values each model kept; record its
+        open elements in ``at``/``alt`` (their indices and their other result) where the majority sign is
+        a guess. Returns how many were recorded (all of them, or 0), and the kernel's arguments."""
+        name = ref.tensor.name
+        key = self.key(name)
+        votes[:] = 0
+        kept[:] = 0
+        capacity = self.open_capacity if key in self.guessed and not redoing else 0
+        quota, sparsity = self.quotas[ref.ordinal], None
+        if self.sparsity is not None:
+            quota, sparsity = self.sparsity.block_args(ref, base, fts, quota)
+        args = KernelArgs(self.thr[key], quota, self.weights(name), sparsity)
+        bad = merge_kernel(
+            base,
+            fts,
+            args.thr,
+            quota,
+            args.weights,
+            np.float32(self.options.lam),
+            self.zero_positive[key],
+            self.options.method.consensus,
+            bool(self.options.normalize),
+            out,
+            votes,
+            kept,
+            at[:capacity],
+            alt[:capacity],
+            sparsity,
+        )
+        if bad >= 0:
+            message = self.inputs.describe_nonfinite(name, ref.start + bad, None, ref.tensor.out_dtype)
+            raise NonFiniteValueError(message)
+        recorded = int(votes[2] - votes[3])
+        return (recorded if recorded and not votes[3] else 0), args
+
+
 class Pass2:
     """Pass 2 of one merge: every block merged and written, its votes and kept counts recorded."""
 
@@ -85,26 +189,17 @@ class Pass2:
         plan, thresholds, quotas, guessed = job.plan, job.pass1.thresholds, job.pass1.quotas, job.pass1.guessed
         self.report = job.report
         self.inputs = inputs
-        self.quotas = quotas
         self.sink = job.sink
         self.journal = job.journal
         self.threads = plan.resources.threads
+        self.executor = executor_for(plan.resources)
         options = plan.options
         self.options = options
-        self._weights: dict[str, np.ndarray] = {}
-        self.lam = np.float32(options.lam)
-        self.consensus = options.method.consensus
-        self.normalize = bool(options.normalize)
-        self.thr: dict[str, np.ndarray] = {
-            key: np.array([g.value for g in groups], np.float32) for key, groups in thresholds.groups.items()
-        }
         self.zero_positive: dict[str, bool] = {
             key: options.zero_sign is ZeroSign.POSITIVE or thresholds.majority.get(key, 0) > 0
             for key in thresholds.groups
         }
-        self.key = thresholds.key
-        self.n = plan.n_models
-        self.sparsity = (
+        sparsity = (
             Sparsity(
                 options,
                 plan.n_models,
@@ -116,36 +211,41 @@ class Pass2:
             if needs_sparsity(options)
             else None
         )
+        self.block = BlockMerge(
+            inputs,
+            options,
+            plan.n_models,
+            thresholds.key,
+            {key: np.array([g.value for g in groups], np.float32) for key, groups in thresholds.groups.items()},
+            self.zero_positive,
+            guessed,
+            quotas,
+            sparsity,
+            # Every open element of a block can be recorded (see ``plan.work_bytes_per_element``).
+            plan.block_elements if guessed else 0,
+        )
         # per block: #S>0, #S<0, open elements, open elements not recorded in ``patches``
         self.votes = np.zeros((len(quotas), 4), np.int64)
         # per block and model: values the trim kept, checked against pass 1's counts (see _counted_blocks)
         self.kept = np.zeros((len(quotas), plan.n_models), np.int64)
         self.counted, self.by_sample = counted_blocks(plan, thresholds)
-        self.guessed = guessed
-        # Every open element of a block can be recorded (see ``plan.work_bytes_per_element``).
-        self.open_capacity = plan.block_elements if guessed else 0
         self.patches = OpenElements(plan.resources.memory_budget // PATCH_SHARE, job.spill)
         self.redoing = False
         self.bytes_read = 0
         """Input bytes of the blocks merged (or merged again) by :meth:`run`."""
         self.writes = WriteQueue(plan.block_elements, 2 * self.threads)
 
-    def weights(self, name: str) -> np.ndarray:
-        """The float32 weights of one tensor (its own, from a configuration's gradients or filters)."""
-        weights = self._weights.get(name)
-        if weights is None:
-            weights = self._weights[name] = self.options.for_tensor(name).model_weights(self.n)
-        return weights
-
     def new_state(self) -> dict[Any, np.ndarray]:
-        return {"at": np.empty(self.open_capacity, np.int64)}
+        return {"at": np.empty(self.block.open_capacity, np.int64)}
 
     def run(self, blocks: Sequence[BlockRef], bar: Progress | None) -> None:
-        """Merge and write ``blocks`` on the plan's threads."""
+        """Merge and write ``blocks`` (on the plan's threads, or its cluster)."""
         self.bytes_read += sum(b.in_nbytes for b in blocks)
-        run_blocks(
-            blocks, self.merge_block, self.new_state, threads=self.threads, cost=lambda b: b.in_nbytes, progress=bar
-        )
+        if self.executor.remote:
+            task = RemoteMerge(self.inputs, (self.remote_part(),), {b.ordinal: (0,) for b in blocks}, self.redoing)
+            self.executor.stream(blocks, task, dict, lambda state: self.collect(state, 0), cost=in_nbytes, progress=bar)
+            return
+        run_blocks(blocks, self.merge_block, self.new_state, threads=self.threads, cost=in_nbytes, progress=bar)
         self.writes.drain()
 
     def merge_block(self, ref: BlockRef, buffers: dict[Any, np.ndarray]) -> None:
@@ -158,50 +258,54 @@ class Pass2:
         self, ref: BlockRef, base: np.ndarray, fts: tuple[np.ndarray, ...], buffers: dict[Any, np.ndarray]
     ) -> None:
         """Merge a block from its inputs ``base`` and ``fts`` (kernel encoding) and queue its write."""
-        name = ref.tensor.name
         storage = _out_storage(ref.tensor.out_dtype)
         if ("alt", storage) not in buffers:
-            buffers[("alt", storage)] = np.empty(self.open_capacity, storage)
+            buffers[("alt", storage)] = np.empty(self.block.open_capacity, storage)
         buffer = self.writes.buffer(storage)
         out = buffer[: ref.stop - ref.start]
-        key = self.key(name)
         votes = self.votes[ref.ordinal]
-        votes[:] = 0
         row = self.kept[ref.ordinal]
         row[:] = 0
         kept = row if ref.ordinal in self.counted else row[:0]  # an empty row: the kernel counts nothing
-        # Open elements are recorded only where the majority sign is a guess that may need correcting.
-        capacity = self.open_capacity if key in self.guessed and not self.redoing else 0
-        at, alt = buffers["at"][:capacity], buffers[("alt", storage)][:capacity]
-        quota, sparsity = self.quotas[ref.ordinal], None
-        if self.sparsity is not None:
-            quota, sparsity = self.sparsity.block_args(ref, base, fts, quota)
-        bad = merge_kernel(
-            base,
-            fts,
-            self.thr[key],
-            quota,
-            self.weights(name),
-            self.lam,
-            self.zero_positive[key],
-            self.consensus,
-            self.normalize,
-            out,
-            votes,
-            kept,
-            at,
-            alt,
-            sparsity,
-        )
-        if bad >= 0:
-            message = self.inputs.describe_nonfinite(name, ref.start + bad, None, ref.tensor.out_dtype)
-            raise NonFiniteValueError(message)
+        at, alt = buffers["at"], buffers[("alt", storage)]
+        recorded, args = self.block.merge(ref, base, fts, out, votes, kept, at, alt, redoing=self.redoing)
         if self.report is not None:
-            self.report.add(ref, base, fts, self.thr[key], quota, self.weights(name), sparsity)
-        recorded = int(votes[2] - votes[3])
-        if recorded and not votes[3]:  # (a block with open elements not recorded is merged again)
+            self.report.add(ref, base, fts, args.thr, args.quota, args.weights, args.sparsity)
+        if recorded:  # (a block with open elements not recorded is merged again)
             self.patches.keep(ref.ordinal, at[:recorded], alt[:recorded])
         self.writes.submit(buffer, functools.partial(self._write, ref, out, votes, row, self.redoing))
+
+    def remote_part(self) -> RemotePart:
+        """This merge's part of a task a cluster's worker runs."""
+        return RemotePart(
+            self.block,
+            frozenset(self.counted),
+            self.sink.block_writer(),
+            self.report is not None,
+            self.report.signs.block_writer() if self.report is not None and self.report.signs is not None else None,
+        )
+
+    def collect(self, state: dict[str, Any], part: int) -> None:
+        """Take in what a cluster's task sent back for this merge (its ``part``): per block, the votes,
+        kept counts, recorded open elements and report counts; then journal each block (its write is done)."""
+        for ordinal, (ref, results) in state.get("blocks", {}).items():
+            result = results.get(part)
+            if result is None:
+                continue
+            self.votes[ordinal] = result.votes
+            self.kept[ordinal] = result.kept if result.kept.size else 0
+            if result.at is not None:
+                self.patches.keep(ordinal, result.at, result.alt)
+            if self.report is not None and result.report is not None:
+                self.report.accept(ref, result.report)
+            if self.journal is not None:
+                if self.redoing:
+                    self.journal.redone(ordinal)
+                else:
+                    self.journal.merged(ordinal, self.votes[ordinal, :3], self.kept[ordinal])
+        magnitudes = state.get("magnitudes", {}).get(part)
+        if self.report is not None and magnitudes is not None:
+            self.report.add_magnitudes(magnitudes)
 
     def _write(self, ref: BlockRef, out: np.ndarray, votes: np.ndarray, kept: np.ndarray, redoing: bool) -> None:
         """Write a merged block, then journal it (run by :class:`WriteQueue`'s writer thread)."""
@@ -224,6 +328,86 @@ class Pass2:
         self.sink.patch(ref.tensor.name, ref.start, ref.stop, at, alt)
         if self.journal is not None:
             self.journal.redone(ref.ordinal)
+
+
+@dataclass(frozen=True, slots=True)
+class RemotePart:
+    """One merge's part of a pass-2 task on a cluster's worker."""
+
+    block: BlockMerge
+    """How its blocks are merged."""
+    counted: frozenset[int]
+    """Blocks whose kept values are counted (checked against pass 1's counts)."""
+    writer: BlockWriter
+    """Where its output blocks go."""
+    report: bool
+    """Whether its interference statistics are counted (``--report``)."""
+    signs: BlockWriter | None
+    """Where its elected signs go (``--save-signs``), if anywhere."""
+
+
+@dataclass(frozen=True, slots=True)
+class BlockResult:
+    """What a worker sends back for one block of one merge (its output is written already)."""
+
+    votes: np.ndarray
+    """#S>0, #S<0, open elements, open elements not recorded."""
+    kept: np.ndarray
+    """Per model, the values kept (empty where not counted)."""
+    at: np.ndarray | None
+    """The recorded open elements' indices within the block, if any."""
+    alt: np.ndarray | None
+    """Their results under the other sign."""
+    report: tuple[np.ndarray, ...] | None
+    """The block's interference counts (``--report``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteMerge:
+    """A pass-2 task for a cluster's worker: a block's inputs read once, merged for every merge that
+    needs it, each output block written by the worker, and small values sent back in the worker's
+    ``state`` (``{"blocks": {ordinal: (ref, {part: BlockResult})}, "magnitudes": {part: histograms}}``)."""
+
+    inputs: MergeInputs
+    parts: tuple[RemotePart, ...]
+    needed: Mapping[int, tuple[int, ...]]
+    """By block ordinal, the parts that merge it."""
+    redoing: bool
+    """Blocks merged again with exact majority signs: nothing recorded."""
+
+    def __call__(self, ref: BlockRef, state: dict[str, Any]) -> None:
+        base, fts = self.inputs.block(ref.tensor.name, ref.start, ref.stop)
+        size = ref.stop - ref.start
+        storage = _out_storage(ref.tensor.out_dtype)
+        results: dict[int, BlockResult] = {}
+        for j in self.needed[ref.ordinal]:
+            part = self.parts[j]
+            block = part.block
+            out = np.empty(size, storage)
+            votes = np.zeros(4, np.int64)
+            kept = np.zeros(block.n if ref.ordinal in part.counted else 0, np.int64)
+            room = size if block.open_capacity else 0
+            at, alt = np.empty(room, np.int64), np.empty(room, storage)
+            recorded, args = block.merge(ref, base, fts, out, votes, kept, at, alt, redoing=self.redoing)
+            part.writer.write(ref.tensor.name, ref.start, out)
+            report = None
+            if part.report:
+                magnitudes = state.setdefault("magnitudes", {})
+                if j not in magnitudes:
+                    magnitudes[j] = magnitude_histogram(block.n)
+                counts = (args.thr, args.quota, args.weights, args.sparsity)
+                report, elected = count_block(ref, base, fts, *counts, magnitudes[j], part.signs is not None)
+                if part.signs is not None:
+                    part.signs.write(ref.tensor.name, ref.start, elected)
+            results[j] = BlockResult(
+                votes,
+                kept,
+                at[:recorded].copy() if recorded else None,
+                alt[:recorded].copy() if recorded else None,
+                report,
+            )
+        state.setdefault("blocks", {})[ref.ordinal] = (ref, results)
+        self.inputs.release(ref.tensor.name, ref.start, ref.stop)
 
 
 def run_pass2(
@@ -292,8 +476,18 @@ def run_pass2_shared(
                 inputs.base.release(tensor.name, start, stop)
                 if bar is not None:
                     bar.advance((stop - start) * tensor.in_dtypes[0].itemsize)
-            threads = jobs[0].plan.resources.threads
-            run_blocks(todo, task, dict, threads=threads, cost=lambda b: b.in_nbytes, progress=bar)
+            executor = runners[0].executor
+            if executor.remote:  # (each worker writes its blocks; the driver journals them as they come)
+                parts = tuple(runner.remote_part() for runner in runners)
+                remote = RemoteMerge(inputs, parts, {o: tuple(js) for o, js in needed.items()}, False)
+
+                def collect(state: dict[str, Any]) -> None:
+                    for j, runner in enumerate(runners):
+                        runner.collect(state, j)
+
+                executor.stream(todo, remote, dict, collect, cost=in_nbytes, progress=bar)
+            else:
+                run_blocks(todo, task, dict, threads=runners[0].threads, cost=in_nbytes, progress=bar)
             for runner in runners:
                 runner.writes.drain()
         results = []

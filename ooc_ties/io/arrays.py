@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import numpy as np
 
 from ooc_ties.chunk_grid import flat_selection
-from ooc_ties.errors import CheckpointFormatError, CheckpointNotFoundError
+from ooc_ties.errors import CheckpointFormatError, CheckpointNotFoundError, OptionError
 from ooc_ties.identity import SourceIdentity, store_identity
+from ooc_ties.io.reopen import reopened
 from ooc_ties.io.side_files import SideFile, SideFileLike, as_side_file
 from ooc_ties.io.zarr_format import FILES_GROUP, decode_files, dtype_of, is_zarr_array
 from ooc_ties.tensor import Tensor
@@ -112,6 +113,10 @@ class ArraySource:
         self._root = root
         self._closer = closer
         self._identity: SourceIdentity | None = None
+        self._opened_from: str | None = None
+        """The path or URL :meth:`open` opened (how a copy for another process opens it again)."""
+        self._group: zarr.Group | None = None
+        """The group :meth:`from_zarr` read (a copy for another process reads it through its store)."""
         for name in sorted(arrays):
             array = arrays[name]
             if not isinstance(name, str):
@@ -142,17 +147,21 @@ class ArraySource:
             raise CheckpointFormatError(
                 f"{label}: cannot read the group's arrays ({type(exc).__name__}: {exc})"
             ) from None
-        return cls(members, label, side_files=files, root=_local_root(group), closer=closer)
+        source = cls(members, label, side_files=files, root=_local_root(group), closer=closer)
+        source._group = group
+        return source
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> ArraySource:
         """A Zarr group at a local path, ``.zip`` file or fsspec URL (see :func:`open_zarr_group`)."""
         group, closer = open_zarr_group(path)
         try:
-            return cls.from_zarr(group, os.fspath(path), closer)
+            source = cls.from_zarr(group, os.fspath(path), closer)
         except BaseException:
             closer()
             raise
+        source._opened_from = os.fspath(path)
+        return source
 
     def __contains__(self, name: object) -> bool:
         return name in self._info
@@ -227,3 +236,25 @@ class ArraySource:
 
     def __repr__(self) -> str:
         return f"ArraySource({self.label!r}, {len(self.names)} arrays)"
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # A copy for another process (a cluster's worker) opens the store again there (:mod:`.reopen`);
+        # arrays in this process's memory cannot be read by another.
+        if self._opened_from is None and self._group is not None and not _in_memory(self._group):
+            return (ArraySource.from_zarr, (self._group, self.label))
+        if self._opened_from is None:
+            raise OptionError(
+                f"{self.label}: arrays in this process's memory cannot be read by a cluster's workers; "
+                "give the input as a path or URL every worker can open"
+            )
+        return (_reopen, (self._opened_from, self.identity()))
+
+
+def _reopen(spec: str, identity: SourceIdentity | None) -> ArraySource:
+    return reopened(ArraySource.open, spec, identity, ArraySource.identity)
+
+
+def _in_memory(group: zarr.Group) -> bool:
+    import zarr.storage
+
+    return isinstance(group.store, zarr.storage.MemoryStore)

@@ -17,6 +17,7 @@ import numpy as np
 
 from ooc_ties.errors import CheckpointFormatError, CheckpointNotFoundError
 from ooc_ties.identity import SourceIdentity
+from ooc_ties.io.reopen import reopened
 from ooc_ties.io.safetensors import SafetensorsFile, StoredTensor, pytorch_conversion
 from ooc_ties.io.side_files import SideFile, collect_side_files
 from ooc_ties.io.writer import INDEX_NAME
@@ -186,3 +187,11 @@ class Checkpoint:
 
     def __repr__(self) -> str:
         return f"Checkpoint({str(self.path)!r}, {len(self.names)} tensors in {len(self.files)} files)"
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # A copy for another process (a cluster's worker) maps the files again there (:mod:`.reopen`).
+        return (_reopen, (str(self.path), self.identity()))
+
+
+def _reopen(path: str, identity: SourceIdentity) -> Checkpoint:
+    return reopened(Checkpoint, path, identity, Checkpoint.identity)

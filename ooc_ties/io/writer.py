@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ooc_ties.errors import DiskSpaceError
+from ooc_ties.io.block_writer import FileRanges
 from ooc_ties.io.direct import BounceBuffer, DirectWriter, pwrite_all
 from ooc_ties.io.side_files import RECIPE_NAME, SideFile, SideFileLike, as_side_file, clashes_with_output
 from ooc_ties.io.staging import StagedDirectory, fsync_dir
@@ -193,6 +194,13 @@ class ShardWriter:
         for index, value in zip(at.tolist(), values, strict=True):
             self.write(name, start + index, value.reshape(1))
 
+    def block_writer(self) -> FileRanges:
+        """What writes blocks of this file from another process (a cluster's worker): its tensors'
+        offsets, for ``pwrite`` through a descriptor of the worker's own."""
+        return FileRanges(
+            {name: (str(self.path), offset, self.specs[name].dtype.itemsize) for name, offset in self.offsets.items()}
+        )
+
     def sync(self) -> None:
         """Wait until the data written so far is on disk."""
         if self._fd >= 0:
@@ -275,6 +283,10 @@ class SafetensorsOutput:
     def patch(self, name: str, start: int, stop: int, at: np.ndarray, values: np.ndarray) -> None:
         """Overwrite single elements ``start + at`` of ``name`` (a few, scattered: one write each)."""
         self._writers[name].patch(name, start, at, values)
+
+    def block_writer(self) -> FileRanges:
+        """What writes blocks of every shard from another process (a cluster's worker)."""
+        return FileRanges({name: place for w in self._files for name, place in w.block_writer().places.items()})
 
     def sync(self) -> None:
         """Wait until every block written so far is on disk."""

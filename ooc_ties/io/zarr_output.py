@@ -16,12 +16,12 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ooc_ties.chunk_grid import flat_selection
-from ooc_ties.errors import OutputPathError
+from ooc_ties.errors import OptionError, OutputPathError
+from ooc_ties.io.block_writer import ZarrChunks, zarr_block
 from ooc_ties.io.side_files import PIECE, SideFile, SideFileLike
 from ooc_ties.io.staging import StagedDirectory
 from ooc_ties.io.zarr_format import DTYPE_ATTRIBUTE, FILES_ATTRIBUTE, FILES_GROUP, RECIPE_ATTRIBUTE, encode_files
@@ -125,16 +125,22 @@ class ZarrOutput:
         array[selection] = block.reshape(block_shape)
 
     def _block(self, name: str, start: int, stop: int) -> tuple[tuple[int | slice, ...], tuple[int, ...]]:
-        shape = self._shapes[name]
-        found = flat_selection(shape, start, stop)
-        if found is None:
-            raise ValueError(f"elements [{start}, {stop}) of {name!r} are not one block")
-        selection = found[0]
-        block_shape: tuple[int, ...] = ()
-        if selection:
-            last = cast(slice, selection[-1])
-            block_shape = (last.stop - last.start, *shape[len(selection) :])
-        return selection, block_shape
+        return zarr_block(self._shapes[name], name, start, stop)
+
+    def block_writer(self) -> ZarrChunks:
+        """What writes whole blocks of this group from another process (a cluster's worker)."""
+        import zarr.storage
+
+        if isinstance(self.group.store, zarr.storage.MemoryStore):
+            raise OptionError(
+                f"{self.location}: a Zarr group in this process's memory cannot be written by a cluster's workers"
+            )
+        return ZarrChunks(
+            self.group.store,
+            self.group.path,
+            dict(self._shapes),
+            {name: storage.str for name, storage in self._storage.items()},
+        )
 
     def sync(self) -> None:
         """Wait until every block written so far is on disk (a local store only)."""

@@ -52,12 +52,17 @@ def equal_counts(
     """Per pattern array, ``(len(blocks), models)``: the values equal to each model's pattern (``-1``:
     not counted), per block of the group; every pattern array in the same read."""
     rows = {ref.ordinal: row for row, ref in enumerate(blocks)}
-    out = [np.zeros((len(blocks), scan.n), np.int64) for _ in patterns]
+    n = scan.n
 
-    def work(ref: BlockRef, base: np.ndarray, fts: tuple[np.ndarray, ...], _: None) -> None:
-        for pattern, counts in zip(patterns, out, strict=True):
+    def work(ref: BlockRef, base: np.ndarray, fts: tuple[np.ndarray, ...], found: dict[int, np.ndarray]) -> None:
+        counts = found[ref.ordinal] = np.zeros((len(patterns), n), np.int64)  # (each block's own row)
+        for pattern, row in zip(patterns, counts, strict=True):
             if (pattern >= 0).any():
-                count_equal(base, fts, pattern, counts[rows[ref.ordinal]])
+                count_equal(base, fts, pattern, row)
 
-    scan.run(label, blocks, work, lambda: None)
+    out = [np.zeros((len(blocks), n), np.int64) for _ in patterns]
+    for state in scan.run(label, blocks, work, dict):
+        for ordinal, counts in state.items():
+            for p, row in enumerate(counts):
+                out[p][rows[ordinal]] = row
     return out

@@ -18,6 +18,7 @@ import numpy as np
 
 from ooc_ties.blocks import GLOBAL, BlockRef, group_blocks, plan_blocks
 from ooc_ties.config import RescaleRule
+from ooc_ties.executor import executor_for
 from ooc_ties.inputs import MergeInputs
 from ooc_ties.methods import Sparsify
 from ooc_ties.pass1.costs import group_reads, records_open_elements
@@ -83,7 +84,7 @@ def compute_thresholds_shared(
     errors: list[BaseException | None] = [None] * len(plans)
     total = max(_expected_reads(plan, False) for plan in plans)
     with progress_bar(progress, "pass 1/2: thresholds (shared)", total) as bar:
-        shared = SharedReads(inputs, plans[0].resources.threads, len(plans), bar)
+        shared = SharedReads(inputs, executor_for(plans[0].resources), len(plans), bar)
         shared.plan(total)
 
         def party(i: int) -> None:

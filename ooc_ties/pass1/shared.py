@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ooc_ties.blocks import BlockRef
+from ooc_ties.executor import Executor
 from ooc_ties.inputs import MergeInputs
-from ooc_ties.pass1.scan import BlockWork, Reader
+from ooc_ties.pass1.scan import BlockWork, Reader, in_nbytes
 from ooc_ties.progress import Progress
-from ooc_ties.schedule import run_blocks
 
 __all__ = ["SharedReads"]
 
@@ -47,6 +47,28 @@ class _Request:
     done: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class _UnionRead:
+    """One round's task: a block's inputs read once, and every party that asked for it runs its work on
+    them, into a state of its own (a worker's ``{party: state}``). It pickles, for a cluster's workers."""
+
+    inputs: MergeInputs
+    wanted: dict[int, list[tuple[int, BlockRef]]]
+    """By block ordinal: the parties that asked for it, each with its own ``BlockRef``."""
+    works: dict[int, tuple[BlockWork, Callable[[], Any]]]
+    """By party: its work and state factory."""
+
+    def __call__(self, head: BlockRef, states: dict[int, Any]) -> None:
+        base, fts = self.inputs.block(head.tensor.name, head.start, head.stop)
+        for party, ref in self.wanted[head.ordinal]:
+            work, new_state = self.works[party]
+            state = states.get(party)
+            if state is None:
+                state = states[party] = new_state()
+            work(ref, base, fts, state)
+        self.inputs.release(head.tensor.name, head.start, head.stop)
+
+
 class SharedReads:
     """Serves the reads of ``parties`` pass-1 runs over the same ``inputs`` together (module docstring).
 
@@ -54,9 +76,9 @@ class SharedReads:
     failure); the driver calls :meth:`serve` until every party has left.
     """
 
-    def __init__(self, inputs: MergeInputs, threads: int, parties: int, bar: Progress | None) -> None:
+    def __init__(self, inputs: MergeInputs, executor: Executor, parties: int, bar: Progress | None) -> None:
         self.inputs = inputs
-        self.threads = threads
+        self.executor = executor
         self.bar = bar
         self.bytes_read = 0
         """Input bytes read: each block once per round, however many parties asked for it."""
@@ -144,16 +166,8 @@ class SharedReads:
             self._planned = self.bytes_read + nbytes
         self.bytes_read += nbytes
 
-        def task(head: BlockRef, states: dict[int, Any]) -> None:
-            base, fts = self.inputs.block(head.tensor.name, head.start, head.stop)
-            for party, ref in wanted[head.ordinal]:
-                state = states.get(party)
-                if state is None:
-                    state = states[party] = batch[party].new_state()
-                batch[party].work(ref, base, fts, state)
-            self.inputs.release(head.tensor.name, head.start, head.stop)
-
-        workers = run_blocks(first, task, dict, threads=self.threads, cost=lambda b: b.in_nbytes, progress=self.bar)
+        task = _UnionRead(self.inputs, wanted, {p: (r.work, r.new_state) for p, r in batch.items()})
+        workers = self.executor.map(first, task, dict, cost=in_nbytes, progress=self.bar)
         for party, request in batch.items():
             request.states = [w[party] for w in workers if party in w]
 

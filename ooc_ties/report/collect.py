@@ -20,7 +20,7 @@ from ooc_ties.pass1.thresholds import Thresholds
 from ooc_ties.plan import MergePlan
 from ooc_ties.report.signs import SignFile
 
-__all__ = ["Collector", "TensorStats"]
+__all__ = ["Collector", "TensorStats", "count_block"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +58,26 @@ class TensorStats:
     """``sum |v|`` of the kept values that disagree with the elected sign (the disjoint mean drops them)."""
 
 
+def count_block(
+    ref: BlockRef,
+    base: np.ndarray,
+    fts: tuple[np.ndarray, ...],
+    thr: np.ndarray,
+    quota: np.ndarray,
+    weights: np.ndarray,
+    sparsity: object,
+    magnitudes: np.ndarray,
+    signs: bool,
+) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+    """One block's interference counts (fresh outputs of :func:`interference`), added into the worker's
+    ``magnitudes``; and its elected signs if ``signs`` (else an empty array). A pure function of the
+    block: a cluster's worker runs it beside the block's merge."""
+    outputs = interference_outputs(len(fts))
+    elected = np.zeros(ref.stop - ref.start if signs else 0, np.int8)
+    interference(base, fts, thr, quota, weights, sparsity, ref.start, magnitudes, elected, *outputs)
+    return outputs, elected
+
+
 class Collector:
     """Interference statistics of every block of one merge (see the module docstring)."""
 
@@ -85,15 +105,23 @@ class Collector:
         magnitudes = getattr(self._local, "magnitudes", None)
         if magnitudes is None:  # one per worker: integer counts add up the same in any order
             magnitudes = self._local.magnitudes = magnitude_histogram(self.n)
-            with self._lock:
-                self._magnitudes.append(magnitudes)
-        outputs = interference_outputs(self.n)
-        elected = np.zeros(ref.stop - ref.start if self.signs is not None else 0, np.int8)
-        interference(base, fts, thr, quota, weights, sparsity, ref.start, magnitudes, elected, *outputs)
-        with self._lock:
-            self._blocks[ref.ordinal] = (ref, outputs)
+            self.add_magnitudes(magnitudes)
+        outputs, elected = count_block(
+            ref, base, fts, thr, quota, weights, sparsity, magnitudes, self.signs is not None
+        )
+        self.accept(ref, outputs)
         if self.signs is not None:
             self.signs.write(ref.tensor.name, ref.start, elected)
+
+    def accept(self, ref: BlockRef, outputs: tuple[np.ndarray, ...]) -> None:
+        """Keep one block's counts (:func:`count_block`'s, from this process or a cluster's worker)."""
+        with self._lock:
+            self._blocks[ref.ordinal] = (ref, outputs)
+
+    def add_magnitudes(self, magnitudes: np.ndarray) -> None:
+        """Add a worker's magnitude histograms (kept by reference: a local worker goes on adding to them)."""
+        with self._lock:
+            self._magnitudes.append(magnitudes)
 
     def magnitudes(self) -> np.ndarray:
         """Per model, the counts of ``|tau|`` per high-bits bin over every :data:`MAGNITUDE_STRIDE`-th

@@ -19,6 +19,7 @@ import numpy as np
 from ooc_ties.config import MergeOptions
 from ooc_ties.dtypes import I8
 from ooc_ties.errors import OutputPathError
+from ooc_ties.io.block_writer import FileRanges
 from ooc_ties.io.writer import ShardWriter
 from ooc_ties.tensor import Tensor
 
@@ -49,6 +50,10 @@ class SignFile:
     def write(self, name: str, start: int, signs: np.ndarray) -> None:
         """Write the elected signs of elements ``start...`` of tensor ``name`` (any thread)."""
         self._writer.write(name, start, signs)
+
+    def block_writer(self) -> FileRanges:
+        """What writes blocks of signs from another process (a cluster's worker)."""
+        return self._writer.block_writer()
 
     def commit(self) -> Path:
         """Close the file and move it into place."""

@@ -1,0 +1,248 @@
+"""Running a merge's block tasks on a Dask cluster (``--cluster``, ``Resources(cluster=...)``).
+
+The driver (the process that called :func:`~ooc_ties.merge.merge`) plans, keeps the journal, corrects
+majority signs and publishes; the cluster's workers read the input blocks themselves (from paths or
+URLs every worker can open), run the same kernels, write their output blocks themselves (into the
+staged output on a shared file system, or a Zarr store), and send back only small values: histogram
+counts, votes, kept counts, a block's open elements. Input and output blocks never travel through the
+scheduler or the driver.
+
+A task that fails because its worker died runs again on another worker (Dask retries it), and writes
+the same bytes: every task is a pure function of its block and parameters. docs/distributed.md has the
+whole picture.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ooc_ties.errors import ClusterError, OocTiesError, OptionError
+from ooc_ties.progress import Progress
+
+if TYPE_CHECKING:
+    from ooc_ties.config import Resources
+
+__all__ = ["DaskExecutor", "connected", "parse_cluster"]
+
+logger = logging.getLogger(__name__)
+
+Item = TypeVar("Item")
+State = TypeVar("State")
+
+_SCHEMES = ("tcp://", "tls://", "ws://", "wss://", "ucx://", "inproc://")
+
+CONNECT_TIMEOUT = 30
+"""Seconds to wait for a scheduler before giving up with a one-line error."""
+
+TASKS_PER_THREAD = 4
+"""Batches per worker thread in one read: enough to balance the load, few enough that each batch's
+round trip to the scheduler (a few milliseconds) stays small beside its work."""
+
+BATCH_BYTES = 512 * 1024**2
+"""Largest input bytes of one batch, so that a batch lost with its worker costs little to run again."""
+
+
+def parse_cluster(value: str) -> str:
+    """Check a ``--cluster`` value: ``local``, ``local:N`` (a local cluster of N worker processes) or a
+    scheduler address (``tcp://host:port``, ``tls://...``)."""
+    text = value.strip()
+    if text == "local" or text.startswith("local:"):
+        count = text.partition(":")[2]
+        if count and not (count.isdigit() and int(count) > 0):
+            raise OptionError(f"--cluster {value!r}: expected local:N with N a positive number of workers")
+        return text
+    if text.startswith(_SCHEMES):
+        return text
+    raise OptionError(
+        f"--cluster {value!r}: expected a scheduler address (tcp://host:8786) or local:N "
+        "(a local cluster of N worker processes)"
+    )
+
+
+def _distributed() -> Any:
+    try:
+        import distributed
+    except ImportError:
+        raise OptionError("running on a Dask cluster needs the dask extra: pip install 'ooc-ties[dask]'") from None
+    return distributed
+
+
+@contextmanager
+def connected(resources: Resources) -> Iterator[Resources]:
+    """``resources`` with their cluster connected: an address becomes a ``distributed.Client`` for the
+    duration (a ``local:N`` cluster is started, and stopped after); a client or ``None`` passes through."""
+    cluster = resources.cluster
+    if not isinstance(cluster, str):
+        yield resources
+        return
+    distributed = _distributed()
+    spec = parse_cluster(cluster)
+    local = None
+    try:
+        if spec.startswith("local"):
+            workers = int(spec.partition(":")[2] or os.cpu_count() or 1)
+            # One thread per worker process: a worker's memory is then one block task's (the plan's
+            # per-thread share of the budget), and the processes use the cores.
+            local = distributed.LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                memory_limit=0,
+            )
+            client = distributed.Client(local, set_as_default=False)
+        else:
+            client = distributed.Client(spec, timeout=CONNECT_TIMEOUT, set_as_default=False)
+    except (OSError, TimeoutError) as exc:
+        if local is not None:
+            local.close()
+        raise ClusterError(f"--cluster {cluster}: cannot reach the scheduler ({type(exc).__name__}: {exc})") from None
+    try:
+        logger.info("cluster %s: %s", spec, DaskExecutor.of(client).description)
+        yield replace(resources, cluster=client)
+    finally:
+        client.close()
+        if local is not None:
+            local.close()
+
+
+@dataclass(frozen=True, slots=True)
+class _Accumulate:
+    """A batch of a read on a worker: one fresh accumulator, every item's task added into it."""
+
+    task: Callable[[Any, Any], None]
+    new_state: Callable[[], Any]
+
+    def __call__(self, items: Sequence[Any]) -> Any:
+        state = self.new_state()
+        for item in items:
+            self.task(item, state)
+        return state
+
+
+def _call(runner: Callable[[Sequence[Any]], Any], items: Sequence[Any]) -> Any:
+    return runner(items)
+
+
+class DaskExecutor:
+    """Runs block tasks on the cluster behind a ``distributed.Client``."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.returned_bytes = 0
+        """Bytes of the values the tasks sent back to the driver (Dask's size estimate)."""
+
+    @classmethod
+    def of(cls, client: Any) -> DaskExecutor:
+        distributed = _distributed()
+        if not isinstance(client, distributed.Client):
+            raise OptionError(
+                f"cluster: expected a distributed.Client or an address string, got {type(client).__name__}"
+            )
+        return cls(client)
+
+    @property
+    def remote(self) -> bool:
+        return True
+
+    @property
+    def threads(self) -> int:
+        """Worker threads in the cluster now."""
+        workers = self.client.scheduler_info().get("workers", {})
+        return max(1, sum(int(w.get("nthreads", 1)) for w in workers.values()))
+
+    @property
+    def description(self) -> str:
+        workers = self.client.scheduler_info().get("workers", {})
+        return f"{len(workers)} worker(s), {self.threads} thread(s), scheduler {self.client.scheduler.address}"
+
+    def map(
+        self,
+        items: Sequence[Item],
+        task: Callable[[Item, State], None],
+        new_state: Callable[[], State],
+        *,
+        cost: Callable[[Item], int],
+        progress: Progress | None,
+    ) -> list[State]:
+        states: list[State] = []
+        self._run(_Accumulate(task, new_state), items, cost, progress, lambda batch, state: states.append(state))
+        return states
+
+    def stream(
+        self,
+        items: Sequence[Item],
+        task: Callable[[Item, State], None],
+        new_state: Callable[[], State],
+        collect: Callable[[State], None],
+        *,
+        cost: Callable[[Item], int],
+        progress: Progress | None,
+    ) -> None:
+        self._run(_Accumulate(task, new_state), items, cost, progress, lambda batch, state: collect(state))
+
+    def _batches(self, items: Sequence[Item], cost: Callable[[Item], int]) -> list[list[Item]]:
+        """Consecutive items in batches of about equal cost: ``TASKS_PER_THREAD`` per worker thread, none
+        over ``BATCH_BYTES`` (unless one item is)."""
+        total = sum(cost(item) for item in items)
+        target = max(1, min(BATCH_BYTES, -(-total // (TASKS_PER_THREAD * self.threads))))
+        batches: list[list[Item]] = []
+        current: list[Item] = []
+        size = 0
+        for item in items:
+            if current and size + cost(item) > target:
+                batches.append(current)
+                current, size = [], 0
+            current.append(item)
+            size += cost(item)
+        if current:
+            batches.append(current)
+        return batches
+
+    def _run(
+        self,
+        runner: Callable[[Sequence[Any]], Any],
+        items: Sequence[Any],
+        cost: Callable[[Any], int],
+        progress: Progress | None,
+        done: Callable[[Sequence[Any], Any], None],
+    ) -> None:
+        if not items:
+            return
+        distributed = _distributed()
+        import cloudpickle
+        from dask.sizeof import sizeof
+
+        try:
+            cloudpickle.dumps(runner)  # (a clear error here, not a serialisation failure on the scheduler)
+        except OocTiesError:
+            raise
+        except (pickle.PicklingError, TypeError, AttributeError, ValueError) as exc:
+            raise OptionError(f"this merge cannot run on a cluster: its tasks do not pickle ({exc})") from None
+        batches = self._batches(items, cost)
+        [shipped] = self.client.scatter([runner], broadcast=True, hash=False)
+        futures = {self.client.submit(_call, shipped, batch, pure=False): batch for batch in batches}
+        finished = False
+        try:
+            for future in distributed.as_completed(list(futures), loop=self.client.loop):
+                if future.status == "error":
+                    error = future.exception()
+                    raise error
+                result = future.result()
+                self.returned_bytes += sizeof(result)
+                batch = futures[future]
+                done(batch, result)
+                if progress is not None:
+                    progress.advance(sum(cost(item) for item in batch))
+            finished = True
+        finally:
+            if not finished:  # (stop what is still running; finished futures are released with the dict)
+                self.client.cancel(list(futures), force=True)
+            futures.clear()
+            del shipped
