@@ -31,6 +31,9 @@ class Grids:
     """The hyperparameters swept (and those validation may choose from)."""
 
     ties_lambdas: tuple[float, ...] = _steps(0.8, 1.8, 0.1)  # the paper's range for TIES
+    # Added after the first run, which chose 0.8, the edge of the paper's range, on every seed: a separate
+    # row validated over 0.1-1.8 (the main rows keep the ranges fixed before the first run).
+    ties_low_lambdas: tuple[float, ...] = _steps(0.1, 0.7, 0.1)
     sum_lambdas: tuple[float, ...] = _steps(0.1, 1.0, 0.1)  # task arithmetic, dare_ties, breadcrumbs_ties
     ties_densities: tuple[float, ...] = (0.1, 0.2, 0.3)  # the paper's k in {10, 20, 30}%
     sparse_densities: tuple[float, ...] = (0.1, 0.2, 0.3, 0.5)  # dare_ties, breadcrumbs_ties
@@ -41,6 +44,7 @@ class Grids:
 FULL_GRIDS = Grids()
 SMOKE_GRIDS = Grids(
     ties_lambdas=(1.0,),
+    ties_low_lambdas=(0.5,),
     sum_lambdas=(0.4, 1.0),
     ties_densities=(0.2,),
     sparse_densities=(0.5,),
@@ -58,6 +62,7 @@ class Family:
     density: float | None = None  # a fixed density (the paper's default), else validated
     lam: float | None = None  # a fixed lambda, else validated
     densities: tuple[float, ...] | None = None  # the densities validation may choose from
+    extra_calls: tuple[str, ...] = ()  # more grid calls whose points validation may choose from
 
 
 def families(g: Grids) -> list[Family]:
@@ -67,6 +72,12 @@ def families(g: Grids) -> list[Family]:
         Family("task_arithmetic (validated)", "task_arithmetic"),
         Family("ties paper (d 0.2, lambda 1, paper default)", "ties_paper", density=0.2, lam=1.0),
         Family("ties paper (validated)", "ties_paper", densities=g.ties_densities),
+        Family(
+            "ties paper (validated, lambda from 0.1; added after the first run)",
+            "ties_paper",
+            densities=g.ties_densities,
+            extra_calls=("ties_paper_low",),
+        ),
         Family("ties mergekit (d 0.2, lambda 1)", "ties_mergekit", density=0.2, lam=1.0),
         Family("ties mergekit (validated)", "ties_mergekit", densities=g.ties_densities),
         Family("dare_ties (validated)", "dare_ties"),
@@ -79,6 +90,7 @@ def main_calls(g: Grids) -> list[GridCall]:
         GridCall("linear", "linear"),
         GridCall("task_arithmetic", "task_arithmetic", lambdas=g.sum_lambdas),
         GridCall("ties_paper", "ties", "paper", g.ties_lambdas, sorted({*g.ties_densities, *g.ablation_densities})),
+        GridCall("ties_paper_low", "ties", "paper", g.ties_low_lambdas, g.ties_densities),
         GridCall("ties_mergekit", "ties", "mergekit", g.ties_lambdas, g.ties_densities),
         GridCall("dare_ties", "dare_ties", "paper", g.sum_lambdas, g.sparse_densities),
         GridCall("breadcrumbs_ties", "breadcrumbs_ties", "paper", g.sum_lambdas, g.sparse_densities),
@@ -202,7 +214,8 @@ def evaluate_main(run: SeedRun, grids: dict[str, list[Point]]) -> tuple[dict[str
     """The table's rows, and TIES' (paper) density curve at its validated lambda."""
     rows = {}
     for fam in families(run.grids):
-        rows[fam.label] = _report_point(run, select(run, grids[fam.call], fam, run.names), run.names)
+        points = [p for c in (fam.call, *fam.extra_calls) for p in grids[c]]
+        rows[fam.label] = _report_point(run, select(run, points, fam, run.names), run.names)
     lam = rows["ties paper (validated)"]["lambda"]
     curve = {}
     for d in run.grids.ablation_densities:
@@ -251,6 +264,17 @@ def check_zero_weights(run: SeedRun) -> float:
     return max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
 
 
+def task_vector_zero_share(run: SeedRun) -> dict[str, float]:
+    """Per task, the share of backbone parameters the fine-tuning left exactly unchanged (dead ReLU units
+    get no gradient): a trim to a density above 1 - share removes only zeros."""
+    base = load_file(str(run.work / "base" / "model.safetensors"))
+    out = {}
+    for name, folder in zip(run.names, _finetuned(run), strict=True):
+        ft = load_file(str(folder / "model.safetensors"))
+        out[name] = sum(int((ft[k] == base[k]).sum()) for k in base) / sum(v.size for v in base.values())
+    return out
+
+
 def run_seed(seed: int, n_tasks: int, sizes: data.Sizes, grids: Grids, work: Path) -> dict[str, Any]:
     """Everything for one seed; the merged models are deleted once evaluated."""
     if work.exists():
@@ -271,6 +295,7 @@ def run_seed(seed: int, n_tasks: int, sizes: data.Sizes, grids: Grids, work: Pat
     sub_rows = evaluate_subsets(run, sub_grids, subsets)
     run.timings["eval_s"] += time.perf_counter() - t0
     zero_weight_diff = check_zero_weights(run)
+    zero_share = task_vector_zero_share(run)
     run.timings["total_s"] = time.perf_counter() - start
     for sub in ("merged", "subsets", "check"):
         shutil.rmtree(work / sub)
@@ -281,5 +306,6 @@ def run_seed(seed: int, n_tasks: int, sizes: data.Sizes, grids: Grids, work: Pat
         "density": density,
         "n_tasks": sub_rows,
         "zero_weight_subset_max_abs_diff": zero_weight_diff,
+        "task_vector_zero_share": zero_share,
         "timings": run.timings,
     }

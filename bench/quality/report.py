@@ -61,6 +61,7 @@ def summarise(seeds: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
     out["density_lambdas"] = [s["density"]["lambda"] for s in seeds]
     out["n_tasks"] = _summarise_subsets(seeds)
+    out["task_vector_zero_share"] = _ms([_avg(s["task_vector_zero_share"]) for s in seeds])
     return out
 
 
@@ -223,6 +224,11 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
             "0.2), normalised test accuracy in %:",
             "",
             table_curves(summary),
+            "",
+            f"Share of backbone parameters left exactly unchanged by fine-tuning (mean over tasks): "
+            f"{_pct(summary['task_vector_zero_share'])}%.",
+            "",
+            "Notes of this run: " + ("; ".join(meta["notes"]) if meta["notes"] else "none") + ".",
             "",
             END,
         ]
