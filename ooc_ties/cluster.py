@@ -104,9 +104,16 @@ def connected(resources: Resources) -> Iterator[Resources]:
             local.close()
         raise ClusterError(f"--cluster {cluster}: cannot reach the scheduler ({type(exc).__name__}: {exc})") from None
     try:
-        logger.info("cluster %s: %s", spec, DaskExecutor.of(client).description)
+        executor = DaskExecutor.of(client)
+        logger.info("cluster %s: %s", spec, executor.description)
         yield replace(resources, cluster=client)
+        logger.info(
+            "cluster: %d bytes of tasks sent to the workers, %d bytes of results sent back",
+            executor.task_bytes,
+            executor.returned_bytes,
+        )
     finally:
+        _EXECUTORS.pop(id(client), None)
         client.close()
         if local is not None:
             local.close()
@@ -130,6 +137,9 @@ def _call(runner: Callable[[Sequence[Any]], Any], items: Sequence[Any]) -> Any:
     return runner(items)
 
 
+_EXECUTORS: dict[int, DaskExecutor] = {}
+
+
 class DaskExecutor:
     """Runs block tasks on the cluster behind a ``distributed.Client``."""
 
@@ -137,15 +147,21 @@ class DaskExecutor:
         self.client = client
         self.returned_bytes = 0
         """Bytes of the values the tasks sent back to the driver (Dask's size estimate)."""
+        self.task_bytes = 0
+        """Bytes of the pickled tasks sent to the workers (once per read, to each worker)."""
 
     @classmethod
     def of(cls, client: Any) -> DaskExecutor:
+        """The executor of ``client`` (one per client, so that its byte counts cover a whole merge)."""
         distributed = _distributed()
         if not isinstance(client, distributed.Client):
             raise OptionError(
                 f"cluster: expected a distributed.Client or an address string, got {type(client).__name__}"
             )
-        return cls(client)
+        found = _EXECUTORS.get(id(client))
+        if found is None or found.client is not client:
+            found = _EXECUTORS[id(client)] = cls(client)
+        return found
 
     @property
     def remote(self) -> bool:
@@ -219,8 +235,8 @@ class DaskExecutor:
         import cloudpickle
         from dask.sizeof import sizeof
 
-        try:
-            cloudpickle.dumps(runner)  # (a clear error here, not a serialisation failure on the scheduler)
+        try:  # (a clear error here, not a serialisation failure on the scheduler)
+            self.task_bytes += len(cloudpickle.dumps(runner)) * len(self.client.scheduler_info().get("workers", {}))
         except OocTiesError:
             raise
         except (pickle.PicklingError, TypeError, AttributeError, ValueError) as exc:

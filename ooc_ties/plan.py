@@ -147,7 +147,20 @@ class MergePlan:
             f"disk needed: {_human(self.output_bytes)} (plus headers and config files"
             + (", and records of open elements beyond the memory budget's share)" if o.majority_vote else ")"),
         ]
+        if self.resources.cluster is not None:
+            lines.append(
+                f"cluster: each worker thread needs about {_human(self.worker_memory_estimate)} "
+                "(one block's inputs, outputs and accumulators); the driver keeps the per-block counts, "
+                "the open-element records and the journal"
+            )
         return "\n".join(lines)
+
+    @property
+    def worker_memory_estimate(self) -> int:
+        """What one task of a cluster's worker allocates at most: pass 1's accumulators for one thread,
+        and one block's working set with its copies of the output and open-element records."""
+        out_bytes = max((t.out_dtype.itemsize for t in self.merged), default=4)
+        return pass1_memory(self.n_models, 1) + self.block_elements * (self.work_bytes_per_element + 8 + out_bytes)
 
     def _describe_reads(self) -> str:
         """The reads pass 1 expects and the most it may make, over this plan's groups, and pass 2's."""

@@ -176,11 +176,13 @@ def ratios(m: Measured, summary: dict[str, dict[str, Any]]) -> dict[str, Any]:
     out["methods"] = method_rows(m, summary)
     out["grid_over_one_merge"] = grid_rows(m, summary)
     out["report_over_one_merge"] = grid_rows(m, summary, "ooc-report")
+    out["cluster_over_one_merge"] = grid_rows(m, summary, "ooc-cluster")
     return out
 
 
 def grid_rows(m: Measured, summary: dict[str, dict[str, Any]], kind: str = "ooc-grid") -> dict[str, dict[str, Any]]:
-    """Per grid variant (or ``report`` variant, with ``kind="ooc-report"``), against the one merge of the same
+    """Per grid variant (or ``report``/``cluster`` variant: ``kind="ooc-report"``/``"ooc-cluster"``),
+    against the one merge of the same
     preset, threads and budget measured in the same run (None where either has no successful run): the ratio of
     median walls (and the median of per-round ratios), that ratio per merge of the grid, and the ratios of peak
     RSS, peak RssAnon and cold reads."""

@@ -8,7 +8,8 @@ as the yardstick. ``--variant`` strings name them (``parse_variant``), ``--metho
 (``method_specs``); ``DEFAULTS`` and ``SCALING_DEFAULTS`` are what runs without any. ``grid[:THREADS]`` is a
 grid of merges in one command (``GRID_DENSITIES`` x ``GRID_LAMBDAS``, the ``paper`` preset), reported beside
 the one merge of the same preset and thread count; so is ``report[:THREADS]``, one ``paper`` merge that also writes
-its interference report (``--report WORKDIR/report-out``).
+its interference report (``--report WORKDIR/report-out``), and ``cluster[:N]``, one ``paper`` merge on
+``--cluster local:N``.
 """
 
 from __future__ import annotations
@@ -108,6 +109,8 @@ class Variant:
             what += f"-grid{len(GRID_DENSITIES)}x{len(GRID_LAMBDAS)}"
         if self.kind == "ooc-report":
             what += "+report"
+        if self.kind == "ooc-cluster":
+            what += f"+cluster-local:{self.threads}"
         return f"{what}/{t}" + (f"/{self.budget}" if self.budget else "")
 
     @property
@@ -121,7 +124,7 @@ class Variant:
 
     def args(self) -> list[str]:
         """ooc-ties' options: the preset (unless a config runs), the grid's lists, threads, budget."""
-        out = ["--preset", self.preset] if self.kind in ("ooc", "ooc-grid", "ooc-report") else []
+        out = ["--preset", self.preset] if self.kind in ("ooc", "ooc-grid", "ooc-report", "ooc-cluster") else []
         if self.kind == "ooc-grid":
             out += ["--density", _csv(GRID_DENSITIES), "--lambda", _csv(GRID_LAMBDAS)]
         if self.threads:
@@ -165,6 +168,10 @@ def _report_command(t: Tools, v: Variant, dirs: list[Path], dest: Path, extra: l
     return [*_ooc_command(t, v, dirs, dest, extra), "--report", str(t.work.report_out)]
 
 
+def _cluster_command(t: Tools, v: Variant, dirs: list[Path], dest: Path, extra: list[str]) -> list[str]:
+    return [*_ooc_command(t, v, dirs, dest, extra), "--cluster", f"local:{v.threads or 2}"]
+
+
 def _config_command(t: Tools, v: Variant, dirs: list[Path], dest: Path, extra: list[str]) -> list[str]:
     return [t.ooc, "merge", "--config", str(t.config(v)), "-o", str(dest), *extra, *v.args()]
 
@@ -196,6 +203,7 @@ KINDS: dict[str, Kind] = {
     "ooc": Kind(engine=True, fatal=True, writes_output=True, command=_ooc_command),
     "ooc-grid": Kind(engine=True, fatal=True, writes_output=True, command=_ooc_command),
     "ooc-report": Kind(engine=True, fatal=True, writes_output=True, command=_report_command),
+    "ooc-cluster": Kind(engine=True, fatal=True, writes_output=True, command=_cluster_command),
     "ooc-config": Kind(engine=True, fatal=False, writes_output=True, command=_config_command),
     "mergekit-yaml": Kind(engine=False, fatal=False, writes_output=True, command=_mergekit_command),
     "reference": Kind(engine=False, fatal=False, writes_output=False, command=_reference_command),
@@ -225,12 +233,15 @@ def parse_variant(text: str) -> Spec:
     is mergekit on that method's config; ``method:METHOD[:THREADS]`` is ooc-ties on it (``--config``);
     ``mergekit:N`` / ``mergekit:all`` are ooc-ties' mergekit preset; ``reference[:PRESET]`` is the in-RAM
     NumPy reference (default preset paper); ``grid[:THREADS]`` is the 3x3 grid of ``paper`` merges (``GRID_*``);
-    ``report[:THREADS]`` is one ``paper`` merge with ``--report``."""
+    ``report[:THREADS]`` is one ``paper`` merge with ``--report``; ``cluster[:N]`` is one ``paper`` merge on
+    ``--cluster local:N`` (N worker processes, default 2), beside the local merge with N threads."""
     preset, sep, threads = text.partition(":")
     if preset == "grid":
         return Spec("ooc-grid", "paper", _threads(text, threads))
     if preset == "report":
         return Spec("ooc-report", "paper", _threads(text, threads))
+    if preset == "cluster":
+        return Spec("ooc-cluster", "paper", _threads(text, threads) or 2)
     if preset == "mergekit-yaml" or (preset == "mergekit" and not sep):
         return Spec("mergekit-yaml", "mergekit", None, _method(text, threads) if threads else None)
     if preset == "method":
@@ -244,7 +255,8 @@ def parse_variant(text: str) -> Spec:
     if preset not in ("paper", "mergekit"):
         raise argparse.ArgumentTypeError(
             f"variant {text!r}: must be paper[:THREADS], mergekit:THREADS, mergekit (mergekit-yaml), "
-            "method:METHOD[:THREADS], mergekit-yaml:METHOD, grid[:THREADS], report[:THREADS] or reference[:PRESET]"
+            "method:METHOD[:THREADS], mergekit-yaml:METHOD, grid[:THREADS], report[:THREADS], cluster[:N] "
+            "or reference[:PRESET]"
         )
     return Spec("ooc", preset, _threads(text, threads))
 

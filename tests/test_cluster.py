@@ -1,0 +1,230 @@
+"""Merges on a Dask cluster (``--cluster``, ``Resources(cluster=...)``): a LocalCluster of two worker
+processes gives the bytes of the local engine, for every method, both output formats, grids and reports;
+a worker killed mid-merge changes nothing; a driver killed mid-merge resumes; bad clusters and inputs fail
+with one line. Skipped without the ``[dask]`` extra; most run with ``-m slow`` (each starts processes)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import tree_digest
+from test_methods import CASES
+
+pytest.importorskip("distributed", reason="the [dask] extra (dask, distributed) is not installed")
+
+import distributed
+
+from ooc_ties import PRESETS, Resources, merge
+from ooc_ties import cluster as cluster_module
+from ooc_ties.analyze import analyze
+from ooc_ties.cli import main
+from ooc_ties.errors import ClusterError, OptionError
+from ooc_ties.grid import name_points
+from ooc_ties.io.staging import staging_path
+from ooc_ties.merge import merge_grid
+
+Models = tuple[Path, list[Path]]
+BLOCK = 4096  # many blocks, so that the tasks spread over both workers
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[Any]:
+    """A LocalCluster of two single-threaded worker processes (as ``--cluster local:2`` starts)."""
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, memory_limit=0
+        ) as local,
+        distributed.Client(local, set_as_default=False) as connected,
+    ):
+        yield connected
+
+
+def _both(models: Models, root: Path, options: Any, client: Any, suffix: str = "", **kwargs: Any) -> tuple[str, str]:
+    base, fts = models
+    local = merge(base, fts, root / f"local{suffix}", options, Resources(max_block_elements=BLOCK), **kwargs)
+    remote = merge(
+        base, fts, root / f"cluster{suffix}", options, Resources(max_block_elements=BLOCK, cluster=client), **kwargs
+    )
+    assert local.output is not None and remote.output is not None
+    return tree_digest(local.output), tree_digest(remote.output)
+
+
+@pytest.mark.parametrize(
+    ("preset", "suffix"),
+    [
+        ("paper", ""),
+        pytest.param("paper", ".zarr", marks=pytest.mark.slow),
+        pytest.param("mergekit", "", marks=pytest.mark.slow),
+        pytest.param("mergekit", ".zarr", marks=pytest.mark.slow),
+    ],
+)
+def test_a_merge_on_a_cluster_gives_the_local_bytes(
+    tiny_models: Models, tmp_path: Path, client: Any, preset: str, suffix: str
+) -> None:
+    local, remote = _both(tiny_models, tmp_path, PRESETS[preset], client, suffix)
+    assert local == remote
+
+
+@pytest.mark.slow
+def test_every_method_on_a_cluster_gives_the_local_bytes(tiny_models: Models, tmp_path: Path, client: Any) -> None:
+    """Every method case of tests/test_methods.py, as one grid on the cluster (shared pass-1 reads, one
+    pass 2) against the same grid run locally: every file of every point identical."""
+    options = [case.values[0] for case in CASES]
+    base, fts = tiny_models
+    local = merge_grid(base, fts, tmp_path / "local", options, Resources(max_block_elements=BLOCK))
+    remote = merge_grid(base, fts, tmp_path / "cluster", options, Resources(max_block_elements=BLOCK, cluster=client))
+    for name in name_points(options):
+        assert tree_digest(tmp_path / "cluster" / name) == tree_digest(tmp_path / "local" / name), name
+    assert remote.bytes_read == local.bytes_read
+
+
+@pytest.mark.slow
+def test_a_report_and_signs_on_a_cluster_equal_the_local_ones(tiny_models: Models, tmp_path: Path, client: Any) -> None:
+    base, fts = tiny_models
+    for where, cluster in (("local", None), ("cluster", client)):
+        resources = Resources(max_block_elements=BLOCK, cluster=cluster)
+        merge(
+            base,
+            fts,
+            tmp_path / f"{where}-out",
+            PRESETS["paper"],
+            resources,
+            report=tmp_path / f"{where}-report",
+            save_signs=tmp_path / f"{where}.safetensors",
+        )
+        analyze(base, fts, tmp_path / f"{where}-analyze", PRESETS["mergekit"], resources)
+    for name in ("report.json", "tensors.csv"):
+        assert (tmp_path / "local-report" / name).read_bytes() == (tmp_path / "cluster-report" / name).read_bytes()
+        assert (tmp_path / "local-analyze" / name).read_bytes() == (tmp_path / "cluster-analyze" / name).read_bytes()
+    assert (tmp_path / "local.safetensors").read_bytes() == (tmp_path / "cluster.safetensors").read_bytes()
+
+
+@pytest.mark.slow
+def test_the_cli_runs_on_a_cluster_by_address(tiny_models: Models, tmp_path: Path, client: Any) -> None:
+    base, fts = tiny_models
+    args = ["merge", "--base", str(base), *map(str, fts), "--block-elements", str(BLOCK), "-q"]
+    main([*args, "-o", str(tmp_path / "local")])
+    main([*args, "-o", str(tmp_path / "cluster"), "--cluster", client.scheduler.address])
+    assert tree_digest(tmp_path / "local") == tree_digest(tmp_path / "cluster")
+
+
+class _KillOnce(distributed.WorkerPlugin):
+    """SIGKILLs the worker process that starts the ``after``-th task it runs, once per test (a marker
+    file remembers it across the restarted worker)."""
+
+    def __init__(self, marker: str, after: int) -> None:
+        self.marker = marker
+        self.after = after
+        self.started = 0
+
+    def transition(self, key: Any, start: str, finish: str, **kwargs: Any) -> None:
+        if finish != "executing":
+            return
+        self.started += 1
+        if self.started >= self.after and not os.path.exists(self.marker):
+            Path(self.marker).write_text(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_merge_gives_the_same_bytes(tiny_models: Models, tmp_path: Path) -> None:
+    """A worker process SIGKILLed while it runs a task: Dask runs the task again on a worker (the nanny
+    restarts the dead one), and the output is byte-identical to the local merge."""
+    marker = tmp_path / "killed"
+    base, fts = tiny_models
+    expected = merge(base, fts, tmp_path / "local", PRESETS["paper"], Resources(max_block_elements=1024))
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, memory_limit=0
+        ) as local,
+        distributed.Client(local, set_as_default=False) as connected,
+    ):
+        connected.register_plugin(_KillOnce(str(marker), after=3))
+        resources = Resources(max_block_elements=1024, cluster=connected)
+        result = merge(base, fts, tmp_path / "cluster", PRESETS["paper"], resources)
+    assert marker.exists()  # (a worker did die)
+    assert result.output is not None and expected.output is not None
+    assert tree_digest(result.output) == tree_digest(expected.output)
+
+
+_DRIVER = """
+import os, signal, sys
+from ooc_ties import PRESETS, Resources, merge
+address, share, out, base, *fts = sys.argv[1:]
+
+class KillingProgress:
+    # SIGKILLs this (the driver's) process once `share` of pass 2's bytes are done
+    def __init__(self, description, total):
+        self.done, self.at = 0, (float(share) * total if description.startswith("pass 2/2") else None)
+    def advance(self, nbytes):
+        self.done += nbytes
+        if self.at is not None and self.done >= self.at:
+            os.kill(os.getpid(), signal.SIGKILL)
+    def grow(self, nbytes):
+        pass
+    def close(self):
+        pass
+
+resources = Resources(max_block_elements=1024, cluster=address)
+merge(base, fts, out, PRESETS["paper"], resources, progress=KillingProgress, resume=True)
+raise SystemExit("pass 2 never reached " + share + " of its bytes")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("suffix", ["", ".zarr"])
+def test_a_driver_killed_mid_merge_resumes(tiny_models: Models, tmp_path: Path, client: Any, suffix: str) -> None:
+    """The driver SIGKILLed halfway through pass 2 (the cluster lives on): ``--resume`` on the cluster
+    finishes the merge, byte-identical to an uninterrupted one."""
+    base, fts = tiny_models
+    expected = merge(base, fts, tmp_path / f"local{suffix}", PRESETS["paper"], Resources(max_block_elements=1024))
+    out = tmp_path / f"cluster{suffix}"
+    command = [sys.executable, "-c", _DRIVER, client.scheduler.address, "0.5", str(out), str(base), *map(str, fts)]
+    killed = subprocess.run(command, capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert staging_path(out.absolute()).is_dir() and not out.exists()
+    client.run(lambda: None)  # (the dead driver's tasks have been released)
+    resources = Resources(max_block_elements=1024, cluster=client)
+    resumed = merge(base, fts, out, PRESETS["paper"], resources, resume=True)
+    assert resumed.resumed_blocks > 0
+    assert expected.output is not None
+    assert tree_digest(out) == tree_digest(expected.output)
+
+
+def test_an_unreachable_scheduler_is_one_line_and_writes_nothing(
+    tiny_models: Models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cluster_module, "CONNECT_TIMEOUT", 2)
+    base, fts = tiny_models
+    with pytest.raises(ClusterError, match=r"tcp://127\.0\.0\.1:9: cannot reach the scheduler"):
+        merge(base, fts, tmp_path / "out", PRESETS["paper"], Resources(cluster="tcp://127.0.0.1:9"))
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("local:0", "expected local:N with N a positive number"),
+        ("localhost:8786", "expected a scheduler address"),
+        ("http://x", "expected a scheduler address"),
+    ],
+)
+def test_bad_cluster_values_are_refused(value: str, message: str) -> None:
+    with pytest.raises(OptionError, match=message):
+        Resources(cluster=value)
+
+
+def test_inputs_in_memory_cannot_go_to_a_cluster(tmp_path: Path, client: Any) -> None:
+    base = {"w": np.zeros((64, 64), np.float32)}
+    ft = {"w": np.ones((64, 64), np.float32)}
+    with pytest.raises(OptionError, match="memory cannot be read by a cluster's workers"):
+        merge(base, [ft], tmp_path / "out", PRESETS["paper"], Resources(cluster=client))
+    assert not (tmp_path / "out").exists()
