@@ -26,6 +26,7 @@ from ooc_ties import PRESETS, Resources, merge
 from ooc_ties import cluster as cluster_module
 from ooc_ties.analyze import analyze
 from ooc_ties.cli import main
+from ooc_ties.convert import convert
 from ooc_ties.errors import ClusterError, OptionError
 from ooc_ties.grid import name_points
 from ooc_ties.io.staging import staging_path
@@ -84,6 +85,15 @@ def test_every_method_on_a_cluster_gives_the_local_bytes(tiny_models: Models, tm
     for name in name_points(options):
         assert tree_digest(tmp_path / "cluster" / name) == tree_digest(tmp_path / "local" / name), name
     assert remote.bytes_read == local.bytes_read
+
+
+@pytest.mark.slow
+def test_zarr_inputs_on_a_cluster_give_the_local_bytes(tiny_models: Models, tmp_path: Path, client: Any) -> None:
+    """Zarr groups as inputs travel to the workers as their paths (and reopen there)."""
+    base, fts = tiny_models
+    groups = [convert(m, tmp_path / f"{m.name}.zarr", block_elements=777).output for m in (base, *fts)]
+    local, remote = _both((groups[0], groups[1:]), tmp_path, PRESETS["paper"], client)
+    assert local == remote
 
 
 @pytest.mark.slow
