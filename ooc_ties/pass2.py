@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import threading
 import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from ooc_ties.kept_counts import check_kept, counted_blocks
 from ooc_ties.kernels.convert import decode_oracle
 from ooc_ties.kernels.report import magnitude_histogram
 from ooc_ties.kernels.ties import merge as merge_kernel
-from ooc_ties.open_elements import PATCH_SHARE, OpenElements
+from ooc_ties.open_elements import PATCH_SHARE, OpenElements, RecordFile, append_records
 from ooc_ties.outputs import Output
 from ooc_ties.pass1.run import Pass1Result
 from ooc_ties.pass1.thresholds import Thresholds
@@ -229,6 +230,7 @@ class Pass2:
         # per block and model: values the trim kept, checked against pass 1's counts (see _counted_blocks)
         self.kept = np.zeros((len(quotas), plan.n_models), np.int64)
         self.counted, self.by_sample = counted_blocks(plan, thresholds)
+        self.spill = job.spill
         self.patches = OpenElements(plan.resources.memory_budget // PATCH_SHARE, job.spill)
         self.redoing = False
         self.bytes_read = 0
@@ -283,6 +285,7 @@ class Pass2:
             self.sink.block_writer(),
             self.report is not None,
             self.report.signs.block_writer() if self.report is not None and self.report.signs is not None else None,
+            str(self.spill) if self.spill is not None else None,
         )
 
     def collect(self, state: dict[str, Any], part: int) -> None:
@@ -294,8 +297,10 @@ class Pass2:
                 continue
             self.votes[ordinal] = result.votes
             self.kept[ordinal] = result.kept if result.kept.size else 0
-            if result.at is not None:
+            if result.at is not None and result.alt is not None:
                 self.patches.keep(ordinal, result.at, result.alt)
+            elif result.record is not None:
+                self.patches.refer(ordinal, result.record)
             if self.report is not None and result.report is not None:
                 self.report.accept(ref, result.report)
             if self.journal is not None:
@@ -344,6 +349,9 @@ class RemotePart:
     """Whether its interference statistics are counted (``--report``)."""
     signs: BlockWriter | None
     """Where its elected signs go (``--save-signs``), if anywhere."""
+    records: str | None
+    """The folder the workers write their open-element records to (the staged output's state folder);
+    ``None``: they travel back with the results."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,6 +366,8 @@ class BlockResult:
     """The recorded open elements' indices within the block, if any."""
     alt: np.ndarray | None
     """Their results under the other sign."""
+    record: RecordFile | None
+    """Where the worker wrote them instead (``at`` and ``alt`` are then ``None``)."""
     report: tuple[np.ndarray, ...] | None
     """The block's interference counts (``--report``)."""
 
@@ -383,13 +393,16 @@ class RemoteMerge:
         for j in self.needed[ref.ordinal]:
             part = self.parts[j]
             block = part.block
-            out = np.empty(size, storage)
+            out = _scratch("out", size, storage)  # (written out before the next part reuses it)
             votes = np.zeros(4, np.int64)
             kept = np.zeros(block.n if ref.ordinal in part.counted else 0, np.int64)
             room = size if block.open_capacity else 0
-            at, alt = np.empty(room, np.int64), np.empty(room, storage)
+            at, alt = _scratch("at", room, np.dtype(np.int64)), _scratch("alt", room, storage)
             recorded, args = block.merge(ref, base, fts, out, votes, kept, at, alt, redoing=self.redoing)
             part.writer.write(ref.tensor.name, ref.start, out)
+            record = None
+            if recorded and part.records is not None:
+                record = append_records(part.records, at[:recorded], alt[:recorded])
             report = None
             if part.report:
                 magnitudes = state.setdefault("magnitudes", {})
@@ -399,15 +412,31 @@ class RemoteMerge:
                 report, elected = count_block(ref, base, fts, *counts, magnitudes[j], part.signs is not None)
                 if part.signs is not None:
                     part.signs.write(ref.tensor.name, ref.start, elected)
+            back = recorded and record is None
             results[j] = BlockResult(
                 votes,
                 kept,
-                at[:recorded].copy() if recorded else None,
-                alt[:recorded].copy() if recorded else None,
+                at[:recorded].copy() if back else None,
+                alt[:recorded].copy() if back else None,
+                record,
                 report,
             )
         state.setdefault("blocks", {})[ref.ordinal] = (ref, results)
         self.inputs.release(ref.tensor.name, ref.start, ref.stop)
+
+
+_SCRATCH = threading.local()
+
+
+def _scratch(name: str, size: int, dtype: np.dtype) -> np.ndarray:
+    """A worker thread's reusable buffer ``name`` of at least ``size`` elements of ``dtype`` (a fresh
+    buffer per block costs a page fault per page: six times the system time, measured on the 1b shape)."""
+    held: dict[tuple[str, str], np.ndarray] = _SCRATCH.__dict__.setdefault("buffers", {})
+    key = (name, dtype.str)
+    buffer = held.get(key)
+    if buffer is None or buffer.size < size:
+        buffer = held[key] = np.empty(size, dtype)
+    return buffer[:size]
 
 
 def run_pass2(

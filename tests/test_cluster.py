@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import tree_digest
+from test_merge import write_models
 from test_methods import CASES
 
 pytest.importorskip("distributed", reason="the [dask] extra (dask, distributed) is not installed")
@@ -31,6 +32,7 @@ from ooc_ties.errors import ClusterError, OptionError
 from ooc_ties.grid import name_points
 from ooc_ties.io.staging import staging_path
 from ooc_ties.merge import merge_grid
+from ooc_ties.open_elements import OpenElements, RecordFile
 
 Models = tuple[Path, list[Path]]
 BLOCK = 4096  # many blocks, so that the tasks spread over both workers
@@ -124,6 +126,39 @@ def test_the_cli_runs_on_a_cluster_by_address(tiny_models: Models, tmp_path: Pat
     main([*args, "-o", str(tmp_path / "local")])
     main([*args, "-o", str(tmp_path / "cluster"), "--cluster", client.scheduler.address])
     assert tree_digest(tmp_path / "local") == tree_digest(tmp_path / "cluster")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("output", ["out", "out.zarr"])
+def test_a_wrong_majority_guess_is_corrected_from_the_workers_records(
+    tmp_path: Path, client: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, output: str
+) -> None:
+    """The sample votes +, the model -: the workers write the open elements' records to files of their
+    own in the state folder, and the driver corrects every block in place from them (the models of
+    ``tests/test_merge.py``'s wrong-guess test)."""
+    from ooc_ties.pass1.costs import VOTE_STRIDE
+
+    block, n_blocks = 4096, 4 * VOTE_STRIDE
+    sampled = (np.arange(n_blocks * block) // block) % VOTE_STRIDE == 0
+    tau = np.where(sampled, 1.0, -1.0).astype(np.float32)
+    tau2 = tau.copy()
+    tau2[::4] = -tau2[::4]  # exact zero votes between non-zero values: these follow the majority sign
+    base = np.zeros(n_blocks * block, np.float32)
+    paths = write_models(tmp_path, base, base + tau, base + tau2)
+    options = PRESETS["paper"].with_(density=1.0)
+    local = merge(paths[0], paths[1:], tmp_path / f"local-{output}", options, Resources(max_block_elements=block))
+    referred: list[RecordFile] = []
+    keep_reference = OpenElements.refer
+    monkeypatch.setattr(OpenElements, "refer", lambda self, o, r: (referred.append(r), keep_reference(self, o, r)))
+    with caplog.at_level("INFO", logger="ooc_ties"):
+        remote = merge(
+            paths[0], paths[1:], tmp_path / output, options, Resources(max_block_elements=block, cluster=client)
+        )
+    assert f"{n_blocks} blocks corrected in place, 0 merged again" in caplog.text
+    assert len(referred) == n_blocks and all("open-elements-" in r.path for r in referred)
+    assert local.output is not None and remote.output is not None
+    assert tree_digest(remote.output) == tree_digest(local.output)
+    assert not list(tmp_path.rglob("open-elements*"))  # (the workers' record files went with the merge)
 
 
 class _KillOnce(distributed.WorkerPlugin):

@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, cast
 
 import numpy as np
 
 from ooc_ties.chunk_grid import flat_selection
 from ooc_ties.errors import DiskSpaceError
-from ooc_ties.io.direct import pwrite_all
+from ooc_ties.io.direct import BounceBuffer, DirectWriter
 
 __all__ = ["BlockWriter", "FileRanges", "NoWrites", "ZarrChunks", "zarr_block"]
 
@@ -43,21 +45,34 @@ class FileRanges:
 
     places: Mapping[str, tuple[str, int, int]]
     """By tensor name: its file's path, its data's byte offset in it, its item size."""
+    direct: bool = False
+    """Write whole pages past the page cache (``O_DIRECT``) where the file system allows it, as the
+    driver's own writer does (:mod:`ooc_ties.io.direct`); the bytes are the same."""
 
     def write(self, name: str, start: int, values: np.ndarray) -> None:
         path, offset, itemsize = self.places[name]
         fd = os.open(path, os.O_WRONLY)  # (opened per block: a worker holds no file between tasks)
+        writer = DirectWriter(Path(path), fd, _bounce() if self.direct else None)
         try:
-            pwrite_all(fd, np.ascontiguousarray(values).view(np.uint8), offset + start * itemsize)
+            writer.pwrite(np.ascontiguousarray(values), offset + start * itemsize)
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 raise DiskSpaceError(f"{path}: the disk is full (writing tensor '{name}')") from exc
             raise OSError(exc.errno, f"{exc.strerror} (writing tensor '{name}')", path) from exc
         finally:
+            writer.close()
             os.close(fd)
 
-    def __or__(self, other: FileRanges) -> FileRanges:
-        return FileRanges({**self.places, **other.places})
+
+_BOUNCE = threading.local()
+
+
+def _bounce() -> BounceBuffer:
+    """This worker thread's bounce buffer for direct writes."""
+    buffer = getattr(_BOUNCE, "buffer", None)
+    if buffer is None:
+        buffer = _BOUNCE.buffer = BounceBuffer()
+    return buffer
 
 
 @dataclass(frozen=True, slots=True)

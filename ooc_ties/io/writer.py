@@ -198,7 +198,8 @@ class ShardWriter:
         """What writes blocks of this file from another process (a cluster's worker): its tensors'
         offsets, for ``pwrite`` through a descriptor of the worker's own."""
         return FileRanges(
-            {name: (str(self.path), offset, self.specs[name].dtype.itemsize) for name, offset in self.offsets.items()}
+            {name: (str(self.path), offset, self.specs[name].dtype.itemsize) for name, offset in self.offsets.items()},
+            self._data.direct,
         )
 
     def sync(self) -> None:
@@ -286,7 +287,8 @@ class SafetensorsOutput:
 
     def block_writer(self) -> FileRanges:
         """What writes blocks of every shard from another process (a cluster's worker)."""
-        return FileRanges({name: place for w in self._files for name, place in w.block_writer().places.items()})
+        places = {name: place for w in self._files for name, place in w.block_writer().places.items()}
+        return FileRanges(places, self._bounce is not None)
 
     def sync(self) -> None:
         """Wait until every block written so far is on disk."""
