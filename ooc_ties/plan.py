@@ -150,8 +150,8 @@ class MergePlan:
         if self.resources.cluster is not None:
             lines.append(
                 f"cluster: each worker thread needs about {_human(self.worker_memory_estimate)} "
-                "(one block's inputs, outputs and accumulators); the driver keeps the per-block counts, "
-                "the open-element records and the journal"
+                "(one block's inputs, outputs and accumulators); the driver keeps the per-block counts "
+                "and the journal, the workers' open-element records go to the output's state folder"
             )
         return "\n".join(lines)
 
