@@ -12,8 +12,9 @@ of :mod:`ooc_ties.kernels.ties`, step 1, by the same code), and ``S`` the electe
   some kept value (an *open* element, whose sign is the majority sign, known only after pass 2), the
   same under either sign, kept apart; where nothing is kept, a count.
 
-Every count is an integer, so it is exact whatever the blocks; the float64 sums are added in element
-order within a block and the blocks' sums in block order (docs/report.md).
+Every count is an integer, so it is exact whatever the blocks; the float64 sums are added in an order
+fixed by the element indices within a block (:data:`LANES`) and the blocks' sums in block order
+(docs/report.md).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ __all__ = [
 ]
 
 _ZERO = np.float32(0.0)
+_ONE = np.float32(1.0)
 
 MAGNITUDE_STRIDE = 8
 """The magnitude histograms count every 8th element of each tensor (by its index in the tensor, so the
@@ -68,24 +70,58 @@ def interference_outputs(n: int) -> tuple[np.ndarray, ...]:
     )
 
 
+LANES = 16
+"""Partial sums per float64 figure and tile. The order of every float64 sum of :func:`interference`
+depends only on the elements' indices in the block: a tile's elements go in groups of
+:data:`_GROUP`; in a group, element ``q + k * LANES`` (``k < 4``) goes to partial sum ``q``, the four
+of a partial sum added pairwise first, ``(e0 + e1) + (e2 + e3)``, then to the partial sum; the
+elements past the tile's last whole group go to the partial sums ``0, 1, ...`` in turn, one at a time;
+the partial sums are then added pairwise (:func:`_fold`) and the tile's sum to the block's.
+
+Numba compiles without fastmath, so LLVM vectorises no float reduction with a running sum (``_sum8``'s
+eight scalar sums before this gave scalar ``vaddsd``, four cycles apart). The partial sums live in a
+scratch row instead: an element-wise add across the row that LLVM vectorises (``vaddpd`` on four
+doubles; measured on one tile in L1, four sums of one model: 1.24 ns per element for the former
+float64 rows summed by ``_sum8``, 0.43 with 16 or 32 lanes, 0.30 with the four elements added first,
+which halves the loads and stores of the row; 8 lanes did not vectorise, 2.1).
+An element of a tile goes through at most 2 + 32 + 4 + 4 roundings (its group, the groups of a
+tile, a tail, the fold) before the tile's sum, against 256 + 3 with ``_sum8``."""
+
+_GROUP = 4 * LANES
+"""Elements a tile's partial sums take in at a time (:data:`LANES`)."""
+
+_I32 = np.int32
+"""The tile counters are int32 (a tile has 2048 elements), and each addition is cast back: Numba
+widens integer arithmetic to int64, and the int64 sums vectorised on four lanes instead of eight."""
+
+
 @helper
-def _sum8(x: np.ndarray, m: int) -> float:
-    """``sum(x[:m])`` (float64) with eight partial sums, so that the loop vectorises (a single running
-    sum waits four cycles per addition); the partial sums are added in a fixed order."""
-    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = 0.0
-    full = m - m % 8
-    for j in range(0, full, 8):
-        a0 += x[j]
-        a1 += x[j + 1]
-        a2 += x[j + 2]
-        a3 += x[j + 3]
-        a4 += x[j + 4]
-        a5 += x[j + 5]
-        a6 += x[j + 6]
-        a7 += x[j + 7]
-    for j in range(full, m):
-        a0 += x[j]
-    return ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
+def _fold(acc: np.ndarray) -> float:
+    """The sum of the :data:`LANES` partial sums ``acc`` (a scratch row, overwritten), pairwise in a
+    fixed order: ``acc[q] += acc[q + w]`` for ``w = LANES/2, LANES/4, ..., 1``."""
+    w = LANES
+    while w > 1:
+        w //= 2
+        for q in range(w):
+            acc[q] = acc[q] + acc[q + w]
+    return float(acc[0])
+
+
+@helper
+def _terms(xj: np.float32, vj: np.float32, lj: np.float32) -> tuple[float, float, float, float]:
+    """One element's float64 terms for one model: ``|tau|``, ``tau**2``, ``|v|`` and ``|lost|``."""
+    y = np.float64(xj)
+    return abs(y), y * y, abs(np.float64(vj)), abs(np.float64(lj))
+
+
+@helper
+def _terms4(xs: np.ndarray, vs: np.ndarray, ls: np.ndarray, q: int) -> tuple[float, float, float, float]:
+    """:func:`_terms` of the elements ``q + k * LANES`` (``k < 4``) of a group, added pairwise."""
+    p1, p2, p3, p4 = _terms(xs[q], vs[q], ls[q])
+    r1, r2, r3, r4 = _terms(xs[q + LANES], vs[q + LANES], ls[q + LANES])
+    u1, u2, u3, u4 = _terms(xs[q + 2 * LANES], vs[q + 2 * LANES], ls[q + 2 * LANES])
+    w1, w2, w3, w4 = _terms(xs[q + 3 * LANES], vs[q + 3 * LANES], ls[q + 3 * LANES])
+    return (p1 + r1) + (u1 + w1), (p2 + r2) + (u2 + w2), (p3 + r3) + (u3 + w3), (p4 + r4) + (u4 + w4)
 
 
 @kernel
@@ -114,11 +150,18 @@ def interference(
 
     ``thr``, ``quota``, ``weights`` and ``sparsity`` as for :func:`ooc_ties.kernels.ties.merge`.
 
-    Each float64 sum runs on eight partial sums (:func:`_sum8`) and the loops over a tile's elements
-    avoid branches, so that they can vectorise: 24.3 -> 11.7 ns per element for three models on one
-    core (a 4 Mi-element block from memory), against 2.7-2.9 ns for the merge kernel itself. By parts:
-    the vote (``_vote_tile``) 1.7 ns, the task values' norms and magnitudes 2.4, the pairs 1.2, the kept
-    values' figures 6.5 (measured by removing each part)."""
+    Per tile: the vote (:func:`~ooc_ties.kernels.ties._vote_tile`, as the merge runs it); per model, one
+    branch-free integer sweep (task values, counts, the values discarded) and one sweep of float64
+    sums (:data:`LANES`); the magnitudes; per pair, the signs' sum and the dot product; then the
+    histogram of how many models keep each element, and the open elements on their own (a few
+    percent of the elements: their indices first, branch-free, as in ``merge``).
+
+    Three bf16 models, a 4 Mi-element block, one core, every tie kept (``interference_trim`` of
+    ``bench/kernel_bench.py``, best of 7, taking turns with the former kernel and ``merge_trim``):
+    11.1-11.4 -> 5.1 ns per element, the merge kernel 2.7-2.9. By parts (removing each, same data):
+    the vote and the tile's prologue 1.4-1.6 ns, the integer sweeps 0.8-0.9, the float64 sums
+    0.6-1.0, the pairs' signs 0.4 and dots 0.3, the magnitudes 0.2, the histogram and the open
+    elements 0.1 each."""
     n = base.size
     n_models = len(fts)
     seen = np.zeros(n_models, np.int64)
@@ -128,118 +171,162 @@ def interference(
     s = np.empty(TILE, np.float32)
     v = np.empty((n_models, TILE), np.float32)
     tau = np.empty((n_models, TILE), np.float32)
-    f64 = np.empty(TILE, np.float64)
-    sq = np.empty(TILE, np.float64)
+    lost = np.empty(TILE, np.float32)
     nonzero = np.empty(TILE, np.bool_)
+    sign = np.empty(TILE, np.float32)
     kept_by = np.empty(TILE, np.int32)
-    pos = np.empty(TILE, np.bool_)
-    neg = np.empty(TILE, np.bool_)
-    decided = np.empty(TILE, np.bool_)
-    upward = np.empty(TILE, np.bool_)
-    open_ = np.empty(TILE, np.bool_)
-    lost = np.empty(TILE, np.float64)
-    lost_up = np.empty(TILE, np.float64)
-    lost_down = np.empty(TILE, np.float64)
-    bits = np.empty(TILE, np.float32).view(np.uint32)
+    where = np.empty(TILE, np.int64)
+    is_open = np.empty(TILE, np.uint8)
+    open_words = is_open.view(np.uint64)
+    acc = np.empty((4, LANES), np.float64)
+    a1 = acc[0]
+    a2 = acc[1]
+    a3 = acc[2]
+    a4 = acc[3]
     for start in range(0, n, TILE):
         m = min(TILE, n - start)
         _vote_tile(base, fts, start, m, thr, quota, weights, seen, no_count, b, s, v, nonzero, False, sparsity, seen_hi)
-        first = (-(offset + start)) % MAGNITUDE_STRIDE
+        full = m - m % _GROUP
+        opened = _I32(0)
+        nothing = _I32(0)
+        for j in range(m):
+            sj = s[j]
+            # the elected sign, 0 where the vote is zero: v * sign > 0 is "v wins", < 0 "v is discarded"
+            # (exact, a product by +-1 or 0; inf * 0 is NaN, neither). A NaN vote elects - (S > 0 fails).
+            sign[j] = _ONE if sj > _ZERO else (-_ONE if sj != _ZERO else _ZERO)
+            is_open[j] = (sj == _ZERO) & nonzero[j]
+            opened = _I32(opened + _I32(is_open[j]))
+            nothing = _I32(nothing + _I32((sj == _ZERO) & ~nonzero[j]))
+            kept_by[j] = 0
+        if elected.size:
+            signs_out = elected[start : start + m]  # (a tile slice: ``elected[start + j]`` stays scalar)
+            for j in range(m):
+                signs_out[j] = np.int8(s[j] > _ZERO) - np.int8(s[j] < _ZERO)
         for t in range(n_models):
             ft = fts[t][start : start + m]
             x = tau[t]
-            nnz = np.int64(0)
-            for j in range(m):  # one sweep: the task value, its magnitude and square (float64)
+            vt = v[t]
+            nnz = _I32(0)
+            kept = _I32(0)
+            wins = _I32(0)
+            for j in range(m):  # the integer figures: branch-free, vectorised
                 xj = load_f32(ft, j) - b[j]
                 x[j] = xj
-                y = np.float64(xj)
-                f64[j] = abs(y)
-                sq[j] = y * y
-                nnz += np.int64(xj != _ZERO)
-            norms[0, t] += _sum8(f64, m)
-            l2 = _sum8(sq, m)
+                nnz = _I32(nnz + _I32(xj != _ZERO))
+                vj = vt[j]
+                kept = _I32(kept + _I32(vj != _ZERO))
+                agree = vj * sign[j]
+                wins = _I32(wins + _I32(agree > _ZERO))
+                lost[j] = vj if agree < _ZERO else _ZERO
+                # the models keeping it, positive values in the low 16 bits, negative ones above
+                kept_by[j] = _I32(kept_by[j] + _I32(vj > _ZERO) + (_I32(vj < _ZERO) << 16))
+            signs[t, t] += nnz
+            counts[0, t] += kept
+            counts[1, t] += wins
+            # the float64 sums (written here, not in a helper: LLVM does not inline a loop this size,
+            # and called it ran at half the speed, 0.60 against 0.31 ns per element and model)
+            acc[:, :] = 0.0
+            for j0 in range(0, full, _GROUP):
+                xs = x[j0 : j0 + _GROUP]
+                vs = vt[j0 : j0 + _GROUP]
+                ls = lost[j0 : j0 + _GROUP]
+                for q in range(LANES):
+                    t1, t2, t3, t4 = _terms4(xs, vs, ls, q)
+                    a1[q] += t1
+                    a2[q] += t2
+                    a3[q] += t3
+                    a4[q] += t4
+            for j in range(full, m):
+                q = (j - full) % LANES
+                t1, t2, t3, t4 = _terms(x[j], vt[j], lost[j])
+                a1[q] += t1
+                a2[q] += t2
+                a3[q] += t3
+                a4[q] += t4
+            l1 = _fold(a1)
+            l2 = _fold(a2)
+            kept_l1 = _fold(a3)
+            lost_l1 = _fold(a4)
+            norms[0, t] += l1
             norms[1, t] += l2
             dots[t, t] += l2
-            signs[t, t] += nnz
-            xb = x.view(np.uint32)
-            for j in range(first, m, MAGNITUDE_STRIDE):
-                bits[0] = xb[j] & np.uint32(0x7FFFFFFF)
-                magnitudes[t, bits[0] >> 16] += 1
+            norms[2, t] += kept_l1
+            discarded[0] += lost_l1
+        first = (-(offset + start)) % MAGNITUDE_STRIDE
+        for j in range(first, m, MAGNITUDE_STRIDE):  # the models interleaved: independent increments
+            for t in range(n_models):
+                bits = tau[t].view(np.uint32)[j]
+                magnitudes[t, (bits >> np.uint32(16)) & np.uint32(0x7FFF)] += 1
         for i in range(n_models):
             for k in range(i + 1, n_models):
                 xi = tau[i]
                 xk = tau[k]
-                agree = np.int64(0)
+                agree = _I32(0)
                 for j in range(m):
-                    f64[j] = np.float64(xi[j]) * np.float64(xk[j])
-                    agree += (np.int64(xi[j] > _ZERO) - np.int64(xi[j] < _ZERO)) * (
-                        np.int64(xk[j] > _ZERO) - np.int64(xk[j] < _ZERO)
-                    )
-                dot = _sum8(f64, m)
+                    si = _I32(xi[j] > _ZERO) - _I32(xi[j] < _ZERO)
+                    sk = _I32(xk[j] > _ZERO) - _I32(xk[j] < _ZERO)
+                    agree = _I32(agree + _I32(si * sk))
+                a1[:] = 0.0
+                for j0 in range(0, full, _GROUP):
+                    xs = xi[j0 : j0 + _GROUP]
+                    ks = xk[j0 : j0 + _GROUP]
+                    for q in range(LANES):
+                        d0 = np.float64(xs[q]) * np.float64(ks[q])  # (exact: 24-bit by 24-bit)
+                        d1 = np.float64(xs[q + LANES]) * np.float64(ks[q + LANES])
+                        d2 = np.float64(xs[q + 2 * LANES]) * np.float64(ks[q + 2 * LANES])
+                        d3 = np.float64(xs[q + 3 * LANES]) * np.float64(ks[q + 3 * LANES])
+                        a1[q] += (d0 + d1) + (d2 + d3)
+                for j in range(full, m):
+                    a1[(j - full) % LANES] += np.float64(xi[j]) * np.float64(xk[j])
+                dot = _fold(a1)
                 dots[i, k] += dot
                 dots[k, i] += dot
                 signs[i, k] += agree
                 signs[k, i] += agree
-        if elected.size:
-            for j in range(m):
-                elected[start + j] = np.int8(s[j] > _ZERO) - np.int8(s[j] < _ZERO)
-        conflicts = np.int64(0)
-        opened = np.int64(0)
-        nothing = np.int64(0)
+        conflicts = _I32(0)
         for j in range(m):
-            sj = s[j]
-            decided[j] = sj != _ZERO
-            upward[j] = sj > _ZERO
-            open_[j] = (sj == _ZERO) & nonzero[j]
-            opened += np.int64(open_[j])
-            nothing += np.int64((sj == _ZERO) & ~nonzero[j])
-            kept_by[j] = 0
-            pos[j] = False
-            neg[j] = False
-            lost[j] = 0.0
-            lost_up[j] = 0.0
-            lost_down[j] = 0.0
-        for t in range(n_models):
-            vt = v[t]
-            kept = np.int64(0)
-            wins = np.int64(0)
-            wins_pos = np.int64(0)
-            wins_neg = np.int64(0)
+            ups = kept_by[j] & 0xFFFF
+            downs = kept_by[j] >> 16
+            conflicts = _I32(conflicts + _I32((ups > 0) & (downs > 0)))
+            kept_by[j] = _I32(ups + downs)  # how many models keep the element
+        for c in range(n_models + 1):
+            c32 = _I32(c)
+            count = _I32(0)
             for j in range(m):
-                x = vt[j]
-                up = x > _ZERO
-                down = x < _ZERO
-                a = abs(np.float64(x))
-                f64[j] = a
-                kept_by[j] += np.int32(up | down)
-                pos[j] |= up
-                neg[j] |= down
-                kept += np.int64(up | down)
-                agree = (up & upward[j]) | (down & ~upward[j])
-                wins += np.int64(agree & decided[j])
-                wins_pos += np.int64(up & open_[j])
-                wins_neg += np.int64(down & open_[j])
-                lost[j] += a if (up | down) & decided[j] & ~agree else 0.0
-                lost_up[j] += a if down & open_[j] else 0.0  # (under +, the negative values go)
-                lost_down[j] += a if up & open_[j] else 0.0
-            counts[0, t] += kept
-            counts[1, t] += wins
-            counts[2, t] += wins_pos
-            counts[3, t] += wins_neg
-            norms[2, t] += _sum8(f64, m)
-        discarded[0] += _sum8(lost, m)
-        discarded[1] += _sum8(lost_up, m)
-        discarded[2] += _sum8(lost_down, m)
-        for j in range(m):
-            conflicts += np.int64(pos[j] & neg[j])
+                count = _I32(count + _I32(kept_by[j] == c32))
+            kept_hist[c] += count
         totals[0] += conflicts
         totals[1] += opened
         totals[2] += nothing
-        for k in range(n_models + 1):
-            count = 0
-            for j in range(m):
-                count += kept_by[j] == k
-            kept_hist[k] += count
+        if opened:  # the open elements, a few percent or less: their indices in ``where``
+            # (eight flags at a time, skipping the zero words: a branch-free pass over the tile, as
+            # ``merge`` does it, cost 0.3 ns per element with 0.1% of the elements open)
+            found = 0
+            for w in range(m // 8):
+                if open_words[w]:
+                    for j in range(8 * w, 8 * w + 8):
+                        where[found] = j
+                        found += is_open[j]
+            for j in range(m - m % 8, m):
+                where[found] = j
+                found += is_open[j]
+            lost_up = 0.0
+            lost_down = 0.0
+            for t in range(n_models):
+                vt = v[t]
+                wins_pos = 0
+                wins_neg = 0
+                for q in range(found):
+                    vj = vt[where[q]]
+                    a = abs(np.float64(vj))
+                    wins_pos += vj > _ZERO
+                    wins_neg += vj < _ZERO
+                    lost_up += a if vj < _ZERO else 0.0  # (under +, the negative values go)
+                    lost_down += a if vj > _ZERO else 0.0
+                counts[2, t] += wins_pos
+                counts[3, t] += wins_neg
+            discarded[1] += lost_up
+            discarded[2] += lost_down
 
 
 def interference_oracle(
