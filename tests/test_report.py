@@ -11,13 +11,17 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ooc_ties import PRESETS, MergeOptions, OocTiesError, OptionError, Resources, merge
 from ooc_ties.analyze import analyze
 from ooc_ties.cli import main
 from ooc_ties.io.checkpoint import Checkpoint
-from ooc_ties.kernels.convert import decode_oracle
+from ooc_ties.kernels import report
+from ooc_ties.kernels.convert import decode_oracle, encode_oracle
 from ooc_ties.report.document import layer_of, module_of
+from tests.conftest import read_only
 
 Models = tuple[Path, list[Path]]
 
@@ -274,3 +278,124 @@ def test_docs_name_every_field(tiny_models: Models, tmp_path: Path) -> None:
     keys |= set(document["tensors"][0]) | set(document["tensors"][0]["models"][0])
     keys |= set(document["density_curves"]) | set(document["density_curves"]["models"][0])
     assert keys - words == set()
+
+
+# --------------------------------------------------------------------------------------------------
+# the interference kernel against its oracle
+
+_STORAGE = {"bf16": np.uint16, "f16": np.int16, "f32": np.float32}
+
+
+def _interference_case(
+    seed: int, n: int, n_models: int, kind: str, zeros: bool, quota_kind: str, weights_kind: str, general: bool
+) -> tuple[Any, ...]:
+    """Inputs of :func:`report.interference`: task values of a few levels (ties at the thresholds, exact
+    zero votes), with ``zeros`` some base and fine-tuned values exactly +0.0 or -0.0."""
+    rng = np.random.default_rng(seed)
+    storage = np.dtype(_STORAGE[kind])
+    base = (rng.standard_normal(n) * 0.02).astype(np.float32)
+    values = [base + rng.integers(-4, 5, n).astype(np.float32) * np.float32(2.0**-10) for _ in range(n_models)]
+    if zeros:
+        at = rng.random(n) < 0.2
+        base[at] = np.float32(0.0)
+        for value in values:
+            value[at] = np.where(rng.random(n) < 0.5, np.float32(-0.0), np.float32(0.0))[at]
+    base_s = encode_oracle(base, storage)
+    fts = tuple(encode_oracle(v, storage) for v in values)
+    b = decode_oracle(base_s)
+    thr = np.array([np.abs(decode_oracle(ft) - b)[rng.integers(0, n)] if n else 0 for ft in fts], np.float32)
+    quota = {
+        "all": np.full(n_models, -1),
+        "some": rng.integers(0, 50, n_models),
+        "none": np.zeros(n_models, np.int64),
+    }[quota_kind].astype(np.int64)
+    weights = {
+        "ones": np.ones(n_models),
+        "random": rng.uniform(0.1, 2.0, n_models),
+        "negative": rng.uniform(-1.0, 1.0, n_models),
+    }[weights_kind].astype(np.float32)
+    sparsity = None
+    if general:
+        band = rng.random() < 0.5
+        thr_hi = np.maximum(thr * 3, np.float32(2.0**-9)) if band else np.zeros(0, np.float32)
+        quota_hi = rng.integers(-1, 20, n_models) if band else np.zeros(0, np.int64)
+        masks = (rng.random((n_models, n)) < 0.6).astype(np.uint8)
+        if rng.random() < 0.3:
+            masks = np.zeros((n_models, 0), np.uint8)
+        scales = (1.0 + rng.random(n_models)).astype(np.float32) if rng.random() < 0.5 else np.zeros(0, np.float32)
+        sign = fts[int(rng.integers(0, n_models))] if rng.random() < 0.3 else np.zeros(0, storage)
+        sparsity = (thr_hi, quota_hi.astype(np.int64), masks, scales, bool(rng.random() < 0.8), sign)
+    return (*read_only(base_s, *fts), thr, quota, weights, sparsity)
+
+
+def _run_interference(case: tuple[Any, ...], offset: int) -> tuple[np.ndarray, ...]:
+    base, *fts, thr, quota, weights, sparsity = case
+    magnitudes = report.magnitude_histogram(len(fts))
+    elected = np.zeros(base.size, np.int8)
+    outputs = report.interference_outputs(len(fts))
+    report.interference(base, tuple(fts), thr, quota, weights, sparsity, offset, magnitudes, elected, *outputs)
+    return magnitudes, elected, *outputs
+
+
+_FLOATS = {2, 3, 8}
+"""The float64 outputs among :func:`report.interference_oracle`'s: norms, dots, discarded."""
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**31),
+    n=st.integers(0, 5000),
+    layout=st.sampled_from([("bf16", 3), ("bf16", 2), ("f16", 2), ("f32", 3)]),
+    zeros=st.booleans(),
+    quota_kind=st.sampled_from(["all", "some", "none"]),
+    weights_kind=st.sampled_from(["ones", "random", "negative"]),
+    general=st.booleans(),
+    offset=st.integers(0, 20),
+)
+def test_interference_matches_its_oracle(
+    seed: int,
+    n: int,
+    layout: tuple[str, int],
+    zeros: bool,
+    quota_kind: str,
+    weights_kind: str,
+    general: bool,
+    offset: int,
+) -> None:
+    """Every count exactly the oracle's, every float64 sum within 1e-12 of it, and the same bits when run
+    again (a fixed order of summation)."""
+    kind, n_models = layout
+    case = _interference_case(seed, n, n_models, kind, zeros, quota_kind, weights_kind, general)
+    got = _run_interference(case, offset)
+    base, *fts, thr, quota, weights, sparsity = case
+    want = report.interference_oracle(base, tuple(fts), thr, quota, weights, sparsity, offset)
+    for i, (g, w) in enumerate(zip(got, want, strict=True)):
+        assert g.dtype == w.dtype and g.shape == w.shape, i
+        if i in _FLOATS:
+            np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-300, err_msg=str(i))
+        else:
+            np.testing.assert_array_equal(g, w, err_msg=str(i))
+    again = _run_interference(case, offset)
+    assert all(a.tobytes() == g.tobytes() for a, g in zip(again, got, strict=True))
+
+
+def test_interference_sums_do_not_depend_on_the_tiles() -> None:
+    """A block of 2.5 tiles and the same elements in blocks of 1000 (each its own call, the sums added
+    in block order) give the same counts and float64 sums within 1e-12."""
+    case = _interference_case(7, 5120, 3, "bf16", True, "all", "random", False)
+    whole = _run_interference(case, 0)
+    base, *fts, thr, quota, weights, sparsity = case
+    parts = [report.magnitude_histogram(3), np.zeros(0, np.int8), *report.interference_outputs(3)]
+    for start in range(0, base.size, 1000):
+        piece = slice(start, start + 1000)
+        report.interference(
+            base[piece], tuple(ft[piece] for ft in fts), thr, quota, weights, sparsity, start, parts[0], parts[1],
+            *parts[2:],
+        )  # fmt: skip
+    for i, (w, p) in enumerate(zip(whole, parts, strict=True)):
+        if i == 1:
+            continue
+        if i in _FLOATS:
+            np.testing.assert_allclose(p, w, rtol=1e-12, atol=1e-300)
+        else:
+            np.testing.assert_array_equal(p, w)
