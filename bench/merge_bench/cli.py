@@ -122,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
         "'method:METHOD[:THREADS]' is ooc-ties on METHOD's mergekit config and 'mergekit-yaml:METHOD' mergekit "
         "on it (see --methods); 'grid[:THREADS]' is a 3x3 grid of paper merges (--density 0.1,0.2,0.3 --lambda "
         "0.8,1.0,1.2) in one command; 'report[:THREADS]' is one paper merge with --report WORKDIR/report-out; "
-        "'cluster[:N]' is one paper merge on --cluster local:N (default 2); "
+        "'cluster[:N]' is one paper merge on --cluster local:N (default 2); 'running[:N]' the same on a "
+        "cluster of N workers the benchmark keeps running; "
         "'reference[:PRESET]' is the in-RAM NumPy reference (default, without --methods: "
         "paper:2 paper:1 mergekit:2; with --scaling: paper:2 paper:1)",
     )

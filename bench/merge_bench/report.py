@@ -177,6 +177,7 @@ def ratios(m: Measured, summary: dict[str, dict[str, Any]]) -> dict[str, Any]:
     out["grid_over_one_merge"] = grid_rows(m, summary)
     out["report_over_one_merge"] = grid_rows(m, summary, "ooc-report")
     out["cluster_over_one_merge"] = grid_rows(m, summary, "ooc-cluster")
+    out["running_cluster_over_one_merge"] = grid_rows(m, summary, "ooc-running")
     return out
 
 
@@ -453,6 +454,8 @@ def print_report(
     _print_ratios(m, summary, rt)
     _print_grids(rt["grid_over_one_merge"])
     _print_grids(rt["report_over_one_merge"])
+    _print_grids(rt["cluster_over_one_merge"])
+    _print_grids(rt["running_cluster_over_one_merge"])
     if m.cold_runs:
         _print_cold(m)
     _print_missing(m)

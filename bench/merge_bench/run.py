@@ -5,6 +5,8 @@ output comparison, the report."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import os
 import re
 import shlex
@@ -20,6 +22,7 @@ from .data import Inputs, Workdir, mergekit_yaml_text, method_yaml_text
 from .environment import source_digest
 from .measure import RunResult, drop_cache, measure, phase_times
 from .report import Measured, print_footer, print_report, ratios, shape_json, summaries
+from .running_cluster import running_cluster
 from .util import log, parse_size
 from .variants import FLOOR_ONCE, KINDS, Floor, Spec, Tools, Variant, check_mergekit, floors, select_variants
 
@@ -320,7 +323,13 @@ def run_shape(args: argparse.Namespace, shape: str, models: Path, specs: list[Sp
     started = time.perf_counter()
     digest_before = source_digest()
     b, skipped = _prepare(args, shape, models, specs)
-    m = _measure_all(b, skipped)
+    running = [v for v in b.variants if v.kind == "ooc-running"]
+    with contextlib.ExitStack() as stack:
+        if running:
+            workers = running[0].threads or 2
+            address = stack.enter_context(running_cluster(args.ooc_ties, workers, args.workdir / "cluster"))
+            b = dataclasses.replace(b, tools=dataclasses.replace(b.tools, cluster=address))
+        m = _measure_all(b, skipped)
     summary = summaries(m)
     rt = ratios(m, summary)
     print_report(args, m, summary, rt, budget_bytes)

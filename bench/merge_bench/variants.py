@@ -9,7 +9,7 @@ as the yardstick. ``--variant`` strings name them (``parse_variant``), ``--metho
 grid of merges in one command (``GRID_DENSITIES`` x ``GRID_LAMBDAS``, the ``paper`` preset), reported beside
 the one merge of the same preset and thread count; so is ``report[:THREADS]``, one ``paper`` merge that also writes
 its interference report (``--report WORKDIR/report-out``), and ``cluster[:N]``, one ``paper`` merge on
-``--cluster local:N``.
+``--cluster local:N`` (``running[:N]``: on a cluster kept running, ``running_cluster``).
 """
 
 from __future__ import annotations
@@ -111,6 +111,8 @@ class Variant:
             what += "+report"
         if self.kind == "ooc-cluster":
             what += f"+cluster-local:{self.threads}"
+        if self.kind == "ooc-running":
+            what += f"+running-cluster:{self.threads}"
         return f"{what}/{t}" + (f"/{self.budget}" if self.budget else "")
 
     @property
@@ -124,7 +126,11 @@ class Variant:
 
     def args(self) -> list[str]:
         """ooc-ties' options: the preset (unless a config runs), the grid's lists, threads, budget."""
-        out = ["--preset", self.preset] if self.kind in ("ooc", "ooc-grid", "ooc-report", "ooc-cluster") else []
+        out = (
+            ["--preset", self.preset]
+            if self.kind in ("ooc", "ooc-grid", "ooc-report", "ooc-cluster", "ooc-running")
+            else []
+        )
         if self.kind == "ooc-grid":
             out += ["--density", _csv(GRID_DENSITIES), "--lambda", _csv(GRID_LAMBDAS)]
         if self.threads:
@@ -144,6 +150,8 @@ class Tools:
     mergekit: Path | None
     """``VENV/bin/mergekit-yaml``, when a variant runs it."""
     work: Workdir
+    cluster: str | None = None
+    """The running cluster's scheduler address (``running:N``), once started."""
 
     def config(self, v: Variant) -> Path:
         """The mergekit config ``v`` runs: its method's, or the TIES one of the ``mergekit`` preset."""
@@ -170,6 +178,10 @@ def _report_command(t: Tools, v: Variant, dirs: list[Path], dest: Path, extra: l
 
 def _cluster_command(t: Tools, v: Variant, dirs: list[Path], dest: Path, extra: list[str]) -> list[str]:
     return [*_ooc_command(t, v, dirs, dest, extra), "--cluster", f"local:{v.threads or 2}"]
+
+
+def _running_command(t: Tools, v: Variant, dirs: list[Path], dest: Path, extra: list[str]) -> list[str]:
+    return [*_ooc_command(t, v, dirs, dest, extra), "--cluster", t.cluster or "tcp://(not started)"]
 
 
 def _config_command(t: Tools, v: Variant, dirs: list[Path], dest: Path, extra: list[str]) -> list[str]:
@@ -204,6 +216,7 @@ KINDS: dict[str, Kind] = {
     "ooc-grid": Kind(engine=True, fatal=True, writes_output=True, command=_ooc_command),
     "ooc-report": Kind(engine=True, fatal=True, writes_output=True, command=_report_command),
     "ooc-cluster": Kind(engine=True, fatal=True, writes_output=True, command=_cluster_command),
+    "ooc-running": Kind(engine=True, fatal=True, writes_output=True, command=_running_command),
     "ooc-config": Kind(engine=True, fatal=False, writes_output=True, command=_config_command),
     "mergekit-yaml": Kind(engine=False, fatal=False, writes_output=True, command=_mergekit_command),
     "reference": Kind(engine=False, fatal=False, writes_output=False, command=_reference_command),
@@ -234,7 +247,8 @@ def parse_variant(text: str) -> Spec:
     ``mergekit:N`` / ``mergekit:all`` are ooc-ties' mergekit preset; ``reference[:PRESET]`` is the in-RAM
     NumPy reference (default preset paper); ``grid[:THREADS]`` is the 3x3 grid of ``paper`` merges (``GRID_*``);
     ``report[:THREADS]`` is one ``paper`` merge with ``--report``; ``cluster[:N]`` is one ``paper`` merge on
-    ``--cluster local:N`` (N worker processes, default 2), beside the local merge with N threads."""
+    ``--cluster local:N`` (N worker processes, default 2), beside the local merge with N threads; ``running[:N]``
+    the same on a cluster of N workers the benchmark keeps running (``running_cluster``)."""
     preset, sep, threads = text.partition(":")
     if preset == "grid":
         return Spec("ooc-grid", "paper", _threads(text, threads))
@@ -242,6 +256,8 @@ def parse_variant(text: str) -> Spec:
         return Spec("ooc-report", "paper", _threads(text, threads))
     if preset == "cluster":
         return Spec("ooc-cluster", "paper", _threads(text, threads) or 2)
+    if preset == "running":
+        return Spec("ooc-running", "paper", _threads(text, threads) or 2)
     if preset == "mergekit-yaml" or (preset == "mergekit" and not sep):
         return Spec("mergekit-yaml", "mergekit", None, _method(text, threads) if threads else None)
     if preset == "method":
@@ -255,8 +271,8 @@ def parse_variant(text: str) -> Spec:
     if preset not in ("paper", "mergekit"):
         raise argparse.ArgumentTypeError(
             f"variant {text!r}: must be paper[:THREADS], mergekit:THREADS, mergekit (mergekit-yaml), "
-            "method:METHOD[:THREADS], mergekit-yaml:METHOD, grid[:THREADS], report[:THREADS], cluster[:N] "
-            "or reference[:PRESET]"
+            "method:METHOD[:THREADS], mergekit-yaml:METHOD, grid[:THREADS], report[:THREADS], cluster[:N], "
+            "running[:N] or reference[:PRESET]"
         )
     return Spec("ooc", preset, _threads(text, threads))
 
