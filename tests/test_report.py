@@ -345,7 +345,7 @@ _FLOATS = {2, 3, 8}
 @given(
     seed=st.integers(0, 2**31),
     n=st.integers(0, 5000),
-    layout=st.sampled_from([("bf16", 3), ("bf16", 2), ("f16", 2), ("f32", 3)]),
+    layout=st.sampled_from([("bf16", 3), ("bf16", 2), ("f16", 2), ("f32", 3), ("f32", 1)]),
     zeros=st.booleans(),
     quota_kind=st.sampled_from(["all", "some", "none"]),
     weights_kind=st.sampled_from(["ones", "random", "negative"]),
