@@ -167,7 +167,10 @@ def interference(
     each, same data): the vote and the tile's prologue 1.4-1.6 ns, the integer sweeps 0.8-0.9, the
     float64 sums 0.6-1.0, the pairs' signs 0.3 and dots 0.3, the magnitudes 0.2, the histogram and
     the open elements 0.1 each. The vote is the merge kernel's own: a kernel that merged and counted
-    in one tile loop would save it."""
+    in one tile loop would save it. A whole merge of the 1b shape (``bench/bench_merge.py --shape 1b
+    --variant paper:2 --variant report:2``, medians of 3): ``merge --report`` took 1.99x a plain merge
+    with the former kernel (33.96 against 16.96 CPU seconds), 1.51x with this one (25.11 against
+    16.77)."""
     n = base.size
     n_models = len(fts)
     seen = np.zeros(n_models, np.int64)
