@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from ooc_ties.errors import (
         CheckpointFormatError,
         CheckpointNotFoundError,
+        ClusterError,
         DiskSpaceError,
         IncompatibleCheckpointsError,
         NonFiniteValueError,
@@ -47,6 +48,7 @@ __all__ = [
     "AnalysisResult",
     "CheckpointFormatError",
     "CheckpointNotFoundError",
+    "ClusterError",
     "ConvertResult",
     "DiskSpaceError",
     "GridMode",
@@ -101,6 +103,7 @@ _HOMES = {
     "ooc_ties.errors": (
         "CheckpointFormatError",
         "CheckpointNotFoundError",
+        "ClusterError",
         "DiskSpaceError",
         "IncompatibleCheckpointsError",
         "NonFiniteValueError",

@@ -61,4 +61,4 @@ class DiskSpaceError(OocTiesError, OSError):
 
 
 class ClusterError(OocTiesError, ConnectionError):
-    """The Dask cluster a merge was asked to run on cannot be reached or lost every worker."""
+    """The Dask cluster a merge was asked to run on cannot be reached."""
