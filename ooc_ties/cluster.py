@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -43,6 +44,16 @@ CONNECT_TIMEOUT = 30
 TASKS_PER_THREAD = 4
 """Batches per worker thread in one read: enough to balance the load, few enough that each batch's
 round trip to the scheduler (a few milliseconds) stays small beside its work."""
+
+WAIT_STEP = 5
+"""Seconds between checks that the cluster still has workers, while tasks are pending."""
+
+POLL = 0.01
+"""Seconds between looks for finished tasks (a batch takes seconds)."""
+
+NO_WORKERS_TIMEOUT = 120
+"""Seconds a merge waits for a worker when its cluster has none left (lost nodes, a scaled-down
+deployment) before it stops with a one-line error; its journal keeps the blocks already merged."""
 
 BATCH_BYTES = 512 * 1024**2
 """Largest input bytes of one batch, so that a batch lost with its worker costs little to run again."""
@@ -137,6 +148,10 @@ def _call(runner: Callable[[Sequence[Any]], Any], items: Sequence[Any]) -> Any:
     return runner(items)
 
 
+def _value(runner: Callable[[Sequence[Any]], Any]) -> Callable[[Sequence[Any]], Any]:
+    return runner
+
+
 _EXECUTORS: dict[int, DaskExecutor] = {}
 
 
@@ -148,7 +163,7 @@ class DaskExecutor:
         self.returned_bytes = 0
         """Bytes of the values the tasks sent back to the driver (Dask's size estimate)."""
         self.task_bytes = 0
-        """Bytes of the pickled tasks sent to the workers (once per read, to each worker)."""
+        """Bytes of the pickled tasks sent out (once per read; the workers share them among themselves)."""
 
     @classmethod
     def of(cls, client: Any) -> DaskExecutor:
@@ -203,6 +218,23 @@ class DaskExecutor:
     ) -> None:
         self._run(_Accumulate(task, new_state), items, cost, progress, lambda batch, state: collect(state))
 
+    def _check_workers(self, alone_since: float | None) -> float | None:
+        """While tasks wait: raise :class:`ClusterError` once the cluster has had no worker for
+        ``NO_WORKERS_TIMEOUT`` seconds (Dask itself would wait for one forever); return since when it
+        has had none (``None``: it has workers)."""
+        if self.client.scheduler_info().get("workers"):
+            return None
+        now = time.monotonic()
+        if alone_since is None:
+            logger.warning("cluster: no worker left; waiting up to %d s for one", NO_WORKERS_TIMEOUT)
+            return now
+        if now - alone_since > NO_WORKERS_TIMEOUT:
+            raise ClusterError(
+                f"cluster {self.client.scheduler.address}: no worker for {NO_WORKERS_TIMEOUT} s; "
+                "the merge stopped (--resume continues it once workers are back)"
+            )
+        return alone_since
+
     def _batches(self, items: Sequence[Item], cost: Callable[[Item], int]) -> list[list[Item]]:
         """Consecutive items in batches of about equal cost: ``TASKS_PER_THREAD`` per worker thread, none
         over ``BATCH_BYTES`` (unless one item is)."""
@@ -236,26 +268,45 @@ class DaskExecutor:
         from dask.sizeof import sizeof
 
         try:  # (a clear error here, not a serialisation failure on the scheduler)
-            self.task_bytes += len(cloudpickle.dumps(runner)) * len(self.client.scheduler_info().get("workers", {}))
+            self.task_bytes += len(cloudpickle.dumps(runner))
         except OocTiesError:
             raise
         except (pickle.PicklingError, TypeError, AttributeError, ValueError) as exc:
             raise OptionError(f"this merge cannot run on a cluster: its tasks do not pickle ({exc})") from None
         batches = self._batches(items, cost)
-        [shipped] = self.client.scatter([runner], broadcast=True, hash=False)
+        # The task goes out as the result of a task of its own, not scattered: scattered data lost with
+        # its workers cannot be made again, a task's result can (the scheduler keeps its spec).
+        shipped = self.client.submit(_value, runner, pure=False)
         futures = {self.client.submit(_call, shipped, batch, pure=False): batch for batch in batches}
         finished = False
+        arriving = distributed.as_completed(list(futures), loop=self.client.loop)
+        checked = time.monotonic()
+        alone_since: float | None = None
         try:
-            for future in distributed.as_completed(list(futures), loop=self.client.loop):
-                if future.status == "error":
-                    error = future.exception()
-                    raise error
-                result = future.result()
-                self.returned_bytes += sizeof(result)
-                batch = futures[future]
-                done(batch, result)
-                if progress is not None:
-                    progress.advance(sum(cost(item) for item in batch))
+            while not arriving.is_empty():
+                ready = arriving.next_batch(block=False)
+                if not ready:
+                    time.sleep(POLL)
+                    if time.monotonic() - checked > WAIT_STEP:
+                        alone_since = self._check_workers(alone_since)
+                        checked = time.monotonic()
+                    continue
+                alone_since = None
+                for future in ready:
+                    if future.status == "error":
+                        raise future.exception()
+                    try:
+                        result = future.result()
+                    except distributed.CancelledError as exc:  # (the scheduler dropped it: restarted, say)
+                        raise ClusterError(
+                            f"cluster {self.client.scheduler.address}: a task was cancelled ({exc}); "
+                            "the merge stopped (--resume continues it)"
+                        ) from None
+                    self.returned_bytes += sizeof(result)
+                    batch = futures[future]
+                    done(batch, result)
+                    if progress is not None:
+                        progress.advance(sum(cost(item) for item in batch))
             finished = True
         finally:
             if not finished:  # (stop what is still running; finished futures are released with the dict)

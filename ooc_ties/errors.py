@@ -61,4 +61,4 @@ class DiskSpaceError(OocTiesError, OSError):
 
 
 class ClusterError(OocTiesError, ConnectionError):
-    """The Dask cluster a merge was asked to run on cannot be reached."""
+    """The Dask cluster a merge was asked to run on cannot be reached, or has had no worker for too long."""

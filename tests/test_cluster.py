@@ -200,6 +200,47 @@ def test_a_worker_killed_mid_merge_gives_the_same_bytes(tiny_models: Models, tmp
     assert tree_digest(result.output) == tree_digest(expected.output)
 
 
+class _RetireAll(distributed.WorkerPlugin):
+    """After its worker has started ``after`` tasks, closes the worker: with every worker so closed (and
+    no nanny to restart them) the cluster is left with none."""
+
+    def __init__(self, after: int) -> None:
+        self.after = after
+        self.started = 0
+
+    def setup(self, worker: Any) -> None:
+        self.worker = worker
+
+    def transition(self, key: Any, start: str, finish: str, **kwargs: Any) -> None:
+        if finish == "executing":
+            self.started += 1
+            if self.started == self.after:
+                self.worker.loop.add_callback(self.worker.close)
+
+
+@pytest.mark.slow
+def test_a_cluster_left_without_workers_stops_the_merge_with_one_line(
+    tiny_models: Models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every worker gone mid-merge: Dask would wait for one forever; the merge stops with a ClusterError
+    once there has been none for ``NO_WORKERS_TIMEOUT`` seconds, its partial output kept for --resume."""
+    monkeypatch.setattr(cluster_module, "NO_WORKERS_TIMEOUT", 2)
+    monkeypatch.setattr(cluster_module, "WAIT_STEP", 0.5)
+    base, fts = tiny_models
+    out = tmp_path / "out"
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None, memory_limit=0
+        ) as local,
+        distributed.Client(local, set_as_default=False) as connected,
+    ):
+        connected.register_plugin(_RetireAll(after=2))
+        resources = Resources(max_block_elements=1024, cluster=connected)
+        with pytest.raises(ClusterError, match="no worker for 2 s"):
+            merge(base, fts, out, PRESETS["paper"], resources, resume=True)
+    assert not out.exists() and staging_path(out.absolute()).is_dir()
+
+
 _DRIVER = """
 import os, signal, sys
 from ooc_ties import PRESETS, Resources, merge
