@@ -17,39 +17,36 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import threading
 import types
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ooc_ties.block_merge import BlockMerge, out_storage
 from ooc_ties.blocks import BlockRef, plan_blocks
-from ooc_ties.config import MergeOptions, ZeroSign
-from ooc_ties.dtypes import DType
+from ooc_ties.config import ZeroSign
 from ooc_ties.errors import NonFiniteValueError, OptionError
 from ooc_ties.executor import executor_for
 from ooc_ties.inputs import MergeInputs
-from ooc_ties.io.block_writer import BlockWriter
 from ooc_ties.journal import Journal
 from ooc_ties.kept_counts import check_kept, counted_blocks
 from ooc_ties.kernels.convert import decode_oracle
-from ooc_ties.kernels.report import magnitude_histogram
-from ooc_ties.kernels.ties import merge as merge_kernel
-from ooc_ties.open_elements import PATCH_SHARE, OpenElements, RecordFile, append_records
+from ooc_ties.open_elements import PATCH_SHARE, OpenElements
 from ooc_ties.outputs import Output
 from ooc_ties.pass1.run import Pass1Result
 from ooc_ties.pass1.thresholds import Thresholds
 from ooc_ties.plan import MergePlan, TensorKind
 from ooc_ties.progress import Progress, ProgressFactory, progress_bar
-from ooc_ties.report.collect import Collector, count_block
+from ooc_ties.remote_merge import RemoteMerge, RemotePart
+from ooc_ties.report.collect import Collector
 from ooc_ties.schedule import run_blocks
 from ooc_ties.sparsity import Sparsity, needs_sparsity
 from ooc_ties.write_queue import WriteQueue
 
-__all__ = ["BlockMerge", "Pass2", "Pass2Job", "RemoteMerge", "run_pass2", "run_pass2_shared"]
+__all__ = ["Pass2", "Pass2Job", "run_pass2", "run_pass2_shared"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,16 +54,6 @@ logger = logging.getLogger(__name__)
 def in_nbytes(ref: BlockRef) -> int:
     """A block's input bytes (the cost of merging it)."""
     return ref.in_nbytes
-
-
-def _out_storage(dtype: DType) -> np.dtype:
-    """The kernel encoding of an output dtype (uint16 = bf16, int16 = f16, float32)."""
-    encodings: dict[str, np.dtype] = {
-        "BF16": np.dtype(np.uint16),
-        "F16": np.dtype(np.int16),
-        "F32": np.dtype(np.float32),
-    }
-    return encodings[dtype.code]
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,102 +72,6 @@ class Pass2Job:
     """The folder for its open-element spill file (``None``: a temporary file)."""
     report: Collector | None = None
     """Where its interference statistics go (``--report``), if anywhere."""
-
-
-@dataclass(frozen=True, slots=True)
-class KernelArgs:
-    """The per-tensor arguments a block's merge kernel took (the report's kernel takes them too)."""
-
-    thr: np.ndarray
-    quota: np.ndarray
-    weights: np.ndarray
-    sparsity: Any
-
-
-@dataclass(frozen=True, slots=True)
-class BlockMerge:
-    """Everything one block's merge needs besides its inputs and outputs: a pure function of them.
-
-    It pickles (the inputs travel as their paths), so a cluster's worker runs the very code the
-    driver's threads run (:class:`RemoteMerge`)."""
-
-    inputs: MergeInputs
-    """The inputs (to name the input behind a non-finite result)."""
-    options: MergeOptions
-    """The merge's options (each tensor's weights)."""
-    n: int
-    """Fine-tuned models."""
-    key: Callable[[str], str]
-    """A tensor's threshold group."""
-    thr: Mapping[str, np.ndarray]
-    """Per group, the float32 thresholds."""
-    zero_positive: dict[str, bool]
-    """Per group, whether an exact zero vote takes the positive sign (a guess until pass 2 settles it)."""
-    guessed: frozenset[str]
-    """Groups whose majority sign is a guess: their open elements are recorded."""
-    quotas: np.ndarray
-    """Per block, the ties each model keeps."""
-    sparsity: Sparsity | None
-    """The drop or band, if the method has one."""
-    open_capacity: int
-    """Room for a block's open elements (0: none recorded)."""
-    _weights: dict[str, np.ndarray] = dataclasses.field(default_factory=dict, compare=False)
-
-    def weights(self, name: str) -> np.ndarray:
-        """The float32 weights of one tensor (its own, from a configuration's gradients or filters)."""
-        weights = self._weights.get(name)
-        if weights is None:
-            weights = self._weights[name] = self.options.for_tensor(name).model_weights(self.n)
-        return weights
-
-    def merge(
-        self,
-        ref: BlockRef,
-        base: np.ndarray,
-        fts: tuple[np.ndarray, ...],
-        out: np.ndarray,
-        votes: np.ndarray,
-        kept: np.ndarray,
-        at: np.ndarray,
-        alt: np.ndarray,
-        *,
-        redoing: bool,
-    ) -> tuple[int, KernelArgs]:
-        """Merge a block into ``out``; count its votes (``votes``: #S>0, #S<0, open elements, open
-        elements not recorded) and, if ``kept`` has a row's length, the values each model kept; record its
-        open elements in ``at``/``alt`` (their indices and their other result) where the majority sign is
-        a guess. Returns how many were recorded (all of them, or 0), and the kernel's arguments."""
-        name = ref.tensor.name
-        key = self.key(name)
-        votes[:] = 0
-        kept[:] = 0
-        capacity = self.open_capacity if key in self.guessed and not redoing else 0
-        quota, sparsity = self.quotas[ref.ordinal], None
-        if self.sparsity is not None:
-            quota, sparsity = self.sparsity.block_args(ref, base, fts, quota)
-        args = KernelArgs(self.thr[key], quota, self.weights(name), sparsity)
-        bad = merge_kernel(
-            base,
-            fts,
-            args.thr,
-            quota,
-            args.weights,
-            np.float32(self.options.lam),
-            self.zero_positive[key],
-            self.options.method.consensus,
-            bool(self.options.normalize),
-            out,
-            votes,
-            kept,
-            at[:capacity],
-            alt[:capacity],
-            sparsity,
-        )
-        if bad >= 0:
-            message = self.inputs.describe_nonfinite(name, ref.start + bad, None, ref.tensor.out_dtype)
-            raise NonFiniteValueError(message)
-        recorded = int(votes[2] - votes[3])
-        return (recorded if recorded and not votes[3] else 0), args
 
 
 class Pass2:
@@ -260,7 +151,7 @@ class Pass2:
         self, ref: BlockRef, base: np.ndarray, fts: tuple[np.ndarray, ...], buffers: dict[Any, np.ndarray]
     ) -> None:
         """Merge a block from its inputs ``base`` and ``fts`` (kernel encoding) and queue its write."""
-        storage = _out_storage(ref.tensor.out_dtype)
+        storage = out_storage(ref.tensor.out_dtype)
         if ("alt", storage) not in buffers:
             buffers[("alt", storage)] = np.empty(self.block.open_capacity, storage)
         buffer = self.writes.buffer(storage)
@@ -333,110 +224,6 @@ class Pass2:
         self.sink.patch(ref.tensor.name, ref.start, ref.stop, at, alt)
         if self.journal is not None:
             self.journal.redone(ref.ordinal)
-
-
-@dataclass(frozen=True, slots=True)
-class RemotePart:
-    """One merge's part of a pass-2 task on a cluster's worker."""
-
-    block: BlockMerge
-    """How its blocks are merged."""
-    counted: frozenset[int]
-    """Blocks whose kept values are counted (checked against pass 1's counts)."""
-    writer: BlockWriter
-    """Where its output blocks go."""
-    report: bool
-    """Whether its interference statistics are counted (``--report``)."""
-    signs: BlockWriter | None
-    """Where its elected signs go (``--save-signs``), if anywhere."""
-    records: str | None
-    """The folder the workers write their open-element records to (the staged output's state folder);
-    ``None``: they travel back with the results."""
-
-
-@dataclass(frozen=True, slots=True)
-class BlockResult:
-    """What a worker sends back for one block of one merge (its output is written already)."""
-
-    votes: np.ndarray
-    """#S>0, #S<0, open elements, open elements not recorded."""
-    kept: np.ndarray
-    """Per model, the values kept (empty where not counted)."""
-    at: np.ndarray | None
-    """The recorded open elements' indices within the block, if any."""
-    alt: np.ndarray | None
-    """Their results under the other sign."""
-    record: RecordFile | None
-    """Where the worker wrote them instead (``at`` and ``alt`` are then ``None``)."""
-    report: tuple[np.ndarray, ...] | None
-    """The block's interference counts (``--report``)."""
-
-
-@dataclass(frozen=True, slots=True)
-class RemoteMerge:
-    """A pass-2 task for a cluster's worker: a block's inputs read once, merged for every merge that
-    needs it, each output block written by the worker, and small values sent back in the worker's
-    ``state`` (``{"blocks": {ordinal: (ref, {part: BlockResult})}, "magnitudes": {part: histograms}}``)."""
-
-    inputs: MergeInputs
-    parts: tuple[RemotePart, ...]
-    needed: Mapping[int, tuple[int, ...]]
-    """By block ordinal, the parts that merge it."""
-    redoing: bool
-    """Blocks merged again with exact majority signs: nothing recorded."""
-
-    def __call__(self, ref: BlockRef, state: dict[str, Any]) -> None:
-        base, fts = self.inputs.block(ref.tensor.name, ref.start, ref.stop)
-        size = ref.stop - ref.start
-        storage = _out_storage(ref.tensor.out_dtype)
-        results: dict[int, BlockResult] = {}
-        for j in self.needed[ref.ordinal]:
-            part = self.parts[j]
-            block = part.block
-            out = _scratch("out", size, storage)  # (written out before the next part reuses it)
-            votes = np.zeros(4, np.int64)
-            kept = np.zeros(block.n if ref.ordinal in part.counted else 0, np.int64)
-            room = size if block.open_capacity else 0
-            at, alt = _scratch("at", room, np.dtype(np.int64)), _scratch("alt", room, storage)
-            recorded, args = block.merge(ref, base, fts, out, votes, kept, at, alt, redoing=self.redoing)
-            part.writer.write(ref.tensor.name, ref.start, out)
-            record = None
-            if recorded and part.records is not None:
-                record = append_records(part.records, at[:recorded], alt[:recorded])
-            report = None
-            if part.report:
-                magnitudes = state.setdefault("magnitudes", {})
-                if j not in magnitudes:
-                    magnitudes[j] = magnitude_histogram(block.n)
-                counts = (args.thr, args.quota, args.weights, args.sparsity)
-                report, elected = count_block(ref, base, fts, *counts, magnitudes[j], part.signs is not None)
-                if part.signs is not None:
-                    part.signs.write(ref.tensor.name, ref.start, elected)
-            back = recorded and record is None
-            results[j] = BlockResult(
-                votes,
-                kept,
-                at[:recorded].copy() if back else None,
-                alt[:recorded].copy() if back else None,
-                record,
-                report,
-            )
-        state.setdefault("blocks", {})[ref.ordinal] = (ref, results)
-        self.inputs.release(ref.tensor.name, ref.start, ref.stop)
-
-
-_SCRATCH = threading.local()
-
-
-def _scratch(name: str, size: int, dtype: np.dtype) -> np.ndarray:
-    """A worker thread's reusable buffer ``name`` of at least ``size`` elements of ``dtype`` (a fresh
-    buffer per block costs a page fault per page: six times the system time, measured on the 1b shape)."""
-    held: dict[tuple[str, str], np.ndarray] = _SCRATCH.__dict__.setdefault("buffers", {})
-    key = (name, dtype.str)
-    buffer = held.get(key)
-    if buffer is None or buffer.size < size:
-        buffer = held[key] = np.empty(size, dtype)
-    return buffer[:size]
 
 
 def run_pass2(
