@@ -67,9 +67,8 @@ class OpenElements:
                 self._memory[ordinal] = (offsets, alt.copy())
                 return
             spill = self._spill_file()
-            position = spill.seek(0, os.SEEK_END)
-            spill.write(offsets.tobytes())
-            spill.write(alt.tobytes())
+            spill.seek(0, os.SEEK_END)
+            position = _write_records(spill, offsets, alt)
             self._spilled[ordinal] = (position, len(at), alt.dtype)
             self.spilled_bytes += nbytes
 
@@ -90,10 +89,7 @@ class OpenElements:
                 return elsewhere.read()
             position, count, dtype = self._spilled.pop(ordinal)
             assert self._file is not None  # (a spilled record has a file)
-            self._file.seek(position)
-            at = np.frombuffer(self._file.read(4 * count), np.uint32).astype(np.int64)
-            alt = np.frombuffer(self._file.read(count * dtype.itemsize), dtype)
-            return at, alt
+            return _read_records(self._file, position, count, dtype)
 
     def _spill_file(self) -> IO[bytes]:
         if self._file is None:
@@ -130,10 +126,24 @@ class RecordFile:
 
     def read(self) -> tuple[np.ndarray, np.ndarray]:
         with open(self.path, "rb") as f:
-            f.seek(self.position)
-            at = np.frombuffer(f.read(4 * self.count), np.uint32).astype(np.int64)
-            alt = np.frombuffer(f.read(self.count * np.dtype(self.dtype).itemsize), np.dtype(self.dtype))
-        return at, alt
+            return _read_records(f, self.position, self.count, np.dtype(self.dtype))
+
+
+def _write_records(f: IO[bytes], at: np.ndarray, alt: np.ndarray) -> int:
+    """Write one block's records at ``f``'s position (the indices as uint32: a block has fewer than
+    2**32 elements, then the values); return where they start."""
+    position = f.tell()
+    f.write(at.astype(np.uint32).tobytes())
+    f.write(alt.tobytes())
+    return position
+
+
+def _read_records(f: IO[bytes], position: int, count: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """The ``count`` records :func:`_write_records` wrote at ``position``: indices as int64, values."""
+    f.seek(position)
+    at = np.frombuffer(f.read(4 * count), np.uint32).astype(np.int64)
+    alt = np.frombuffer(f.read(count * dtype.itemsize), dtype)
+    return at, alt
 
 
 _APPEND = threading.Lock()
@@ -144,7 +154,5 @@ def append_records(folder: str, at: np.ndarray, alt: np.ndarray) -> RecordFile:
     cluster's worker: the records stay on the shared file system instead of travelling to the driver)."""
     path = os.path.join(folder, f"open-elements-{socket.gethostname()}-{os.getpid()}.bin")
     with _APPEND, open(path, "ab") as f:
-        position = f.tell()
-        f.write(at.astype(np.uint32).tobytes())
-        f.write(alt.tobytes())
+        position = _write_records(f, at, alt)
     return RecordFile(path, position, len(at), alt.dtype.str)

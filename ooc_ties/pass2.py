@@ -121,7 +121,6 @@ class Pass2:
         # per block and model: values the trim kept, checked against pass 1's counts (see _counted_blocks)
         self.kept = np.zeros((len(quotas), plan.n_models), np.int64)
         self.counted, self.by_sample = counted_blocks(plan, thresholds)
-        self.spill = job.spill
         self.patches = OpenElements(plan.resources.memory_budget // PATCH_SHARE, job.spill)
         self.redoing = False
         self.bytes_read = 0
@@ -176,7 +175,7 @@ class Pass2:
             self.sink.block_writer(),
             self.report is not None,
             self.report.signs.block_writer() if self.report is not None and self.report.signs is not None else None,
-            str(self.spill) if self.spill is not None else None,
+            str(self.patches.folder) if self.patches.folder is not None else None,
         )
 
     def collect(self, state: dict[str, Any], part: int) -> None:
