@@ -148,10 +148,6 @@ def _call(runner: Callable[[Sequence[Any]], Any], items: Sequence[Any]) -> Any:
     return runner(items)
 
 
-def _value(runner: Callable[[Sequence[Any]], Any]) -> Callable[[Sequence[Any]], Any]:
-    return runner
-
-
 _EXECUTORS: dict[int, DaskExecutor] = {}
 
 
@@ -267,16 +263,17 @@ class DaskExecutor:
         import cloudpickle
         from dask.sizeof import sizeof
 
-        try:  # (a clear error here, not a serialisation failure on the scheduler)
-            self.task_bytes += len(cloudpickle.dumps(runner))
+        try:  # (pickled here, once: a clear error, not a serialisation failure on the scheduler)
+            payload = cloudpickle.dumps(runner)
         except OocTiesError:
             raise
         except (pickle.PicklingError, TypeError, AttributeError, ValueError) as exc:
             raise OptionError(f"this merge cannot run on a cluster: its tasks do not pickle ({exc})") from None
+        self.task_bytes += len(payload)
         batches = self._batches(items, cost)
         # The task goes out as the result of a task of its own, not scattered: scattered data lost with
         # its workers cannot be made again, a task's result can (the scheduler keeps its spec).
-        shipped = self.client.submit(_value, runner, pure=False)
+        shipped = self.client.submit(pickle.loads, payload, pure=False)
         futures = {self.client.submit(_call, shipped, batch, pure=False): batch for batch in batches}
         finished = False
         arriving = distributed.as_completed(list(futures), loop=self.client.loop)
