@@ -5,10 +5,10 @@ with one line. Skipped without the ``[dask]`` extra; most run with ``-m slow`` (
 
 from __future__ import annotations
 
+import json
 import os
 import signal
-import subprocess
-import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ import pytest
 from conftest import tree_digest
 from test_merge import write_models
 from test_methods import CASES
+from test_resume import _kill_at
 
 pytest.importorskip("distributed", reason="the [dask] extra (dask, distributed) is not installed")
 
@@ -241,28 +242,12 @@ def test_a_cluster_left_without_workers_stops_the_merge_with_one_line(
     assert not out.exists() and staging_path(out.absolute()).is_dir()
 
 
-_DRIVER = """
-import os, signal, sys
-from ooc_ties import PRESETS, Resources, merge
-address, share, out, base, *fts = sys.argv[1:]
-
-class KillingProgress:
-    # SIGKILLs this (the driver's) process once `share` of pass 2's bytes are done
-    def __init__(self, description, total):
-        self.done, self.at = 0, (float(share) * total if description.startswith("pass 2/2") else None)
-    def advance(self, nbytes):
-        self.done += nbytes
-        if self.at is not None and self.done >= self.at:
-            os.kill(os.getpid(), signal.SIGKILL)
-    def grow(self, nbytes):
-        pass
-    def close(self):
-        pass
-
-resources = Resources(max_block_elements=1024, cluster=address)
-merge(base, fts, out, PRESETS["paper"], resources, progress=KillingProgress, resume=True)
-raise SystemExit("pass 2 never reached " + share + " of its bytes")
-"""
+def _wait_until_idle(client: Any, timeout: float = 60) -> None:
+    """Wait until no worker runs or holds a task."""
+    deadline = time.monotonic() + timeout
+    while any(client.processing().values()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(client.processing().values()), "the cluster did not go idle"
 
 
 @pytest.mark.slow
@@ -273,11 +258,9 @@ def test_a_driver_killed_mid_merge_resumes(tiny_models: Models, tmp_path: Path, 
     base, fts = tiny_models
     expected = merge(base, fts, tmp_path / f"local{suffix}", PRESETS["paper"], Resources(max_block_elements=1024))
     out = tmp_path / f"cluster{suffix}"
-    command = [sys.executable, "-c", _DRIVER, client.scheduler.address, "0.5", str(out), str(base), *map(str, fts)]
-    killed = subprocess.run(command, capture_output=True, text=True)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
-    assert staging_path(out.absolute()).is_dir() and not out.exists()
-    client.run(lambda: None)  # (the dead driver's tasks have been released)
+    on_cluster = json.dumps({"max_block_elements": 1024, "cluster": client.scheduler.address})
+    _kill_at(tiny_models, out, "pass 2/2", 0.5, resources=on_cluster)  # (the partial merge stays)
+    _wait_until_idle(client)  # (as docs/distributed.md says: the dead driver's last tasks run to their end)
     resources = Resources(max_block_elements=1024, cluster=client)
     resumed = merge(base, fts, out, PRESETS["paper"], resources, resume=True)
     assert resumed.resumed_blocks > 0

@@ -11,6 +11,7 @@ test again on demo-sized ones (about 20M parameters, some 1300 blocks).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -56,10 +57,10 @@ def _command(models: Models, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "ooc_ties.cli", *args]
 
 
-_KILLED_AT = f"""
+_KILLED_AT = """
 import json, os, signal, sys
 from ooc_ties import PRESETS, Resources, merge
-options, phase, share, out, base, *fts = sys.argv[1:]
+options, resources, phase, share, out, base, *fts = sys.argv[1:]
 options = PRESETS["paper"].with_(**json.loads(options))
 
 class KillingProgress:
@@ -81,18 +82,21 @@ class KillingProgress:
     def close(self):
         pass
 
-resources = Resources(threads={THREADS}, max_block_elements={BLOCK})
-merge(base, fts, out, options, resources, progress=KillingProgress, resume=True)
+merge(base, fts, out, options, Resources(**json.loads(resources)), progress=KillingProgress, resume=True)
 raise SystemExit(phase + " never reached " + share + " of its bytes")
 """
 
 
-def _kill_at(models: Models, out: Path, phase: str, share: float, options: str = "{}") -> None:
+def _kill_at(
+    models: Models, out: Path, phase: str, share: float, options: str = "{}", resources: str | None = None
+) -> None:
     """Run a resumable merge into ``out`` in a child process that is SIGKILLed once ``share`` of the bytes
     of pass ``phase`` are done; the partial merge must stay. ``options``: changes to the ``paper`` preset
-    (JSON, ``MergeOptions`` fields)."""
+    (JSON, ``MergeOptions`` fields); ``resources``: its ``Resources`` (JSON; default: ``BUDGET``'s)."""
     base, fts = models
-    command = [sys.executable, "-c", _KILLED_AT, options, phase, str(share), str(out), str(base), *map(str, fts)]
+    resources = resources or json.dumps({"threads": THREADS, "max_block_elements": BLOCK})
+    args = [options, resources, phase, str(share), str(out), str(base), *map(str, fts)]
+    command = [sys.executable, "-c", _KILLED_AT, *args]
     killed = subprocess.run(command, capture_output=True, text=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert staging_path(out.absolute()).is_dir()
