@@ -26,11 +26,17 @@ TOP = 20
 
 
 def draw_plots(document: dict[str, Any], folder: Path) -> list[str]:
-    """Draw every plot the document has data for into ``folder``; return the file names written."""
-    import matplotlib
+    """Draw every plot the document has data for into ``folder``; return the file names written.
 
-    matplotlib.use("Agg")  # files only, no display
-    from matplotlib import pyplot as plt
+    The figures are drawn on matplotlib's Agg canvas directly, without ``pyplot``: a library call
+    leaves the caller's backend (a notebook's, say) and pyplot's global figures alone."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    def subplots(*grid: int, figsize: tuple[float, float]) -> tuple[Any, Any]:
+        figure = Figure(figsize=figsize)
+        FigureCanvasAgg(figure)
+        return figure, figure.subplots(*grid)
 
     written = []
     for name, draw in (
@@ -40,12 +46,11 @@ def draw_plots(document: dict[str, Any], folder: Path) -> list[str]:
         ("models_kept.png", _models_kept),
         ("top_conflicts.png", _top_conflicts),
     ):
-        figure = draw(document, plt)
+        figure = draw(document, subplots)
         if figure is None:
             continue
         figure.suptitle(PLOTS[name])
         figure.savefig(folder / name, dpi=110, bbox_inches="tight", metadata={"Software": None})
-        plt.close(figure)
         written.append(name)
     return written
 
@@ -54,14 +59,14 @@ def _labels(document: dict[str, Any]) -> list[str]:
     return [f"ft{t + 1}" for t in range(len(document["inputs"]["models"]))]
 
 
-def _conflicts_by_layer(document: dict[str, Any], plt: Any) -> Any:
+def _conflicts_by_layer(document: dict[str, Any], subplots: Any) -> Any:
     layers = document["layers"]
     if not layers:
         return None
     modules = sorted({m for layer in layers for m in layer["modules"]})
     grid = [[layer["modules"].get(m, {}).get("conflict_rate") for m in modules] for layer in layers]
     values = [[math.nan if v is None else v for v in row] for row in grid]
-    figure, axes = plt.subplots(figsize=(1.0 + 0.6 * len(modules), 1.5 + 0.25 * len(layers)))
+    figure, axes = subplots(figsize=(1.0 + 0.6 * len(modules), 1.5 + 0.25 * len(layers)))
     image = axes.imshow(values, aspect="auto", cmap="magma", interpolation="nearest")
     axes.set_xticks(range(len(modules)), modules, rotation=45, ha="right")
     step = max(1, len(layers) // 24)
@@ -71,11 +76,11 @@ def _conflicts_by_layer(document: dict[str, Any], plt: Any) -> Any:
     return figure
 
 
-def _density_curves(document: dict[str, Any], plt: Any) -> Any:
+def _density_curves(document: dict[str, Any], subplots: Any) -> Any:
     curves = document["density_curves"]
     if curves is None:
         return None
-    figure, axes = plt.subplots(figsize=(6.5, 4.2))
+    figure, axes = subplots(figsize=(6.5, 4.2))
     densities = curves["densities"]
     for label, model in zip(_labels(document), curves["models"], strict=True):
         (line,) = axes.plot(densities, model["l1_share"], label=f"{label}: L1")
@@ -93,10 +98,10 @@ def _density_curves(document: dict[str, Any], plt: Any) -> Any:
     return figure
 
 
-def _similarity(document: dict[str, Any], plt: Any) -> Any:
+def _similarity(document: dict[str, Any], subplots: Any) -> Any:
     whole = document["whole"]
     labels = _labels(document)
-    figure, panes = plt.subplots(1, 2, figsize=(3.2 + 1.2 * len(labels), 2.0 + 0.6 * len(labels)))
+    figure, panes = subplots(1, 2, figsize=(3.2 + 1.2 * len(labels), 2.0 + 0.6 * len(labels)))
     for axes, key, title in ((panes[0], "cosine", "task vectors"), (panes[1], "sign_cosine", "signs")):
         matrix = [[math.nan if v is None else v for v in row] for row in whole[key]]
         axes.imshow(matrix, vmin=-1, vmax=1, cmap="coolwarm")
@@ -109,10 +114,10 @@ def _similarity(document: dict[str, Any], plt: Any) -> Any:
     return figure
 
 
-def _models_kept(document: dict[str, Any], plt: Any) -> Any:
+def _models_kept(document: dict[str, Any], subplots: Any) -> Any:
     counts = document["whole"]["models_kept"]
     total = max(1, sum(counts))
-    figure, axes = plt.subplots(figsize=(5.0, 3.2))
+    figure, axes = subplots(figsize=(5.0, 3.2))
     axes.bar(range(len(counts)), [c / total for c in counts], color="tab:blue")
     axes.set_xticks(range(len(counts)))
     axes.set_xlabel("models keeping the value")
@@ -120,12 +125,12 @@ def _models_kept(document: dict[str, Any], plt: Any) -> Any:
     return figure
 
 
-def _top_conflicts(document: dict[str, Any], plt: Any) -> Any:
+def _top_conflicts(document: dict[str, Any], subplots: Any) -> Any:
     rows = [r for r in document["tensors"] if r["conflict_rate"] is not None]
     rows = sorted(rows, key=lambda r: (-r["conflict_rate"], r["name"]))[:TOP]
     if not rows:
         return None
-    figure, axes = plt.subplots(figsize=(7.0, 1.0 + 0.28 * len(rows)))
+    figure, axes = subplots(figsize=(7.0, 1.0 + 0.28 * len(rows)))
     axes.barh(range(len(rows)), [r["conflict_rate"] for r in rows], color="tab:red")
     axes.set_yticks(range(len(rows)), [r["name"] for r in rows], fontsize="small")
     axes.invert_yaxis()
