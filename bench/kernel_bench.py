@@ -11,7 +11,8 @@ round, so that on a shared machine they see the same load.
 
 Besides the table's cases (whose thresholds have tie quotas that may run out in the block, half of
 them under the general rule), two cases time the common path of a TIES merge, every tie kept and no
-general rule: ``merge_trim``, and ``interference_trim``, what ``merge --report`` adds to it.
+general rule: ``merge_trim``, and ``counted_trim``, the same merge counting what ``merge --report``
+reports (``merge_counted``).
 """
 
 from __future__ import annotations
@@ -61,13 +62,16 @@ def _merge_trim(rng: np.random.Generator, n: int) -> Thunks:
     return kernel, oracle
 
 
-def _interference_trim(rng: np.random.Generator, n: int) -> Thunks:
+def _counted_trim(rng: np.random.Generator, n: int) -> Thunks:
     base, fts, thr, quota, weights = _trim_models(rng, n)
+    out = np.empty(n, np.uint16)
+    none = np.zeros(0, np.int64)
+    lam = np.float32(0.7)
 
     def split(arrays: tuple[np.ndarray, ...]) -> tuple[Close, bytes]:
-        magnitudes, elected, norms, dots, signs, counts, kept_hist, totals, discarded = arrays
-        exact = b"".join(a.tobytes() for a in (magnitudes, elected, signs, counts, kept_hist, totals))
-        return Close(norms, dots, discarded), exact
+        merged, votes, magnitudes, elected, norms, dots, signs, counts, kept_hist, totals, discarded = arrays
+        exact = (merged, votes, magnitudes, elected, signs, counts, kept_hist, totals)
+        return Close(norms, dots, discarded), b"".join(a.tobytes() for a in exact)
 
     magnitudes = report.magnitude_histogram(len(fts))
     outputs = report.interference_outputs(len(fts))
@@ -76,16 +80,24 @@ def _interference_trim(rng: np.random.Generator, n: int) -> Thunks:
     def kernel() -> tuple[Close, bytes]:
         for a in (magnitudes, *outputs):
             a.fill(0)
-        report.interference(base, fts, thr, quota, weights, None, 0, magnitudes, elected, *outputs)
-        return split((magnitudes, elected, *outputs))
+        votes = np.zeros(4, np.int64)
+        no_alt = np.zeros(0, np.uint16)
+        report.merge_counted(
+            base, fts, thr, quota, weights, lam, True, True, True, out, votes, none, none, no_alt, None, 0,
+            magnitudes, elected, *outputs,
+        )  # fmt: skip
+        return split((out, votes[:3], magnitudes, elected, *outputs))
 
-    return kernel, lambda: split(report.interference_oracle(base, fts, thr, quota, weights))
+    def oracle() -> tuple[Close, bytes]:
+        return split(report.merge_counted_oracle(base, fts, thr, quota, weights, lam, True, np.dtype(np.uint16)))
+
+    return kernel, oracle
 
 
 CASES: dict[str, Callable[[np.random.Generator, int], Thunks]] = {
     **{name: pair.case for name, pair in PAIRS.items()},
     "merge_trim": _merge_trim,
-    "interference_trim": _interference_trim,
+    "counted_trim": _counted_trim,
 }
 """Every case by name: the table's and the two above."""
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -19,10 +18,11 @@ from ooc_ties.config import MergeOptions
 from ooc_ties.dtypes import DType
 from ooc_ties.errors import NonFiniteValueError
 from ooc_ties.inputs import MergeInputs
+from ooc_ties.kernels.report import merge_counted
 from ooc_ties.kernels.ties import merge as merge_kernel
 from ooc_ties.sparsity import Sparsity
 
-__all__ = ["BlockMerge", "KernelArgs", "out_storage"]
+__all__ = ["BlockMerge", "out_storage"]
 
 
 def out_storage(dtype: DType) -> np.dtype:
@@ -33,16 +33,6 @@ def out_storage(dtype: DType) -> np.dtype:
         "F32": np.dtype(np.float32),
     }
     return encodings[dtype.code]
-
-
-@dataclass(frozen=True, slots=True)
-class KernelArgs:
-    """The per-tensor arguments a block's merge kernel took (the report's kernel takes them too)."""
-
-    thr: np.ndarray
-    quota: np.ndarray
-    weights: np.ndarray
-    sparsity: Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,11 +83,16 @@ class BlockMerge:
         alt: np.ndarray,
         *,
         redoing: bool,
-    ) -> tuple[int, KernelArgs]:
+        counts: tuple[np.ndarray, ...] = (),
+    ) -> int:
         """Merge a block into ``out``; count its votes (``votes``: #S>0, #S<0, open elements, open
         elements not recorded) and, if ``kept`` has a row's length, the values each model kept; record its
         open elements in ``at``/``alt`` (their indices and their other result) where the majority sign is
-        a guess. Returns how many were recorded (all of them, or 0), and the kernel's arguments."""
+        a guess. Returns how many were recorded (all of them, or 0).
+
+        With ``counts`` (``--report``: the arrays :func:`~ooc_ties.kernels.report.merge_counted` takes
+        after ``offset``, from :meth:`~ooc_ties.report.collect.Collector.fresh`), the same kernel call
+        also counts the block's interference statistics into them."""
         name = ref.tensor.name
         key = self.key(name)
         votes[:] = 0
@@ -106,13 +101,12 @@ class BlockMerge:
         quota, sparsity = self.quotas[ref.ordinal], None
         if self.sparsity is not None:
             quota, sparsity = self.sparsity.block_args(ref, base, fts, quota)
-        args = KernelArgs(self.thr[key], quota, self.weights(name), sparsity)
-        bad = merge_kernel(
+        args = (
             base,
             fts,
-            args.thr,
+            self.thr[key],
             quota,
-            args.weights,
+            self.weights(name),
             np.float32(self.options.lam),
             self.zero_positive[key],
             self.options.method.consensus,
@@ -124,8 +118,9 @@ class BlockMerge:
             alt[:capacity],
             sparsity,
         )
+        bad = merge_counted(*args, ref.start, *counts) if counts else merge_kernel(*args)
         if bad >= 0:
             message = self.inputs.describe_nonfinite(name, ref.start + bad, None, ref.tensor.out_dtype)
             raise NonFiniteValueError(message)
         recorded = int(votes[2] - votes[3])
-        return (recorded if recorded and not votes[3] else 0), args
+        return recorded if recorded and not votes[3] else 0

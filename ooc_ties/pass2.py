@@ -160,9 +160,10 @@ class Pass2:
         row[:] = 0
         kept = row if ref.ordinal in self.counted else row[:0]  # an empty row: the kernel counts nothing
         at, alt = buffers["at"], buffers[("alt", storage)]
-        recorded, args = self.block.merge(ref, base, fts, out, votes, kept, at, alt, redoing=self.redoing)
+        counts = self.report.fresh(ref) if self.report is not None else ()
+        recorded = self.block.merge(ref, base, fts, out, votes, kept, at, alt, redoing=self.redoing, counts=counts)
         if self.report is not None:
-            self.report.add(ref, base, fts, args.thr, args.quota, args.weights, args.sparsity)
+            self.report.take(ref, counts)
         if recorded:  # (a block with open elements not recorded is merged again)
             self.patches.keep(ref.ordinal, at[:recorded], alt[:recorded])
         self.writes.submit(buffer, functools.partial(self._write, ref, out, votes, row, self.redoing))

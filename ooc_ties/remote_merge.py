@@ -22,7 +22,7 @@ from ooc_ties.inputs import MergeInputs
 from ooc_ties.io.block_writer import BlockWriter
 from ooc_ties.kernels.report import magnitude_histogram
 from ooc_ties.open_elements import RecordFile, append_records
-from ooc_ties.report.collect import count_block
+from ooc_ties.report.collect import block_counts
 
 __all__ = ["BlockResult", "RemoteMerge", "RemotePart"]
 
@@ -90,20 +90,19 @@ class RemoteMerge:
             kept = np.zeros(block.n if ref.ordinal in part.counted else 0, np.int64)
             room = size if block.open_capacity else 0
             at, alt = _scratch("at", room, np.dtype(np.int64)), _scratch("alt", room, storage)
-            recorded, args = block.merge(ref, base, fts, out, votes, kept, at, alt, redoing=self.redoing)
-            part.writer.write(ref.tensor.name, ref.start, out)
-            record = None
-            if recorded and part.records is not None:
-                record = append_records(part.records, at[:recorded], alt[:recorded])
-            report = None
+            counts: tuple[np.ndarray, ...] = ()
             if part.report:
                 magnitudes = state.setdefault("magnitudes", {})
                 if j not in magnitudes:
                     magnitudes[j] = magnitude_histogram(block.n)
-                counts = (args.thr, args.quota, args.weights, args.sparsity)
-                report, elected = count_block(ref, base, fts, *counts, magnitudes[j], part.signs is not None)
-                if part.signs is not None:
-                    part.signs.write(ref.tensor.name, ref.start, elected)
+                counts = block_counts(ref, magnitudes[j], part.signs is not None)
+            recorded = block.merge(ref, base, fts, out, votes, kept, at, alt, redoing=self.redoing, counts=counts)
+            part.writer.write(ref.tensor.name, ref.start, out)
+            record = None
+            if recorded and part.records is not None:
+                record = append_records(part.records, at[:recorded], alt[:recorded])
+            if part.signs is not None:
+                part.signs.write(ref.tensor.name, ref.start, counts[1])
             back = recorded and record is None
             results[j] = BlockResult(
                 votes,
@@ -111,7 +110,7 @@ class RemoteMerge:
                 at[:recorded].copy() if back else None,
                 alt[:recorded].copy() if back else None,
                 record,
-                report,
+                counts[2:] if counts else None,
             )
         state.setdefault("blocks", {})[ref.ordinal] = (ref, results)
         self.inputs.release(ref.tensor.name, ref.start, ref.stop)

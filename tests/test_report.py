@@ -18,7 +18,7 @@ from ooc_ties import PRESETS, MergeOptions, OocTiesError, OptionError, Resources
 from ooc_ties.analyze import analyze
 from ooc_ties.cli import main
 from ooc_ties.io.checkpoint import Checkpoint
-from ooc_ties.kernels import report
+from ooc_ties.kernels import report, ties
 from ooc_ties.kernels.convert import decode_oracle, encode_oracle
 from ooc_ties.report.document import layer_of, module_of
 from tests.conftest import read_only
@@ -281,7 +281,7 @@ def test_docs_name_every_field(tiny_models: Models, tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# the interference kernel against its oracle
+# the merge that counts (merge_counted) against its oracle and the plain merge
 
 _STORAGE = {"bf16": np.uint16, "f16": np.int16, "f32": np.float32}
 
@@ -289,7 +289,7 @@ _STORAGE = {"bf16": np.uint16, "f16": np.int16, "f32": np.float32}
 def _interference_case(
     seed: int, n: int, n_models: int, kind: str, zeros: bool, quota_kind: str, weights_kind: str, general: bool
 ) -> tuple[Any, ...]:
-    """Inputs of :func:`report.interference`: task values of a few levels (ties at the thresholds, exact
+    """Inputs of :func:`report.merge_counted`: task values of a few levels (ties at the thresholds, exact
     zero votes), with ``zeros`` some base and fine-tuned values exactly +0.0 or -0.0."""
     rng = np.random.default_rng(seed)
     storage = np.dtype(_STORAGE[kind])
@@ -328,17 +328,31 @@ def _interference_case(
     return (*read_only(base_s, *fts), thr, quota, weights, sparsity)
 
 
-def _run_interference(case: tuple[Any, ...], offset: int) -> tuple[np.ndarray, ...]:
+_MERGE_OPTIONS = (np.float32(0.7), True, True, True)
+"""lam, zero_positive, consensus, normalize of the merge the counts go with."""
+
+
+def _run_counted(
+    case: tuple[Any, ...], offset: int, options: tuple[Any, ...] = _MERGE_OPTIONS, capacity: int = 0
+) -> tuple[np.ndarray, ...]:
+    """:func:`report.merge_counted` on a case: the merged block, all four vote counts, the magnitudes,
+    the elected signs, the interference outputs, then the recorded open elements and their results."""
     base, *fts, thr, quota, weights, sparsity = case
+    out = np.empty(base.size, base.dtype)
+    votes = np.zeros(4, np.int64)
+    at, alt = np.zeros(capacity, np.int64), np.zeros(capacity, base.dtype)
     magnitudes = report.magnitude_histogram(len(fts))
     elected = np.zeros(base.size, np.int8)
     outputs = report.interference_outputs(len(fts))
-    report.interference(base, tuple(fts), thr, quota, weights, sparsity, offset, magnitudes, elected, *outputs)
-    return magnitudes, elected, *outputs
+    report.merge_counted(
+        base, tuple(fts), thr, quota, weights, *options, out, votes, np.zeros(0, np.int64), at, alt, sparsity,
+        offset, magnitudes, elected, *outputs,
+    )  # fmt: skip
+    return out, votes, magnitudes, elected, *outputs, at, alt
 
 
-_FLOATS = {2, 3, 8}
-"""The float64 outputs among :func:`report.interference_oracle`'s: norms, dots, discarded."""
+_FLOATS = {4, 5, 10}
+"""The float64 outputs among :func:`_run_counted`'s: norms, dots, discarded."""
 
 
 @settings(max_examples=60, deadline=None)
@@ -351,8 +365,9 @@ _FLOATS = {2, 3, 8}
     weights_kind=st.sampled_from(["ones", "random", "negative"]),
     general=st.booleans(),
     offset=st.integers(0, 20),
+    merge=st.tuples(st.sampled_from([0.7, 1.0, -2.0]), st.booleans(), st.booleans(), st.booleans()),
 )
-def test_interference_matches_its_oracle(
+def test_merge_counted_matches_its_oracle(
     seed: int,
     n: int,
     layout: tuple[str, int],
@@ -361,41 +376,81 @@ def test_interference_matches_its_oracle(
     weights_kind: str,
     general: bool,
     offset: int,
+    merge: tuple[float, bool, bool, bool],
 ) -> None:
-    """Every count exactly the oracle's, every float64 sum within 1e-12 of it, and the same bits when run
-    again (a fixed order of summation)."""
+    """The merged block, and every count, exactly the oracle's; every float64 sum within 1e-12 of it;
+    the same bits when run again (a fixed order of summation)."""
     kind, n_models = layout
     case = _interference_case(seed, n, n_models, kind, zeros, quota_kind, weights_kind, general)
-    got = _run_interference(case, offset)
+    options = (np.float32(merge[0]), *merge[1:])
+    got = _run_counted(case, offset, options)[:-2]
     base, *fts, thr, quota, weights, sparsity = case
-    want = report.interference_oracle(base, tuple(fts), thr, quota, weights, sparsity, offset)
-    for i, (g, w) in enumerate(zip(got, want, strict=True)):
+    lam, zero_positive, consensus, normalize = options
+    want = report.merge_counted_oracle(
+        base, tuple(fts), thr, quota, weights, lam, zero_positive, base.dtype,
+        consensus=consensus, normalize=normalize, sparsity=sparsity, offset=offset,
+    )  # fmt: skip
+    for i, (g, w) in enumerate(zip((got[0], got[1][:3], *got[2:]), want, strict=True)):
         assert g.dtype == w.dtype and g.shape == w.shape, i
         if i in _FLOATS:
             np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-300, err_msg=str(i))
         else:
             np.testing.assert_array_equal(g, w, err_msg=str(i))
-    again = _run_interference(case, offset)
+    again = _run_counted(case, offset, options)[:-2]
     assert all(a.tobytes() == g.tobytes() for a, g in zip(again, got, strict=True))
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 2**31),
+    n=st.integers(0, 5000),
+    quota_kind=st.sampled_from(["all", "some"]),
+    general=st.booleans(),
+    zero_positive=st.booleans(),
+    capacity=st.sampled_from([0, 3, 5000]),
+)
+def test_merge_counted_merges_as_merge_does(
+    seed: int, n: int, quota_kind: str, general: bool, zero_positive: bool, capacity: int
+) -> None:
+    """Counting changes nothing in the merge: the same block, vote counts, recorded open elements and
+    their other results as :func:`ties.merge` with the same arguments."""
+    case = _interference_case(seed, n, 3, "bf16", True, quota_kind, "random", general)
+    options = (np.float32(0.7), zero_positive, True, True)
+    counted = _run_counted(case, 0, options, capacity)
+    base, *fts, thr, quota, weights, sparsity = case
+    out = np.empty(base.size, base.dtype)
+    votes = np.zeros(4, np.int64)
+    at, alt = np.zeros(capacity, np.int64), np.zeros(capacity, base.dtype)
+    ties.merge(base, tuple(fts), thr, quota, weights, *options, out, votes, np.zeros(0, np.int64), at, alt, sparsity)
+    recorded = int(votes[2] - votes[3])
+    assert counted[0].tobytes() == out.tobytes()
+    assert counted[1].tolist() == votes.tolist()
+    assert counted[-2][:recorded].tolist() == at[:recorded].tolist()
+    assert counted[-1][:recorded].tobytes() == alt[:recorded].tobytes()
 
 
 def test_interference_sums_do_not_depend_on_the_tiles() -> None:
     """A block of 2.5 tiles and the same elements in blocks of 1000 (each its own call, the sums added
-    in block order) give the same counts and float64 sums within 1e-12."""
+    in block order) give the same merge, counts and float64 sums within 1e-12."""
     case = _interference_case(7, 5120, 3, "bf16", True, "all", "random", False)
-    whole = _run_interference(case, 0)
+    whole = _run_counted(case, 0)
     base, *fts, thr, quota, weights, sparsity = case
+    out = np.empty(base.size, base.dtype)
+    votes = np.zeros(4, np.int64)
+    none = np.zeros(0, np.int64)
     parts = [report.magnitude_histogram(3), np.zeros(0, np.int8), *report.interference_outputs(3)]
     for start in range(0, base.size, 1000):
         piece = slice(start, start + 1000)
-        report.interference(
-            base[piece], tuple(ft[piece] for ft in fts), thr, quota, weights, sparsity, start, parts[0], parts[1],
-            *parts[2:],
+        report.merge_counted(
+            base[piece], tuple(ft[piece] for ft in fts), thr, quota, weights, *_MERGE_OPTIONS, out[piece], votes,
+            none, none, np.zeros(0, base.dtype), sparsity, start, *parts,
         )  # fmt: skip
-    for i, (w, p) in enumerate(zip(whole, parts, strict=True)):
+    assert out.tobytes() == whole[0].tobytes()
+    assert votes.tolist() == whole[1].tolist()
+    for i, (w, p) in enumerate(zip(whole[2:-2], parts, strict=True)):
         if i == 1:
             continue
-        if i in _FLOATS:
+        if i + 2 in _FLOATS:
             np.testing.assert_allclose(p, w, rtol=1e-12, atol=1e-300)
         else:
             np.testing.assert_array_equal(p, w)

@@ -25,7 +25,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-__all__ = ["f32_as_u32", "helper", "kernel", "u32_as_f32"]
+__all__ = ["f32_as_u32", "helper", "inlined", "kernel", "u32_as_f32"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -41,6 +41,17 @@ def helper(fn: F) -> F:
     (``ooc_ties.kernels.pairs``)."""
     compiled = _by_name(numba.njit(nogil=True, cache=True, fastmath=False, error_model="numpy")(fn), fn)
     setattr(compiled, "is_helper", True)  # noqa: B010 (a Dispatcher takes attributes; mypy does not know)
+    return cast(F, compiled)
+
+
+def inlined(fn: F) -> F:
+    """Compile a helper that Numba inlines into each kernel calling it, in Numba's own IR (same policy
+    otherwise). For a tile's whole step, which kernels share (``_merge_tile``, ``_count_tile``): LLVM
+    does not inline a function that size, and a loop over arrays passed in as arguments vectorised
+    worse than the same loop in the kernel's body (docs/performance.md, step 27)."""
+    options: dict[str, Any] = {"nogil": True, "cache": True, "fastmath": False, "error_model": "numpy"}
+    compiled = _by_name(numba.njit(inline="always", **options)(fn), fn)
+    setattr(compiled, "is_helper", True)  # noqa: B010
     return cast(F, compiled)
 
 

@@ -293,27 +293,41 @@ class Close:
         return f"Close({self.values!r})"
 
 
-def _interference(rng: np.random.Generator, n: int) -> Thunks:
+def _merge_counted(rng: np.random.Generator, n: int) -> Thunks:
     base, fts = _models(rng, n)
     thr, quota = _cut(rng, base, fts)
     weights = np.array([1.0, 0.5, 2.0], np.float32)
+    lam, zero_positive = np.float32(0.7), bool(rng.random() < 0.5)
+    consensus, normalize = bool(rng.random() < 0.8), bool(rng.random() < 0.8)
     sparsity = _general_rule(rng, n, fts, base) if rng.random() < 0.5 else None
-
     offset = int(rng.integers(0, 100))
 
     def split(arrays: tuple[np.ndarray, ...]) -> tuple[Close, bytes]:
-        magnitudes, elected, norms_, dots, signs, counts, kept_hist, totals, discarded = arrays
-        exact = b"".join(a.tobytes() for a in (magnitudes, elected, signs, counts, kept_hist, totals))
-        return Close(norms_, dots, discarded), exact
+        merged, votes, magnitudes, elected, norms_, dots, signs, counts, kept_hist, totals, discarded = arrays
+        exact = (merged, votes, magnitudes, elected, signs, counts, kept_hist, totals)
+        return Close(norms_, dots, discarded), b"".join(a.tobytes() for a in exact)
 
     def kernel() -> tuple[Close, bytes]:
+        out = np.empty(n, np.uint16)
+        votes = np.zeros(4, np.int64)
+        none = np.zeros(0, np.int64)
         magnitudes = report.magnitude_histogram(len(fts))
         elected = np.zeros(n, np.int8)
         outputs = report.interference_outputs(len(fts))
-        report.interference(base, fts, thr, quota, weights, sparsity, offset, magnitudes, elected, *outputs)
-        return split((magnitudes, elected, *outputs))
+        report.merge_counted(
+            base, fts, thr, quota, weights, lam, zero_positive, consensus, normalize, out, votes, none,
+            none, np.zeros(0, np.uint16), sparsity, offset, magnitudes, elected, *outputs,
+        )  # fmt: skip
+        return split((out, votes[:3], magnitudes, elected, *outputs))
 
-    return kernel, lambda: split(report.interference_oracle(base, fts, thr, quota, weights, sparsity, offset))
+    def oracle() -> tuple[Close, bytes]:
+        arrays = report.merge_counted_oracle(
+            base, fts, thr, quota, weights, lam, zero_positive, np.dtype(np.uint16),
+            consensus=consensus, normalize=normalize, sparsity=sparsity, offset=offset,
+        )  # fmt: skip
+        return split(arrays)
+
+    return kernel, oracle
 
 
 PAIRS: Mapping[str, Pair] = {
@@ -331,6 +345,6 @@ PAIRS: Mapping[str, Pair] = {
     "elect_count": Pair(ties.elect_count, ties.elect_count_oracle, _elect_count),
     "merge": Pair(ties.merge, ties.merge_oracle, _merge),
     "keep_flags": Pair(ties.keep_flags, ties.keep_flags_oracle, _keep_flags),
-    "interference": Pair(report.interference, report.interference_oracle, _interference),
+    "merge_counted": Pair(report.merge_counted, report.merge_counted_oracle, _merge_counted),
 }
 """Every kernel of :mod:`ooc_ties.kernels` by name, with its oracle and a case."""

@@ -1,9 +1,10 @@
 """Collecting the interference statistics of a merge, block by block, in pass 2 (no read of its own).
 
-Pass 2 hands every block's inputs, once merged, to :meth:`Collector.add`, which runs the
-:func:`~ooc_ties.kernels.report.interference` kernel on them into fresh per-block outputs. When pass 2
-ends, :meth:`Collector.tensors` adds each tensor's blocks in block order (so the float64 sums do not
-depend on the threads) and settles the open elements with the exact majority sign.
+Pass 2 merges every block with :func:`~ooc_ties.kernels.report.merge_counted`, which counts the
+block's statistics in the same tile loop, into arrays from :meth:`Collector.fresh` (:func:`block_counts`
+on a cluster's worker); :meth:`Collector.take` keeps them. When pass 2 ends, :meth:`Collector.tensors`
+adds each tensor's blocks in block order (so the float64 sums do not depend on the threads) and
+settles the open elements with the exact majority sign.
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ import numpy as np
 
 from ooc_ties.blocks import BlockRef
 from ooc_ties.config import ZeroSign
-from ooc_ties.kernels.report import interference, interference_outputs, magnitude_histogram
+from ooc_ties.kernels.report import interference_outputs, magnitude_histogram
 from ooc_ties.pass1.thresholds import Thresholds
 from ooc_ties.plan import MergePlan
 from ooc_ties.report.signs import SignFile
 
-__all__ = ["Collector", "TensorStats", "count_block"]
+__all__ = ["Collector", "TensorStats", "block_counts"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,24 +59,12 @@ class TensorStats:
     """``sum |v|`` of the kept values that disagree with the elected sign (the disjoint mean drops them)."""
 
 
-def count_block(
-    ref: BlockRef,
-    base: np.ndarray,
-    fts: tuple[np.ndarray, ...],
-    thr: np.ndarray,
-    quota: np.ndarray,
-    weights: np.ndarray,
-    sparsity: object,
-    magnitudes: np.ndarray,
-    signs: bool,
-) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
-    """One block's interference counts (fresh outputs of :func:`interference`), added into the worker's
-    ``magnitudes``; and its elected signs if ``signs`` (else an empty array). A pure function of the
-    block: a cluster's worker runs it beside the block's merge."""
-    outputs = interference_outputs(len(fts))
+def block_counts(ref: BlockRef, magnitudes: np.ndarray, signs: bool) -> tuple[np.ndarray, ...]:
+    """The arrays one block's merge counts into (:func:`~ooc_ties.kernels.report.merge_counted`'s after
+    ``offset``): the worker's ``magnitudes``, room for the block's elected signs if ``signs`` (else an
+    empty array), and fresh outputs. A cluster's worker calls it as pass 2's threads do."""
     elected = np.zeros(ref.stop - ref.start if signs else 0, np.int8)
-    interference(base, fts, thr, quota, weights, sparsity, ref.start, magnitudes, elected, *outputs)
-    return outputs, elected
+    return magnitudes, elected, *interference_outputs(magnitudes.shape[0])
 
 
 class Collector:
@@ -91,30 +80,23 @@ class Collector:
         self._local = threading.local()
         self._magnitudes: list[np.ndarray] = []
 
-    def add(
-        self,
-        ref: BlockRef,
-        base: np.ndarray,
-        fts: tuple[np.ndarray, ...],
-        thr: np.ndarray,
-        quota: np.ndarray,
-        weights: np.ndarray,
-        sparsity: object,
-    ) -> None:
-        """Count one block (called by pass 2 with the arguments of its merge kernel)."""
+    def fresh(self, ref: BlockRef) -> tuple[np.ndarray, ...]:
+        """The arrays a block's merge counts into (:func:`block_counts`, with this thread's magnitudes)."""
         magnitudes = getattr(self._local, "magnitudes", None)
         if magnitudes is None:  # one per worker: integer counts add up the same in any order
             magnitudes = self._local.magnitudes = magnitude_histogram(self.n)
             self.add_magnitudes(magnitudes)
-        outputs, elected = count_block(
-            ref, base, fts, thr, quota, weights, sparsity, magnitudes, self.signs is not None
-        )
-        self.accept(ref, outputs)
+        return block_counts(ref, magnitudes, self.signs is not None)
+
+    def take(self, ref: BlockRef, counts: tuple[np.ndarray, ...]) -> None:
+        """Keep a block's counts once its merge has counted into them (:meth:`fresh`'s arrays), and write
+        its elected signs if they are saved."""
+        self.accept(ref, counts[2:])
         if self.signs is not None:
-            self.signs.write(ref.tensor.name, ref.start, elected)
+            self.signs.write(ref.tensor.name, ref.start, counts[1])
 
     def accept(self, ref: BlockRef, outputs: tuple[np.ndarray, ...]) -> None:
-        """Keep one block's counts (:func:`count_block`'s, from this process or a cluster's worker)."""
+        """Keep one block's interference outputs (from this process or a cluster's worker)."""
         with self._lock:
             self._blocks[ref.ordinal] = (ref, outputs)
 
