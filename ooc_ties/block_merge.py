@@ -21,6 +21,7 @@ from ooc_ties.inputs import MergeInputs
 from ooc_ties.kernels.report import merge_counted
 from ooc_ties.kernels.ties import merge as merge_kernel
 from ooc_ties.sparsity import Sparsity
+from ooc_ties.tensor_weights import TensorWeights
 
 __all__ = ["BlockMerge", "out_storage"]
 
@@ -62,14 +63,11 @@ class BlockMerge:
     """The drop or band, if the method has one."""
     open_capacity: int
     """Room for a block's open elements (0: none recorded)."""
-    _weights: dict[str, np.ndarray] = dataclasses.field(default_factory=dict, compare=False)
+    weights: TensorWeights = dataclasses.field(init=False, compare=False)
+    """Each tensor's float32 weights."""
 
-    def weights(self, name: str) -> np.ndarray:
-        """The float32 weights of one tensor (its own, from a configuration's gradients or filters)."""
-        weights = self._weights.get(name)
-        if weights is None:
-            weights = self._weights[name] = self.options.for_tensor(name).model_weights(self.n)
-        return weights
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "weights", TensorWeights(self.options, self.n))
 
     def merge(
         self,

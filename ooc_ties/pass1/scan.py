@@ -23,6 +23,7 @@ from ooc_ties.executor import Executor, executor_for
 from ooc_ties.inputs import MergeInputs
 from ooc_ties.plan import MergePlan
 from ooc_ties.progress import Progress
+from ooc_ties.tensor_weights import TensorWeights
 
 __all__ = ["BlockRead", "BlockWork", "Reader", "Scan", "in_nbytes"]
 
@@ -76,15 +77,9 @@ class Scan:
         """Bytes the progress total covers: read so far, and what the current group is expected to read."""
         self.n = plan.n_models
         self.threads = plan.resources.threads
-        self._weights: dict[str, np.ndarray] = {}
+        self.weights = TensorWeights(plan.options, self.n)
+        """Each tensor's float32 weights."""
         self.executor: Executor = executor_for(plan.resources)
-
-    def weights(self, name: str) -> np.ndarray:
-        """The float32 weights of one tensor (its own, from a configuration's gradients or filters)."""
-        weights = self._weights.get(name)
-        if weights is None:
-            weights = self._weights[name] = self.plan.options.for_tensor(name).model_weights(self.n)
-        return weights
 
     def run(
         self,
@@ -110,7 +105,7 @@ class Scan:
         # A copy inside a task sent to a cluster's worker: what the kernels' work needs (the plan, the
         # inputs, which reopen there), not the driver's progress bar, reader or executor.
         state = dict(self.__dict__)
-        state.update(bar=None, _reader=None, executor=None, _weights={})
+        state.update(bar=None, _reader=None, executor=None)
         return state
 
     def check_finite(self, ref: BlockRef, bad: np.ndarray) -> None:
