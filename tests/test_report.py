@@ -21,7 +21,7 @@ from ooc_ties.io.checkpoint import Checkpoint
 from ooc_ties.kernels import report, ties
 from ooc_ties.kernels.convert import decode_oracle, encode_oracle
 from ooc_ties.report.document import layer_of, module_of
-from tests.conftest import read_only
+from tests.conftest import LAYOUT_SCOPES, read_only
 
 Models = tuple[Path, list[Path]]
 
@@ -355,39 +355,40 @@ _FLOATS = {4, 5, 10}
 """The float64 outputs among :func:`_run_counted`'s: norms, dots, discarded."""
 
 
+_COUNTED_LAYOUTS = {
+    False: [("bf16", 3), ("f32", 1)],
+    True: [("bf16", 3), ("bf16", 2), ("f16", 2), ("f32", 3), ("f32", 1)],
+}
+"""(input storage, models) of the test below: by default the merges' own layout (bf16, three models, which
+the end-to-end tests compile anyway) and one more; every layout with ``-m slow`` (each layout costs about
+4 s of compiling, twice: with and without the general rule)."""
+
+
+@pytest.mark.parametrize("every", LAYOUT_SCOPES)
 @settings(max_examples=60, deadline=None)
-@given(
-    seed=st.integers(0, 2**31),
-    n=st.integers(0, 5000),
-    layout=st.sampled_from([("bf16", 3), ("bf16", 2), ("f16", 2), ("f32", 3), ("f32", 1)]),
-    zeros=st.booleans(),
-    quota_kind=st.sampled_from(["all", "some", "none"]),
-    weights_kind=st.sampled_from(["ones", "random", "negative"]),
-    general=st.booleans(),
-    offset=st.integers(0, 20),
-    merge=st.tuples(st.sampled_from([0.7, 1.0, -2.0]), st.booleans(), st.booleans(), st.booleans()),
-)
-def test_merge_counted_matches_its_oracle(
-    seed: int,
-    n: int,
-    layout: tuple[str, int],
-    zeros: bool,
-    quota_kind: str,
-    weights_kind: str,
-    general: bool,
-    offset: int,
-    merge: tuple[float, bool, bool, bool],
-) -> None:
+@given(data=st.data())
+def test_merge_counted_matches_its_oracle(every: bool, data: st.DataObject) -> None:
     """The merged block, and every count, exactly the oracle's; every float64 sum within 1e-12 of it;
     the same bits when run again (a fixed order of summation)."""
-    kind, n_models = layout
+    kind, n_models = data.draw(st.sampled_from(_COUNTED_LAYOUTS[every]), label="layout")
+    seed = data.draw(st.integers(0, 2**31), label="seed")
+    n = data.draw(st.integers(0, 5000), label="n")
+    zeros = data.draw(st.booleans(), label="zeros")
+    quota_kind = data.draw(st.sampled_from(["all", "some", "none"]), label="quota_kind")
+    weights_kind = data.draw(st.sampled_from(["ones", "random", "negative"]), label="weights_kind")
+    general = data.draw(st.booleans(), label="general")
+    offset = data.draw(st.integers(0, 20), label="offset")
+    lam = data.draw(st.sampled_from([0.7, 1.0, -2.0]), label="lam")
+    flags = data.draw(
+        st.tuples(st.booleans(), st.booleans(), st.booleans()), label="zero_positive, consensus, normalize"
+    )
     case = _interference_case(seed, n, n_models, kind, zeros, quota_kind, weights_kind, general)
-    options = (np.float32(merge[0]), *merge[1:])
+    options = (np.float32(lam), *flags)
     got = _run_counted(case, offset, options)[:-2]
     base, *fts, thr, quota, weights, sparsity = case
-    lam, zero_positive, consensus, normalize = options
+    lam32, zero_positive, consensus, normalize = options
     want = report.merge_counted_oracle(
-        base, tuple(fts), thr, quota, weights, lam, zero_positive, base.dtype,
+        base, tuple(fts), thr, quota, weights, lam32, zero_positive, base.dtype,
         consensus=consensus, normalize=normalize, sparsity=sparsity, offset=offset,
     )  # fmt: skip
     for i, (g, w) in enumerate(zip((got[0], got[1][:3], *got[2:]), want, strict=True)):
