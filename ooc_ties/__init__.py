@@ -20,7 +20,7 @@ from ooc_ties._version import __version__
 
 if TYPE_CHECKING:
     from ooc_ties.analyze import AnalysisResult, analyze
-    from ooc_ties.config import PRESETS, MergeOptions, RescaleRule, Resources, Scope, TensorValues, TrimRule, ZeroSign
+    from ooc_ties.config import PRESETS, MergeOptions, RescaleRule, Scope, TensorValues, TrimRule, ZeroSign
     from ooc_ties.convert import ConvertResult, convert
     from ooc_ties.errors import (
         CheckpointFormatError,
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from ooc_ties.methods import METHODS, Method
     from ooc_ties.pass1.thresholds import GroupThreshold, ThresholdBasis, Thresholds
     from ooc_ties.plan import MergePlan
+    from ooc_ties.resources import Resources
     from ooc_ties.sources import TensorSource, open_source
 
 __all__ = [
@@ -93,7 +94,6 @@ _HOMES = {
         "PRESETS",
         "MergeOptions",
         "RescaleRule",
-        "Resources",
         "Scope",
         "TensorValues",
         "TrimRule",
@@ -117,6 +117,7 @@ _HOMES = {
     "ooc_ties.merge": ("GridPlan", "GridResult", "MergeResult", "merge", "merge_grid", "plan_grid", "plan_merge"),
     "ooc_ties.methods": ("METHODS", "Method"),
     "ooc_ties.plan": ("MergePlan",),
+    "ooc_ties.resources": ("Resources",),
     "ooc_ties.sources": ("TensorSource", "open_source"),
     "ooc_ties.pass1.thresholds": ("GroupThreshold", "ThresholdBasis", "Thresholds"),
 }

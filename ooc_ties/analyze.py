@@ -17,7 +17,7 @@ from typing import Any
 
 from ooc_ties.batch import open_inputs
 from ooc_ties.cluster import connected
-from ooc_ties.config import PRESETS, MergeOptions, Resources
+from ooc_ties.config import PRESETS, MergeOptions
 from ooc_ties.lint import lint_inputs
 from ooc_ties.outputs import NullOutput
 from ooc_ties.pass1.run import compute_thresholds
@@ -27,6 +27,7 @@ from ooc_ties.progress import ProgressFactory
 from ooc_ties.report.build import build_report, check_report_path, open_signs
 from ooc_ties.report.collect import Collector
 from ooc_ties.report.write import write_report
+from ooc_ties.resources import Resources
 from ooc_ties.sources import SourceLike
 
 __all__ = ["AnalysisResult", "analyze"]

@@ -18,12 +18,7 @@ from typing import Any
 import click
 
 from ooc_ties._version import __version__
-from ooc_ties.config import (
-    PRESETS,
-    Resources,
-    parse_size,
-    parse_threads,
-)
+from ooc_ties.config import PRESETS
 from ooc_ties.errors import OocTiesError
 from ooc_ties.grid import GridMode, GridPoint
 from ooc_ties.merge import MergeResult, merge, merge_grid, plan_grid, plan_merge
@@ -31,6 +26,7 @@ from ooc_ties.merge_flags import What, join_weights, merges, what_to_merge
 from ooc_ties.pass1.thresholds import Thresholds
 from ooc_ties.plan import MAX_BLOCK_ELEMENTS
 from ooc_ties.progress import tqdm_progress
+from ooc_ties.resources import Resources, parse_size, parse_threads
 
 __all__ = ["cli", "main"]
 

@@ -27,7 +27,7 @@ from ooc_ties.errors import ClusterError, OocTiesError, OptionError
 from ooc_ties.progress import Progress
 
 if TYPE_CHECKING:
-    from ooc_ties.config import Resources
+    from ooc_ties.resources import Resources
 
 __all__ = ["DaskExecutor", "connected", "parse_cluster"]
 

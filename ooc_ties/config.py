@@ -1,25 +1,21 @@
 """Merge settings: frozen value objects, the two presets, and the parsers that validate user input.
 
-:class:`MergeOptions` holds everything that decides the output bytes; :class:`Resources` holds what only
-decides how fast and in how much memory they are made (never the bytes themselves). The CLI builds both
-from its flags through the ``parse_*`` functions here, and so does the library API.
+:class:`MergeOptions` holds everything that decides the output bytes (:class:`~ooc_ties.resources.Resources`
+holds what only decides how fast and in how much memory they are made). The CLI builds them from its flags
+through the ``parse_*`` functions here, and so does the library API.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import math
-import os
-import re
 import types
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from ooc_ties.cluster import parse_cluster
 from ooc_ties.dtypes import DType, parse_output_dtype
 from ooc_ties.errors import OptionError
 from ooc_ties.kernels.drop import parse_della_epsilon
@@ -29,7 +25,6 @@ __all__ = [
     "PRESETS",
     "MergeOptions",
     "RescaleRule",
-    "Resources",
     "Scope",
     "TensorValues",
     "TrimRule",
@@ -38,8 +33,6 @@ __all__ = [
     "parse_density",
     "parse_lambda",
     "parse_preset",
-    "parse_size",
-    "parse_threads",
     "parse_weights",
 ]
 
@@ -158,37 +151,6 @@ def parse_weights(values: Any) -> tuple[float, ...] | None:
     if all(np.float32(w) == 0 for w in weights):
         raise OptionError("weights are all 0 (as float32): the merge would be the base model unchanged")
     return weights
-
-
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*([kmgt]?)(i?)b?\s*$", re.IGNORECASE)
-
-
-def parse_size(value: str | int, option: str = "size") -> int:
-    """A byte count: an integer, or a number with a unit (``2GiB``, ``256MiB``, ``5GB``, ``500M``)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        size = value
-    else:
-        match = _SIZE.match(str(value))
-        if not match:
-            raise OptionError(f'{option} "{value}" is not a size (expected e.g. "2GiB", "512MiB", "5GB")')
-        number, unit, binary = match.groups()
-        base = 1024 if (binary or not unit) else 1000
-        size = int(float(number) * base ** "_kmgt".index(unit.lower() or "_"))
-    if size <= 0:
-        raise OptionError(f'{option} must be positive; got "{value}"')
-    return size
-
-
-def parse_threads(value: int | None) -> int:
-    """Worker threads: a positive integer; ``None`` for every CPU this process may run on."""
-    if value is None:
-        try:
-            return max(1, len(os.sched_getaffinity(0)))
-        except AttributeError:  # pragma: no cover - not Linux
-            return max(1, os.cpu_count() or 1)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise OptionError(f"threads must be a positive integer; got {value!r}")
-    return value
 
 
 def _as_tuple(density: float | tuple[float, ...] | None) -> tuple[float, ...]:
@@ -437,50 +399,3 @@ def parse_preset(name: str) -> MergeOptions:
         allowed = ", ".join(f'"{p}"' for p in PRESETS)
         raise OptionError(f'preset "{name}" is invalid (expected one of: {allowed})')
     return PRESETS[name]
-
-
-@dataclass(frozen=True, slots=True)
-class Resources:
-    """How a merge runs; none of it changes the output bytes."""
-
-    memory_budget: int = 2 * 1024**3
-    """Bytes of working memory the engine may allocate (blocks, histograms); see docs/memory.md."""
-    threads: int = field(default_factory=lambda: parse_threads(None))
-    """Worker threads for both passes."""
-    shard_size: int = 5 * 1000**3
-    """Largest output shard in bytes (a tensor larger than this gets a shard of its own)."""
-    max_block_elements: int | None = None
-    """Cap on the block size in elements, below what the budget allows (tests and tuning)."""
-    durable: bool = False
-    """Wait until the output is on disk (``fsync``) before publishing it (see docs/memory.md)."""
-    direct_io: bool = True
-    """Write safetensors shards with ``O_DIRECT``, past the page cache, where the file system allows it
-    (:mod:`ooc_ties.io.direct`); False writes through the page cache. The bytes are the same."""
-    cluster: Any = None
-    """Where the block tasks run: ``None`` for this process's threads, a ``distributed.Client``, or an
-    address (``tcp://host:8786``, ``local:N``) that the merge connects to for its duration
-    (docs/distributed.md). The bytes are the same."""
-
-    def __post_init__(self) -> None:
-        if self.max_block_elements is not None and (
-            isinstance(self.max_block_elements, bool)
-            or not isinstance(self.max_block_elements, int)
-            or self.max_block_elements < 1
-        ):
-            raise OptionError(f"max block elements must be a positive integer; got {self.max_block_elements!r}")
-        object.__setattr__(self, "memory_budget", parse_size(self.memory_budget, "memory budget"))
-        object.__setattr__(self, "threads", parse_threads(self.threads))
-        object.__setattr__(self, "shard_size", parse_size(self.shard_size, "shard size"))
-        if isinstance(self.cluster, str):
-            object.__setattr__(self, "cluster", parse_cluster(self.cluster))
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # A copy sent to a cluster's workers (inside a task's plan) leaves the client behind: only the
-        # driver talks to the scheduler.
-        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        fields["cluster"] = None
-        return (_resources, (fields,))
-
-
-def _resources(fields: dict[str, Any]) -> Resources:
-    return Resources(**fields)

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ooc_ties.chunk_grid import ChunkGrid
-from ooc_ties.config import Resources
 from ooc_ties.io.staging import StagedDirectory
 from ooc_ties.io.writer import layout_shards
 from ooc_ties.io.zarr_format import is_zarr_group
@@ -26,6 +25,7 @@ from ooc_ties.io.zarr_output import ChunkedSpec
 from ooc_ties.outputs import OutputLike, check_output_path, open_output, output_format
 from ooc_ties.plan import MAX_BLOCK_ELEMENTS
 from ooc_ties.progress import ProgressFactory, progress_bar
+from ooc_ties.resources import Resources
 from ooc_ties.schedule import run_blocks
 from ooc_ties.sources import SourceLike, open_source
 from ooc_ties.tensor import Tensor

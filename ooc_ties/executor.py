@@ -13,7 +13,7 @@ processes compute the same bytes.
   A task sent there must pickle: it names its inputs by path or URL and its parameters by value, and
   changes nothing but its accumulator (:mod:`ooc_ties.cluster`).
 
-:func:`executor_for` picks one from :class:`~ooc_ties.config.Resources`.
+:func:`executor_for` picks one from :class:`~ooc_ties.resources.Resources`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from ooc_ties.progress import Progress
 from ooc_ties.schedule import run_blocks
 
 if TYPE_CHECKING:
-    from ooc_ties.config import Resources
+    from ooc_ties.resources import Resources
 
 __all__ = ["Executor", "Threads", "executor_for"]
 

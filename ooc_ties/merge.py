@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ooc_ties.batch import Job, MergeResult, open_inputs, resumed_block_elements, run_batch
 from ooc_ties.cluster import connected
-from ooc_ties.config import PRESETS, MergeOptions, Resources
+from ooc_ties.config import PRESETS, MergeOptions
 from ooc_ties.errors import OptionError, OutputPathError
 from ooc_ties.grid import GRID_NAME, GridPoint, grid_document, name_points
 from ooc_ties.inputs import MergeInputs
@@ -33,6 +33,7 @@ from ooc_ties.pass1.costs import plan_reads
 from ooc_ties.pass1.thresholds import Thresholds
 from ooc_ties.plan import MergePlan, _human, make_plan
 from ooc_ties.progress import ProgressFactory
+from ooc_ties.resources import Resources
 from ooc_ties.sources import SourceLike
 
 __all__ = [

@@ -13,13 +13,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ooc_ties.chunk_grid import ChunkGrid
-from ooc_ties.config import MergeOptions, Resources
+from ooc_ties.config import MergeOptions
 from ooc_ties.dtypes import F32, F64, I8, DType
 from ooc_ties.errors import IncompatibleCheckpointsError, OptionError
 from ooc_ties.io.direct import ALIGNMENT, BOUNCE_BYTES
 from ooc_ties.io.writer import ShardLayout, layout_shards
 from ooc_ties.methods import Sparsify, row_length
 from ooc_ties.pass1.costs import SAMPLE_STRIDE, VOTE_STRIDE, max_reads, pass1_memory, plan_reads
+from ooc_ties.resources import Resources
 from ooc_ties.sources import TensorSource
 from ooc_ties.tensor import Tensor
 

@@ -12,12 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ooc_ties.chunk_grid import ChunkGrid
-from ooc_ties.config import MergeOptions, Resources, parse_size
+from ooc_ties.config import MergeOptions
 from ooc_ties.dtypes import DTYPES
 from ooc_ties.errors import OptionError
 from ooc_ties.io.checkpoint import Checkpoint
 from ooc_ties.io.safetensors import SafetensorsFile
 from ooc_ties.io.writer import ShardWriter, layout_shards
+from ooc_ties.resources import Resources, parse_size
 from ooc_ties.tensor import Tensor
 
 CODES = {np.dtype(v.storage): k for k, v in DTYPES.items() if k != "BF16"}

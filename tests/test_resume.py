@@ -23,9 +23,9 @@ import pytest
 from conftest import tree_digest
 
 from ooc_ties import PRESETS, merge, plan_merge
-from ooc_ties.config import Resources
 from ooc_ties.errors import OptionError, OutputPathError
 from ooc_ties.io.staging import STATE_DIR, staging_path
+from ooc_ties.resources import Resources
 from ooc_ties.synthetic import SHAPES, generate_model
 
 Models = tuple[Path, list[Path]]

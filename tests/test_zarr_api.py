@@ -16,12 +16,12 @@ import zarr.storage
 from conftest import tree_digest
 
 from ooc_ties import PRESETS, merge
-from ooc_ties.config import Resources
 from ooc_ties.convert import convert
 from ooc_ties.errors import CheckpointFormatError, OutputPathError, UnsupportedDtypeError
 from ooc_ties.io.arrays import ArraySource
 from ooc_ties.io.checkpoint import Checkpoint
 from ooc_ties.io.zarr_format import DTYPE_ATTRIBUTE, FILES_ATTRIBUTE, RECIPE_ATTRIBUTE
+from ooc_ties.resources import Resources
 
 Models = tuple[Path, list[Path]]
 SMALL = Resources(max_block_elements=1000)
