@@ -160,9 +160,10 @@ class Pass2:
         row[:] = 0
         kept = row if ref.ordinal in self.counted else row[:0]  # an empty row: the kernel counts nothing
         at, alt = buffers["at"], buffers[("alt", storage)]
-        counts = self.report.fresh(ref) if self.report is not None else ()
+        # (a block merged again is not counted again: its counts do not depend on the majority sign)
+        counts = self.report.fresh(ref) if self.report is not None and not self.redoing else ()
         recorded = self.block.merge(ref, base, fts, out, votes, kept, at, alt, redoing=self.redoing, counts=counts)
-        if self.report is not None:
+        if self.report is not None and counts:
             self.report.take(ref, counts)
         if recorded:  # (a block with open elements not recorded is merged again)
             self.patches.keep(ref.ordinal, at[:recorded], alt[:recorded])

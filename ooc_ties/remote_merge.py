@@ -91,7 +91,7 @@ class RemoteMerge:
             room = size if block.open_capacity else 0
             at, alt = _scratch("at", room, np.dtype(np.int64)), _scratch("alt", room, storage)
             counts: tuple[np.ndarray, ...] = ()
-            if part.report:
+            if part.report and not self.redoing:  # (a block merged again is not counted again)
                 magnitudes = state.setdefault("magnitudes", {})
                 if j not in magnitudes:
                     magnitudes[j] = magnitude_histogram(block.n)
@@ -101,7 +101,7 @@ class RemoteMerge:
             record = None
             if recorded and part.records is not None:
                 record = append_records(part.records, at[:recorded], alt[:recorded])
-            if part.signs is not None:
+            if counts and part.signs is not None:
                 part.signs.write(ref.tensor.name, ref.start, counts[1])
             back = recorded and record is None
             results[j] = BlockResult(

@@ -162,6 +162,33 @@ def test_a_wrong_majority_guess_is_corrected_from_the_workers_records(
     assert not list(tmp_path.rglob("open-elements*"))  # (the workers' record files went with the merge)
 
 
+@pytest.mark.slow
+def test_blocks_merged_again_on_a_cluster_are_counted_once(
+    tmp_path: Path, client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A wrong guess whose open elements a tie quota decides: the workers merge blocks again, and the
+    report counts each once, as the local merge's does (``tests/test_report.py`` checks that one)."""
+    from ooc_ties.pass1.costs import VOTE_STRIDE
+
+    block, n_blocks = 4096, 4 * VOTE_STRIDE
+    sampled = (np.arange(n_blocks * block) // block) % VOTE_STRIDE == 0
+    tau = np.where(sampled, 1.0, -1.0).astype(np.float32)
+    tau2 = tau.copy()
+    tau2[::4] = -tau2[::4]
+    base = np.zeros(n_blocks * block, np.float32)
+    paths = write_models(tmp_path, base, base + tau, base + tau2)
+    options = PRESETS["paper"].with_(trim="topk", density=0.75)
+    documents = []
+    for name, cluster in (("local", None), ("remote", client)):
+        with caplog.at_level("INFO", logger="ooc_ties"):
+            resources = Resources(max_block_elements=block, cluster=cluster)
+            merge(paths[0], paths[1:], tmp_path / name, options, resources, report=tmp_path / f"{name}-report")
+        assert "0 merged again" not in caplog.text
+        caplog.clear()
+        documents.append(json.loads((tmp_path / f"{name}-report" / "report.json").read_text()))
+    assert documents[0] == documents[1]
+
+
 class _KillOnce(distributed.WorkerPlugin):
     """SIGKILLs the worker process that starts the ``after``-th task it runs, once per test (a marker
     file remembers it across the restarted worker)."""

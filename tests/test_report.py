@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -192,6 +193,46 @@ def test_a_resumed_merge_cannot_report(tiny_models: Models, tmp_path: Path) -> N
     assert not (tmp_path / "report").exists()
 
 
+def test_blocks_merged_again_are_counted_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wrong majority guess whose open elements a tie quota decides (so they cannot be recorded) has
+    pass 2 merge blocks again; the report counts each block once: every 8th element in the magnitudes,
+    and the same figures as an analysis that counts them once."""
+    from safetensors.numpy import save_file
+
+    from ooc_ties.pass1.costs import VOTE_STRIDE
+    from ooc_ties.report.collect import Collector
+
+    block = 4096
+    n_blocks = 4 * VOTE_STRIDE
+    sampled = (np.arange(n_blocks * block) // block) % VOTE_STRIDE == 0
+    sign = np.where(sampled, 1.0, -1.0).astype(np.float32)  # the sample votes +, the whole model votes -
+    tau2 = sign.copy()
+    tau2[::4] = -tau2[::4]  # exact zero votes between kept values, every value at the threshold
+    tensors = [np.zeros(sign.size, np.float32), sign, tau2]
+    paths = [tmp_path / f"m{i}.safetensors" for i in range(3)]
+    for path, tensor in zip(paths, tensors, strict=True):
+        save_file({"w": tensor}, path)
+    totals: list[np.ndarray] = []
+    counted = Collector.magnitudes
+
+    def spy(self: Collector) -> np.ndarray:
+        totals.append(counted(self).sum(axis=1))
+        return counted(self)
+
+    monkeypatch.setattr(Collector, "magnitudes", spy)
+    options = PRESETS["paper"].with_(trim="topk", density=0.75)  # a tie quota: pass 1 guesses the sign
+    resources = Resources(max_block_elements=block, threads=2)
+    with caplog.at_level("INFO", logger="ooc_ties"):
+        merge(paths[0], paths[1:], tmp_path / "out", options, resources, report=tmp_path / "report")
+    again = re.search(r"(\d+) merged again", caplog.text)
+    assert again is not None and int(again.group(1)) > 0, caplog.text
+    assert totals[0].tolist() == [-(-sign.size // 8)] * 2
+    merged = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert merged["density_curves"] == analyze(paths[0], paths[1:], tmp_path / "a", options).document["density_curves"]
+
+
 def test_names_give_layers_and_modules() -> None:
     assert layer_of("model.layers.12.self_attn.q_proj.weight") == 12
     assert layer_of("model.embed_tokens.weight") is None
@@ -333,22 +374,28 @@ _MERGE_OPTIONS = (np.float32(0.7), True, True, True)
 
 
 def _run_counted(
-    case: tuple[Any, ...], offset: int, options: tuple[Any, ...] = _MERGE_OPTIONS, capacity: int = 0
+    case: tuple[Any, ...],
+    offset: int,
+    options: tuple[Any, ...] = _MERGE_OPTIONS,
+    capacity: int = 0,
+    count_kept: bool = False,
 ) -> tuple[np.ndarray, ...]:
     """:func:`report.merge_counted` on a case: the merged block, all four vote counts, the magnitudes,
-    the elected signs, the interference outputs, then the recorded open elements and their results."""
+    the elected signs, the interference outputs, then the recorded open elements, their results and the
+    values each model kept (counted if ``count_kept``)."""
     base, *fts, thr, quota, weights, sparsity = case
     out = np.empty(base.size, base.dtype)
     votes = np.zeros(4, np.int64)
     at, alt = np.zeros(capacity, np.int64), np.zeros(capacity, base.dtype)
+    kept = np.zeros(len(fts) if count_kept else 0, np.int64)
     magnitudes = report.magnitude_histogram(len(fts))
     elected = np.zeros(base.size, np.int8)
     outputs = report.interference_outputs(len(fts))
     report.merge_counted(
-        base, tuple(fts), thr, quota, weights, *options, out, votes, np.zeros(0, np.int64), at, alt, sparsity,
+        base, tuple(fts), thr, quota, weights, *options, out, votes, kept, at, alt, sparsity,
         offset, magnitudes, elected, *outputs,
     )  # fmt: skip
-    return out, votes, magnitudes, elected, *outputs, at, alt
+    return out, votes, magnitudes, elected, *outputs, at, alt, kept
 
 
 _FLOATS = {4, 5, 10}
@@ -384,7 +431,7 @@ def test_merge_counted_matches_its_oracle(every: bool, data: st.DataObject) -> N
     )
     case = _interference_case(seed, n, n_models, kind, zeros, quota_kind, weights_kind, general)
     options = (np.float32(lam), *flags)
-    got = _run_counted(case, offset, options)[:-2]
+    got = _run_counted(case, offset, options)[:-3]
     base, *fts, thr, quota, weights, sparsity = case
     lam32, zero_positive, consensus, normalize = options
     want = report.merge_counted_oracle(
@@ -397,8 +444,30 @@ def test_merge_counted_matches_its_oracle(every: bool, data: st.DataObject) -> N
             np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-300, err_msg=str(i))
         else:
             np.testing.assert_array_equal(g, w, err_msg=str(i))
-    again = _run_counted(case, offset, options)[:-2]
+    again = _run_counted(case, offset, options)[:-3]
     assert all(a.tobytes() == g.tobytes() for a, g in zip(again, got, strict=True))
+
+
+def _merged_as_merge_does(
+    case: tuple[Any, ...], options: tuple[Any, ...], capacity: int, count_kept: bool
+) -> tuple[int, int]:
+    """Check :func:`report.merge_counted` against :func:`ties.merge` with the same arguments: the same
+    block, vote counts, kept counts, recorded open elements and their other results; return how many
+    open elements there were, and how many were recorded."""
+    counted = _run_counted(case, 0, options, capacity, count_kept)
+    base, *fts, thr, quota, weights, sparsity = case
+    out = np.empty(base.size, base.dtype)
+    votes = np.zeros(4, np.int64)
+    at, alt = np.zeros(capacity, np.int64), np.zeros(capacity, base.dtype)
+    kept = np.zeros(len(fts) if count_kept else 0, np.int64)
+    ties.merge(base, tuple(fts), thr, quota, weights, *options, out, votes, kept, at, alt, sparsity)
+    recorded = int(votes[2] - votes[3])
+    assert counted[0].tobytes() == out.tobytes()
+    assert counted[1].tolist() == votes.tolist()
+    assert counted[-1].tolist() == kept.tolist()
+    assert counted[-3][:recorded].tolist() == at[:recorded].tolist()
+    assert counted[-2][:recorded].tobytes() == alt[:recorded].tobytes()
+    return int(votes[2]), recorded
 
 
 @settings(max_examples=30, deadline=None)
@@ -406,28 +475,34 @@ def test_merge_counted_matches_its_oracle(every: bool, data: st.DataObject) -> N
     seed=st.integers(0, 2**31),
     n=st.integers(0, 5000),
     quota_kind=st.sampled_from(["all", "some"]),
+    weights_kind=st.sampled_from(["ones", "random"]),
     general=st.booleans(),
-    zero_positive=st.booleans(),
+    flags=st.tuples(st.booleans(), st.booleans(), st.booleans()),
     capacity=st.sampled_from([0, 3, 5000]),
+    count_kept=st.booleans(),
 )
 def test_merge_counted_merges_as_merge_does(
-    seed: int, n: int, quota_kind: str, general: bool, zero_positive: bool, capacity: int
+    seed: int,
+    n: int,
+    quota_kind: str,
+    weights_kind: str,
+    general: bool,
+    flags: tuple[bool, bool, bool],
+    capacity: int,
+    count_kept: bool,
 ) -> None:
-    """Counting changes nothing in the merge: the same block, vote counts, recorded open elements and
-    their other results as :func:`ties.merge` with the same arguments."""
-    case = _interference_case(seed, n, 3, "bf16", True, quota_kind, "random", general)
-    options = (np.float32(0.7), zero_positive, True, True)
-    counted = _run_counted(case, 0, options, capacity)
-    base, *fts, thr, quota, weights, sparsity = case
-    out = np.empty(base.size, base.dtype)
-    votes = np.zeros(4, np.int64)
-    at, alt = np.zeros(capacity, np.int64), np.zeros(capacity, base.dtype)
-    ties.merge(base, tuple(fts), thr, quota, weights, *options, out, votes, np.zeros(0, np.int64), at, alt, sparsity)
-    recorded = int(votes[2] - votes[3])
-    assert counted[0].tobytes() == out.tobytes()
-    assert counted[1].tolist() == votes.tolist()
-    assert counted[-2][:recorded].tolist() == at[:recorded].tolist()
-    assert counted[-1][:recorded].tobytes() == alt[:recorded].tobytes()
+    """Counting changes nothing in the merge (:func:`_merged_as_merge_does`), whatever the options."""
+    case = _interference_case(seed, n, 3, "bf16", True, quota_kind, weights_kind, general)
+    _merged_as_merge_does(case, (np.float32(0.7), *flags), capacity, count_kept)
+
+
+@pytest.mark.parametrize("capacity", [3, 5000])
+def test_merge_counted_records_open_elements_as_merge_does(capacity: int) -> None:
+    """A case with exact zero votes between kept values: the open elements recorded, as ``merge`` records
+    them (up to the capacity)."""
+    case = _interference_case(0, 5000, 3, "bf16", True, "all", "ones", False)
+    open_, recorded = _merged_as_merge_does(case, (np.float32(0.7), True, True, True), capacity, True)
+    assert open_ > 3 and recorded == min(open_, capacity)
 
 
 def test_interference_sums_do_not_depend_on_the_tiles() -> None:
@@ -448,7 +523,7 @@ def test_interference_sums_do_not_depend_on_the_tiles() -> None:
         )  # fmt: skip
     assert out.tobytes() == whole[0].tobytes()
     assert votes.tolist() == whole[1].tolist()
-    for i, (w, p) in enumerate(zip(whole[2:-2], parts, strict=True)):
+    for i, (w, p) in enumerate(zip(whole[2:-3], parts, strict=True)):
         if i == 1:
             continue
         if i + 2 in _FLOATS:

@@ -48,7 +48,12 @@ def inlined(fn: F) -> F:
     """Compile a helper that Numba inlines into each kernel calling it, in Numba's own IR (same policy
     otherwise). For a tile's whole step, which kernels share (``_merge_tile``, ``_count_tile``): LLVM
     does not inline a function that size, and a loop over arrays passed in as arguments vectorised
-    worse than the same loop in the kernel's body (docs/performance.md, step 27)."""
+    worse than the same loop in the kernel's body (docs/performance.md, step 27).
+
+    Numba's cache checks only the modification time of the file that defines a kernel: after editing
+    an inlined helper in another module (``ties.py``'s ``_merge_tile`` for ``report.py``'s kernel),
+    clear the cache (``NUMBA_CACHE_DIR``) or touch the kernel's file. An installed package is not
+    affected."""
     options: dict[str, Any] = {"nogil": True, "cache": True, "fastmath": False, "error_model": "numpy"}
     compiled = _by_name(numba.njit(inline="always", **options)(fn), fn)
     setattr(compiled, "is_helper", True)  # noqa: B010
