@@ -106,8 +106,8 @@ def merge(
     configuration's ``chat_template`` (:func:`~ooc_ties.mergekit_yaml.apply_chat_template`).
 
     ``report``: a folder for the merge's interference report (docs/report.md), counted in pass 2 at no
-    extra read; the same report :func:`ooc_ties.analyze.analyze` writes. Not with a ``resume`` that
-    finds merged blocks (their counts are gone). ``save_signs``: a file for the elected signs (int8
+    extra read; the same report :func:`ooc_ties.analyze.analyze` writes (a ``resume`` reads the blocks an
+    interrupted run merged once more, to count them). ``save_signs``: a file for the elected signs (int8
     safetensors, :mod:`ooc_ties.report.signs`), which a later merge's ``sign_from`` can name.
     """
     resources = resources or Resources()

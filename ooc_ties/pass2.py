@@ -28,7 +28,7 @@ import numpy as np
 from ooc_ties.block_merge import BlockMerge, out_storage
 from ooc_ties.blocks import BlockRef, plan_blocks
 from ooc_ties.config import ZeroSign
-from ooc_ties.errors import NonFiniteValueError, OptionError
+from ooc_ties.errors import NonFiniteValueError
 from ooc_ties.executor import executor_for
 from ooc_ties.inputs import MergeInputs
 from ooc_ties.journal import Journal
@@ -123,6 +123,8 @@ class Pass2:
         self.counted, self.by_sample = counted_blocks(plan, thresholds)
         self.patches = OpenElements(plan.resources.memory_budget // PATCH_SHARE, job.spill)
         self.redoing = False
+        self.count_only: frozenset[int] = frozenset()
+        """Blocks an interrupted run merged, counted again for the report of the resumed one (not written)."""
         self.bytes_read = 0
         """Input bytes of the blocks merged (or merged again) by :meth:`run`."""
         self.writes = WriteQueue(plan.block_elements, 2 * self.threads)
@@ -145,6 +147,22 @@ class Pass2:
         base, fts = self.inputs.block(ref.tensor.name, ref.start, ref.stop)
         self.merge_arrays(ref, base, fts, buffers)
         self.inputs.release(ref.tensor.name, ref.start, ref.stop)
+
+    def count_arrays(
+        self, ref: BlockRef, base: np.ndarray, fts: tuple[np.ndarray, ...], buffers: dict[Any, np.ndarray]
+    ) -> None:
+        """Count a block an interrupted run merged, for the report of the resumed merge: the same kernel
+        merges it into a scratch block, which is not written (the output has it already)."""
+        if self.report is None:
+            raise AssertionError("unreachable: blocks are counted only for a report")
+        storage = out_storage(ref.tensor.out_dtype)
+        if ("count", storage) not in buffers:
+            buffers[("count", storage)] = np.empty(self.writes.block_elements, storage)
+        out = buffers[("count", storage)][: ref.stop - ref.start]
+        counts = self.report.fresh(ref)
+        votes, none = np.zeros(4, np.int64), np.zeros(0, np.int64)
+        self.block.merge(ref, base, fts, out, votes, none, none, out[:0], redoing=True, counts=counts)
+        self.report.take(ref, counts)
 
     def merge_arrays(
         self, ref: BlockRef, base: np.ndarray, fts: tuple[np.ndarray, ...], buffers: dict[Any, np.ndarray]
@@ -178,6 +196,7 @@ class Pass2:
             self.report is not None,
             self.report.signs.block_writer() if self.report is not None and self.report.signs is not None else None,
             str(self.patches.folder) if self.patches.folder is not None else None,
+            self.count_only,
         )
 
     def collect(self, state: dict[str, Any], part: int) -> None:
@@ -186,6 +205,10 @@ class Pass2:
         for ordinal, (ref, results) in state.get("blocks", {}).items():
             result = results.get(part)
             if result is None:
+                continue
+            if ordinal in self.count_only:  # (counted for the report only: its merge was journaled before)
+                if self.report is not None and result.report is not None:
+                    self.report.accept(ref, result.report)
                 continue
             self.votes[ordinal] = result.votes
             self.kept[ordinal] = result.kept if result.kept.size else 0
@@ -258,14 +281,12 @@ def run_pass2_shared(
     needed: dict[int, list[int]] = {}  # block ordinal: the jobs that still merge it
     for j, (job, runner) in enumerate(zip(jobs, runners, strict=True)):
         done, redone = _resume_state(job, runner, len(blocks))
-        if done and job.report is not None:
-            raise OptionError(
-                "a report needs every block merged in one run, and this merge resumes one that merged "
-                f"{len(done):,} blocks: run `ooc-ties analyze` for its report"
-            )
+        if done and job.report is not None:  # the blocks done before are read again, to be counted
+            runner.count_only = frozenset(done)
+            logger.info("resume: the report counts the %d blocks done before again (they are not written)", len(done))
         resumed.append((len(done), redone))
         for ref in blocks:
-            if ref.ordinal not in done:
+            if ref.ordinal not in done or ref.ordinal in runner.count_only:
                 needed.setdefault(ref.ordinal, []).append(j)
                 runner.bytes_read += ref.in_nbytes
     todo = [ref for ref in blocks if ref.ordinal in needed]
@@ -280,7 +301,10 @@ def run_pass2_shared(
             state = buffers.get(j)
             if state is None:
                 state = buffers[j] = runners[j].new_state()
-            runners[j].merge_arrays(ref, base, fts, state)
+            if ref.ordinal in runners[j].count_only:
+                runners[j].count_arrays(ref, base, fts, state)
+            else:
+                runners[j].merge_arrays(ref, base, fts, state)
         inputs.release(ref.tensor.name, ref.start, ref.stop)
 
     description = "pass 2/2: merge" if len(jobs) == 1 else f"pass 2/2: merge ({len(jobs)} merges)"

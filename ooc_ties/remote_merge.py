@@ -44,6 +44,8 @@ class RemotePart:
     records: str | None
     """The folder the workers write their open-element records to (the staged output's state folder);
     ``None``: they travel back with the results."""
+    count_only: frozenset[int] = frozenset()
+    """Blocks an interrupted run merged: counted for the report of the resumed merge, not written."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,11 +93,16 @@ class RemoteMerge:
             room = size if block.open_capacity else 0
             at, alt = _scratch("at", room, np.dtype(np.int64)), _scratch("alt", room, storage)
             counts: tuple[np.ndarray, ...] = ()
+            if ref.ordinal in part.count_only:  # (merged into the scratch block, for its counts only)
+                counts = block_counts(ref, _magnitudes(state, j, block.n), part.signs is not None)
+                none = np.zeros(0, np.int64)
+                block.merge(ref, base, fts, out, votes, none, none, out[:0], redoing=True, counts=counts)
+                if part.signs is not None:
+                    part.signs.write(ref.tensor.name, ref.start, counts[1])
+                results[j] = BlockResult(votes, none, None, None, None, counts[2:])
+                continue
             if part.report and not self.redoing:  # (a block merged again is not counted again)
-                magnitudes = state.setdefault("magnitudes", {})
-                if j not in magnitudes:
-                    magnitudes[j] = magnitude_histogram(block.n)
-                counts = block_counts(ref, magnitudes[j], part.signs is not None)
+                counts = block_counts(ref, _magnitudes(state, j, block.n), part.signs is not None)
             recorded = block.merge(ref, base, fts, out, votes, kept, at, alt, redoing=self.redoing, counts=counts)
             part.writer.write(ref.tensor.name, ref.start, out)
             record = None
@@ -114,6 +121,15 @@ class RemoteMerge:
             )
         state.setdefault("blocks", {})[ref.ordinal] = (ref, results)
         self.inputs.release(ref.tensor.name, ref.start, ref.stop)
+
+
+def _magnitudes(state: dict[str, Any], part: int, n_models: int) -> np.ndarray:
+    """The worker's magnitude histograms of a merge (its ``part`` of the task), made on first use."""
+    magnitudes = state.setdefault("magnitudes", {})
+    if part not in magnitudes:
+        magnitudes[part] = magnitude_histogram(n_models)
+    histograms: np.ndarray = magnitudes[part]
+    return histograms
 
 
 _SCRATCH = threading.local()

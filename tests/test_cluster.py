@@ -281,18 +281,24 @@ def _wait_until_idle(client: Any, timeout: float = 60) -> None:
 @pytest.mark.parametrize("suffix", ["", ".zarr"])
 def test_a_driver_killed_mid_merge_resumes(tiny_models: Models, tmp_path: Path, client: Any, suffix: str) -> None:
     """The driver SIGKILLed halfway through pass 2 (the cluster lives on): ``--resume`` on the cluster
-    finishes the merge, byte-identical to an uninterrupted one."""
+    finishes the merge, byte-identical to an uninterrupted one, and its report (the blocks done before
+    counted by the workers again) is the uninterrupted merge's."""
     base, fts = tiny_models
-    expected = merge(base, fts, tmp_path / f"local{suffix}", PRESETS["paper"], Resources(max_block_elements=1024))
+    local = tmp_path / f"local{suffix}"
+    expected = merge(
+        base, fts, local, PRESETS["paper"], Resources(max_block_elements=1024), report=tmp_path / "local-report"
+    )
     out = tmp_path / f"cluster{suffix}"
     on_cluster = json.dumps({"max_block_elements": 1024, "cluster": client.scheduler.address})
     _kill_at(tiny_models, out, "pass 2/2", 0.5, resources=on_cluster)  # (the partial merge stays)
     _wait_until_idle(client)  # (as docs/distributed.md says: the dead driver's last tasks run to their end)
     resources = Resources(max_block_elements=1024, cluster=client)
-    resumed = merge(base, fts, out, PRESETS["paper"], resources, resume=True)
+    resumed = merge(base, fts, out, PRESETS["paper"], resources, resume=True, report=tmp_path / "report")
     assert resumed.resumed_blocks > 0
     assert expected.output is not None
     assert tree_digest(out) == tree_digest(expected.output)
+    report = (tmp_path / "report" / "report.json").read_bytes()
+    assert report == (tmp_path / "local-report" / "report.json").read_bytes()
 
 
 def test_an_unreachable_scheduler_is_one_line_and_writes_nothing(

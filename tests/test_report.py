@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ooc_ties import PRESETS, MergeOptions, OocTiesError, OptionError, Resources, merge
+from ooc_ties import PRESETS, MergeOptions, OocTiesError, Resources, merge
 from ooc_ties.analyze import analyze
 from ooc_ties.cli import main
 from ooc_ties.io.checkpoint import Checkpoint
@@ -181,16 +181,30 @@ def test_without_matplotlib_the_data_files_are_written(
     assert "pip install" in (result.output / "index.html").read_text()
 
 
-def test_a_resumed_merge_cannot_report(tiny_models: Models, tmp_path: Path) -> None:
+def test_a_resumed_merge_reports_what_one_run_reports(tiny_models: Models, tmp_path: Path) -> None:
+    """The blocks an interrupted run merged are read again and counted (not written): the resumed
+    merge's report and signs are those of a merge in one run."""
     from test_grid import _Interrupt
 
     out = tmp_path / "out"
     resources = Resources(threads=1, max_block_elements=4096)
+    options = PRESETS["paper"]
     with pytest.raises(KeyboardInterrupt):
-        merge(*tiny_models, out, PRESETS["paper"], resources, progress=_Interrupt(5))
-    with pytest.raises(OptionError, match="a report needs every block merged in one run"):
-        merge(*tiny_models, out, PRESETS["paper"], resources, resume=True, report=tmp_path / "report")
-    assert not (tmp_path / "report").exists()
+        merge(*tiny_models, out, options, resources, progress=_Interrupt(5), report=tmp_path / "first")
+    assert not (tmp_path / "first").exists()
+    resumed = merge(
+        *tiny_models, out, options, resources, resume=True, report=tmp_path / "report", save_signs=tmp_path / "s"
+    )
+    assert resumed.resumed_blocks > 0
+    whole = tmp_path / "whole"
+    one_run = merge(
+        *tiny_models, whole, options, resources, report=tmp_path / "one-run", save_signs=tmp_path / "one-run-s"
+    )
+    assert one_run.bytes_read > resumed.plan.merge_input_bytes  # (pass 1 and pass 2)
+    assert resumed.bytes_read == resumed.plan.merge_input_bytes  # (pass 1 resumed; pass 2 counts or merges)
+    for name in ("report.json", "tensors.csv"):
+        assert (tmp_path / "report" / name).read_bytes() == (tmp_path / "one-run" / name).read_bytes()
+    assert (tmp_path / "s").read_bytes() == (tmp_path / "one-run-s").read_bytes()
 
 
 def test_blocks_merged_again_are_counted_once(
