@@ -155,13 +155,14 @@ class Pass2:
         merges it into a scratch block, which is not written (the output has it already)."""
         if self.report is None:
             raise AssertionError("unreachable: blocks are counted only for a report")
-        storage = out_storage(ref.tensor.out_dtype)
-        if ("count", storage) not in buffers:
-            buffers[("count", storage)] = np.empty(self.writes.block_elements, storage)
-        out = buffers[("count", storage)][: ref.stop - ref.start]
+        buffer = self.writes.buffer(out_storage(ref.tensor.out_dtype))  # (one of the pool: no memory of its own)
+        out = buffer[: ref.stop - ref.start]
         counts = self.report.fresh(ref)
         votes, none = np.zeros(4, np.int64), np.zeros(0, np.int64)
-        self.block.merge(ref, base, fts, out, votes, none, none, out[:0], redoing=True, counts=counts)
+        try:
+            self.block.merge(ref, base, fts, out, votes, none, none, out[:0], redoing=True, counts=counts)
+        finally:
+            self.writes.submit(buffer, lambda: None)  # (back to the pool, nothing written)
         self.report.take(ref, counts)
 
     def merge_arrays(
