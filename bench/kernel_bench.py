@@ -12,7 +12,7 @@ round, so that on a shared machine they see the same load.
 Besides the table's cases (whose thresholds have tie quotas that may run out in the block, half of
 them under the general rule), two cases time the common path of a TIES merge, every tie kept and no
 general rule: ``merge_trim``, and ``counted_trim``, the same merge counting what ``merge --report``
-reports (``merge_counted``).
+reports (the merge kernel's ``counts``).
 """
 
 from __future__ import annotations
@@ -82,10 +82,8 @@ def _counted_trim(rng: np.random.Generator, n: int) -> Thunks:
             a.fill(0)
         votes = np.zeros(4, np.int64)
         no_alt = np.zeros(0, np.uint16)
-        report.merge_counted(
-            base, fts, thr, quota, weights, lam, True, True, True, out, votes, none, none, no_alt, None, 0,
-            magnitudes, elected, *outputs,
-        )  # fmt: skip
+        counts = (0, magnitudes, elected, *outputs)
+        ties.merge(base, fts, thr, quota, weights, lam, True, True, True, out, votes, none, none, no_alt, None, counts)
         return split((out, votes[:3], magnitudes, elected, *outputs))
 
     def oracle() -> tuple[Close, bytes]:

@@ -18,7 +18,6 @@ from ooc_ties.config import MergeOptions
 from ooc_ties.dtypes import DType
 from ooc_ties.errors import NonFiniteValueError
 from ooc_ties.inputs import MergeInputs
-from ooc_ties.kernels.report import merge_counted
 from ooc_ties.kernels.ties import merge as merge_kernel
 from ooc_ties.sparsity import Sparsity
 from ooc_ties.tensor_weights import TensorWeights
@@ -88,9 +87,9 @@ class BlockMerge:
         open elements in ``at``/``alt`` (their indices and their other result) where the majority sign is
         a guess. Returns how many were recorded (all of them, or 0).
 
-        With ``counts`` (``--report``: the arrays :func:`~ooc_ties.kernels.report.merge_counted` takes
-        after ``offset``, from :meth:`~ooc_ties.report.collect.Collector.fresh`), the same kernel call
-        also counts the block's interference statistics into them."""
+        With ``counts`` (``--report``: the magnitudes, elected signs and outputs from
+        :meth:`~ooc_ties.report.collect.Collector.fresh`), the same kernel call also counts the block's
+        interference statistics into them (the kernel's ``counts`` argument)."""
         name = ref.tensor.name
         key = self.key(name)
         votes[:] = 0
@@ -116,7 +115,7 @@ class BlockMerge:
             alt[:capacity],
             sparsity,
         )
-        bad = merge_counted(*args, ref.start, *counts) if counts else merge_kernel(*args)
+        bad = merge_kernel(*args, (ref.start, *counts) if counts else None)
         if bad >= 0:
             message = self.inputs.describe_nonfinite(name, ref.start + bad, None, ref.tensor.out_dtype)
             raise NonFiniteValueError(message)

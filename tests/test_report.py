@@ -336,7 +336,7 @@ def test_docs_name_every_field(tiny_models: Models, tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# the merge that counts (merge_counted) against its oracle and the plain merge
+# the merge that counts (the merge kernel's ``counts``) against its oracle and the plain merge
 
 _STORAGE = {"bf16": np.uint16, "f16": np.int16, "f32": np.float32}
 
@@ -344,7 +344,7 @@ _STORAGE = {"bf16": np.uint16, "f16": np.int16, "f32": np.float32}
 def _interference_case(
     seed: int, n: int, n_models: int, kind: str, zeros: bool, quota_kind: str, weights_kind: str, general: bool
 ) -> tuple[Any, ...]:
-    """Inputs of :func:`report.merge_counted`: task values of a few levels (ties at the thresholds, exact
+    """Inputs of the merge that counts: task values of a few levels (ties at the thresholds, exact
     zero votes), with ``zeros`` some base and fine-tuned values exactly +0.0 or -0.0."""
     rng = np.random.default_rng(seed)
     storage = np.dtype(_STORAGE[kind])
@@ -394,7 +394,7 @@ def _run_counted(
     capacity: int = 0,
     count_kept: bool = False,
 ) -> tuple[np.ndarray, ...]:
-    """:func:`report.merge_counted` on a case: the merged block, all four vote counts, the magnitudes,
+    """:func:`ties.merge` with ``counts`` on a case: the merged block, all four vote counts, the magnitudes,
     the elected signs, the interference outputs, then the recorded open elements, their results and the
     values each model kept (counted if ``count_kept``)."""
     base, *fts, thr, quota, weights, sparsity = case
@@ -405,10 +405,8 @@ def _run_counted(
     magnitudes = report.magnitude_histogram(len(fts))
     elected = np.zeros(base.size, np.int8)
     outputs = report.interference_outputs(len(fts))
-    report.merge_counted(
-        base, tuple(fts), thr, quota, weights, *options, out, votes, kept, at, alt, sparsity,
-        offset, magnitudes, elected, *outputs,
-    )  # fmt: skip
+    counts = (offset, magnitudes, elected, *outputs)
+    ties.merge(base, tuple(fts), thr, quota, weights, *options, out, votes, kept, at, alt, sparsity, counts)
     return out, votes, magnitudes, elected, *outputs, at, alt, kept
 
 
@@ -465,7 +463,7 @@ def test_merge_counted_matches_its_oracle(every: bool, data: st.DataObject) -> N
 def _merged_as_merge_does(
     case: tuple[Any, ...], options: tuple[Any, ...], capacity: int, count_kept: bool
 ) -> tuple[int, int]:
-    """Check :func:`report.merge_counted` against :func:`ties.merge` with the same arguments: the same
+    """Check :func:`ties.merge` with ``counts`` against the same merge without them: the same
     block, vote counts, kept counts, recorded open elements and their other results; return how many
     open elements there were, and how many were recorded."""
     counted = _run_counted(case, 0, options, capacity, count_kept)
@@ -531,9 +529,9 @@ def test_interference_sums_do_not_depend_on_the_tiles() -> None:
     parts = [report.magnitude_histogram(3), np.zeros(0, np.int8), *report.interference_outputs(3)]
     for start in range(0, base.size, 1000):
         piece = slice(start, start + 1000)
-        report.merge_counted(
+        ties.merge(
             base[piece], tuple(ft[piece] for ft in fts), thr, quota, weights, *_MERGE_OPTIONS, out[piece], votes,
-            none, none, np.zeros(0, base.dtype), sparsity, start, *parts,
+            none, none, np.zeros(0, base.dtype), sparsity, (start, *parts),
         )  # fmt: skip
     assert out.tobytes() == whole[0].tobytes()
     assert votes.tolist() == whole[1].tolist()

@@ -237,27 +237,40 @@ def _elect_count(rng: np.random.Generator, n: int) -> Thunks:
 
 
 def _merge(rng: np.random.Generator, n: int) -> Thunks:
+    """A merge, and half of the time the same merge counting the report's statistics (``counts``)."""
     base, fts = _models(rng, n)
     thr, quota = _cut(rng, base, fts)
     weights = np.array([1.0, 0.5, 2.0], np.float32)
-    lam, zero_positive, consensus, normalize = np.float32(0.7), bool(rng.random() < 0.5), True, True
+    lam, zero_positive = np.float32(0.7), bool(rng.random() < 0.5)
+    consensus, normalize = bool(rng.random() < 0.8), bool(rng.random() < 0.8)
     sparsity = _general_rule(rng, n, fts, base) if rng.random() < 0.5 else None
+    counting = bool(rng.random() < 0.5)
+    offset = int(rng.integers(0, 100))
 
-    def kernel() -> tuple[bytes, bytes]:
+    def split(arrays: tuple[np.ndarray, ...]) -> tuple[Any, ...]:
+        if not counting:
+            return tuple(a.tobytes() for a in arrays)
+        merged, votes, magnitudes, elected, norms_, dots, signs, counts, kept_hist, totals, discarded = arrays
+        exact = (merged, votes, magnitudes, elected, signs, counts, kept_hist, totals)
+        return Close(norms_, dots, discarded), b"".join(a.tobytes() for a in exact)
+
+    def kernel() -> tuple[Any, ...]:
         out = np.empty(n, np.uint16)
         votes = np.zeros(4, np.int64)
         none = np.zeros(0, np.int64)
+        counted = (report.magnitude_histogram(len(fts)), np.zeros(n, np.int8), *report.interference_outputs(3))
         ties.merge(
             base, fts, thr, quota, weights, lam, zero_positive, consensus, normalize, out, votes, none,
-            none, np.zeros(0, np.uint16), sparsity,
+            none, np.zeros(0, np.uint16), sparsity, (offset, *counted) if counting else None,
         )  # fmt: skip
-        return out.tobytes(), votes[:3].tobytes()
+        return split((out, votes[:3], *counted) if counting else (out, votes[:3]))
 
-    def oracle() -> tuple[bytes, bytes]:
-        out, votes = ties.merge_oracle(
-            base, fts, thr, quota, weights, lam, zero_positive, np.dtype(np.uint16), sparsity=sparsity
-        )
-        return out.tobytes(), votes.tobytes()
+    def oracle() -> tuple[Any, ...]:
+        arrays = report.merge_counted_oracle(
+            base, fts, thr, quota, weights, lam, zero_positive, np.dtype(np.uint16),
+            consensus=consensus, normalize=normalize, sparsity=sparsity, offset=offset,
+        )  # fmt: skip
+        return split(arrays if counting else arrays[:2])
 
     return kernel, oracle
 
@@ -293,43 +306,6 @@ class Close:
         return f"Close({self.values!r})"
 
 
-def _merge_counted(rng: np.random.Generator, n: int) -> Thunks:
-    base, fts = _models(rng, n)
-    thr, quota = _cut(rng, base, fts)
-    weights = np.array([1.0, 0.5, 2.0], np.float32)
-    lam, zero_positive = np.float32(0.7), bool(rng.random() < 0.5)
-    consensus, normalize = bool(rng.random() < 0.8), bool(rng.random() < 0.8)
-    sparsity = _general_rule(rng, n, fts, base) if rng.random() < 0.5 else None
-    offset = int(rng.integers(0, 100))
-
-    def split(arrays: tuple[np.ndarray, ...]) -> tuple[Close, bytes]:
-        merged, votes, magnitudes, elected, norms_, dots, signs, counts, kept_hist, totals, discarded = arrays
-        exact = (merged, votes, magnitudes, elected, signs, counts, kept_hist, totals)
-        return Close(norms_, dots, discarded), b"".join(a.tobytes() for a in exact)
-
-    def kernel() -> tuple[Close, bytes]:
-        out = np.empty(n, np.uint16)
-        votes = np.zeros(4, np.int64)
-        none = np.zeros(0, np.int64)
-        magnitudes = report.magnitude_histogram(len(fts))
-        elected = np.zeros(n, np.int8)
-        outputs = report.interference_outputs(len(fts))
-        report.merge_counted(
-            base, fts, thr, quota, weights, lam, zero_positive, consensus, normalize, out, votes, none,
-            none, np.zeros(0, np.uint16), sparsity, offset, magnitudes, elected, *outputs,
-        )  # fmt: skip
-        return split((out, votes[:3], magnitudes, elected, *outputs))
-
-    def oracle() -> tuple[Close, bytes]:
-        arrays = report.merge_counted_oracle(
-            base, fts, thr, quota, weights, lam, zero_positive, np.dtype(np.uint16),
-            consensus=consensus, normalize=normalize, sparsity=sparsity, offset=offset,
-        )  # fmt: skip
-        return split(arrays)
-
-    return kernel, oracle
-
-
 PAIRS: Mapping[str, Pair] = {
     "decode": Pair(convert.decode, convert.decode_oracle, _decode),
     "encode": Pair(convert.encode, convert.encode_oracle, _encode),
@@ -343,8 +319,7 @@ PAIRS: Mapping[str, Pair] = {
     "della_keep_task": Pair(drop.della_keep_task, drop.della_keep_oracle, partial(_della, from_models=True)),
     "l1_counts": Pair(norms.l1_counts, norms.l1_counts_oracle, _l1_counts),
     "elect_count": Pair(ties.elect_count, ties.elect_count_oracle, _elect_count),
-    "merge": Pair(ties.merge, ties.merge_oracle, _merge),
+    "merge": Pair(ties.merge, report.merge_counted_oracle, _merge),
     "keep_flags": Pair(ties.keep_flags, ties.keep_flags_oracle, _keep_flags),
-    "merge_counted": Pair(report.merge_counted, report.merge_counted_oracle, _merge_counted),
 }
 """Every kernel of :mod:`ooc_ties.kernels` by name, with its oracle and a case."""

@@ -1,8 +1,8 @@
-"""The merge that counts: what a merge does to one block, counted in the same tile loop (``--report``).
+"""The report's counts: what a merge does to one block, counted in the merge's own tile loop (``--report``).
 
-:func:`merge_counted` is :func:`ooc_ties.kernels.ties.merge` (its vote and merge, by the same inlined
-code) with the block's interference statistics counted on each tile while it is in cache. For every
-element, with the task values ``tau_t`` and the values the method keeps ``v_t`` (``trimmed_t``
+:func:`ooc_ties.kernels.ties.merge` given ``counts`` runs :func:`_count_tile` on each tile right after
+merging it, while the tile is in cache, with the vote and the kept values the merge has just computed.
+For every element, with the task values ``tau_t`` and the values the method keeps ``v_t`` (``trimmed_t``
 of :mod:`ooc_ties.kernels.ties`, step 1, by the same code), and ``S`` the elected sign's sum (step 2):
 
 * the task vectors: ``sum |tau_t|``, ``sum tau_t**2``, ``sum tau_i * tau_j`` (float64) and
@@ -26,16 +26,7 @@ from typing import Any
 import numpy as np
 
 from ooc_ties.kernels.convert import decode_oracle, load_f32
-from ooc_ties.kernels.jit import helper, inlined, kernel
-from ooc_ties.kernels.ties import (
-    TALLY,
-    TILE,
-    _merge_tile,
-    _sparsified_oracle,
-    _vote_tile,
-    _votes_oracle,
-    merge_oracle,
-)
+from ooc_ties.kernels.jit import helper, inlined
 
 __all__ = [
     "INTERFERENCE_OUTPUTS",
@@ -43,7 +34,6 @@ __all__ = [
     "interference_oracle",
     "interference_outputs",
     "magnitude_histogram",
-    "merge_counted",
     "merge_counted_oracle",
 ]
 
@@ -55,11 +45,11 @@ MAGNITUDE_STRIDE = 8
 same elements whatever the blocks): the report's density curves."""
 
 INTERFERENCE_OUTPUTS = ("norms", "dots", "signs", "counts", "kept_hist", "totals", "discarded")
-"""The arrays :func:`merge_counted` adds into, in order (shapes: :func:`interference_outputs`)."""
+"""The arrays a merge with ``counts`` adds into, in order (shapes: :func:`interference_outputs`)."""
 
 
 def interference_outputs(n: int) -> tuple[np.ndarray, ...]:
-    """Fresh (zero) outputs of :func:`merge_counted` for ``n`` models:
+    """Fresh (zero) outputs of a merge with ``counts`` for ``n`` models:
 
     * ``norms`` float64 ``(3, n)``: ``sum |tau|``, ``sum tau**2``, ``sum |v|`` (the kept values);
     * ``dots`` float64 ``(n, n)``: ``sum tau_i * tau_j``;
@@ -82,7 +72,7 @@ def interference_outputs(n: int) -> tuple[np.ndarray, ...]:
 
 
 LANES = 16
-"""Partial sums per float64 figure and tile. The order of every float64 sum of :func:`merge_counted`
+"""Partial sums per float64 figure and tile. The order of every float64 sum of :func:`_count_tile`
 depends only on the elements' indices in the block: a tile's elements go in groups of
 :data:`_GROUP`; in a group, element ``q + k * LANES`` (``k < 4``) goes to partial sum ``q``, the four
 of a partial sum added pairwise first, ``(e0 + e1) + (e2 + e3)``, then to the partial sum; the
@@ -140,115 +130,32 @@ def _terms4(xs: np.ndarray, vs: np.ndarray, ls: np.ndarray, q: int) -> tuple[flo
     return (p1 + r1) + (u1 + w1), (p2 + r2) + (u2 + w2), (p3 + r3) + (u3 + w3), (p4 + r4) + (u4 + w4)
 
 
-@kernel
-def merge_counted(
-    base: Any,
-    fts: Any,
-    thr: np.ndarray,
-    quota: np.ndarray,
-    weights: np.ndarray,
-    lam: np.float32,
-    zero_positive: bool,
-    consensus: bool,
-    normalize: bool,
-    out: Any,
-    votes: np.ndarray,
-    kept: np.ndarray,
-    open_at: np.ndarray,
-    open_alt: Any,
-    sparsity: Any,
-    offset: int,
-    magnitudes: np.ndarray,
-    elected: np.ndarray,
-    norms: np.ndarray,
-    dots: np.ndarray,
-    signs: np.ndarray,
-    counts: np.ndarray,
-    kept_hist: np.ndarray,
-    totals: np.ndarray,
-    discarded: np.ndarray,
-) -> int:
-    """:func:`~ooc_ties.kernels.ties.merge` (the same arguments, the same results and return value) that
-    also adds the block's interference statistics (module docstring) into the outputs
-    (:func:`interference_outputs`), and into ``magnitudes[t, bits(|tau_t|) >> 16]`` one count for every
-    element whose index in its tensor (``offset`` is the block's first) is a multiple of
-    :data:`MAGNITUDE_STRIDE`. Unless ``elected`` is empty, ``elected[i]`` receives the sign of ``S``
-    (int8: +1, -1, or 0 for an exact zero vote).
-
-    One tile loop: the vote (:func:`~ooc_ties.kernels.ties._vote_tile`), the merge's steps 3 and 4
-    (:func:`~ooc_ties.kernels.ties._merge_tile`), then the counts (:func:`_count_tile`) on the tile
-    the vote left in cache. It replaced a separate ``interference`` kernel that ran after the merge and
-    voted again over the block read a second time: three bf16 models, a 4 Mi-element block, one core,
-    best of 9 in the same rounds, 2.8 + 4.9 ns per element for the two kernels against 6.9 for this
-    one with ``bench/kernel_bench.py`` (whose thunks also copy the outputs), and 2.5 for the merge
-    alone against 5.8 for this one timed bare (docs/performance.md, step 27)."""
-    n = base.size
-    n_models = len(fts)
-    seen = np.zeros(n_models, np.int64)
-    seen_hi = np.zeros(n_models, np.int64)
-    b = np.empty(TILE, np.float32)
-    s = np.empty(TILE, np.float32)
-    v = np.empty((n_models, TILE), np.float32)
-    nonzero = np.empty(TILE, np.bool_)
-    # (scratch allocated here, not by a helper: rows returned by a call vectorised worse, step 27)
-    scratch = (
-        np.empty(TILE, np.float32),  # the elected sign
-        np.empty(TILE, np.float32),  # num
-        np.empty(TILE, np.float32),  # den
-        np.empty(TILE, np.int64),  # open elements' indices
-    )
-    tally = np.zeros(TALLY, np.int64)
-    tally[4] = -1
-    count = kept.size > 0
-    rows = (
-        np.empty(TILE, np.float32),  # the elected sign, 0 for a zero vote
-        np.empty((n_models, TILE), np.float32),  # the task values
-        np.empty(TILE, np.float32),  # the values discarded
-        np.empty(TILE, np.int32),  # the models keeping each element
-        np.empty(TILE, np.int64),  # open elements' indices
-        np.empty(TILE, np.uint8),  # open elements' flags
-        np.empty((4, LANES), np.float64),  # partial sums
-    )
-    outputs = (norms, dots, signs, counts, kept_hist, totals, discarded)
-    for start in range(0, n, TILE):
-        m = min(TILE, n - start)
-        _vote_tile(base, fts, start, m, thr, quota, weights, seen, kept, b, s, v, nonzero, count, sparsity, seen_hi)
-        _merge_tile(
-            fts, start, m, b, s, v, nonzero, thr, quota, weights, lam, zero_positive, consensus, normalize,
-            out, open_at, open_alt, sparsity, scratch, tally,
-        )  # fmt: skip
-        _count_tile(fts, start, m, offset, b, s, v, nonzero, magnitudes, elected, outputs, rows)
-    votes[:4] += tally[:4]
-    return int(tally[4])
-
-
 @inlined
 def _count_tile(
     fts: Any,
     start: int,
     m: int,
-    offset: int,
     b: np.ndarray,
     s: np.ndarray,
     v: np.ndarray,
     nonzero: np.ndarray,
-    magnitudes: np.ndarray,
-    elected: np.ndarray,
-    outputs: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    counts: tuple[Any, ...],
     scratch: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray],
 ) -> None:
     """Add the interference statistics of the tile at ``start`` (``m`` elements), whose vote
     :func:`~ooc_ties.kernels.ties._vote_tile` left in ``b``, ``s``, ``v`` and ``nonzero``, into
-    ``magnitudes``, ``elected`` and ``outputs`` (:func:`merge_counted`).
+    ``counts`` (``merge``'s argument: the block's offset in its tensor, the magnitude histograms, the
+    elected signs, then the outputs of :func:`interference_outputs`). ``scratch``: the rows
+    ``merge`` allocates for it.
 
     Per model, one branch-free integer sweep (task values, counts, the values discarded) and one sweep
     of float64 sums (:data:`LANES`); the magnitudes; per pair, the signs' sum and the dot product; then
     the histogram of how many models keep each element, and the open elements on their own (a few
-    percent of the elements: their indices first, branch-free, as in ``merge``). Their costs on the
-    case of :func:`merge_counted`, by removing each: the integer sweeps 0.85 ns per element, the
-    float64 sums 0.97, the pairs 0.77, the histogram 0.33, the magnitudes 0.29, the open elements
-    0.04, the rest (elected signs, flags) 0.36."""
-    norms, dots, signs, counts, kept_hist, totals, discarded = outputs
+    percent of the elements: their indices first, branch-free, as in ``merge``). Their costs with
+    ``bench/kernel_bench.py``'s ``counted_trim`` models, by removing each: the integer sweeps 0.85 ns
+    per element, the float64 sums 0.97, the pairs 0.77, the histogram 0.33, the magnitudes 0.29, the
+    open elements 0.04, the rest (elected signs, flags) 0.36."""
+    offset, magnitudes, elected, norms, dots, signs, counts_, kept_hist, totals, discarded = counts
     sign, tau, lost, kept_by, where, is_open, acc = scratch
     n_models = len(fts)
     open_words = is_open.view(np.uint64)
@@ -292,8 +199,8 @@ def _count_tile(
             # load and store per element and model instead of two; fewer than 32768 models)
             kept_by[j] = _I32(kept_by[j] + _I32(vj > _ZERO) + (_I32(vj < _ZERO) << 16))
         signs[t, t] += nnz
-        counts[0, t] += kept
-        counts[1, t] += wins
+        counts_[0, t] += kept
+        counts_[1, t] += wins
         # the float64 sums (:data:`LANES`)
         acc[:, :] = 0.0
         for j0 in range(0, full, _GROUP):
@@ -399,8 +306,8 @@ def _count_tile(
                 wins_neg += vj < _ZERO
                 lost_up += a if vj < _ZERO else 0.0  # (under +, the negative values go)
                 lost_down += a if vj > _ZERO else 0.0
-            counts[2, t] += wins_pos
-            counts[3, t] += wins_neg
+            counts_[2, t] += wins_pos
+            counts_[3, t] += wins_neg
         discarded[1] += lost_up
         discarded[2] += lost_down
 
@@ -420,8 +327,10 @@ def merge_counted_oracle(
     sparsity: Any = None,
     offset: int = 0,
 ) -> tuple[np.ndarray, ...]:
-    """NumPy oracle of :func:`merge_counted`: :func:`~ooc_ties.kernels.ties.merge_oracle`'s encoded
+    """NumPy oracle of :func:`~ooc_ties.kernels.ties.merge` with ``counts``: ``merge_oracle``'s encoded
     block and vote counts, then :func:`interference_oracle`'s arrays."""
+    from ooc_ties.kernels.ties import merge_oracle  # (ties imports this module)
+
     merged, votes = merge_oracle(
         base, fts, thr, quota, weights, lam, zero_positive, out_dtype,
         consensus=consensus, normalize=normalize, sparsity=sparsity,
@@ -438,9 +347,11 @@ def interference_oracle(
     sparsity: Any = None,
     offset: int = 0,
 ) -> tuple[np.ndarray, ...]:
-    """The interference statistics of a block in NumPy (:func:`merge_counted`'s besides the merge) for
+    """The interference statistics of a block in NumPy (a merge's ``counts``) for
     fresh outputs, the magnitude histograms and the elected signs first (the sums in NumPy's own order:
     equal within float64 rounding; every count equal)."""
+    from ooc_ties.kernels.ties import _sparsified_oracle, _votes_oracle  # (ties imports this module)
+
     n = len(fts)
     b, weighted, s = _votes_oracle(base, fts, thr, quota, weights, sparsity)
     # the kept values themselves (``_votes_oracle`` gives them weighted)
@@ -479,5 +390,5 @@ def interference_oracle(
 
 
 def magnitude_histogram(n: int) -> np.ndarray:
-    """A fresh ``magnitudes`` output of :func:`merge_counted` for ``n`` models: ``(n, 65536)`` int64."""
+    """A fresh ``magnitudes`` output of a merge with ``counts`` for ``n`` models: ``(n, 65536)`` int64."""
     return np.zeros((n, 1 << 16), np.int64)

@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 
 from ooc_ties.kernels.convert import decode_oracle, encode_oracle, load_f32, store_f32, stored_finite
-from ooc_ties.kernels.jit import helper, inlined, kernel
+from ooc_ties.kernels.jit import helper, kernel
+from ooc_ties.kernels.report import LANES, _count_tile
 
 __all__ = [
     "TILE",
@@ -356,6 +357,7 @@ def merge(
     open_at: np.ndarray,
     open_alt: Any,
     sparsity: Any = None,
+    counts: Any = None,
 ) -> int:
     """Merge one block into ``out``; return the first index whose stored result is not finite, or -1.
 
@@ -381,6 +383,12 @@ def merge(
     recorded beyond that capacity, or when a tie quota decides one of its values (see
     :func:`_alternate`); a block with unrecorded open elements must be merged again instead.
 
+    ``counts`` (``--report``): ``None``, or the tuple ``(offset, magnitudes, elected, norms, dots, signs,
+    counts, kept_hist, totals, discarded)`` into which the same tile loop adds the block's interference
+    statistics (:func:`ooc_ties.kernels.report._count_tile`; ``offset`` is the block's first index in its
+    tensor). Numba compiles the two apart (a ``None`` argument prunes the branch), so a merge without
+    counts runs none of that code, and one with counts merges by the very same code.
+
     Per tile: sweep 1 (:func:`_vote_tile`) keeps each model's trimmed values in a row and sums them;
     sweep 2 adds the agreeing ones into ``num`` and ``den``; a last loop writes the results. These
     element loops are branch-free, so the compiler vectorises them. Open elements are found afterwards, and only
@@ -395,135 +403,103 @@ def merge(
     b = np.empty(TILE, np.float32)
     s = np.empty(TILE, np.float32)
     v = np.empty((n_models, TILE), np.float32)
+    sign = np.empty(TILE, np.float32)
+    num = np.empty(TILE, np.float32)
+    den = np.empty(TILE, np.float32)
     nonzero = np.empty(TILE, np.bool_)
-    # (scratch allocated here, not by a helper: rows returned by a call vectorised worse, step 27)
-    scratch = (
-        np.empty(TILE, np.float32),  # the elected sign
-        np.empty(TILE, np.float32),  # num
-        np.empty(TILE, np.float32),  # den
-        np.empty(TILE, np.int64),  # open elements' indices
-    )
-    tally = np.zeros(TALLY, np.int64)
-    tally[4] = -1
+    where = np.empty(TILE, np.int64)
+    first_bad = -1
+    pos = 0
+    neg = 0
+    open_ = 0
+    lost = 0
+    capacity = len(open_at)
     count = kept.size > 0
+    other = _ONE if not zero_positive else -_ONE
+    if counts is not None:  # (the report's scratch: allocated here, a helper's rows vectorised worse)
+        rows = (
+            np.empty(TILE, np.float32),  # the elected sign, 0 for a zero vote
+            np.empty((n_models, TILE), np.float32),  # the task values
+            np.empty(TILE, np.float32),  # the values discarded
+            np.empty(TILE, np.int32),  # the models keeping each element
+            np.empty(TILE, np.int64),  # open elements' indices
+            np.empty(TILE, np.uint8),  # open elements' flags
+            np.empty((4, LANES), np.float64),  # partial sums
+        )
     for start in range(0, n, TILE):
         m = min(TILE, n - start)
         _vote_tile(base, fts, start, m, thr, quota, weights, seen, kept, b, s, v, nonzero, count, sparsity, seen_hi)
-        _merge_tile(
-            fts, start, m, b, s, v, nonzero, thr, quota, weights, lam, zero_positive, consensus, normalize,
-            out, open_at, open_alt, sparsity, scratch, tally,
-        )  # fmt: skip
-    votes[:4] += tally[:4]
-    return int(tally[4])
-
-
-TALLY = 5
-"""A block's running figures in :func:`_merge_tile`: ``#{S > 0}``, ``#{S < 0}``, open elements,
-open elements not recorded, and the first index whose result is not finite (-1 before one)."""
-
-
-@inlined
-def _merge_tile(
-    fts: Any,
-    start: int,
-    m: int,
-    b: np.ndarray,
-    s: np.ndarray,
-    v: np.ndarray,
-    nonzero: np.ndarray,
-    thr: np.ndarray,
-    quota: np.ndarray,
-    weights: np.ndarray,
-    lam: np.float32,
-    zero_positive: bool,
-    consensus: bool,
-    normalize: bool,
-    out: Any,
-    open_at: np.ndarray,
-    open_alt: Any,
-    sparsity: Any,
-    scratch: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
-    tally: np.ndarray,
-) -> None:
-    """Steps 3 and 4 of :func:`merge` for the tile at ``start`` (``m`` elements) whose vote
-    :func:`_vote_tile` left in ``b``, ``s``, ``v`` and ``nonzero``: the results into ``out``, the
-    tile's figures added into ``tally`` (:data:`TALLY`), its open elements recorded while there is room.
-    ``scratch``: four rows of a tile, float32 (the elected sign, ``num``, ``den``) and int64 (indices)."""
-    sign, num, den, where = scratch
-    capacity = len(open_at)
-    other = _ONE if not zero_positive else -_ONE
-    pos = 0
-    neg = 0
-    tile_open = 0
-    for j in range(m):
-        sj = s[j]
-        pos += sj > _ZERO
-        neg += sj < _ZERO
-        tile_open += (sj == _ZERO) & nonzero[j] & consensus
-        # +1 or -1: the elected sign; v * sign > 0 is "v agrees" (multiplying by +-1 is exact)
-        sign[j] = _ONE if (sj > _ZERO or (sj == _ZERO and zero_positive)) else -_ONE
-        num[j] = _ZERO
-        den[j] = _ZERO
-    tally[0] += pos
-    tally[1] += neg
-    for t in range(len(fts)):
-        vt = v[t]
-        w = weights[t]
-        if consensus:
+        tile_open = 0
+        for j in range(m):
+            sj = s[j]
+            pos += sj > _ZERO
+            neg += sj < _ZERO
+            tile_open += (sj == _ZERO) & nonzero[j] & consensus
+            # +1 or -1: the elected sign; v * sign > 0 is "v agrees" (multiplying by +-1 is exact)
+            sign[j] = _ONE if (sj > _ZERO or (sj == _ZERO and zero_positive)) else -_ONE
+            num[j] = _ZERO
+            den[j] = _ZERO
+        for t in range(n_models):
+            vt = v[t]
+            w = weights[t]
+            if consensus:
+                for j in range(m):
+                    vj = w * vt[j]
+                    agree = vj * sign[j] > _ZERO
+                    num[j] = num[j] + (vj if agree else vj * _ZERO)
+                    den[j] = den[j] + (w if agree else w * _ZERO)
+            else:  # every model counts
+                for j in range(m):
+                    num[j] = num[j] + w * vt[j]
+                    den[j] = den[j] + w
+        bad = 0
+        dest = out[start : start + m]
+        if not normalize:
             for j in range(m):
-                vj = w * vt[j]
-                agree = vj * sign[j] > _ZERO
-                num[j] = num[j] + (vj if agree else vj * _ZERO)
-                den[j] = den[j] + (w if agree else w * _ZERO)
-        else:  # every model counts
+                store_f32(dest, j, b[j] + lam * num[j])
+                bad += not stored_finite(dest, j)
+        elif consensus:
             for j in range(m):
-                num[j] = num[j] + w * vt[j]
-                den[j] = den[j] + w
-    bad = 0
-    dest = out[start : start + m]
-    if not normalize:
-        for j in range(m):
-            store_f32(dest, j, b[j] + lam * num[j])
-            bad += not stored_finite(dest, j)
-    elif consensus:
-        for j in range(m):
-            d = den[j] if den[j] != _ZERO else _ONE
-            store_f32(dest, j, b[j] + lam * (num[j] / d))
-            bad += not stored_finite(dest, j)
-    else:
-        for j in range(m):
-            d = den[j] if abs(den[j]) >= _TINY_DIVISOR else _ONE
-            store_f32(dest, j, b[j] + lam * (num[j] / d))
-            bad += not stored_finite(dest, j)
-    open_ = tally[2]
-    lost = tally[3]
-    if tile_open and open_ - lost < capacity:
-        found = 0
-        for j in range(m):  # branch-free: the open elements' indices to the front of ``where``
-            where[found] = j
-            found += (s[j] == _ZERO) & nonzero[j]
-        for q in range(found):
-            j = where[q]
-            k = open_ - lost
-            if (
-                k < capacity
-                and sparsity is None
-                and _alternate(fts, start + j, b[j], thr, quota, weights, lam, normalize, other, open_alt, k)
-            ):
-                open_at[k] = start + j
-            else:
-                lost += 1
-            open_ += 1
-    else:
-        open_ += tile_open
-        lost += tile_open
-    tally[2] = open_
-    tally[3] = lost
-    if bad and tally[4] < 0:
-        for j in range(m):
-            if not stored_finite(out, start + j):
-                tally[4] = start + j
-                break
+                d = den[j] if den[j] != _ZERO else _ONE
+                store_f32(dest, j, b[j] + lam * (num[j] / d))
+                bad += not stored_finite(dest, j)
+        else:
+            for j in range(m):
+                d = den[j] if abs(den[j]) >= _TINY_DIVISOR else _ONE
+                store_f32(dest, j, b[j] + lam * (num[j] / d))
+                bad += not stored_finite(dest, j)
+        if tile_open and open_ - lost < capacity:
+            found = 0
+            for j in range(m):  # branch-free: the open elements' indices to the front of ``where``
+                where[found] = j
+                found += (s[j] == _ZERO) & nonzero[j]
+            for q in range(found):
+                j = where[q]
+                k = open_ - lost
+                if (
+                    k < capacity
+                    and sparsity is None
+                    and _alternate(fts, start + j, b[j], thr, quota, weights, lam, normalize, other, open_alt, k)
+                ):
+                    open_at[k] = start + j
+                else:
+                    lost += 1
+                open_ += 1
+        else:
+            open_ += tile_open
+            lost += tile_open
+        if bad and first_bad < 0:
+            for j in range(m):
+                if not stored_finite(out, start + j):
+                    first_bad = start + j
+                    break
+        if counts is not None:
+            _count_tile(fts, start, m, b, s, v, nonzero, counts, rows)
+    votes[0] += pos
+    votes[1] += neg
+    votes[2] += open_
+    votes[3] += lost
+    return first_bad
 
 
 @kernel

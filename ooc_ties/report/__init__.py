@@ -2,8 +2,8 @@
 
 Modules, in the order a report is made:
 
-- :mod:`~ooc_ties.report.collect`: pass 2 counts every block as it merges it (the ``merge_counted``
-  kernel) and adds each tensor's blocks up;
+- :mod:`~ooc_ties.report.collect`: pass 2 counts every block as it merges it (the merge kernel's
+  ``counts``) and adds each tensor's blocks up;
 - :mod:`~ooc_ties.report.document`: ``report.json`` and ``tensors.csv`` from those sums, the
   thresholds and pass 1's magnitude histograms;
 - :mod:`~ooc_ties.report.plots`: the PNG plots (matplotlib, the ``[plot]`` extra);

@@ -1,6 +1,6 @@
 """Collecting the interference statistics of a merge, block by block, in pass 2 (no read of its own).
 
-Pass 2 merges every block with :func:`~ooc_ties.kernels.report.merge_counted`, which counts the
+Pass 2 merges every block with :func:`~ooc_ties.kernels.ties.merge` given ``counts``, which counts the
 block's statistics in the same tile loop, into arrays from :meth:`Collector.fresh` (:func:`block_counts`
 on a cluster's worker); :meth:`Collector.take` keeps them. When pass 2 ends, :meth:`Collector.tensors`
 adds each tensor's blocks in block order (so the float64 sums do not depend on the threads) and
@@ -60,9 +60,9 @@ class TensorStats:
 
 
 def block_counts(ref: BlockRef, magnitudes: np.ndarray, signs: bool) -> tuple[np.ndarray, ...]:
-    """The arrays one block's merge counts into (:func:`~ooc_ties.kernels.report.merge_counted`'s after
-    ``offset``): the worker's ``magnitudes``, room for the block's elected signs if ``signs`` (else an
-    empty array), and fresh outputs. A cluster's worker calls it as pass 2's threads do."""
+    """The arrays one block's merge counts into (the merge kernel's ``counts`` after the offset): the
+    worker's ``magnitudes``, room for the block's elected signs if ``signs`` (else an empty array), and
+    fresh outputs. A cluster's worker calls it as pass 2's threads do."""
     elected = np.zeros(ref.stop - ref.start if signs else 0, np.int8)
     return magnitudes, elected, *interference_outputs(magnitudes.shape[0])
 
