@@ -87,7 +87,7 @@ def _counted_trim(rng: np.random.Generator, n: int) -> Thunks:
         return split((out, votes[:3], magnitudes, elected, *outputs))
 
     def oracle() -> tuple[Close, bytes]:
-        return split(report.merge_counted_oracle(base, fts, thr, quota, weights, lam, True, np.dtype(np.uint16)))
+        return split(ties.merge_oracle(base, fts, thr, quota, weights, lam, True, np.dtype(np.uint16), offset=0))
 
     return kernel, oracle
 

@@ -446,7 +446,7 @@ def test_merge_counted_matches_its_oracle(every: bool, data: st.DataObject) -> N
     got = _run_counted(case, offset, options)[:-3]
     base, *fts, thr, quota, weights, sparsity = case
     lam32, zero_positive, consensus, normalize = options
-    want = report.merge_counted_oracle(
+    want = ties.merge_oracle(
         base, tuple(fts), thr, quota, weights, lam32, zero_positive, base.dtype,
         consensus=consensus, normalize=normalize, sparsity=sparsity, offset=offset,
     )  # fmt: skip

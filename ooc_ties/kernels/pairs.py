@@ -266,11 +266,11 @@ def _merge(rng: np.random.Generator, n: int) -> Thunks:
         return split((out, votes[:3], *counted) if counting else (out, votes[:3]))
 
     def oracle() -> tuple[Any, ...]:
-        arrays = report.merge_counted_oracle(
+        arrays = ties.merge_oracle(
             base, fts, thr, quota, weights, lam, zero_positive, np.dtype(np.uint16),
-            consensus=consensus, normalize=normalize, sparsity=sparsity, offset=offset,
+            consensus=consensus, normalize=normalize, sparsity=sparsity, offset=offset if counting else None,
         )  # fmt: skip
-        return split(arrays if counting else arrays[:2])
+        return split(arrays)
 
     return kernel, oracle
 
@@ -319,7 +319,7 @@ PAIRS: Mapping[str, Pair] = {
     "della_keep_task": Pair(drop.della_keep_task, drop.della_keep_oracle, partial(_della, from_models=True)),
     "l1_counts": Pair(norms.l1_counts, norms.l1_counts_oracle, _l1_counts),
     "elect_count": Pair(ties.elect_count, ties.elect_count_oracle, _elect_count),
-    "merge": Pair(ties.merge, report.merge_counted_oracle, _merge),
+    "merge": Pair(ties.merge, ties.merge_oracle, _merge),
     "keep_flags": Pair(ties.keep_flags, ties.keep_flags_oracle, _keep_flags),
 }
 """Every kernel of :mod:`ooc_ties.kernels` by name, with its oracle and a case."""

@@ -34,7 +34,6 @@ __all__ = [
     "interference_oracle",
     "interference_outputs",
     "magnitude_histogram",
-    "merge_counted_oracle",
 ]
 
 _ZERO = np.float32(0.0)
@@ -310,32 +309,6 @@ def _count_tile(
             counts_[3, t] += wins_neg
         discarded[1] += lost_up
         discarded[2] += lost_down
-
-
-def merge_counted_oracle(
-    base: np.ndarray,
-    fts: tuple[np.ndarray, ...],
-    thr: np.ndarray,
-    quota: np.ndarray,
-    weights: np.ndarray,
-    lam: np.float32,
-    zero_positive: bool,
-    out_dtype: np.dtype,
-    *,
-    consensus: bool = True,
-    normalize: bool = True,
-    sparsity: Any = None,
-    offset: int = 0,
-) -> tuple[np.ndarray, ...]:
-    """NumPy oracle of :func:`~ooc_ties.kernels.ties.merge` with ``counts``: ``merge_oracle``'s encoded
-    block and vote counts, then :func:`interference_oracle`'s arrays."""
-    from ooc_ties.kernels.ties import merge_oracle  # (ties imports this module)
-
-    merged, votes = merge_oracle(
-        base, fts, thr, quota, weights, lam, zero_positive, out_dtype,
-        consensus=consensus, normalize=normalize, sparsity=sparsity,
-    )  # fmt: skip
-    return merged, votes, *interference_oracle(base, fts, thr, quota, weights, sparsity, offset)
 
 
 def interference_oracle(

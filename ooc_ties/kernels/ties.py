@@ -31,7 +31,7 @@ import numpy as np
 
 from ooc_ties.kernels.convert import decode_oracle, encode_oracle, load_f32, store_f32, stored_finite
 from ooc_ties.kernels.jit import helper, kernel
-from ooc_ties.kernels.report import LANES, _count_tile
+from ooc_ties.kernels.report import LANES, _count_tile, interference_oracle
 
 __all__ = [
     "TILE",
@@ -662,8 +662,11 @@ def merge_oracle(
     consensus: bool = True,
     normalize: bool = True,
     sparsity: Any = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """NumPy oracle of :func:`merge`: the encoded output block and the first three vote counts.
+    offset: int | None = None,
+) -> tuple[np.ndarray, ...]:
+    """NumPy oracle of :func:`merge`: the encoded output block and the first three vote counts; with an
+    ``offset`` (``merge`` given ``counts`` for a block at that index of its tensor), then the arrays of
+    :func:`ooc_ties.kernels.report.interference_oracle`.
 
     The recorded open elements are checked against this oracle with ``zero_positive`` flipped."""
     b, v, s = _votes_oracle(base, fts, thr, quota, weights, sparsity)
@@ -682,4 +685,7 @@ def merge_oracle(
         den[np.abs(den) < np.float32(1e-8)] = 1
     with np.errstate(over="ignore"):
         result = b + np.float32(lam) * (num / den) if normalize else b + np.float32(lam) * num
-    return encode_oracle(result, out_dtype), votes
+    merged = encode_oracle(result, out_dtype)
+    if offset is None:
+        return merged, votes
+    return merged, votes, *interference_oracle(base, fts, thr, quota, weights, sparsity, offset)
