@@ -121,3 +121,17 @@ class BlockMerge:
             raise NonFiniteValueError(message)
         recorded = int(votes[2] - votes[3])
         return recorded if recorded and not votes[3] else 0
+
+    def count(
+        self,
+        ref: BlockRef,
+        base: np.ndarray,
+        fts: tuple[np.ndarray, ...],
+        out: np.ndarray,
+        counts: tuple[np.ndarray, ...],
+    ) -> None:
+        """Count a block an interrupted run merged, for the report of the resumed merge (``counts`` as for
+        :meth:`merge`): the same kernel merges it into ``out``, a scratch block the caller does not write,
+        and neither kept values nor open elements are recorded."""
+        votes, none = np.zeros(4, np.int64), np.zeros(0, np.int64)
+        self.merge(ref, base, fts, out, votes, none, none, out[:0], redoing=True, counts=counts)

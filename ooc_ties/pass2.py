@@ -158,9 +158,8 @@ class Pass2:
         buffer = self.writes.buffer(out_storage(ref.tensor.out_dtype))  # (one of the pool: no memory of its own)
         out = buffer[: ref.stop - ref.start]
         counts = self.report.fresh(ref)
-        votes, none = np.zeros(4, np.int64), np.zeros(0, np.int64)
         try:
-            self.block.merge(ref, base, fts, out, votes, none, none, out[:0], redoing=True, counts=counts)
+            self.block.count(ref, base, fts, out, counts)
         finally:
             self.writes.submit(buffer, lambda: None)  # (back to the pool, nothing written)
         self.report.take(ref, counts)

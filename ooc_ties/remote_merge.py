@@ -95,11 +95,10 @@ class RemoteMerge:
             counts: tuple[np.ndarray, ...] = ()
             if ref.ordinal in part.count_only:  # (merged into the scratch block, for its counts only)
                 counts = block_counts(ref, _magnitudes(state, j, block.n), part.signs is not None)
-                none = np.zeros(0, np.int64)
-                block.merge(ref, base, fts, out, votes, none, none, out[:0], redoing=True, counts=counts)
+                block.count(ref, base, fts, out, counts)
                 if part.signs is not None:
                     part.signs.write(ref.tensor.name, ref.start, counts[1])
-                results[j] = BlockResult(votes, none, None, None, None, counts[2:])
+                results[j] = BlockResult(votes, kept[:0], None, None, None, counts[2:])
                 continue
             if part.report and not self.redoing:  # (a block merged again is not counted again)
                 counts = block_counts(ref, _magnitudes(state, j, block.n), part.signs is not None)
