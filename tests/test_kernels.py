@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ooc_ties.kernels import convert, histogram, ties
+from ooc_ties.kernels.keep import kept_oracle, trim_oracle
 from tests.conftest import read_only
 
 # --------------------------------------------------------------------------------------------------
@@ -336,7 +337,7 @@ def _recorded_oracle(
     threshold under a tie quota (whether that value is kept depends on the ties before it)."""
     b = convert.decode_oracle(base)
     taus = [convert.decode_oracle(ft) - b for ft in fts]
-    v = [np.float32(weights[t]) * ties.trim_oracle(tau, thr[t], int(quota[t])) for t, tau in enumerate(taus)]
+    v = [np.float32(weights[t]) * trim_oracle(tau, thr[t], int(quota[t])) for t, tau in enumerate(taus)]
     s = np.zeros(b.size, np.float32)
     for vt in v:
         s = s + vt
@@ -381,7 +382,7 @@ def test_merge_matches_oracle(every: bool, data: st.DataObject, params: dict) ->
     expected, expected_votes = ties.merge_oracle(base, fts, thr, quota, weights, lam, zero_positive, storage)
     np.testing.assert_array_equal(out.view(np.uint8), expected.view(np.uint8))
     np.testing.assert_array_equal(votes[:3], expected_votes)
-    np.testing.assert_array_equal(kept, ties.kept_oracle(base, fts, thr, quota))
+    np.testing.assert_array_equal(kept, kept_oracle(base, fts, thr, quota))
     assert bad == -1  # inputs are small: nothing overflows
     # The recorded open elements hold the result under the other sign; the rest are counted as lost.
     expected_at = _recorded_oracle(base, fts, thr, quota, weights, capacity)
@@ -407,7 +408,7 @@ def test_elect_count_matches_oracle(every: bool, data: st.DataObject, params: di
     kept = np.zeros(len(fts), np.int64)
     ties.elect_count(base, fts, thr, quota, weights, counts, kept)
     np.testing.assert_array_equal(counts, ties.elect_count_oracle(base, fts, thr, quota, weights))
-    np.testing.assert_array_equal(kept, ties.kept_oracle(base, fts, thr, quota))
+    np.testing.assert_array_equal(kept, kept_oracle(base, fts, thr, quota))
     no_count = np.zeros(0, np.int64)  # an empty ``kept``: nothing counted, the votes the same
     counts[:] = 0
     ties.elect_count(base, fts, thr, quota, weights, counts, no_count)

@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ooc_ties.kernels import convert, drop, norms, ties
+from ooc_ties.kernels.keep import keep_flags, keep_flags_oracle, kept_oracle, sparsify_oracle
 from tests.conftest import read_only
 
 STORAGE = {"bf16": np.uint16, "f16": np.int16, "f32": np.float32}
@@ -109,12 +110,12 @@ def _expected_kept(
     base: np.ndarray, fts: tuple[np.ndarray, ...], thr: np.ndarray, quota: np.ndarray, sparsity: tuple
 ) -> np.ndarray:
     """``kept`` counts: the number of true keep flags per model. The flags are checked against
-    ``ties.sparsify_oracle`` first (its trimmed values are ``tau * keep * scale``, bit for bit)."""
+    ``sparsify_oracle`` first (its trimmed values are ``tau * keep * scale``, bit for bit)."""
     thr_hi, quota_hi, masks, scales, with_base = sparsity[:5]
     counts = []
     for t, tau in enumerate(_taus(base, fts, with_base)):
         keep = _keep_flags(tau, sparsity, thr, quota, t)
-        trimmed = ties.sparsify_oracle(
+        trimmed = sparsify_oracle(
             tau,
             thr[t],
             int(quota[t]),
@@ -422,7 +423,7 @@ def test_a_neutral_general_rule_gives_the_fast_paths_bytes(
     _same_bytes(general_out, fast_out)
     for a, b in zip(general_rest, fast, strict=True):
         np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(fast[1], ties.kept_oracle(base, fts, thr, quota))
+    np.testing.assert_array_equal(fast[1], kept_oracle(base, fts, thr, quota))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -671,7 +672,7 @@ def test_della_keep_task_refuses_partial_rows(n: int, ncols: int) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# ties.keep_flags (pass 1's masks of a magnitude trim, for the L1 rescale)
+# keep.keep_flags (pass 1's masks of a magnitude trim, for the L1 rescale)
 
 
 @settings(max_examples=60, deadline=None)
@@ -694,8 +695,8 @@ def test_keep_flags_match_the_oracle(seed: int, n: int, kind: str, with_base: bo
         thr_hi = _level(rng, a, thr)
         quota_hi = _quota(rng, a, thr_hi, "any")
     keep = np.empty(n, np.uint8)
-    kept = ties.keep_flags(base, ft, with_base, thr, quota, np.float32(thr_hi), quota_hi, keep)
-    expected = ties.keep_flags_oracle(base, ft, with_base, thr, quota, np.float32(thr_hi), quota_hi)
+    kept = keep_flags(base, ft, with_base, thr, quota, np.float32(thr_hi), quota_hi, keep)
+    expected = keep_flags_oracle(base, ft, with_base, thr, quota, np.float32(thr_hi), quota_hi)
     np.testing.assert_array_equal(keep.astype(bool), expected)
     assert kept == int(expected.sum())
     restated = _cut(a, thr, quota) & ~_cut(a, np.float32(thr_hi), quota_hi)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ooc_ties.kernels import convert, drop, histogram, norms, report, ties
+from ooc_ties.kernels.keep import keep_flags, keep_flags_oracle
 
 __all__ = ["PAIRS", "Close", "Pair"]
 
@@ -282,11 +283,11 @@ def _keep_flags(rng: np.random.Generator, n: int) -> Thunks:
     keep = np.empty(n, np.uint8)
 
     def kernel() -> tuple[bytes, int]:
-        kept = ties.keep_flags(base, fts[0], True, thr[0], int(quota[0]), thr_hi, quota_hi, keep)
+        kept = keep_flags(base, fts[0], True, thr[0], int(quota[0]), thr_hi, quota_hi, keep)
         return keep.astype(bool).tobytes(), kept
 
     def oracle() -> tuple[bytes, int]:
-        expected = ties.keep_flags_oracle(base, fts[0], True, thr[0], int(quota[0]), thr_hi, quota_hi)
+        expected = keep_flags_oracle(base, fts[0], True, thr[0], int(quota[0]), thr_hi, quota_hi)
         return expected.tobytes(), int(expected.sum())
 
     return kernel, oracle
@@ -320,6 +321,6 @@ PAIRS: Mapping[str, Pair] = {
     "l1_counts": Pair(norms.l1_counts, norms.l1_counts_oracle, _l1_counts),
     "elect_count": Pair(ties.elect_count, ties.elect_count_oracle, _elect_count),
     "merge": Pair(ties.merge, ties.merge_oracle, _merge),
-    "keep_flags": Pair(ties.keep_flags, ties.keep_flags_oracle, _keep_flags),
+    "keep_flags": Pair(keep_flags, keep_flags_oracle, _keep_flags),
 }
 """Every kernel of :mod:`ooc_ties.kernels` by name, with its oracle and a case."""

@@ -323,7 +323,8 @@ def interference_oracle(
     """The interference statistics of a block in NumPy (a merge's ``counts``) for
     fresh outputs, the magnitude histograms and the elected signs first (the sums in NumPy's own order:
     equal within float64 rounding; every count equal)."""
-    from ooc_ties.kernels.ties import _sparsified_oracle, _votes_oracle  # (ties imports this module)
+    from ooc_ties.kernels.keep import _sparsified_oracle
+    from ooc_ties.kernels.ties import _votes_oracle  # (ties imports this module)
 
     n = len(fts)
     b, weighted, s = _votes_oracle(base, fts, thr, quota, weights, sparsity)

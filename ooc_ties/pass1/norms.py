@@ -14,8 +14,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from ooc_ties.blocks import BlockRef
+from ooc_ties.kernels.keep import keep_flags
 from ooc_ties.kernels.norms import EXPONENTS, exact_sum, l1_counts
-from ooc_ties.kernels.ties import keep_flags
 from ooc_ties.pass1.scan import Scan
 from ooc_ties.pass1.thresholds import GroupThreshold
 from ooc_ties.sparsity import l1_scale
