@@ -231,6 +231,17 @@ class DaskExecutor:
             )
         return alone_since
 
+    def _result(self, future: Any, alone_since: float | None) -> tuple[Any, float | None]:
+        """A finished task's result, and since when the cluster has had no worker. A result held only by
+        workers that have gone since it finished is computed again, and with no worker left that would
+        wait forever: wait in steps and check the workers in between (:meth:`_check_workers`)."""
+        distributed = _distributed()
+        while True:
+            try:
+                return future.result(timeout=WAIT_STEP), alone_since
+            except distributed.TimeoutError:
+                alone_since = self._check_workers(alone_since)
+
     def _batches(self, items: Sequence[Item], cost: Callable[[Item], int]) -> list[list[Item]]:
         """Consecutive items in batches of about equal cost: ``TASKS_PER_THREAD`` per worker thread, none
         over ``BATCH_BYTES`` (unless one item is)."""
@@ -293,7 +304,7 @@ class DaskExecutor:
                     if future.status == "error":
                         raise future.exception()
                     try:
-                        result = future.result()
+                        result, alone_since = self._result(future, alone_since)
                     except distributed.CancelledError as exc:  # (the scheduler dropped it: restarted, say)
                         raise ClusterError(
                             f"cluster {self.client.scheduler.address}: a task was cancelled ({exc}); "
